@@ -1,0 +1,626 @@
+"""The key ring: RSA signing keys on disk, their life cycle, and the public JWKS.
+
+Layout of a ring directory (mode 0700)::
+
+    ring.json        state: every key's kid, state and timestamps (written atomically)
+    <kid>.pem        one PKCS#8 PEM private key per key (mode 0600, written atomically)
+    .lock            advisory lock taken by every change, so two rotations never interleave
+
+Life cycle: ``next`` (published, not signing) -> ``active`` (signs; exactly one) ->
+``retired`` (published, no longer signs) -> removed by ``prune`` once every token it can
+have signed has expired (``retired_at + max_lifetime + leeway``). ``revoke`` removes a key
+at once. Every change writes the new PEM first and the state file last, each by temp file
+plus rename, so a crash at any point leaves the previous ring intact (an orphan PEM at
+worst, which the next change removes).
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import errno
+import fcntl
+import hashlib
+import json
+import os
+import stat
+import tempfile
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Literal
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from .errors import KeyRingError
+from .tokens import DEFAULT_MAX_LIFETIME, Clock, SigningKey
+
+KeyState = Literal["next", "active", "retired"]
+STATES: tuple[KeyState, ...] = ("next", "active", "retired")
+STATE_FILE = "ring.json"
+LOCK_FILE = ".lock"
+FORMAT_VERSION = 1
+DEFAULT_BITS = 2048
+ALLOWED_BITS = (2048, 3072, 4096)
+MIN_BITS = 2048
+DEFAULT_LEEWAY = 60
+"""Seconds added to a retired key's grace period, matching verifiers' clock-skew leeway."""
+
+
+# --- JWK helpers -------------------------------------------------------------------------
+
+
+def _b64url_uint(value: int) -> str:
+    raw = value.to_bytes((value.bit_length() + 7) // 8 or 1, "big")
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
+
+
+def rsa_public_jwk_members(public_key: rsa.RSAPublicKey) -> dict[str, str]:
+    """The required members of an RSA public JWK: ``kty``, ``n``, ``e``."""
+    numbers = public_key.public_numbers()
+    return {"kty": "RSA", "n": _b64url_uint(numbers.n), "e": _b64url_uint(numbers.e)}
+
+
+def jwk_thumbprint(jwk: Mapping[str, Any]) -> str:
+    """RFC 7638 SHA-256 thumbprint of a JWK (RSA or EC or oct), base64url without padding."""
+    kty = jwk.get("kty")
+    required = {"RSA": ("e", "kty", "n"), "EC": ("crv", "kty", "x", "y"), "oct": ("k", "kty")}
+    if kty not in required:
+        raise KeyRingError(f"cannot take the thumbprint of a key of type {kty!r}")
+    members = {name: jwk[name] for name in required[str(kty)]}
+    canonical = json.dumps(members, separators=(",", ":"), sort_keys=True, ensure_ascii=False)
+    digest = hashlib.sha256(canonical.encode("utf-8")).digest()
+    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
+
+
+def rsa_kid(public_key: rsa.RSAPublicKey) -> str:
+    """The kid jwtmcp gives an RSA key: its RFC 7638 thumbprint."""
+    return jwk_thumbprint(rsa_public_jwk_members(public_key))
+
+
+# --- the ring value ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RingKey:
+    """One key of the ring, with its private key loaded."""
+
+    kid: str
+    state: KeyState
+    created_at: float
+    bits: int
+    activated_at: float | None = None
+    retired_at: float | None = None
+    private_key: rsa.RSAPrivateKey = field(repr=False, compare=False, default=None)  # type: ignore[assignment]
+
+    @property
+    def file_name(self) -> str:
+        return f"{self.kid}.pem"
+
+    @property
+    def signing_key(self) -> SigningKey:
+        return SigningKey(self.kid, self.private_key)
+
+    def public_jwk(self) -> dict[str, str]:
+        """The public JWK (``kty``, ``n``, ``e``, ``kid``, ``use``, ``alg``), no private part."""
+        jwk = rsa_public_jwk_members(self.private_key.public_key())
+        jwk.update(kid=self.kid, use="sig", alg="RS256")
+        return jwk
+
+    def removable_at(self, max_lifetime: int, leeway: int) -> float | None:
+        """When a retired key may be pruned: no token it signed can still be valid then."""
+        if self.state != "retired" or self.retired_at is None:
+            return None
+        return self.retired_at + max_lifetime + leeway
+
+    def _state_entry(self) -> dict[str, Any]:
+        return {
+            "kid": self.kid,
+            "state": self.state,
+            "bits": self.bits,
+            "created_at": self.created_at,
+            "activated_at": self.activated_at,
+            "retired_at": self.retired_at,
+        }
+
+
+@dataclass(frozen=True)
+class KeyRing:
+    """An immutable snapshot of a ring directory. Changes go through the module functions."""
+
+    directory: Path
+    keys: tuple[RingKey, ...]
+    max_lifetime: int = DEFAULT_MAX_LIFETIME
+    leeway: int = DEFAULT_LEEWAY
+    revision: int = 0
+
+    @property
+    def active(self) -> RingKey:
+        for key in self.keys:
+            if key.state == "active":
+                return key
+        raise KeyRingError(f"the key ring in {self.directory} has no active key")
+
+    @property
+    def next(self) -> RingKey | None:
+        return next((k for k in self.keys if k.state == "next"), None)
+
+    def get(self, kid: str) -> RingKey | None:
+        return next((k for k in self.keys if k.kid == kid), None)
+
+    def jwks(self) -> dict[str, list[dict[str, str]]]:
+        """The public JWKS: every published key (next, active, retired), public parts only."""
+        order = {"active": 0, "next": 1, "retired": 2}
+        keys = sorted(self.keys, key=lambda k: (order[k.state], -k.created_at))
+        return {"keys": [k.public_jwk() for k in keys]}
+
+    def prunable(self, now: float) -> tuple[RingKey, ...]:
+        """Retired keys whose grace period (retired_at + max_lifetime + leeway) has passed."""
+        out = []
+        for key in self.keys:
+            until = key.removable_at(self.max_lifetime, self.leeway)
+            if until is not None and now >= until:
+                out.append(key)
+        return tuple(out)
+
+    def _state_document(self) -> dict[str, Any]:
+        return {
+            "version": FORMAT_VERSION,
+            "revision": self.revision,
+            "max_lifetime": self.max_lifetime,
+            "leeway": self.leeway,
+            "keys": [k._state_entry() for k in self.keys],
+        }
+
+
+# --- files -------------------------------------------------------------------------------
+
+
+def _atomic_write(path: Path, data: bytes, mode: int) -> None:
+    """Write ``data`` to ``path`` via a temp file in the same directory, fsync and rename."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        os.fchmod(fd, mode)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def _locked(directory: Path, timeout: float = 30.0) -> Iterator[None]:
+    """Hold the ring's exclusive lock so concurrent changes run one after another."""
+    path = directory / LOCK_FILE
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError as exc:
+        raise KeyRingError(f"cannot lock the key ring in {directory}: {exc.strerror}") from None
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError as exc:
+                if exc.errno not in (errno.EAGAIN, errno.EACCES):
+                    raise
+                if time.monotonic() > deadline:
+                    raise KeyRingError(
+                        f"the key ring in {directory} is locked by another change"
+                    ) from None
+                time.sleep(0.01)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
+def _check_private_file(path: Path) -> None:
+    try:
+        st = path.lstat()
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        raise KeyRingError(f"cannot read key file {path}: {exc.strerror}") from None
+    if stat.S_ISLNK(st.st_mode):
+        target = path.stat()
+        mode = target.st_mode
+    else:
+        mode = st.st_mode
+    if not stat.S_ISREG(mode):
+        raise KeyRingError(f"key file {path} is not a regular file")
+    if mode & 0o077:
+        raise KeyRingError(
+            f"key file {path} is readable by group or others (mode {stat.S_IMODE(mode):04o}); "
+            f"fix it with: chmod 600 {path}"
+        )
+
+
+def _load_private_key(path: Path) -> rsa.RSAPrivateKey:
+    _check_private_file(path)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise KeyRingError(f"cannot read key file {path}: {exc.strerror}") from None
+    try:
+        key = serialization.load_pem_private_key(data, password=None)
+    except (ValueError, TypeError):
+        raise KeyRingError(f"key file {path} is not a valid unencrypted PEM private key") from None
+    if not isinstance(key, rsa.RSAPrivateKey):
+        raise KeyRingError(f"key file {path} does not hold an RSA key")
+    if key.key_size < MIN_BITS:
+        raise KeyRingError(f"key file {path} holds a {key.key_size}-bit key; at least 2048 needed")
+    return key
+
+
+def _pem(key: rsa.RSAPrivateKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+
+
+def _parse_state(directory: Path, raw: bytes) -> dict[str, Any]:
+    where = directory / STATE_FILE
+    try:
+        doc = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise KeyRingError(
+            f"the key ring state file {where} is corrupted (not valid JSON); "
+            "restore it from a backup or start a new ring with 'jwtmcp keys init'"
+        ) from None
+    if not isinstance(doc, dict) or doc.get("version") != FORMAT_VERSION:
+        raise KeyRingError(f"the key ring state file {where} has an unknown format")
+    keys = doc.get("keys")
+    if not isinstance(keys, list):
+        raise KeyRingError(f"the key ring state file {where} lists no keys")
+    for entry in keys:
+        if (
+            not isinstance(entry, dict)
+            or not isinstance(entry.get("kid"), str)
+            or entry.get("state") not in STATES
+            or not isinstance(entry.get("created_at"), int | float)
+            or "/" in entry["kid"]
+            or entry["kid"].startswith(".")
+        ):
+            raise KeyRingError(f"the key ring state file {where} has an invalid key entry")
+    actives = sum(1 for e in keys if e["state"] == "active")
+    if actives != 1:
+        raise KeyRingError(
+            f"the key ring state file {where} has {actives} active keys; exactly one is required"
+        )
+    for name in ("max_lifetime", "leeway", "revision"):
+        value = doc.get(name, 0)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise KeyRingError(f"the key ring state file {where} has an invalid {name}")
+    return doc
+
+
+class _KeyFileVanished(KeyRingError):
+    """A key file named by the state file is missing (perhaps pruned a moment ago)."""
+
+
+_key_cache: dict[tuple[str, str], rsa.RSAPrivateKey] = {}
+_key_cache_lock = threading.Lock()
+
+
+def _read_ring(directory: Path) -> KeyRing:
+    state_path = directory / STATE_FILE
+    try:
+        raw = state_path.read_bytes()
+    except FileNotFoundError:
+        if not directory.exists():
+            raise KeyRingError(
+                f"no key ring at {directory}; create one with: jwtmcp keys init --keys {directory}"
+            ) from None
+        raise KeyRingError(
+            f"{directory} holds no key ring ({STATE_FILE} is missing); "
+            f"create one with: jwtmcp keys init --keys {directory}"
+        ) from None
+    except NotADirectoryError:
+        raise KeyRingError(f"{directory} is not a directory") from None
+    except OSError as exc:
+        raise KeyRingError(f"cannot read {state_path}: {exc.strerror}") from None
+    doc = _parse_state(directory, raw)
+    keys = []
+    for entry in doc["keys"]:
+        kid = entry["kid"]
+        path = directory / f"{kid}.pem"
+        cache_key = (str(directory.resolve()), kid)
+        with _key_cache_lock:
+            private = _key_cache.get(cache_key)
+        if private is None or not path.exists():
+            try:
+                private = _load_private_key(path)
+            except FileNotFoundError:
+                raise _KeyFileVanished(
+                    f"key file {path} listed in {STATE_FILE} is missing"
+                ) from None
+            if rsa_kid(private.public_key()) != kid:
+                raise KeyRingError(f"key file {path} does not match its kid")
+            with _key_cache_lock:
+                _key_cache[cache_key] = private
+        else:
+            _check_private_file(path)
+        keys.append(
+            RingKey(
+                kid=kid,
+                state=entry["state"],
+                created_at=float(entry["created_at"]),
+                bits=private.key_size,
+                activated_at=entry.get("activated_at"),
+                retired_at=entry.get("retired_at"),
+                private_key=private,
+            )
+        )
+    return KeyRing(
+        directory=directory,
+        keys=tuple(keys),
+        max_lifetime=doc.get("max_lifetime", DEFAULT_MAX_LIFETIME) or DEFAULT_MAX_LIFETIME,
+        leeway=doc.get("leeway", DEFAULT_LEEWAY),
+        revision=doc.get("revision", 0),
+    )
+
+
+def load_ring(directory: str | os.PathLike[str]) -> KeyRing:
+    """Load the ring in ``directory``.
+
+    Raises :class:`KeyRingError` with a one-line explanation for a missing ring, a corrupt
+    state file, a missing or foreign key file, or a key file readable by group or others.
+    Files the state file does not name (a README, an orphan from a crash) are ignored.
+    """
+    path = Path(directory)
+    for attempt in range(3):
+        try:
+            return _read_ring(path)
+        except _KeyFileVanished:
+            # A concurrent prune/revoke may have removed a key file between reading the
+            # state and the PEM; the newer state no longer names it, so read again.
+            if attempt == 2:
+                raise
+            time.sleep(0.02)
+    raise AssertionError("unreachable")
+
+
+def _write_ring(ring: KeyRing, new_keys: tuple[RingKey, ...] = ()) -> KeyRing:
+    """Write new PEMs, then the state file; then remove PEMs no key names any more."""
+    ring = replace(ring, revision=ring.revision + 1)
+    for key in new_keys:
+        _atomic_write(ring.directory / key.file_name, _pem(key.private_key), 0o600)
+    body = json.dumps(ring._state_document(), indent=2).encode() + b"\n"
+    _atomic_write(ring.directory / STATE_FILE, body, 0o600)
+    _remove_orphans(ring)
+    return ring
+
+
+def _remove_orphans(ring: KeyRing) -> None:
+    named = {k.file_name for k in ring.keys}
+    for entry in ring.directory.iterdir():
+        name = entry.name
+        orphan_pem = name.endswith(".pem") and name not in named and len(name) == 47
+        stale_tmp = name.startswith(".") and name.endswith(".tmp")
+        if orphan_pem or stale_tmp:
+            with contextlib.suppress(OSError):
+                entry.unlink()
+
+
+def _check_bits(bits: int) -> int:
+    if isinstance(bits, bool) or not isinstance(bits, int) or bits < MIN_BITS:
+        raise KeyRingError(f"RSA keys must be at least {MIN_BITS} bits, not {bits}")
+    if bits not in ALLOWED_BITS:
+        raise KeyRingError(f"RSA key size must be one of 2048, 3072 or 4096, not {bits}")
+    return bits
+
+
+def generate_key(state: KeyState, now: float, bits: int = DEFAULT_BITS) -> RingKey:
+    """A new RSA key in ``state``, created at ``now``."""
+    private = rsa.generate_private_key(public_exponent=65537, key_size=_check_bits(bits))
+    return RingKey(
+        kid=rsa_kid(private.public_key()),
+        state=state,
+        created_at=now,
+        bits=bits,
+        activated_at=now if state == "active" else None,
+        private_key=private,
+    )
+
+
+def _ensure_directory(directory: Path) -> None:
+    try:
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except FileExistsError:
+        raise KeyRingError(f"{directory} exists and is not a directory") from None
+    except OSError as exc:
+        raise KeyRingError(f"cannot create {directory}: {exc.strerror}") from None
+    if not directory.is_dir():
+        raise KeyRingError(f"{directory} exists and is not a directory")
+    with contextlib.suppress(OSError):
+        os.chmod(directory, 0o700)
+
+
+def init_ring(
+    directory: str | os.PathLike[str],
+    *,
+    bits: int = DEFAULT_BITS,
+    max_lifetime: int = DEFAULT_MAX_LIFETIME,
+    leeway: int = DEFAULT_LEEWAY,
+    clock: Clock = time.time,
+) -> KeyRing:
+    """Create a ring with one ``active`` and one ``next`` key. Refuses to overwrite a ring."""
+    path = Path(directory)
+    _check_bits(bits)
+    if isinstance(max_lifetime, bool) or not isinstance(max_lifetime, int) or max_lifetime <= 0:
+        raise KeyRingError(f"max lifetime must be a positive number of seconds, not {max_lifetime}")
+    _ensure_directory(path)
+    with _locked(path):
+        if (path / STATE_FILE).exists():
+            raise KeyRingError(f"a key ring already exists in {path}; use 'jwtmcp keys rotate'")
+        now = clock()
+        new = (generate_key("active", now, bits), generate_key("next", now, bits))
+        ring = KeyRing(path, new, max_lifetime=max_lifetime, leeway=leeway)
+        return _write_ring(ring, new)
+
+
+def rotate_ring(
+    directory: str | os.PathLike[str], *, bits: int | None = None, clock: Clock = time.time
+) -> KeyRing:
+    """Promote ``next`` to ``active``, retire the old ``active``, make a new ``next``.
+
+    Verifiers already hold the new active key (it was published as ``next``), so tokens it
+    signs verify without a JWKS refetch. ``bits`` sets the new next key's size (default: the
+    size of the current active key).
+    """
+    path = Path(directory)
+    with _locked(path):
+        ring = load_ring(path)
+        now = clock()
+        old_active = ring.active
+        size = _check_bits(bits if bits is not None else max(old_active.bits, DEFAULT_BITS))
+        promoted = ring.next or generate_key("next", now, size)
+        created = [] if ring.next else [promoted]
+        new_next = generate_key("next", now, size)
+        created.append(new_next)
+        keys = []
+        for key in ring.keys:
+            if key.kid == old_active.kid:
+                keys.append(replace(key, state="retired", retired_at=now))
+            elif key.kid == promoted.kid:
+                continue
+            else:
+                keys.append(key)
+        keys.insert(0, replace(promoted, state="active", activated_at=now))
+        keys.append(new_next)
+        return _write_ring(replace(ring, keys=tuple(keys)), tuple(created))
+
+
+def revoke_key(
+    directory: str | os.PathLike[str], kid: str, *, clock: Clock = time.time
+) -> KeyRing:
+    """Remove ``kid`` from the ring (and so from the JWKS) at once.
+
+    Revoking the active key promotes ``next`` to active; revoking the ``next`` key (or the
+    one just promoted) makes a new ``next``, so the ring always has one of each.
+    """
+    path = Path(directory)
+    with _locked(path):
+        ring = load_ring(path)
+        target = ring.get(kid)
+        if target is None:
+            raise KeyRingError(f"no key with kid {kid!r} in the ring at {path}")
+        now = clock()
+        keys = [k for k in ring.keys if k.kid != kid]
+        created: list[RingKey] = []
+        size = max(target.bits, DEFAULT_BITS)
+        if target.state == "active":
+            nxt = next((k for k in keys if k.state == "next"), None)
+            if nxt is None:
+                nxt = generate_key("next", now, size)
+                created.append(nxt)
+                keys.append(nxt)
+            keys = [replace(k, state="active", activated_at=now) if k is nxt else k for k in keys]
+        if not any(k.state == "next" for k in keys):
+            fresh = generate_key("next", now, size)
+            created.append(fresh)
+            keys.append(fresh)
+        return _write_ring(replace(ring, keys=tuple(keys)), tuple(created))
+
+
+def prune_ring(
+    directory: str | os.PathLike[str], *, clock: Clock = time.time
+) -> tuple[KeyRing, tuple[str, ...]]:
+    """Remove retired keys whose grace period has passed. Returns the ring and removed kids."""
+    path = Path(directory)
+    with _locked(path):
+        ring = load_ring(path)
+        gone = {k.kid for k in ring.prunable(clock())}
+        if not gone:
+            return ring, ()
+        kept = tuple(k for k in ring.keys if k.kid not in gone)
+        return _write_ring(replace(ring, keys=kept)), tuple(sorted(gone))
+
+
+def ensure_ring(
+    directory: str | os.PathLike[str], *, clock: Clock = time.time
+) -> tuple[KeyRing, bool]:
+    """Load the ring, creating it first if the directory holds none. Returns (ring, created)."""
+    path = Path(directory)
+    if not (path / STATE_FILE).exists():
+        try:
+            return init_ring(path, clock=clock), True
+        except KeyRingError:
+            if not (path / STATE_FILE).exists():
+                raise
+            # another process created it at the same moment
+    return load_ring(path), False
+
+
+class RingWatcher:
+    """Serves the current ring to a long-running process and notices changes on disk.
+
+    ``current()`` costs one ``stat`` of the state file at most every ``interval`` seconds;
+    files are re-read only when the state file changed (rotate, revoke, prune by any
+    process). If a reload fails the last good ring keeps serving and ``last_error`` says why.
+    """
+
+    def __init__(
+        self,
+        directory: str | os.PathLike[str],
+        *,
+        interval: float = 0.25,
+        monotonic: Clock = time.monotonic,
+    ) -> None:
+        self.directory = Path(directory)
+        self.interval = interval
+        self._monotonic = monotonic
+        self._lock = threading.Lock()
+        self._ring = load_ring(self.directory)
+        self._signature = self._stat()
+        self._checked_at = monotonic()
+        self.last_error: str | None = None
+
+    def _stat(self) -> tuple[int, int, int] | None:
+        try:
+            st = os.stat(self.directory / STATE_FILE)
+        except OSError:
+            return None
+        return (st.st_mtime_ns, st.st_ino, st.st_size)
+
+    def current(self) -> KeyRing:
+        now = self._monotonic()
+        if now - self._checked_at < self.interval:
+            return self._ring
+        with self._lock:
+            if now - self._checked_at < self.interval:
+                return self._ring
+            self._checked_at = now
+            signature = self._stat()
+            if signature != self._signature and signature is not None:
+                try:
+                    self._ring = load_ring(self.directory)
+                    self._signature = signature
+                    self.last_error = None
+                except KeyRingError as exc:
+                    self.last_error = exc.message
+            return self._ring
