@@ -1,0 +1,816 @@
+"""The ``jwtmcp`` command line: manage the key ring, mint and verify tokens, run the issuer.
+
+Every command is a small function ``cmd_*(args, clock) -> int``. Errors jwtmcp raises on
+purpose (:class:`~jwtmcp.errors.JwtMcpError`) become one line ``jwtmcp: error: <message>``
+on stderr and exit status 1; usage mistakes (unknown flag, missing argument) are one line
+too, with exit status 2. ``serve``, ``clients`` and ``verify`` import their module lazily,
+so ``jwtmcp keys ...`` and ``jwtmcp mint`` stay fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, NoReturn
+
+from .errors import ConfigError, JwtMcpError, TokenError
+from .keys import (
+    DEFAULT_BITS,
+    DEFAULT_LEEWAY,
+    KeyRing,
+    init_ring,
+    load_ring,
+    prune_ring,
+    revoke_key,
+    rotate_ring,
+)
+from .tokens import DEFAULT_LIFETIME, DEFAULT_MAX_LIFETIME, Clock, mint
+
+PROG = "jwtmcp"
+DEFAULT_KEYS_DIR = "keys"
+DEFAULT_CLIENTS_FILE = "clients.json"
+DEFAULT_ISSUER = "http://127.0.0.1:8000"
+ENV_KEYS = "JWTMCP_KEYS"
+ENV_CLIENTS = "JWTMCP_CLIENTS"
+ENV_ISSUER = "JWTMCP_ISSUER"
+ENV_DEBUG = "JWTMCP_DEBUG"
+
+Command = Callable[[argparse.Namespace, Clock], int]
+
+
+class CliError(JwtMcpError):
+    """A command-line argument is invalid in a way argparse cannot see (e.g. ``--claim x``)."""
+
+    code = "usage"
+
+
+# --- settings from flags or environment -----------------------------------------------------
+
+
+def keys_dir(args: argparse.Namespace) -> Path:
+    """``--keys``, else ``$JWTMCP_KEYS``, else ``keys``."""
+    return Path(getattr(args, "keys", None) or os.environ.get(ENV_KEYS) or DEFAULT_KEYS_DIR)
+
+
+def clients_file(args: argparse.Namespace) -> Path:
+    """``--clients``, else ``$JWTMCP_CLIENTS``, else ``clients.json``."""
+    flag = getattr(args, "clients", None)
+    return Path(flag or os.environ.get(ENV_CLIENTS) or DEFAULT_CLIENTS_FILE)
+
+
+def issuer_url(args: argparse.Namespace) -> str:
+    """``--issuer``, else ``$JWTMCP_ISSUER``, else ``http://127.0.0.1:8000``."""
+    return str(getattr(args, "issuer", None) or os.environ.get(ENV_ISSUER) or DEFAULT_ISSUER)
+
+
+def _split_list(values: Sequence[str] | None) -> list[str]:
+    """``["a,b", "c"]`` -> ``["a", "b", "c"]`` (comma-separated and repeatable flags)."""
+    out: list[str] = []
+    for value in values or ():
+        out.extend(part.strip() for part in value.split(",") if part.strip())
+    return list(dict.fromkeys(out))
+
+
+def parse_claims(pairs: Sequence[str] | None) -> dict[str, Any]:
+    """``--claim k=v`` (a string) and ``--claim k:=JSON`` (any JSON value) as a dict."""
+    claims: dict[str, Any] = {}
+    for pair in pairs or ():
+        eq = pair.find("=")
+        if eq <= 0:
+            raise CliError(f"--claim wants NAME=VALUE or NAME:=JSON, not {pair!r}")
+        name, value = pair[:eq], pair[eq + 1 :]
+        if name.endswith(":"):
+            name = name[:-1]
+            try:
+                parsed: Any = json.loads(value)
+            except ValueError:
+                raise CliError(f"--claim {name}:= wants a JSON value, not {value!r}") from None
+        else:
+            parsed = value
+        if not name or any(c.isspace() for c in name):
+            raise CliError(f"--claim wants a claim name without spaces, not {name!r}")
+        if name in claims:
+            raise CliError(f"--claim {name} is given twice")
+        claims[name] = parsed
+    return claims
+
+
+def _utc(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+def _duration(seconds: float) -> str:
+    s = max(0, int(seconds + 0.999))
+    if s < 120:
+        return f"{s} s"
+    if s < 7200:
+        return f"{s // 60} min"
+    if s < 172800:
+        return f"{s // 3600} h {s % 3600 // 60} min"
+    return f"{s // 86400} days"
+
+
+def _print_json(value: Any) -> None:
+    sys.stdout.write(json.dumps(value, indent=2) + "\n")
+
+
+# --- keys -----------------------------------------------------------------------------------
+
+
+def _ring_summary(ring: KeyRing) -> str:
+    nxt = ring.next
+    return f"active {ring.active.kid}" + (f", next {nxt.kid}" if nxt else "")
+
+
+def cmd_keys_init(args: argparse.Namespace, clock: Clock) -> int:
+    directory = keys_dir(args)
+    ring = init_ring(
+        directory,
+        bits=args.bits,
+        max_lifetime=args.max_lifetime,
+        leeway=args.leeway,
+        clock=clock,
+    )
+    print(
+        f"created a key ring in {directory} (RSA {ring.active.bits}, "
+        f"tokens live at most {ring.max_lifetime} s)"
+    )
+    print(f"  active  {ring.active.kid}")
+    if ring.next:
+        print(f"  next    {ring.next.kid}")
+    return 0
+
+
+def cmd_keys_rotate(args: argparse.Namespace, clock: Clock) -> int:
+    directory = keys_dir(args)
+    before = load_ring(directory)
+    ring = rotate_ring(directory, bits=args.bits, clock=clock)
+    retired = ring.get(before.active.kid)
+    print(f"rotated the key ring in {directory}")
+    print(f"  active  {ring.active.kid}  (was next)")
+    if ring.next:
+        print(f"  next    {ring.next.kid}  (new)")
+    if retired is not None:
+        until = retired.removable_at(ring.max_lifetime, ring.leeway)
+        when = f"; prunable after {_utc(until)}" if until is not None else ""
+        print(f"  retired {retired.kid}{when}")
+    return 0
+
+
+def _key_rows(ring: KeyRing, now: float) -> list[dict[str, Any]]:
+    rows = []
+    order = {"active": 0, "next": 1, "retired": 2}
+    for key in sorted(ring.keys, key=lambda k: (order[k.state], -k.created_at)):
+        until = key.removable_at(ring.max_lifetime, ring.leeway)
+        rows.append(
+            {
+                "kid": key.kid,
+                "state": key.state,
+                "bits": key.bits,
+                "created_at": key.created_at,
+                "activated_at": key.activated_at,
+                "retired_at": key.retired_at,
+                "removable_at": until,
+                "removable_now": until is not None and now >= until,
+            }
+        )
+    return rows
+
+
+def cmd_keys_list(args: argparse.Namespace, clock: Clock) -> int:
+    ring = load_ring(keys_dir(args))
+    now = clock()
+    rows = _key_rows(ring, now)
+    if args.json:
+        _print_json(
+            {
+                "directory": str(ring.directory),
+                "max_lifetime": ring.max_lifetime,
+                "leeway": ring.leeway,
+                "revision": ring.revision,
+                "keys": rows,
+            }
+        )
+        return 0
+    header = ("KID", "STATE", "BITS", "CREATED", "REMOVABLE")
+    table = [header]
+    for row in rows:
+        until = row["removable_at"]
+        if until is None:
+            removable = "-"
+        elif row["removable_now"]:
+            removable = "now (run 'jwtmcp keys prune')"
+        else:
+            removable = f"after {_utc(until)} (in {_duration(until - now)})"
+        table.append(
+            (row["kid"], row["state"], str(row["bits"]), _utc(row["created_at"]), removable)
+        )
+    widths = [max(len(r[i]) for r in table) for i in range(len(header) - 1)]
+    for r in table:
+        cells = [c.ljust(w) for c, w in zip(r, widths, strict=False)]
+        print("  ".join([*cells, r[-1]]).rstrip())
+    return 0
+
+
+def cmd_keys_prune(args: argparse.Namespace, clock: Clock) -> int:
+    directory = keys_dir(args)
+    ring, removed = prune_ring(directory, clock=clock)
+    for kid in removed:
+        print(f"removed {kid}")
+    if not removed:
+        waits = [
+            until
+            for k in ring.keys
+            if (until := k.removable_at(ring.max_lifetime, ring.leeway)) is not None
+        ]
+        if waits:
+            print(f"nothing to prune yet; the next retired key may go after {_utc(min(waits))}")
+        else:
+            print("nothing to prune: no retired keys")
+    return 0
+
+
+def cmd_keys_revoke(args: argparse.Namespace, clock: Clock) -> int:
+    directory = keys_dir(args)
+    before = load_ring(directory)
+    target = before.get(args.kid)
+    ring = revoke_key(directory, args.kid, clock=clock)
+    state = target.state if target else "unknown"
+    print(f"revoked {args.kid} (was {state}); tokens it signed no longer verify")
+    print(f"  {_ring_summary(ring)}")
+    return 0
+
+
+# --- tokens ---------------------------------------------------------------------------------
+
+
+def cmd_mint(args: argparse.Namespace, clock: Clock) -> int:
+    extra = parse_claims(args.claim)
+    tools = _split_list(args.tools)
+    scopes = [s for value in args.scope or () for s in value.split()]
+    audiences = list(dict.fromkeys(args.aud))
+    ring = load_ring(keys_dir(args))
+    token = mint(
+        ring.active.signing_key,
+        issuer=issuer_url(args),
+        subject=args.sub,
+        audience=audiences[0] if len(audiences) == 1 else audiences,
+        client_id=args.client_id,
+        tools=tools,
+        scopes=scopes,
+        lifetime=args.ttl,
+        max_lifetime=ring.max_lifetime,
+        extra_claims=extra,
+        clock=clock,
+    )
+    sys.stdout.write(token + "\n")
+    return 0
+
+
+def cmd_jwks(args: argparse.Namespace, clock: Clock) -> int:
+    ring = load_ring(keys_dir(args))
+    _print_json(ring.jwks())
+    return 0
+
+
+def _read_token(value: str) -> str:
+    token = sys.stdin.read() if value == "-" else value
+    token = token.strip()
+    if not token:
+        raise CliError("no token given (pass it as TOKEN, or '-' to read it from stdin)")
+    return token
+
+
+def cmd_verify(args: argparse.Namespace, clock: Clock) -> int:
+    try:
+        from .verifier import Verifier
+    except ImportError as exc:
+        raise ConfigError(f"the verifier is not available in this installation ({exc})") from None
+    token = _read_token(args.token)
+    source = args.jwks
+    key_source: dict[str, Any]
+    if source.startswith(("http://", "https://")):
+        key_source = {"jwks_url": source}
+    else:
+        key_source = {"jwks_file": source}
+    audience: str | list[str] = args.aud[0] if len(args.aud) == 1 else list(args.aud)
+    verifier = Verifier(issuer=args.iss or issuer_url(args), audience=audience, **key_source)
+    try:
+        claims = verifier.verify(token)
+    except TokenError as exc:
+        raise TokenError(f"token refused ({exc.code}): {exc.message}", code=exc.code) from None
+    finally:
+        verifier.close()
+    _print_json(dict(claims.claims))
+    return 0
+
+
+# --- clients and serve (bodies owned by the issuer helper) -----------------------------------
+
+
+def cmd_clients_add(args: argparse.Namespace, clock: Clock) -> int:
+    from .clients import add_client
+
+    _client, secret = add_client(
+        clients_file(args),
+        args.name,
+        tools=_split_list(args.tools),
+        audiences=list(dict.fromkeys(args.aud)),
+        max_ttl=args.max_ttl,
+        subject=args.subject,
+    )
+    print(f"added client {args.name!r}; its secret (shown once, only a hash is stored):")
+    print(secret)
+    return 0
+
+
+def cmd_clients_list(args: argparse.Namespace, clock: Clock) -> int:
+    from .clients import list_clients
+
+    for client in list_clients(clients_file(args)):
+        print(client)
+    return 0
+
+
+def cmd_clients_remove(args: argparse.Namespace, clock: Clock) -> int:
+    from .clients import remove_client
+
+    remove_client(clients_file(args), args.name)
+    print(f"removed client {args.name!r}")
+    return 0
+
+
+def cmd_clients_rotate_secret(args: argparse.Namespace, clock: Clock) -> int:
+    from .clients import rotate_secret
+
+    secret = rotate_secret(clients_file(args), args.name)
+    print(f"new secret for client {args.name!r} (shown once; the old one no longer works):")
+    print(secret)
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace, clock: Clock) -> int:
+    from .issuer import serve
+
+    serve(
+        host=args.host,
+        port=args.port,
+        issuer_url=args.issuer or os.environ.get(ENV_ISSUER) or None,
+        keys_dir=str(keys_dir(args)),
+        clients_file=str(clients_file(args)),
+        workers=args.workers,
+    )
+    return 0
+
+
+# --- the parser -----------------------------------------------------------------------------
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage mistake is one line on stderr (and exit status 2)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    def __init__(self, prog: str) -> None:
+        super().__init__(prog, max_help_position=30)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive, not {value}")
+    return value
+
+
+def _port(text: str) -> int:
+    value = _positive_int(text)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"not a TCP port: {value}")
+    return value
+
+
+def _add_keys_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--keys",
+        metavar="DIR",
+        help=f"key ring directory (default: ${ENV_KEYS}, else '{DEFAULT_KEYS_DIR}')",
+    )
+
+
+def _add_clients_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--clients",
+        metavar="FILE",
+        help=f"clients file (default: ${ENV_CLIENTS}, else '{DEFAULT_CLIENTS_FILE}')",
+    )
+
+
+def _add_issuer_flag(parser: argparse.ArgumentParser, default_text: str) -> None:
+    parser.add_argument(
+        "--issuer", metavar="URL", help=f"issuer URL, the 'iss' claim ({default_text})"
+    )
+
+
+MAIN_EPILOG = f"""\
+five-minute tour:
+  {PROG} keys init --keys ./keys
+  TOKEN=$({PROG} mint --keys ./keys --sub alice --tools add,subtract --aud http://127.0.0.1:9000/mcp)
+  {PROG} jwks --keys ./keys > jwks.json
+  {PROG} verify "$TOKEN" --jwks jwks.json --aud http://127.0.0.1:9000/mcp
+  {PROG} keys rotate --keys ./keys && {PROG} keys list --keys ./keys
+
+environment:
+  {ENV_KEYS}     default for --keys (else '{DEFAULT_KEYS_DIR}')
+  {ENV_CLIENTS}  default for --clients (else '{DEFAULT_CLIENTS_FILE}')
+  {ENV_ISSUER}   default issuer URL, the 'iss' claim (else '{DEFAULT_ISSUER}')
+  {ENV_DEBUG}=1  show a Python traceback for unexpected errors
+
+Run '{PROG} COMMAND --help' for the flags of each command.
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The whole ``jwtmcp`` argument tree."""
+    parser = _Parser(
+        prog=PROG,
+        description="Short-lived RS256 access tokens with per-tool scopes for MCP servers: "
+        "a key ring, offline minting and verification, and the issuer service.",
+        epilog=MAIN_EPILOG,
+        formatter_class=_Formatter,
+    )
+    from . import __version__
+
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    # keys ...
+    keys = commands.add_parser(
+        "keys",
+        help="manage the signing key ring (init, rotate, list, prune, revoke)",
+        description="Manage the RSA signing key ring: a directory (mode 0700) holding one "
+        "PKCS#8 PEM file per key (mode 0600) and a state file, ring.json.\n\n"
+        "Key life cycle: next (published, not signing) -> active (signs tokens) -> retired "
+        "(published until every token it signed has expired) -> removed by 'prune'.",
+        epilog=f"""\
+examples:
+  {PROG} keys init --keys ./keys          # an active and a next key
+  {PROG} keys list --keys ./keys
+  {PROG} keys rotate --keys ./keys        # next -> active, active -> retired, new next
+  {PROG} keys prune --keys ./keys         # drop retired keys whose tokens all expired
+  {PROG} keys revoke KID --keys ./keys    # drop a (compromised) key at once
+""",
+        formatter_class=_Formatter,
+    )
+    keys_cmds = keys.add_subparsers(dest="keys_command", metavar="ACTION", parser_class=_Parser)
+
+    p = keys_cmds.add_parser(
+        "init",
+        help="create a new ring with an active and a next key",
+        description="Create a key ring with one active key (signs tokens) and one next key "
+        "(published in the JWKS ahead of the next rotation). Refuses to overwrite a ring.",
+        epilog=f"example:\n  {PROG} keys init --keys ./keys --bits 3072 --max-lifetime 900\n",
+        formatter_class=_Formatter,
+    )
+    _add_keys_flag(p)
+    p.add_argument(
+        "--bits",
+        type=int,
+        default=DEFAULT_BITS,
+        metavar="N",
+        help=f"RSA key size: 2048, 3072 or 4096 (default: {DEFAULT_BITS})",
+    )
+    p.add_argument(
+        "--max-lifetime",
+        type=_positive_int,
+        default=DEFAULT_MAX_LIFETIME,
+        metavar="SECONDS",
+        help="the longest lifetime a token minted from this ring may have "
+        f"(default: {DEFAULT_MAX_LIFETIME})",
+    )
+    p.add_argument(
+        "--leeway",
+        type=int,
+        default=DEFAULT_LEEWAY,
+        metavar="SECONDS",
+        help="clock-skew allowance added to a retired key's grace period "
+        f"(default: {DEFAULT_LEEWAY})",
+    )
+    p.set_defaults(func=cmd_keys_init)
+
+    p = keys_cmds.add_parser(
+        "rotate",
+        help="promote next to active, retire active, create a new next",
+        description="Rotate the ring: the next key becomes active (verifiers already hold it), "
+        "the active key is retired (its tokens keep verifying until they expire), and a new "
+        "next key is created. Safe to run from several processes at once.",
+        epilog=f"example:\n  {PROG} keys rotate --keys ./keys\n",
+        formatter_class=_Formatter,
+    )
+    _add_keys_flag(p)
+    p.add_argument(
+        "--bits", type=int, metavar="N", help="size of the new next key (default: as active)"
+    )
+    p.set_defaults(func=cmd_keys_rotate)
+
+    p = keys_cmds.add_parser(
+        "list",
+        help="show every key: kid, state, created, when a retired key may be removed",
+        description="Show every key of the ring with its kid (RFC 7638 thumbprint), state, "
+        "size, creation time (UTC) and, for a retired key, when 'prune' may remove it "
+        "(retired at + max lifetime + leeway).",
+        epilog=f"example:\n  {PROG} keys list --keys ./keys\n  {PROG} keys list --json\n",
+        formatter_class=_Formatter,
+    )
+    _add_keys_flag(p)
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(func=cmd_keys_list)
+
+    p = keys_cmds.add_parser(
+        "prune",
+        help="remove retired keys whose tokens have all expired",
+        description="Remove every retired key whose grace period (retired at + max lifetime "
+        "+ leeway) has passed, so no token it signed can still be valid. Safe to run from cron.",
+        epilog=f"example:\n  {PROG} keys prune --keys ./keys\n",
+        formatter_class=_Formatter,
+    )
+    _add_keys_flag(p)
+    p.set_defaults(func=cmd_keys_prune)
+
+    p = keys_cmds.add_parser(
+        "revoke",
+        help="remove a key at once (its tokens stop verifying)",
+        description="Remove the key KID from the ring and the JWKS now. Tokens it signed stop "
+        "verifying as soon as verifiers refresh their keys. Revoking the active key makes the "
+        "next key active; a new next key is created whenever needed.",
+        epilog=f"example:\n  {PROG} keys revoke NzbLsXh8uDCcd-6MNwXF4W_7noWXFZAfHkxZsRGC9Xs\n",
+        formatter_class=_Formatter,
+    )
+    p.add_argument("kid", metavar="KID", help="the kid to revoke (see 'keys list')")
+    _add_keys_flag(p)
+    p.set_defaults(func=cmd_keys_revoke)
+
+    # mint
+    p = commands.add_parser(
+        "mint",
+        help="mint an access token offline from the ring (prints the token only)",
+        description="Mint a signed RS256 access token (RFC 9068 'at+jwt') with the ring's "
+        "active key, offline. Prints only the token, so TOKEN=$(jwtmcp mint ...) works.",
+        epilog=f"""\
+examples:
+  {PROG} mint --sub alice --tools add,subtract --aud http://127.0.0.1:9000/mcp
+  {PROG} mint --sub ci --tools 'read_*' --aud https://a.example/mcp --aud https://b.example/mcp
+  {PROG} mint --sub bob --tools '*' --aud URL --ttl 60 --claim email=bob@example.com \\
+      --claim 'groups:=["ops"]'
+
+Tools become 'tool:<name>' scopes ('*' grants every tool, 'read_*' every tool whose name
+starts with 'read_'). Registered claims (iss, sub, aud, client_id, iat, nbf, exp, jti,
+scope) cannot be set with --claim.
+""",
+        formatter_class=_Formatter,
+    )
+    _add_keys_flag(p)
+    p.add_argument("--sub", required=True, metavar="SUBJECT", help="who the token is for")
+    p.add_argument(
+        "--tools",
+        action="append",
+        metavar="A,B",
+        help="tools the token may call, comma-separated; repeatable",
+    )
+    p.add_argument(
+        "--scope",
+        action="append",
+        metavar="SCOPES",
+        help="other scopes, space-separated, passed through as-is; repeatable",
+    )
+    p.add_argument(
+        "--aud",
+        action="append",
+        required=True,
+        metavar="URL",
+        help="the MCP server's resource URL; repeat for a token several servers accept",
+    )
+    p.add_argument(
+        "--ttl",
+        type=_positive_int,
+        default=DEFAULT_LIFETIME,
+        metavar="SECONDS",
+        help=f"lifetime (default: {DEFAULT_LIFETIME}; at most the ring's max lifetime)",
+    )
+    p.add_argument(
+        "--claim",
+        action="append",
+        metavar="K=V",
+        help="extra claim: NAME=STRING or NAME:=JSON; repeatable",
+    )
+    p.add_argument("--client-id", metavar="ID", help="the client_id claim (default: the subject)")
+    _add_issuer_flag(p, f"default: ${ENV_ISSUER}, else {DEFAULT_ISSUER}")
+    p.set_defaults(func=cmd_mint)
+
+    # jwks
+    p = commands.add_parser(
+        "jwks",
+        help="print the public JWKS (next, active and retired keys)",
+        description="Print the ring's public JWKS: kty, n, e, kid, use, alg of every "
+        "published key. Never any private part.",
+        epilog=f"example:\n  {PROG} jwks --keys ./keys > jwks.json\n",
+        formatter_class=_Formatter,
+    )
+    _add_keys_flag(p)
+    p.set_defaults(func=cmd_jwks)
+
+    # verify
+    p = commands.add_parser(
+        "verify",
+        help="verify a token against a JWKS file or URL; prints its claims as JSON",
+        description="Verify TOKEN like an MCP server would: RS256 signature against the JWKS, "
+        "typ at+jwt, exact issuer, audience, expiry. Prints the claims as JSON, or one line "
+        "saying why the token was refused and exit status 1.",
+        epilog=f"""\
+examples:
+  {PROG} verify "$TOKEN" --jwks jwks.json --aud http://127.0.0.1:9000/mcp
+  {PROG} verify "$TOKEN" --jwks http://127.0.0.1:8000/.well-known/jwks.json \\
+      --iss http://127.0.0.1:8000 --aud http://127.0.0.1:9000/mcp
+  echo "$TOKEN" | {PROG} verify - --jwks jwks.json --aud http://127.0.0.1:9000/mcp
+""",
+        formatter_class=_Formatter,
+    )
+    p.add_argument("token", metavar="TOKEN", help="the token, or '-' to read it from stdin")
+    p.add_argument(
+        "--jwks",
+        required=True,
+        metavar="URL|FILE",
+        help="the issuer's JWKS: an http(s) URL or a file",
+    )
+    p.add_argument(
+        "--iss",
+        metavar="URL",
+        help=f"expected issuer (default: ${ENV_ISSUER}, else {DEFAULT_ISSUER})",
+    )
+    p.add_argument(
+        "--aud",
+        action="append",
+        required=True,
+        metavar="URL",
+        help="this server's resource URL; the token's aud must contain it",
+    )
+    p.set_defaults(func=cmd_verify)
+
+    # clients ...
+    clients = commands.add_parser(
+        "clients",
+        help="manage machine clients of the issuer (add, list, remove, rotate-secret)",
+        description="Manage the machine clients that may ask the issuer for tokens with the "
+        "OAuth client_credentials grant. Clients live in a JSON file; only secret hashes are "
+        "stored.",
+        epilog=f"""\
+examples:
+  {PROG} clients add ci-bot --tools add,subtract --aud http://127.0.0.1:9000/mcp
+  {PROG} clients list
+  {PROG} clients rotate-secret ci-bot
+  {PROG} clients remove ci-bot
+""",
+        formatter_class=_Formatter,
+    )
+    clients_cmds = clients.add_subparsers(
+        dest="clients_command", metavar="ACTION", parser_class=_Parser
+    )
+    p = clients_cmds.add_parser(
+        "add",
+        help="register a client and print its secret once",
+        description="Register client NAME with the tools and audiences it may get tokens "
+        "for. Prints its secret once; only a hash is stored.",
+        epilog=f"example:\n  {PROG} clients add ci-bot --tools 'read_*' "
+        "--aud https://a.example/mcp "
+        "--max-ttl 600\n",
+        formatter_class=_Formatter,
+    )
+    p.add_argument("name", metavar="NAME", help="the client id")
+    p.add_argument(
+        "--tools",
+        action="append",
+        required=True,
+        metavar="A,B",
+        help="tools the client may get, comma-separated ('*' and 'prefix*' allowed); repeatable",
+    )
+    p.add_argument(
+        "--aud",
+        action="append",
+        required=True,
+        metavar="URL",
+        help="an MCP server (resource URL) the client may get tokens for; repeatable",
+    )
+    p.add_argument(
+        "--max-ttl", type=_positive_int, metavar="SECONDS", help="cap on its tokens' lifetime"
+    )
+    p.add_argument("--subject", metavar="SUB", help="the 'sub' of its tokens (default: NAME)")
+    _add_clients_flag(p)
+    p.set_defaults(func=cmd_clients_add)
+
+    p = clients_cmds.add_parser("list", help="list registered clients", formatter_class=_Formatter)
+    _add_clients_flag(p)
+    p.set_defaults(func=cmd_clients_list)
+
+    p = clients_cmds.add_parser("remove", help="remove a client", formatter_class=_Formatter)
+    p.add_argument("name", metavar="NAME", help="the client id")
+    _add_clients_flag(p)
+    p.set_defaults(func=cmd_clients_remove)
+
+    p = clients_cmds.add_parser(
+        "rotate-secret",
+        help="give a client a new secret (printed once); the old one stops working",
+        formatter_class=_Formatter,
+    )
+    p.add_argument("name", metavar="NAME", help="the client id")
+    _add_clients_flag(p)
+    p.set_defaults(func=cmd_clients_rotate_secret)
+
+    # serve
+    p = commands.add_parser(
+        "serve",
+        help="run the issuer service (JWKS, OAuth metadata, /token)",
+        description="Run the token issuer over HTTP: /.well-known/jwks.json, "
+        "/.well-known/oauth-authorization-server, POST /token (client_credentials) and "
+        "/healthz. On first start it creates the key ring and a demo client and says so.",
+        epilog=f"""\
+examples:
+  {PROG} serve
+  {PROG} serve --host 0.0.0.0 --port 8000 --issuer https://auth.example.com --workers 4
+""",
+        formatter_class=_Formatter,
+    )
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
+    p.add_argument("--port", type=_port, default=8000, help="TCP port (default: 8000)")
+    _add_issuer_flag(p, f"default: ${ENV_ISSUER}, else http://HOST:PORT")
+    _add_keys_flag(p)
+    _add_clients_flag(p)
+    p.add_argument(
+        "--workers",
+        type=_positive_int,
+        default=1,
+        metavar="N",
+        help="worker processes (default: 1)",
+    )
+    p.set_defaults(func=cmd_serve)
+
+    return parser
+
+
+def main(argv: Sequence[str] | None = None, *, clock: Clock = time.time) -> int:
+    """Run the CLI with ``argv`` (default: ``sys.argv[1:]``); returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    func: Command | None = getattr(args, "func", None)
+    if func is None:
+        # 'jwtmcp', 'jwtmcp keys' or 'jwtmcp clients' alone: show what can follow.
+        sub = {"keys": "keys", "clients": "clients"}.get(args.command or "")
+        target = parser if sub is None else _subparser(parser, sub)
+        target.print_help(sys.stderr)
+        return 2
+    try:
+        return func(args, clock)
+    except JwtMcpError as exc:
+        print(f"{PROG}: error: {exc.message}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        # stdout closed early (e.g. '| head'): not an error worth a message.
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+    except OSError as exc:
+        where = f" ({exc.filename})" if exc.filename else ""
+        print(f"{PROG}: error: {exc.strerror or exc}{where}", file=sys.stderr)
+        return 1
+    except Exception as exc:
+        if os.environ.get(ENV_DEBUG):
+            raise
+        print(
+            f"{PROG}: error: unexpected {type(exc).__name__}: {exc} "
+            f"(set {ENV_DEBUG}=1 to see the traceback)",
+            file=sys.stderr,
+        )
+        return 1
+
+
+def _subparser(parser: argparse.ArgumentParser, name: str) -> argparse.ArgumentParser:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            found = action.choices.get(name)
+            if isinstance(found, argparse.ArgumentParser):
+                return found
+    return parser
