@@ -257,6 +257,11 @@ def cmd_mint(args: argparse.Namespace, clock: Clock) -> int:
     scopes = [s for value in args.scope or () for s in value.split()]
     audiences = list(dict.fromkeys(args.aud))
     ring = load_ring(keys_dir(args))
+    if args.ttl > ring.max_lifetime:
+        raise CliError(
+            f"--ttl {args.ttl} is above the maximum token lifetime of this ring, "
+            f"{ring.max_lifetime} s (set by 'keys init --max-lifetime')"
+        )
     token = mint(
         ring.active.signing_key,
         issuer=issuer_url(args),

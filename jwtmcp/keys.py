@@ -23,6 +23,7 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 import stat
 import tempfile
 import threading
@@ -300,22 +301,37 @@ def _parse_state(directory: Path, raw: bytes) -> dict[str, Any]:
         if (
             not isinstance(entry, dict)
             or not isinstance(entry.get("kid"), str)
+            or not _KID_PATTERN.fullmatch(entry["kid"])
             or entry.get("state") not in STATES
-            or not isinstance(entry.get("created_at"), int | float)
-            or "/" in entry["kid"]
-            or entry["kid"].startswith(".")
+            or not _is_time(entry.get("created_at"))
+            or not _is_time(entry.get("activated_at"), optional=True)
+            or not _is_time(entry.get("retired_at"), optional=(entry.get("state") != "retired"))
         ):
             raise KeyRingError(f"the key ring state file {where} has an invalid key entry")
+    if len({e["kid"] for e in keys}) != len(keys):
+        raise KeyRingError(f"the key ring state file {where} lists a key twice")
     actives = sum(1 for e in keys if e["state"] == "active")
     if actives != 1:
         raise KeyRingError(
             f"the key ring state file {where} has {actives} active keys; exactly one is required"
         )
+    if sum(1 for e in keys if e["state"] == "next") > 1:
+        raise KeyRingError(f"the key ring state file {where} has more than one next key")
     for name in ("max_lifetime", "leeway", "revision"):
         value = doc.get(name, 0)
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise KeyRingError(f"the key ring state file {where} has an invalid {name}")
     return doc
+
+
+_KID_PATTERN = re.compile(r"[A-Za-z0-9_-]{43}")
+"""A kid jwtmcp writes: an unpadded base64url SHA-256 thumbprint (also a safe file name)."""
+
+
+def _is_time(value: object, *, optional: bool = False) -> bool:
+    if value is None:
+        return optional
+    return isinstance(value, int | float) and not isinstance(value, bool) and value >= 0
 
 
 class _KeyFileVanished(KeyRingError):
@@ -356,7 +372,8 @@ def _read_ring(directory: Path) -> KeyRing:
                 private = _load_private_key(path)
             except FileNotFoundError:
                 raise _KeyFileVanished(
-                    f"key file {path} listed in {STATE_FILE} is missing"
+                    f"key file {path} listed in {STATE_FILE} is missing; restore it from a "
+                    f"backup, or delete its entry from {directory / STATE_FILE}"
                 ) from None
             if rsa_kid(private.public_key()) != kid:
                 raise KeyRingError(f"key file {path} does not match its kid")
@@ -419,7 +436,11 @@ def _remove_orphans(ring: KeyRing) -> None:
     named = {k.file_name for k in ring.keys}
     for entry in ring.directory.iterdir():
         name = entry.name
-        orphan_pem = name.endswith(".pem") and name not in named and len(name) == 47
+        orphan_pem = (
+            name.endswith(".pem")
+            and name not in named
+            and _KID_PATTERN.fullmatch(name[: -len(".pem")]) is not None
+        )
         stale_tmp = name.startswith(".") and name.endswith(".tmp")
         if orphan_pem or stale_tmp:
             with contextlib.suppress(OSError):
@@ -473,6 +494,8 @@ def init_ring(
     _check_bits(bits)
     if isinstance(max_lifetime, bool) or not isinstance(max_lifetime, int) or max_lifetime <= 0:
         raise KeyRingError(f"max lifetime must be a positive number of seconds, not {max_lifetime}")
+    if isinstance(leeway, bool) or not isinstance(leeway, int) or leeway < 0:
+        raise KeyRingError(f"leeway must be zero or a positive number of seconds, not {leeway}")
     _ensure_directory(path)
     with _locked(path):
         if (path / STATE_FILE).exists():

@@ -5,6 +5,7 @@ Minting is a pure function of (claims, key, clock): no files, no network.
 
 from __future__ import annotations
 
+import json
 import secrets
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -212,10 +213,18 @@ def build_claims(
         raise ConfigError(
             f"lifetime {lifetime} s is above the maximum of {max_lifetime} s"
         )
+    if isinstance(tools, str):  # one string: "add" or "add,subtract", never its characters
+        tools = [t for t in tools.split(",") if t.strip()]
+    if isinstance(scopes, str):
+        scopes = scopes.split()
     extra = dict(extra_claims or {})
     clash = sorted(set(extra) & RESERVED_CLAIMS)
     if clash:
         raise ConfigError(f"extra claims may not set registered claim(s): {', '.join(clash)}")
+    try:
+        json.dumps(extra, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"extra claims must be plain JSON values ({exc})") from None
     all_scopes = split_scope([*tool_scopes(tools), *split_scope(list(scopes))])
     iat = int(now)
     claims: dict[str, Any] = dict(extra)
