@@ -1,0 +1,660 @@
+#!/usr/bin/env python3
+"""jwtmcp against the physical limit and its peers, measured in ONE process and run.
+
+    python scripts/bench.py            # a human table (about a minute)
+    python scripts/bench.py --json     # one JSON object for machines
+    python scripts/bench.py --quick    # a short, noisier run
+
+Baselines: raw ``cryptography`` RSA-2048 PKCS#1 v1.5 SHA-256 sign and verify (the physical
+limit of an RS256 token) and PyJWT ``encode``/``decode`` (what users write today). Every
+jwtmcp figure is reported as a rate or a latency AND as a ratio against a baseline measured
+in this same run, so the ratios mean something on a shared, noisy machine.
+
+CPU figures are measured round-robin: each benchmark runs for a short slice in turn, for
+several rounds, and the best slice counts. ``/token`` runs against a real ``jwtmcp serve``
+subprocess (one worker) on loopback; ``tools/call`` goes through the official MCP SDK client
+to a real MCP server subprocess, plain and protected, alternating between the two.
+Everything binds 127.0.0.1 and is bounded in time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import contextlib
+import gc
+import http.client
+import json
+import os
+import platform
+import sys
+import tempfile
+import threading
+import time
+import tracemalloc
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+sys.path.insert(0, str(HERE))
+
+import jwt  # noqa: E402
+from _harness import (  # noqa: E402
+    LOOPBACK,
+    Issuer,
+    McpServer,
+    percentile,
+    proc_cpu_seconds,
+    running,
+)
+from cryptography.hazmat.primitives import hashes  # noqa: E402
+from cryptography.hazmat.primitives.asymmetric import padding, rsa  # noqa: E402
+
+import jwtmcp  # noqa: E402
+from jwtmcp.keys import init_ring, load_ring  # noqa: E402
+from jwtmcp.tokens import mint  # noqa: E402
+
+ISSUER = "http://127.0.0.1:1"
+AUDIENCE = "http://127.0.0.1:2/mcp"
+TOKEN_LIFETIME = 900
+TOOLS = ("add", "subtract")
+
+TARGETS: dict[str, tuple[str, str, float]] = {
+    # ratio key: (description, comparison, bound)
+    "verify_fresh_vs_raw": ("verify, fresh tokens / raw verify", ">=", 0.75),
+    "verify_reused_vs_raw": ("verify, reused token / raw verify", ">=", 10.0),
+    "mint_vs_raw_sign": ("mint / raw sign", ">=", 0.90),
+    "token_http_vs_raw_sign": ("/token over HTTP, 1 worker / raw sign", ">=", 0.40),
+    "tools_call_p50_auth_vs_noauth": ("tools/call p50 with auth / without", "<=", 1.05),
+    "verify_50keys_vs_1key": ("verify throughput, 50 keys / 1 key", ">=", 0.95),
+}
+
+
+@dataclass(frozen=True)
+class Settings:
+    quick: bool
+    rounds: int
+    slice_s: float
+    pool: int
+    http_rounds: int
+    http_seconds: float
+    http_connections: int
+    mcp_calls: int
+    mcp_warmup: int
+
+    @classmethod
+    def make(cls, quick: bool) -> Settings:
+        if quick:
+            return cls(True, rounds=2, slice_s=0.12, pool=400, http_rounds=1, http_seconds=1.5,
+                       http_connections=6, mcp_calls=150, mcp_warmup=20)
+        return cls(False, rounds=5, slice_s=0.4, pool=2500, http_rounds=3, http_seconds=3.0,
+                   http_connections=6, mcp_calls=1500, mcp_warmup=100)
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+# --- the round-robin timer -----------------------------------------------------------------
+
+
+@dataclass
+class Bench:
+    """One CPU benchmark: ``run`` does one timed batch and returns how many operations it did;
+    ``prepare`` (untimed) runs before every batch."""
+
+    name: str
+    run: Callable[[], int]
+    prepare: Callable[[], None] | None = None
+
+
+def measure(benches: list[Bench], rounds: int, slice_s: float) -> dict[str, float]:
+    """Best per-second rate of each bench over ``rounds`` round-robin slices of ``slice_s``."""
+    best = {b.name: 0.0 for b in benches}
+    for r in range(rounds):
+        order = benches if r % 2 == 0 else list(reversed(benches))
+        for bench in order:
+            gc.collect()
+            ops, spent = 0, 0.0
+            while spent < slice_s:
+                if bench.prepare is not None:
+                    bench.prepare()
+                t0 = time.perf_counter()
+                ops += bench.run()
+                spent += time.perf_counter() - t0
+            best[bench.name] = max(best[bench.name], ops / spent)
+    return best
+
+
+# --- fixtures: ring, keys, token pools ---------------------------------------------------
+
+
+def b64url_decode(segment: str) -> bytes:
+    return base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
+
+
+@dataclass
+class World:
+    """Keys, JWKS files and distinct tokens shared by the CPU benchmarks."""
+
+    workdir: Path
+    signing: jwtmcp.SigningKey
+    public: rsa.RSAPublicKey
+    pool: list[str]  # distinct tokens, all valid for ISSUER/AUDIENCE
+    warm_token: str  # a further token, used only to warm a fresh verifier
+    jwks_ring: Path  # the ring's JWKS (active + next key)
+    jwks_by_count: dict[int, Path]  # JWKS with 1, 3, 50 keys; the signing key last
+
+
+def build_world(workdir: Path, settings: Settings) -> World:
+    ring = init_ring(workdir / "keys")
+    ring = load_ring(workdir / "keys")
+    key = ring.active.signing_key
+    public = key.private_key.public_key()
+
+    def one() -> str:
+        return mint(key, issuer=ISSUER, subject="bench", audience=AUDIENCE, client_id="bench",
+                    tools=TOOLS, lifetime=TOKEN_LIFETIME)
+
+    pool = [one() for _ in range(settings.pool)]
+    assert len(set(pool)) == len(pool)
+    jwks_ring = workdir / "jwks-ring.json"
+    jwks_ring.write_text(json.dumps(ring.jwks()))
+    mine = ring.active.public_jwk()
+    decoys: list[dict[str, str]] = [k.public_jwk() for k in ring.keys if k.kid != key.kid]
+    by_count: dict[int, Path] = {}
+    for count in (1, 3, 50):
+        while len(decoys) < count - 1:
+            decoys.append(_decoy_jwk())
+        path = workdir / f"jwks-{count}.json"
+        path.write_text(json.dumps({"keys": [*decoys[: count - 1], mine]}))
+        by_count[count] = path
+    return World(workdir, key, public, pool, one(), jwks_ring, by_count)
+
+
+def _decoy_jwk() -> dict[str, str]:
+    from jwtmcp.keys import rsa_kid, rsa_public_jwk_members
+
+    public = rsa.generate_private_key(public_exponent=65537, key_size=2048).public_key()
+    jwk = rsa_public_jwk_members(public)
+    jwk.update(kid=rsa_kid(public), use="sig", alg="RS256")
+    return jwk
+
+
+def _verifier_class() -> Any:
+    try:
+        from jwtmcp.verifier import Verifier
+    except ImportError:
+        return None
+    return Verifier
+
+
+# --- CPU benchmarks ----------------------------------------------------------------------
+
+
+def cpu_benches(world: World) -> list[Bench]:
+    pkcs1, sha256 = padding.PKCS1v15(), hashes.SHA256()
+    signed = []
+    for token in world.pool:
+        head, body, sig = token.split(".")
+        signed.append((f"{head}.{body}".encode(), b64url_decode(sig)))
+    private, public = world.signing.private_key, world.public
+    claims = jwt.decode(world.pool[0], options={"verify_signature": False})
+    headers = {"typ": "at+jwt", "kid": world.signing.kid}
+    cursor = {"raw": 0, "pyjwt": 0}
+    n_pool = len(world.pool)
+
+    def raw_verify() -> int:
+        i = cursor["raw"]
+        for _ in range(50):
+            message, signature = signed[i]
+            public.verify(signature, message, pkcs1, sha256)
+            i = (i + 1) % n_pool
+        cursor["raw"] = i
+        return 50
+
+    def raw_sign() -> int:
+        message = signed[0][0]
+        for _ in range(10):
+            private.sign(message, pkcs1, sha256)
+        return 10
+
+    def pyjwt_decode() -> int:
+        i = cursor["pyjwt"]
+        for _ in range(50):
+            jwt.decode(world.pool[i], public, algorithms=["RS256"], audience=AUDIENCE,
+                       issuer=ISSUER)
+            i = (i + 1) % n_pool
+        cursor["pyjwt"] = i
+        return 50
+
+    def pyjwt_encode() -> int:
+        for _ in range(10):
+            jwt.encode(claims, private, algorithm="RS256", headers=headers)
+        return 10
+
+    def jwtmcp_mint() -> int:
+        for _ in range(10):
+            mint(world.signing, issuer=ISSUER, subject="bench", audience=AUDIENCE,
+                 client_id="bench", tools=TOOLS, lifetime=TOKEN_LIFETIME)
+        return 10
+
+    benches = [
+        Bench("raw_verify", raw_verify),
+        Bench("raw_sign", raw_sign),
+        Bench("pyjwt_verify", pyjwt_decode),
+        Bench("pyjwt_sign", pyjwt_encode),
+        Bench("mint", jwtmcp_mint),
+    ]
+    verifier_cls = _verifier_class()
+    if verifier_cls is not None:
+        benches += verifier_benches(world, verifier_cls)
+    return benches
+
+
+class FreshVerify:
+    """Verifies each pool token once with a verifier that has seen none of them.
+
+    When the pool is used up, ``prepare`` (untimed) builds a new verifier from ``jwks_file``
+    and warms it with a token outside the pool, so its key is loaded but its cache is empty.
+    """
+
+    def __init__(self, world: World, verifier_cls: Any, jwks_file: Path) -> None:
+        self.world, self.cls, self.jwks_file = world, verifier_cls, jwks_file
+        self.verifier: Any = None
+        self.next = len(world.pool)
+
+    def prepare(self) -> None:
+        if self.next + 50 <= len(self.world.pool):
+            return
+        if self.verifier is not None:
+            self.verifier.close()
+        self.verifier = self.cls(issuer=ISSUER, audience=AUDIENCE, jwks_file=self.jwks_file)
+        self.verifier.verify(self.world.warm_token)
+        self.next = 0
+
+    def run(self) -> int:
+        verify = self.verifier.verify
+        pool = self.world.pool
+        start = self.next
+        for i in range(start, start + 50):
+            verify(pool[i])
+        self.next = start + 50
+        return 50
+
+
+def verifier_benches(world: World, verifier_cls: Any) -> list[Bench]:
+    reused_verifier = verifier_cls(issuer=ISSUER, audience=AUDIENCE, jwks_file=world.jwks_ring)
+    token = world.pool[0]
+    reused_verifier.verify(token)
+
+    def reused() -> int:
+        verify = reused_verifier.verify
+        for _ in range(1000):
+            verify(token)
+        return 1000
+
+    benches = [Bench("verify_reused", reused)]
+    fresh = {
+        "verify_fresh": FreshVerify(world, verifier_cls, world.jwks_ring),
+        "verify_1key": FreshVerify(world, verifier_cls, world.jwks_by_count[1]),
+        "verify_3keys": FreshVerify(world, verifier_cls, world.jwks_by_count[3]),
+        "verify_50keys": FreshVerify(world, verifier_cls, world.jwks_by_count[50]),
+    }
+    benches += [Bench(name, f.run, f.prepare) for name, f in fresh.items()]
+    return benches
+
+
+def cache_memory(world: World, verifier_cls: Any) -> dict[str, Any]:
+    """Bytes held by the verified-token cache, by tracemalloc, filled with distinct tokens.
+
+    Each token is a fresh string (as a request would bring), so what the cache keeps of it
+    counts. If the pool is smaller than the cache's default size, the per-entry cost is
+    measured on the pool and scaled to the default size (``extrapolated: true``).
+    """
+    verifier = verifier_cls(issuer=ISSUER, audience=AUDIENCE, jwks_file=world.jwks_ring)
+    verifier.verify(world.warm_token)
+    size = _default_cache_size(verifier_cls, verifier)
+    tokens = world.pool if size is None else world.pool[:size]
+    gc.collect()
+    tracemalloc.start()
+    before = tracemalloc.take_snapshot()
+    for token in tokens:
+        verifier.verify(token.encode().decode())
+    gc.collect()
+    after = tracemalloc.take_snapshot()
+    tracemalloc.stop()
+    grown = sum(stat.size_diff for stat in after.compare_to(before, "filename"))
+    verifier.close()
+    per_entry = grown / len(tokens)
+    entries = size if size is not None else len(tokens)
+    return {
+        "cache_default_size": size,
+        "cache_bytes_per_entry": round(per_entry),
+        "cache_memory_mb_at_default_size": round(per_entry * entries / 1e6, 2),
+        "cache_memory_extrapolated": entries > len(tokens),
+    }
+
+
+def _default_cache_size(verifier_cls: Any, verifier: Any) -> int | None:
+    import inspect
+
+    with contextlib.suppress(TypeError, ValueError):
+        for name, param in inspect.signature(verifier_cls).parameters.items():
+            if "cache" in name and isinstance(param.default, int) and name.endswith("size"):
+                return int(param.default)
+    for attr in ("cache_size", "token_cache_size"):
+        value = getattr(verifier, attr, None)
+        if isinstance(value, int):
+            return value
+    return None
+
+
+# --- /token over HTTP --------------------------------------------------------------------
+
+
+def token_http(workdir: Path, settings: Settings) -> dict[str, Any]:
+    """Requests per second ``POST /token`` sustains on one ``jwtmcp serve`` worker.
+
+    The client is the standard library's ``http.client`` on keep-alive connections from a few
+    threads, far lighter per request than the server, so the server is the bottleneck; its CPU
+    use during the window is reported to show it.
+    """
+    issuer = Issuer(workdir / "issuer")
+    issuer.workdir.mkdir(parents=True, exist_ok=True)
+    secret = issuer.add_client("bench", tools=TOOLS, audiences=[AUDIENCE])
+    with running(issuer.start()):
+        auth = "Basic " + base64.b64encode(f"bench:{secret}".encode()).decode()
+        body = f"grant_type=client_credentials&resource={AUDIENCE}".encode()
+        headers = {"Authorization": auth, "Content-Type": "application/x-www-form-urlencoded"}
+        _token_burst(issuer.port, body, headers, 1, 0.5)  # warm-up: imports, key load, caches
+        best: dict[str, Any] = {"token_http_per_s": 0.0}
+        for _ in range(settings.http_rounds):
+            cpu0 = proc_cpu_seconds(issuer.process.pid) if issuer.process else None
+            t0 = time.perf_counter()
+            ok, failed = _token_burst(issuer.port, body, headers, settings.http_connections,
+                                      settings.http_seconds)
+            elapsed = time.perf_counter() - t0
+            cpu1 = proc_cpu_seconds(issuer.process.pid) if issuer.process else None
+            if failed:
+                raise RuntimeError(f"/token failed {failed} times during the benchmark")
+            rate = ok / elapsed
+            if rate > best["token_http_per_s"]:
+                best = {"token_http_per_s": rate, "token_http_requests": ok}
+                if cpu0 is not None and cpu1 is not None:
+                    best["token_http_server_cpu"] = round((cpu1 - cpu0) / elapsed, 2)
+        return best
+
+
+def _token_burst(port: int, body: bytes, headers: dict[str, str], connections: int,
+                 seconds: float) -> tuple[int, int]:
+    deadline = time.perf_counter() + seconds
+    counts = [[0, 0] for _ in range(connections)]
+
+    def worker(slot: list[int]) -> None:
+        conn = http.client.HTTPConnection(LOOPBACK, port, timeout=10)
+        try:
+            while time.perf_counter() < deadline:
+                conn.request("POST", "/token", body, headers)
+                resp = conn.getresponse()
+                data = resp.read()
+                if resp.status == 200 and b'"access_token"' in data:
+                    slot[0] += 1
+                else:
+                    slot[1] += 1
+        finally:
+            conn.close()
+
+    threads = [threading.Thread(target=worker, args=(c,)) for c in counts]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return sum(c[0] for c in counts), sum(c[1] for c in counts)
+
+
+# --- tools/call through the SDK ----------------------------------------------------------
+
+
+def tools_call(workdir: Path, settings: Settings) -> dict[str, Any]:
+    """p50/p99 of ``tools/call`` via the official SDK client, plain vs protected server.
+
+    Both servers are the same MCPServer (one ``add`` tool) in subprocesses; the protected one
+    verifies tokens from a real issuer. One session and one token each; calls alternate in
+    batches between the two so drift on the machine hits both alike.
+    """
+    issuer = Issuer(workdir / "mcp-issuer")
+    plain = McpServer(workdir, "mcp-plain")
+    protected = McpServer(workdir, "mcp-auth", issuer_url=issuer.url)
+    issuer.workdir.mkdir(parents=True, exist_ok=True)
+    secret = issuer.add_client("bench", tools=["add"], audiences=[protected.url])
+    with running(issuer.start(), plain.start(), protected.start()):
+        token = _fetch_token(issuer.url, "bench", secret, protected.url)
+        return asyncio.run(_tools_call_async(plain.url, protected.url, token, settings))
+
+
+def _fetch_token(issuer_url: str, client_id: str, secret: str, resource: str) -> str:
+    import httpx2
+
+    resp = httpx2.post(
+        issuer_url + "/token",
+        data={"grant_type": "client_credentials", "resource": resource},
+        auth=(client_id, secret),
+        timeout=10,
+    )
+    resp.raise_for_status()
+    return str(resp.json()["access_token"])
+
+
+async def _tools_call_async(plain_url: str, auth_url: str, token: str,
+                            settings: Settings) -> dict[str, Any]:
+    import httpx2
+    from mcp.client.session import ClientSession
+    from mcp.client.streamable_http import streamable_http_client
+
+    async with contextlib.AsyncExitStack() as stack:
+        sessions: dict[str, Any] = {}
+        for name, url, headers in (
+            ("noauth", plain_url, {}),
+            ("auth", auth_url, {"Authorization": f"Bearer {token}"}),
+        ):
+            client = await stack.enter_async_context(httpx2.AsyncClient(headers=headers,
+                                                                        timeout=30))
+            read, write = await stack.enter_async_context(
+                streamable_http_client(url, http_client=client)
+            )
+            session = await stack.enter_async_context(ClientSession(read, write))
+            await session.initialize()
+            sessions[name] = session
+
+        async def call(session: Any) -> float:
+            t0 = time.perf_counter()
+            result = await session.call_tool("add", {"a": 2, "b": 3})
+            elapsed = time.perf_counter() - t0
+            if result.isError:
+                raise RuntimeError(f"tools/call failed: {result.content}")
+            return elapsed
+
+        for _ in range(settings.mcp_warmup):
+            for session in sessions.values():
+                await call(session)
+        samples: dict[str, list[float]] = {name: [] for name in sessions}
+        batch = 25
+        done = 0
+        turn = 0
+        while done < settings.mcp_calls:
+            names = list(sessions) if turn % 2 == 0 else list(reversed(sessions))
+            for name in names:
+                for _ in range(batch):
+                    samples[name].append(await call(sessions[name]))
+            done += batch
+            turn += 1
+    out: dict[str, Any] = {"tools_call_iterations": done}
+    for name, values in samples.items():
+        values.sort()
+        out[f"tools_call_p50_ms_{name}"] = percentile(values, 50) * 1000
+        out[f"tools_call_p99_ms_{name}"] = percentile(values, 99) * 1000
+    return out
+
+
+# --- the run -----------------------------------------------------------------------------
+
+
+def run(settings: Settings) -> dict[str, Any]:
+    results: dict[str, Any] = {
+        "quick": settings.quick,
+        "python": platform.python_version(),
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
+    }
+    unavailable: dict[str, str] = {}
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="jwtmcp-bench-") as tmp:
+        workdir = Path(tmp)
+        log("bench: minting the token pool and the JWKS files ...")
+        world = build_world(workdir, settings)
+        log("bench: CPU figures (round-robin) ...")
+        rates = measure(cpu_benches(world), settings.rounds, settings.slice_s)
+        results.update({f"{name}_per_s": rate for name, rate in rates.items()})
+        verifier_cls = _verifier_class()
+        if verifier_cls is None:
+            unavailable["verify"] = "jwtmcp.verifier is not available"
+        else:
+            log("bench: verified-token cache memory ...")
+            results.update(cache_memory(world, verifier_cls))
+        for name, fn in (("token_http", token_http), ("tools_call", tools_call)):
+            log(f"bench: {name} ...")
+            try:
+                results.update(fn(workdir, settings))
+            except Exception as exc:  # a missing piece must not hide the figures we have
+                unavailable[name] = f"{type(exc).__name__}: {exc}".splitlines()[0]
+                log(f"bench: {name} unavailable: {unavailable[name]}")
+    results["seconds"] = round(time.perf_counter() - started, 1)
+    results.update(ratios(results))
+    results["targets"] = targets(results)
+    if unavailable:
+        results["unavailable"] = unavailable
+    for key in (
+        "raw_verify_per_s", "raw_sign_per_s", "pyjwt_verify_per_s", "verify_fresh_per_s",
+        "verify_reused_per_s", "mint_per_s", "token_http_per_s", "tools_call_p50_ms_auth",
+        "tools_call_p50_ms_noauth", "verify_1key_per_s", "verify_50keys_per_s",
+    ):
+        results.setdefault(key, None)
+    return {k: (round(v, 3) if isinstance(v, float) else v) for k, v in results.items()}
+
+
+def _ratio(results: dict[str, Any], top: str, bottom: str) -> float | None:
+    a, b = results.get(top), results.get(bottom)
+    if isinstance(a, int | float) and isinstance(b, int | float) and b:
+        return float(a) / float(b)
+    return None
+
+
+def ratios(results: dict[str, Any]) -> dict[str, float | None]:
+    return {
+        "verify_fresh_vs_raw": _ratio(results, "verify_fresh_per_s", "raw_verify_per_s"),
+        "verify_reused_vs_raw": _ratio(results, "verify_reused_per_s", "raw_verify_per_s"),
+        "pyjwt_verify_vs_raw": _ratio(results, "pyjwt_verify_per_s", "raw_verify_per_s"),
+        "mint_vs_raw_sign": _ratio(results, "mint_per_s", "raw_sign_per_s"),
+        "pyjwt_sign_vs_raw_sign": _ratio(results, "pyjwt_sign_per_s", "raw_sign_per_s"),
+        "token_http_vs_raw_sign": _ratio(results, "token_http_per_s", "raw_sign_per_s"),
+        "tools_call_p50_auth_vs_noauth": _ratio(
+            results, "tools_call_p50_ms_auth", "tools_call_p50_ms_noauth"
+        ),
+        "verify_3keys_vs_1key": _ratio(results, "verify_3keys_per_s", "verify_1key_per_s"),
+        "verify_50keys_vs_1key": _ratio(results, "verify_50keys_per_s", "verify_1key_per_s"),
+    }
+
+
+def targets(results: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, (label, op, bound) in TARGETS.items():
+        value = results.get(key)
+        holds = None if value is None else (value >= bound if op == ">=" else value <= bound)
+        out[key] = {"figure": label, "target": f"{op} {bound}", "ratio": value, "holds": holds}
+    return out
+
+
+def table(results: dict[str, Any]) -> str:
+    def rate(key: str) -> str:
+        value = results.get(key)
+        return "n/a" if value is None else f"{value:,.0f}/s"
+
+    def ms(key: str) -> str:
+        value = results.get(key)
+        return "n/a" if value is None else f"{value:.2f} ms"
+
+    def ratio(key: str) -> str:
+        value = results.get(key)
+        return "" if value is None else f"{value:.2f}"
+
+    rows = [
+        ("raw RSA-2048 verify (cryptography)", rate("raw_verify_per_s"), "1.00", "baseline"),
+        ("PyJWT decode", rate("pyjwt_verify_per_s"), ratio("pyjwt_verify_vs_raw"), ""),
+        ("jwtmcp verify, fresh tokens", rate("verify_fresh_per_s"),
+         ratio("verify_fresh_vs_raw"), "verify_fresh_vs_raw"),
+        ("jwtmcp verify, reused token", rate("verify_reused_per_s"),
+         ratio("verify_reused_vs_raw"), "verify_reused_vs_raw"),
+        ("jwtmcp verify, 1 key in JWKS", rate("verify_1key_per_s"), "1.00", "baseline"),
+        ("jwtmcp verify, 3 keys in JWKS", rate("verify_3keys_per_s"),
+         ratio("verify_3keys_vs_1key"), ""),
+        ("jwtmcp verify, 50 keys in JWKS", rate("verify_50keys_per_s"),
+         ratio("verify_50keys_vs_1key"), "verify_50keys_vs_1key"),
+        ("raw RSA-2048 sign (cryptography)", rate("raw_sign_per_s"), "1.00", "baseline"),
+        ("PyJWT encode", rate("pyjwt_sign_per_s"), ratio("pyjwt_sign_vs_raw_sign"), ""),
+        ("jwtmcp mint", rate("mint_per_s"), ratio("mint_vs_raw_sign"), "mint_vs_raw_sign"),
+        ("POST /token, 1 worker, loopback", rate("token_http_per_s"),
+         ratio("token_http_vs_raw_sign"), "token_http_vs_raw_sign"),
+        ("tools/call p50, no auth", ms("tools_call_p50_ms_noauth"), "1.00", "baseline"),
+        ("tools/call p50, jwtmcp auth", ms("tools_call_p50_ms_auth"),
+         ratio("tools_call_p50_auth_vs_noauth"), "tools_call_p50_auth_vs_noauth"),
+        ("tools/call p99, no auth", ms("tools_call_p99_ms_noauth"), "", ""),
+        ("tools/call p99, jwtmcp auth", ms("tools_call_p99_ms_auth"), "", ""),
+    ]
+    tgt = results.get("targets", {})
+    lines = [f"{'figure':<38} {'result':>14} {'ratio':>7}  target"]
+    lines.append("-" * 78)
+    for label, value, rat, key in rows:
+        note = key
+        if key in tgt:
+            t = tgt[key]
+            mark = {True: "holds", False: "MISSED", None: "n/a"}[t["holds"]]
+            note = f"{t['target']}  {mark}"
+        lines.append(f"{label:<38} {value:>14} {rat:>7}  {note}")
+    if results.get("cache_memory_mb_at_default_size") is not None:
+        lines.append(
+            f"verified-token cache: {results['cache_bytes_per_entry']} B/entry, "
+            f"{results['cache_memory_mb_at_default_size']} MB at its default size "
+            f"({results['cache_default_size']} entries"
+            f"{', extrapolated' if results['cache_memory_extrapolated'] else ''})"
+        )
+    if results.get("token_http_server_cpu") is not None:
+        lines.append(f"/token server CPU during the window: {results['token_http_server_cpu']:.0%}"
+                     " of one core")
+    for name, why in results.get("unavailable", {}).items():
+        lines.append(f"not measured: {name}: {why}")
+    lines.append(f"({'quick' if results['quick'] else 'full'} run, {results['seconds']} s, "
+                 f"Python {results['python']}, {results['machine']})")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[1] if __doc__ else None)
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--quick", action="store_true", help="a short run (noisier)")
+    args = parser.parse_args(argv)
+    results = run(Settings.make(args.quick))
+    if args.json:
+        print(json.dumps(results, indent=2))
+    else:
+        print(table(results))
+    return 0
+
+
+if __name__ == "__main__":
+    with contextlib.suppress(KeyboardInterrupt):
+        sys.exit(main())
+    sys.exit(130)
