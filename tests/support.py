@@ -3,10 +3,19 @@
 from __future__ import annotations
 
 import contextlib
+import json
+import os
+import re
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
-from collections.abc import Iterator
+import urllib.request
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import uvicorn
@@ -53,3 +62,128 @@ def serve_app(app: Any, *, port: int | None = None, timeout: float = 10.0) -> It
         server.should_exit = True
         thread.join(timeout)
         sock.close()
+
+
+# --- a real `jwtmcp serve` process ---------------------------------------------------------
+
+
+@dataclass
+class RunningIssuer:
+    """A ``python -m jwtmcp serve`` subprocess started by :func:`issuer_process`.
+
+    ``base_url`` is where it listens (``http://127.0.0.1:PORT``), ``issuer`` the ``iss`` of its
+    tokens. ``client_id``/``client_secret`` are the demo client printed on first start (None
+    when the clients file already existed). ``stdout``/``stderr`` read its output so far.
+    """
+
+    base_url: str
+    issuer: str
+    directory: Path
+    keys_dir: Path
+    clients_file: Path
+    client_id: str | None
+    client_secret: str | None
+    process: subprocess.Popen[bytes]
+    _stdout: Path
+    _stderr: Path
+
+    @property
+    def jwks_url(self) -> str:
+        return f"{self.base_url}/.well-known/jwks.json"
+
+    @property
+    def token_url(self) -> str:
+        return f"{self.base_url}/token"
+
+    def stdout(self) -> str:
+        return self._stdout.read_text(errors="replace")
+
+    def stderr(self) -> str:
+        return self._stderr.read_text(errors="replace")
+
+
+def _first_run_credentials(text: str) -> tuple[str | None, str | None]:
+    client_id = re.search(r"^\s*client id:\s*(\S+)\s*$", text, re.MULTILINE)
+    secret = re.search(r"^\s*client secret:\s*(\S+)\s*$", text, re.MULTILINE)
+    return (client_id.group(1) if client_id else None, secret.group(1) if secret else None)
+
+
+@contextlib.contextmanager
+def issuer_process(
+    directory: Path,
+    *,
+    args: Sequence[str] = (),
+    port: int | None = None,
+    issuer: str | None = None,
+    env: Mapping[str, str] | None = None,
+    timeout: float = 30.0,
+) -> Iterator[RunningIssuer]:
+    """Run ``python -m jwtmcp serve --port PORT [args]`` in ``directory`` as a real process.
+
+    The working directory is ``directory``, so with no ``--keys``/``--clients`` in ``args`` it
+    uses (and on first start creates) ``directory/keys`` and ``directory/clients.json``.
+    ``JWTMCP_*`` variables of the test environment are not passed on; give them in ``env``.
+    Waits until ``/healthz`` answers, yields a :class:`RunningIssuer`, and stops the process
+    (SIGTERM, then SIGKILL) on exit. Raises RuntimeError with the process's stderr if it
+    exits or does not answer within ``timeout`` seconds.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    port = port or free_port()
+    command = [sys.executable, "-m", "jwtmcp", "serve", "--port", str(port)]
+    if issuer is not None:
+        command += ["--issuer", issuer]
+    command += list(args)
+    child_env = {k: v for k, v in os.environ.items() if not k.startswith("JWTMCP_")}
+    child_env.update(env or {})
+    child_env.setdefault("PYTHONUNBUFFERED", "1")
+    repo = Path(__file__).resolve().parent.parent
+    child_env["PYTHONPATH"] = os.pathsep.join(
+        p for p in (str(repo), child_env.get("PYTHONPATH", "")) if p
+    )
+    out_path = directory / f".issuer-{port}.stdout"
+    err_path = directory / f".issuer-{port}.stderr"
+    base_url = f"http://127.0.0.1:{port}"
+    with out_path.open("wb") as out, err_path.open("wb") as err:
+        process = subprocess.Popen(
+            command, cwd=directory, stdout=out, stderr=err, env=child_env
+        )
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(
+                    f"jwtmcp serve exited with status {process.returncode}:\n"
+                    + err_path.read_text(errors="replace")
+                )
+            try:
+                with urllib.request.urlopen(f"{base_url}/healthz", timeout=2) as answer:
+                    health = json.load(answer)
+                break
+            except (OSError, ValueError):
+                if time.monotonic() > deadline:
+                    raise RuntimeError(
+                        "jwtmcp serve did not answer /healthz in time:\n"
+                        + err_path.read_text(errors="replace")
+                    ) from None
+                time.sleep(0.05)
+        client_id, secret = _first_run_credentials(out_path.read_text(errors="replace"))
+        yield RunningIssuer(
+            base_url=base_url,
+            issuer=str(health["issuer"]),
+            directory=directory,
+            keys_dir=directory / "keys",
+            clients_file=directory / "clients.json",
+            client_id=client_id,
+            client_secret=secret,
+            process=process,
+            _stdout=out_path,
+            _stderr=err_path,
+        )
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(10)

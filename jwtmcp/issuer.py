@@ -1,0 +1,781 @@
+"""The issuer HTTP service: OAuth 2.0 client_credentials tokens, JWKS and RFC 8414 metadata.
+
+Endpoints (all relative to the issuer URL):
+
+- ``POST /token`` — the client_credentials grant (RFC 6749 4.4) with ``client_secret_basic``
+  or ``client_secret_post``; ``scope`` narrows the client's allowance (RFC 6749 3.3);
+  ``resource`` picks the audience (RFC 8707). Errors are RFC 6749 5.2 JSON.
+- ``GET /.well-known/jwks.json`` — the ring's public keys, cacheable.
+- ``GET /.well-known/oauth-authorization-server`` — RFC 8414 metadata.
+- ``GET /healthz`` — liveness, the active kid and the state of the ring and clients file.
+- ``GET /authorize`` — always an ``unsupported_response_type`` error: RFC 8414 (and the MCP
+  SDK's metadata model) want an authorization endpoint, but this issuer only serves
+  machine clients.
+
+The service holds no state besides two files it watches (the key ring and the clients
+file): a ``stat`` at most every ``reload_interval`` seconds notices a rotation or a client
+change, so the request path never reads a file. Replicas sharing both files answer alike.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import hashlib
+import ipaddress
+import json
+import logging
+import math
+import os
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import IO, Any
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+from starlette.applications import Starlette
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from .clients import Client, ClientsWatcher, ClientTable, ensure_clients
+from .errors import ConfigError, JwtMcpError
+from .keys import KeyRing, RingWatcher, ensure_ring
+from .tokens import DEFAULT_LIFETIME, Clock, build_claims, scope_grants_scope, sign
+
+log = logging.getLogger("jwtmcp.issuer")
+
+DEFAULT_JWKS_MAX_AGE = 300
+DEFAULT_RATE_LIMIT = 10.0
+"""Token requests per second and per client, sustained."""
+DEFAULT_RATE_BURST = 20
+DEFAULT_MAX_BODY_BYTES = 8192
+DEFAULT_RELOAD_INTERVAL = 0.25
+DEMO_CLIENT = "demo"
+DEMO_TOOLS = ("add", "subtract", "multiply")
+DEMO_AUDIENCE = "http://127.0.0.1:9000/mcp"
+ENV_SETTINGS = "JWTMCP_ISSUER_SETTINGS"
+"""How ``serve --workers N`` hands its settings to the worker processes' app factory."""
+
+FORM_TYPE = "application/x-www-form-urlencoded"
+JSON_TYPE = "application/json"
+_NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
+_SINGLE_PARAMS = frozenset({"grant_type", "scope", "client_id", "client_secret", "expires_in"})
+"""Parameters that may appear once (RFC 6749 3.2); ``resource`` may repeat (RFC 8707 2)."""
+_MAX_FIELDS = 64
+
+
+# --- settings ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class IssuerSettings:
+    """Everything the service needs; ``create_app`` takes these as keyword arguments."""
+
+    issuer_url: str
+    keys_dir: str = "keys"
+    clients_file: str = "clients.json"
+    jwks_max_age: int = DEFAULT_JWKS_MAX_AGE
+    default_ttl: int = DEFAULT_LIFETIME
+    rate_limit: float = DEFAULT_RATE_LIMIT
+    rate_burst: int = DEFAULT_RATE_BURST
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    reload_interval: float = DEFAULT_RELOAD_INTERVAL
+
+
+def normalize_issuer_url(url: str) -> str:
+    """``url`` checked (absolute http(s), no query or fragment) and without a trailing ``/``."""
+    try:
+        parts = urlsplit(url)
+        ok = parts.scheme in ("http", "https") and bool(parts.hostname)
+    except ValueError:
+        ok = False
+    if not ok or parts.query or parts.fragment or any(c.isspace() for c in url):
+        raise ConfigError(
+            f"invalid issuer URL {url!r}: use an absolute http(s) URL without query or "
+            "fragment, e.g. https://auth.example.com"
+        )
+    return url.rstrip("/")
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def issuer_url_warning(url: str) -> str | None:
+    """A warning when ``url`` is plain http on a non-loopback host, else None."""
+    parts = urlsplit(url)
+    if parts.scheme == "https" or _is_loopback(parts.hostname or ""):
+        return None
+    return (
+        f"the issuer URL {url} is not https and not loopback: client secrets and tokens "
+        "would cross the network in clear text; put a TLS reverse proxy in front and pass "
+        "--issuer https://..."
+    )
+
+
+# --- rate limiting -------------------------------------------------------------------------
+
+
+class RateLimiter:
+    """A token bucket per key: ``burst`` requests at once, then ``rate`` per second.
+
+    ``rate <= 0`` disables limiting. ``monotonic`` is injectable so tests move time by hand.
+    Buckets are kept for authenticated client ids only, so their number is bounded by the
+    clients file.
+    """
+
+    def __init__(self, rate: float, burst: int, *, monotonic: Clock = time.monotonic) -> None:
+        self.rate = float(rate)
+        self.burst = max(1, int(burst))
+        self._monotonic = monotonic
+        self._buckets: dict[str, tuple[float, float]] = {}
+
+    def acquire(self, key: str) -> float:
+        """Take one request from ``key``'s bucket: 0.0 if allowed, else seconds to wait."""
+        if self.rate <= 0:
+            return 0.0
+        now = self._monotonic()
+        tokens, last = self._buckets.get(key, (float(self.burst), now))
+        tokens = min(float(self.burst), tokens + max(0.0, now - last) * self.rate)
+        if tokens >= 1.0:
+            self._buckets[key] = (tokens - 1.0, now)
+            return 0.0
+        self._buckets[key] = (tokens, now)
+        return (1.0 - tokens) / self.rate
+
+
+# --- OAuth errors --------------------------------------------------------------------------
+
+
+class OAuthError(Exception):
+    """An RFC 6749 5.2 error answer."""
+
+    def __init__(
+        self,
+        error: str,
+        description: str,
+        status: int = 400,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(description)
+        self.error = error
+        self.description = description
+        self.status = status
+        self.headers = dict(headers or {})
+
+    def response(self) -> Response:
+        body = json.dumps({"error": self.error, "error_description": self.description})
+        return Response(
+            body.encode(),
+            self.status,
+            headers={**_NO_STORE, **self.headers},
+            media_type=JSON_TYPE,
+        )
+
+
+_INVALID_CLIENT_HEADERS = {"WWW-Authenticate": 'Basic realm="jwtmcp", charset="UTF-8"'}
+
+
+def _invalid_client() -> OAuthError:
+    # One answer for every authentication failure: unknown client, wrong secret, none sent.
+    return OAuthError(
+        "invalid_client", "client authentication failed", 401, _INVALID_CLIENT_HEADERS
+    )
+
+
+def _invalid_request(description: str) -> OAuthError:
+    return OAuthError("invalid_request", description)
+
+
+# --- request parsing -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TokenRequest:
+    params: dict[str, str]
+    resources: tuple[str, ...]
+
+
+def parse_form(body: bytes) -> TokenRequest:
+    """The form parameters of a token request, refusing what RFC 6749 forbids.
+
+    Empty values count as absent (RFC 6749 3.1); a parameter other than ``resource`` given
+    twice is an ``invalid_request`` (RFC 6749 3.2).
+    """
+    try:
+        pairs = parse_qsl(
+            body.decode("utf-8"),
+            keep_blank_values=True,
+            strict_parsing=True,
+            errors="strict",
+            max_num_fields=_MAX_FIELDS,
+        )
+    except UnicodeDecodeError:
+        raise _invalid_request("the request body is not valid UTF-8") from None
+    except ValueError:
+        raise _invalid_request(f"the request body is not a valid {FORM_TYPE} form") from None
+    params: dict[str, str] = {}
+    resources: list[str] = []
+    seen: set[str] = set()
+    for name, value in pairs:
+        if name == "resource":
+            if value:
+                resources.append(value)
+            continue
+        if name in seen and name in _SINGLE_PARAMS:
+            raise _invalid_request(f"the parameter {name!r} is given more than once")
+        seen.add(name)
+        if value:
+            params[name] = value
+    return TokenRequest(params, tuple(dict.fromkeys(resources)))
+
+
+def parse_basic(header: str) -> tuple[str, str] | None:
+    """(client_id, secret) from an ``Authorization: Basic`` header, or None if malformed.
+
+    Both parts are form-urlencoded before base64 (RFC 6749 2.3.1), so they are decoded.
+    """
+    scheme, _, value = header.strip().partition(" ")
+    if scheme.lower() != "basic" or not value:
+        return None
+    try:
+        decoded = base64.b64decode(value.strip(), validate=True).decode("utf-8")
+    except (binascii.Error, ValueError):
+        return None
+    client_id, sep, secret = decoded.partition(":")
+    if not sep:
+        return None
+    try:
+        return (
+            unquote(client_id.replace("+", " "), errors="strict"),
+            unquote(secret.replace("+", " "), errors="strict"),
+        )
+    except UnicodeDecodeError:
+        return None
+
+
+def narrow_scopes(allowed: Sequence[str], requested: Sequence[str]) -> tuple[str, ...]:
+    """The part of ``requested`` that ``allowed`` covers (RFC 6749 3.3 partial grant).
+
+    A requested scope the client holds (``tool:add`` under ``tool:*``) is granted as asked;
+    a requested scope broader than the client's allowance (``tool:*`` for a client allowed
+    ``tool:add``) is granted as the allowed scopes it covers. Anything else is dropped.
+    """
+    out: list[str] = []
+    for scope in requested:
+        if any(scope_grants_scope(a, scope) for a in allowed):
+            out.append(scope)
+        else:
+            out.extend(a for a in allowed if scope_grants_scope(scope, a))
+    return tuple(dict.fromkeys(out))
+
+
+def _canonical_url(url: str) -> str | None:
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return None
+    if parts.scheme not in ("http", "https") or not parts.netloc or parts.fragment:
+        return None
+    path = parts.path.rstrip("/")
+    query = f"?{parts.query}" if parts.query else ""
+    return f"{parts.scheme.lower()}://{parts.netloc.lower()}{path}{query}"
+
+
+def pick_audience(client: Client, resources: Sequence[str]) -> tuple[str, ...]:
+    """The audiences a token gets: each requested ``resource`` among the client's, or all.
+
+    A resource matches an allowed audience exactly, or after lower-casing scheme and host
+    and ignoring a trailing ``/``; the token carries the audience as registered.
+    """
+    if not resources:
+        return client.audiences
+    by_canonical = {_canonical_url(a): a for a in client.audiences}
+    out = []
+    for resource in resources:
+        if resource in client.audiences:
+            out.append(resource)
+            continue
+        match = by_canonical.get(_canonical_url(resource)) if _canonical_url(resource) else None
+        if match is None:
+            raise OAuthError(
+                "invalid_target",
+                "the requested resource is not one this client may get tokens for",
+            )
+        out.append(match)
+    return tuple(dict.fromkeys(out))
+
+
+def _scope_tokens(scope: str) -> list[str]:
+    parts = scope.split(" ")
+    for part in parts:
+        if part and not all(0x21 <= ord(c) <= 0x7E and c not in '"\\' for c in part):
+            raise _invalid_request("the scope parameter holds invalid characters")
+    return [p for p in parts if p]
+
+
+# --- the service ---------------------------------------------------------------------------
+
+
+class IssuerService:
+    """The request handlers over one ring watcher and one clients watcher."""
+
+    def __init__(
+        self,
+        settings: IssuerSettings,
+        *,
+        clock: Clock = time.time,
+        rate_limit_clock: Clock = time.monotonic,
+    ) -> None:
+        self.settings = settings
+        self.issuer = normalize_issuer_url(settings.issuer_url)
+        if settings.default_ttl <= 0 or settings.jwks_max_age < 0:
+            raise ConfigError("the default token lifetime and the JWKS max age must be positive")
+        self.clock = clock
+        self.rings = RingWatcher(settings.keys_dir, interval=settings.reload_interval)
+        self.clients = ClientsWatcher(settings.clients_file, interval=settings.reload_interval)
+        self.limiter = RateLimiter(
+            settings.rate_limit, settings.rate_burst, monotonic=rate_limit_clock
+        )
+        self._jwks_cache: tuple[KeyRing, bytes, str] | None = None
+        self._metadata_cache: tuple[ClientTable, bytes] | None = None
+
+    # -- documents ----------------------------------------------------------------------
+
+    def jwks_document(self) -> tuple[bytes, str]:
+        """The JWKS body and its ETag, rebuilt only when the ring changed."""
+        ring = self.rings.current()
+        cached = self._jwks_cache
+        if cached is None or cached[0] is not ring:
+            body = json.dumps(ring.jwks(), separators=(",", ":")).encode()
+            etag = '"' + hashlib.sha256(body).hexdigest()[:32] + '"'
+            cached = self._jwks_cache = (ring, body, etag)
+        return cached[1], cached[2]
+
+    def metadata(self) -> dict[str, Any]:
+        """The RFC 8414 authorization server metadata document."""
+        base = self.issuer
+        return {
+            "issuer": base,
+            "token_endpoint": f"{base}/token",
+            "jwks_uri": f"{base}/.well-known/jwks.json",
+            # Required by RFC 8414 when any grant uses it and by the MCP SDK's model; this
+            # one always answers unsupported_response_type (machine clients only).
+            "authorization_endpoint": f"{base}/authorize",
+            "response_types_supported": [],
+            "grant_types_supported": ["client_credentials"],
+            "token_endpoint_auth_methods_supported": [
+                "client_secret_basic",
+                "client_secret_post",
+            ],
+            "scopes_supported": list(self.clients.current().all_scopes()),
+        }
+
+    def metadata_document(self) -> bytes:
+        table = self.clients.current()
+        cached = self._metadata_cache
+        if cached is None or cached[0] is not table:
+            cached = self._metadata_cache = (table, json.dumps(self.metadata()).encode())
+        return cached[1]
+
+    # -- handlers -----------------------------------------------------------------------
+
+    async def jwks(self, request: Request) -> Response:
+        body, etag = self.jwks_document()
+        headers = {
+            "Cache-Control": f"public, max-age={self.settings.jwks_max_age}",
+            "ETag": etag,
+            "Access-Control-Allow-Origin": "*",
+        }
+        if etag in request.headers.get("if-none-match", ""):
+            return Response(status_code=304, headers=headers)
+        return Response(body, headers=headers, media_type=JSON_TYPE)
+
+    async def oauth_metadata(self, request: Request) -> Response:
+        headers = {"Cache-Control": "public, max-age=300", "Access-Control-Allow-Origin": "*"}
+        return Response(self.metadata_document(), headers=headers, media_type=JSON_TYPE)
+
+    async def authorize(self, request: Request) -> Response:
+        return OAuthError(
+            "unsupported_response_type",
+            "this issuer serves machine clients only: use the client_credentials grant "
+            f"at {self.issuer}/token",
+        ).response()
+
+    async def healthz(self, request: Request) -> Response:
+        ring = self.rings.current()
+        table = self.clients.current()
+        problems = [e for e in (self.rings.last_error, self.clients.last_error) if e]
+        nxt = ring.next
+        body = {
+            "status": "degraded" if problems else "ok",
+            "issuer": self.issuer,
+            "active_kid": ring.active.kid,
+            "next_kid": nxt.kid if nxt else None,
+            "published_keys": len(ring.keys),
+            "ring_revision": ring.revision,
+            "clients": len(table),
+            "problems": problems,
+        }
+        return Response(json.dumps(body).encode(), headers=_NO_STORE, media_type=JSON_TYPE)
+
+    async def token(self, request: Request) -> Response:
+        try:
+            return await self._token(request)
+        except OAuthError as exc:
+            if exc.error != "invalid_client" and log.isEnabledFor(logging.INFO):
+                log.info(json.dumps({"event": "token_refused", "error": exc.error}))
+            return exc.response()
+        except ClientDisconnect:
+            return Response(status_code=400)
+
+    async def _read_body(self, request: Request) -> bytes:
+        limit = self.settings.max_body_bytes
+        too_large = OAuthError(
+            "invalid_request", f"the request body is larger than {limit} bytes", 413
+        )
+        length = request.headers.get("content-length")
+        if length is not None:
+            if not length.isdigit():
+                raise _invalid_request("invalid Content-Length")
+            if int(length) > limit:
+                raise too_large
+        body = b""
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > limit:
+                raise too_large
+        return body
+
+    async def _token(self, request: Request) -> Response:
+        headers = request.headers
+        content_type = headers.get("content-type", "")
+        if content_type.partition(";")[0].strip().lower() != FORM_TYPE:
+            raise _invalid_request(f"the token request must be a {FORM_TYPE} form")
+        form = parse_form(await self._read_body(request))
+        params = form.params
+
+        # Client authentication: one method only (RFC 6749 2.3).
+        authorizations = headers.getlist("authorization")
+        if len(authorizations) > 1:
+            raise _invalid_request("more than one Authorization header")
+        if authorizations:
+            if "client_secret" in params:
+                raise _invalid_request("use one client authentication method, not two")
+            basic = parse_basic(authorizations[0])
+            if basic is None:
+                raise _invalid_client()
+            client_id, secret = basic
+            if params.get("client_id", client_id) != client_id:
+                raise _invalid_request("client_id does not match the Authorization header")
+        else:
+            client_id = params.get("client_id", "")
+            secret = params.get("client_secret", "")
+            if not client_id or not secret:
+                raise _invalid_client()
+        client = self.clients.current().authenticate(client_id, secret)
+        if client is None:
+            if log.isEnabledFor(logging.INFO):
+                log.info(
+                    json.dumps(
+                        {
+                            "event": "token_refused",
+                            "error": "invalid_client",
+                            "client_id": client_id[:64],
+                        }
+                    )
+                )
+            raise _invalid_client()
+
+        wait = self.limiter.acquire(client.client_id)
+        if wait > 0:
+            retry = max(1, math.ceil(wait))
+            raise OAuthError(
+                "slow_down",
+                f"too many token requests for this client; retry in {retry} s",
+                429,
+                {"Retry-After": str(retry)},
+            )
+
+        grant_type = params.get("grant_type")
+        if grant_type is None:
+            raise _invalid_request("the grant_type parameter is missing")
+        if grant_type != "client_credentials":
+            raise OAuthError(
+                "unsupported_grant_type", "only the client_credentials grant is supported"
+            )
+
+        allowed = client.allowed_scopes
+        requested = params.get("scope")
+        if requested is None:
+            granted = allowed
+        else:
+            granted = narrow_scopes(allowed, _scope_tokens(requested))
+            if not granted:
+                raise OAuthError(
+                    "invalid_scope", "none of the requested scopes is allowed for this client"
+                )
+
+        audiences = pick_audience(client, form.resources)
+
+        ring = self.rings.current()
+        lifetime = self.settings.default_ttl
+        requested_ttl = params.get("expires_in")
+        if requested_ttl is not None:
+            if not (requested_ttl.isdigit() and 0 < int(requested_ttl) < 10**9):
+                raise _invalid_request("expires_in must be a positive number of seconds")
+            lifetime = int(requested_ttl)
+        if client.max_ttl is not None:
+            lifetime = min(lifetime, client.max_ttl)
+        lifetime = min(lifetime, ring.max_lifetime)
+
+        key = ring.active
+        try:
+            claims = build_claims(
+                issuer=self.issuer,
+                subject=client.subject,
+                audience=audiences[0] if len(audiences) == 1 else audiences,
+                client_id=client.client_id,
+                scopes=granted,
+                lifetime=lifetime,
+                max_lifetime=ring.max_lifetime,
+                now=self.clock(),
+            )
+            token = sign(claims, key.signing_key)
+        except JwtMcpError as exc:  # a misconfiguration, not the caller's fault
+            log.error(json.dumps({"event": "token_error", "error": exc.message}))
+            raise OAuthError("server_error", "the token could not be issued", 500) from None
+        scope = claims["scope"]
+        if log.isEnabledFor(logging.INFO):
+            log.info(
+                json.dumps(
+                    {
+                        "event": "token_issued",
+                        "client_id": client.client_id,
+                        "sub": client.subject,
+                        "scope": scope,
+                        "aud": claims["aud"],
+                        "kid": key.kid,
+                        "jti": claims["jti"],
+                        "expires_in": lifetime,
+                    }
+                )
+            )
+        body = (
+            '{"access_token":"'
+            + token
+            + '","token_type":"Bearer","expires_in":'
+            + str(lifetime)
+            + ',"scope":'
+            + json.dumps(scope)
+            + "}"
+        )
+        return Response(body.encode(), headers=_NO_STORE, media_type=JSON_TYPE)
+
+
+def create_app(
+    *,
+    issuer_url: str,
+    keys_dir: str | os.PathLike[str] = "keys",
+    clients_file: str | os.PathLike[str] = "clients.json",
+    jwks_max_age: int = DEFAULT_JWKS_MAX_AGE,
+    default_ttl: int = DEFAULT_LIFETIME,
+    rate_limit: float = DEFAULT_RATE_LIMIT,
+    rate_burst: int = DEFAULT_RATE_BURST,
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    reload_interval: float = DEFAULT_RELOAD_INTERVAL,
+    clock: Clock = time.time,
+    rate_limit_clock: Clock = time.monotonic,
+) -> Starlette:
+    """The issuer as a Starlette app over an existing key ring and clients file.
+
+    ``rate_limit`` is token requests per second per client (``0`` turns limiting off) with
+    bursts of ``rate_burst``; ``clock`` stamps tokens; ``rate_limit_clock`` drives the
+    buckets. Raises :class:`KeyRingError` or :class:`ClientsError` if a file is unusable.
+    """
+    settings = IssuerSettings(
+        issuer_url=issuer_url,
+        keys_dir=os.fspath(keys_dir),
+        clients_file=os.fspath(clients_file),
+        jwks_max_age=jwks_max_age,
+        default_ttl=default_ttl,
+        rate_limit=rate_limit,
+        rate_burst=rate_burst,
+        max_body_bytes=max_body_bytes,
+        reload_interval=reload_interval,
+    )
+    return _build_app(IssuerService(settings, clock=clock, rate_limit_clock=rate_limit_clock))
+
+
+def _build_app(service: IssuerService) -> Starlette:
+    metadata_paths = ["/.well-known/oauth-authorization-server"]
+    issuer_path = urlsplit(service.issuer).path
+    if issuer_path:
+        # RFC 8414 3: an issuer with a path has its metadata at the well-known URI plus
+        # that path (useful behind a proxy that forwards the whole well-known tree).
+        metadata_paths.append(f"/.well-known/oauth-authorization-server{issuer_path}")
+    routes = [
+        Route("/token", service.token, methods=["POST"]),
+        Route("/.well-known/jwks.json", service.jwks, methods=["GET"]),
+        *(Route(p, service.oauth_metadata, methods=["GET"]) for p in metadata_paths),
+        Route("/healthz", service.healthz, methods=["GET"]),
+        Route("/authorize", service.authorize, methods=["GET", "POST"]),
+    ]
+    app = Starlette(routes=routes)
+    app.state.issuer = service
+    return app
+
+
+# --- serve ---------------------------------------------------------------------------------
+
+
+def _url_host(host: str) -> str:
+    if host in ("0.0.0.0", "::", ""):  # noqa: S104 - naming the wildcard, not binding it
+        return "127.0.0.1"
+    return f"[{host}]" if ":" in host else host
+
+
+def _configure_logging(level: int = logging.INFO) -> None:
+    if log.handlers:
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(message)s"))
+    log.addHandler(handler)
+    log.setLevel(level)
+    log.propagate = False
+
+
+def app_from_environment() -> Starlette:
+    """App factory for ``uvicorn --factory`` and ``serve --workers N``: settings from env."""
+    raw = os.environ.get(ENV_SETTINGS)
+    if not raw:
+        raise ConfigError(f"${ENV_SETTINGS} is not set; start the issuer with 'jwtmcp serve'")
+    _configure_logging()
+    settings = IssuerSettings(**json.loads(raw))
+    return _build_app(IssuerService(settings))
+
+
+def first_run_banner(
+    *,
+    base_url: str,
+    issuer: str,
+    client_id: str,
+    secret: str,
+    audience: str,
+) -> str:
+    """The text ``serve`` prints once when it created the demo client."""
+    curl = f"curl -s -u '{client_id}:{secret}' -d grant_type=client_credentials {base_url}/token"
+    extract = "python3 -c 'import json,sys; print(json.load(sys.stdin)[\"access_token\"])'"
+    return (
+        f"jwtmcp: created a demo client (tools: {', '.join(DEMO_TOOLS)}; audience: {audience})\n"
+        f"  client id:     {client_id}\n"
+        f"  client secret: {secret}\n"
+        "  (the secret is shown only now; only its hash is stored)\n"
+        "\n"
+        "Fetch a token:\n"
+        f"  {curl}\n"
+        "Check it:\n"
+        f"  TOKEN=$({curl} | {extract})\n"
+        f'  jwtmcp verify "$TOKEN" --jwks {base_url}/.well-known/jwks.json '
+        f"--iss {issuer} --aud {audience}\n"
+    )
+
+
+def serve(
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    issuer_url: str | None = None,
+    keys_dir: str = "keys",
+    clients_file: str = "clients.json",
+    workers: int = 1,
+    jwks_max_age: int = DEFAULT_JWKS_MAX_AGE,
+    default_ttl: int = DEFAULT_LIFETIME,
+    rate_limit: float = DEFAULT_RATE_LIMIT,
+    rate_burst: int = DEFAULT_RATE_BURST,
+    out: IO[str] | None = None,
+) -> None:
+    """Set up on first run (ring, clients file with a demo client), print how to use it, serve.
+
+    ``issuer_url`` defaults to ``http://HOST:PORT``. Blocks until the server stops.
+    """
+    import uvicorn
+
+    out = out or sys.stdout
+    if not 0 < port < 65536:
+        raise ConfigError(f"not a TCP port: {port}")
+    if workers < 1:
+        raise ConfigError(f"--workers must be at least 1, not {workers}")
+    base_url = f"http://{_url_host(host)}:{port}"
+    issuer = normalize_issuer_url(issuer_url or base_url)
+    warning = issuer_url_warning(issuer)
+    if warning:
+        print(f"jwtmcp: warning: {warning}", file=sys.stderr)
+    if issuer_url is None and host in ("0.0.0.0", "::"):  # noqa: S104
+        print(
+            f"jwtmcp: warning: listening on all interfaces, but tokens will say iss={issuer}; "
+            "pass --issuer with the URL clients use",
+            file=sys.stderr,
+        )
+    ring, ring_created = ensure_ring(keys_dir)
+    if ring_created:
+        print(f"jwtmcp: created a key ring in {keys_dir} (active {ring.active.kid})", file=out)
+    table, demo = ensure_clients(
+        clients_file,
+        demo_name=DEMO_CLIENT,
+        demo_tools=DEMO_TOOLS,
+        demo_audiences=(DEMO_AUDIENCE,),
+    )
+    if demo is not None:
+        client, secret = demo
+        print(f"jwtmcp: created the clients file {clients_file}", file=out)
+        print(
+            first_run_banner(
+                base_url=base_url,
+                issuer=issuer,
+                client_id=client.client_id,
+                secret=secret,
+                audience=client.audiences[0],
+            ),
+            file=out,
+        )
+    print(
+        f"jwtmcp: issuer {issuer} on {base_url} ({len(table)} client(s), "
+        f"active kid {ring.active.kid}, {workers} worker(s))",
+        file=out,
+        flush=True,
+    )
+    settings = IssuerSettings(
+        issuer_url=issuer,
+        keys_dir=str(Path(keys_dir).resolve()),
+        clients_file=str(Path(clients_file).resolve()),
+        jwks_max_age=jwks_max_age,
+        default_ttl=default_ttl,
+        rate_limit=rate_limit,
+        rate_burst=rate_burst,
+    )
+    common: dict[str, Any] = {
+        "host": host,
+        "port": port,
+        "access_log": False,  # the structured jwtmcp.issuer lines replace it
+        "server_header": False,
+        "log_level": "info",
+        "timeout_graceful_shutdown": 5,
+    }
+    if workers == 1:
+        _configure_logging()
+        app = _build_app(IssuerService(settings))
+        uvicorn.run(app, **common)
+        return
+    os.environ[ENV_SETTINGS] = json.dumps(asdict(settings))
+    with contextlib.suppress(KeyboardInterrupt):
+        uvicorn.run("jwtmcp.issuer:app_from_environment", factory=True, workers=workers, **common)
