@@ -1,0 +1,256 @@
+"""Official MCP SDK (2.x) integration: protect an ``MCPServer`` in one call.
+
+::
+
+    mcp = protected_server("math", issuer="http://127.0.0.1:8000",
+                           resource="http://127.0.0.1:8001/mcp")
+
+    @mcp.tool()
+    def add(a: float, b: float) -> float:
+        return a + b
+
+    mcp.run("streamable-http", port=8001)
+
+The server checks every request's bearer token offline with the jwtmcp verifier, shows each
+caller only the tools its ``tool:`` scopes grant, refuses any other ``tools/call`` with HTTP 403
+``insufficient_scope`` before the tool runs, serves RFC 9728 metadata pointing at the issuer,
+and hands the caller to tools through :func:`current_caller`.
+
+Layers, outermost first: :class:`jwtmcp.middleware.JwtAuthMiddleware` (HTTP: 401/403, the
+caller, metadata), the SDK's own bearer stack fed by :class:`JwtTokenVerifier` (session
+binding, ``get_access_token()``), and :class:`ToolScopeGuard` inside the MCP server
+(``tools/list`` filtering, and a clear MCP error for a denied call on any transport that
+reached the handler without the HTTP layer).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from mcp.server.auth.provider import AccessToken
+from mcp.server.auth.settings import AuthSettings
+from mcp.server.context import CallNext, HandlerResult, ServerRequestContext
+from mcp.server.lowlevel.server import LifespanResultT
+from mcp.server.mcpserver import MCPServer
+from mcp.shared.exceptions import MCPError
+from mcp_types import INVALID_PARAMS, INVALID_REQUEST, ListToolsResult
+from starlette.applications import Starlette
+
+from .errors import ConfigError, TokenError
+from .middleware import (
+    DEFAULT_MAX_BODY_BYTES,
+    ClaimsVerifier,
+    JwtAuthMiddleware,
+    access_token_for,
+    caller_from_scope,
+    current_caller,
+    get_caller,
+    pending_access_token,
+    reset_caller,
+    resource_metadata_url,
+    set_caller,
+)
+from .tokens import TOOL_SCOPE_PREFIX, Clock, VerifiedClaims
+
+__all__ = [
+    "JwtTokenVerifier",
+    "ProtectedMCPServer",
+    "ToolScopeGuard",
+    "current_caller",
+    "get_caller",
+    "protected_server",
+]
+
+
+class JwtTokenVerifier:
+    """The SDK's ``TokenVerifier`` protocol over a jwtmcp verifier.
+
+    Fills ``AccessToken.subject``, ``client_id``, ``scopes``, ``expires_at``, ``resource`` (this
+    server) and ``claims`` (with ``iss``), so the SDK binds each session to the principal
+    (client id, issuer, subject) that opened it.
+    """
+
+    def __init__(self, verifier: ClaimsVerifier, resource: str) -> None:
+        self.verifier = verifier
+        self.resource = resource
+
+    async def verify_token(self, token: str) -> AccessToken | None:
+        # Inside JwtAuthMiddleware the token was verified a moment ago in this very request.
+        already = pending_access_token(token)
+        if already is not None:
+            return already
+        try:
+            claims = await self.verifier.verify_async(token.strip())
+        except TokenError:
+            return None
+        return access_token_for(claims, token.strip(), self.resource)
+
+
+def _denied(name: str) -> MCPError:
+    scope = TOOL_SCOPE_PREFIX + name
+    return MCPError(
+        code=INVALID_PARAMS,
+        message=f"forbidden: calling {name} needs scope {scope}, which this token does not grant",
+        data={"error": "insufficient_scope", "scope": scope},
+    )
+
+
+class ToolScopeGuard:
+    """Server middleware (``MCPServer(middleware=[...])``) enforcing ``tool:`` scopes.
+
+    For a message that came over HTTP it binds the caller for :func:`current_caller`, filters
+    ``tools/list`` to the tools the token grants, and refuses any other ``tools/call`` with an
+    MCP error naming the missing scope. Messages with no HTTP request behind them (stdio,
+    in-memory) are local and pass untouched, as the SDK does for authentication.
+    """
+
+    async def __call__(
+        self, ctx: ServerRequestContext[Any, Any], call_next: CallNext
+    ) -> HandlerResult:
+        scope = getattr(ctx.request, "scope", None)
+        if not isinstance(scope, dict):
+            return await call_next(ctx)
+        caller = caller_from_scope(scope)
+        bound = set_caller(caller)
+        try:
+            method = ctx.method
+            if method == "tools/call":
+                name = (ctx.params or {}).get("name")
+                if caller is None:
+                    raise MCPError(code=INVALID_REQUEST, message="not authenticated")
+                if isinstance(name, str) and not caller.may_call(name):
+                    raise _denied(name)
+                return await call_next(ctx)
+            result = await call_next(ctx)
+            if method == "tools/list":
+                return _filter_tools(result, caller)
+            return result
+        finally:
+            reset_caller(bound)
+
+
+def _filter_tools(result: HandlerResult, caller: VerifiedClaims | None) -> HandlerResult:
+    def allowed(name: object) -> bool:
+        return caller is not None and isinstance(name, str) and caller.may_call(name)
+
+    if isinstance(result, ListToolsResult):
+        return result.model_copy(update={"tools": [t for t in result.tools if allowed(t.name)]})
+    if isinstance(result, dict) and isinstance(result.get("tools"), list):
+        tools = [t for t in result["tools"] if isinstance(t, dict) and allowed(t.get("name"))]
+        return {**result, "tools": tools}
+    return result
+
+
+class ProtectedMCPServer(MCPServer[LifespanResultT]):
+    """An ``MCPServer`` whose HTTP apps (Streamable HTTP and SSE) require jwtmcp tokens.
+
+    Build it with :func:`protected_server`. It is a plain ``MCPServer`` otherwise: tools,
+    resources, prompts, ``run()``, ``streamable_http_app()`` and ``sse_app()`` work as usual.
+    """
+
+    def __init__(
+        self,
+        name: str | None = None,
+        *,
+        verifier: ClaimsVerifier,
+        issuer: str,
+        resource: str,
+        **server_options: Any,
+    ) -> None:
+        if "auth" in server_options or "token_verifier" in server_options:
+            raise ConfigError(
+                "a protected server gets its auth from jwtmcp: drop auth= and token_verifier="
+            )
+        self.jwt_verifier = verifier
+        self.issuer_url = issuer
+        self.resource_url = resource
+        self.resource_metadata_url = resource_metadata_url(resource)
+        middleware: Sequence[Any] = server_options.pop("middleware", None) or ()
+        super().__init__(
+            name,
+            token_verifier=JwtTokenVerifier(verifier, resource),
+            auth=AuthSettings(
+                issuer_url=issuer,  # type: ignore[arg-type]  # pydantic parses the str
+                resource_server_url=resource,  # type: ignore[arg-type]
+                validate_token_resource=True,
+            ),
+            middleware=[ToolScopeGuard(), *middleware],
+            **server_options,
+        )
+
+    async def tool_names(self) -> list[str]:
+        """Names of every registered tool (what ``scopes_supported`` advertises)."""
+        return [tool.name for tool in await self.list_tools()]
+
+    def _protect(self, app: Starlette, paths: Sequence[str], max_body_bytes: int) -> Starlette:
+        app.add_middleware(
+            JwtAuthMiddleware,
+            verifier=self.jwt_verifier,
+            resource=self.resource_url,
+            issuer=self.issuer_url,
+            tools=self.tool_names,
+            paths=paths,
+            max_body_bytes=max_body_bytes,
+            resource_name=self.name,
+        )
+        return app
+
+    def streamable_http_app(self, **options: Any) -> Starlette:
+        """The SDK's Streamable HTTP app behind jwtmcp (same options as ``MCPServer``)."""
+        app = super().streamable_http_app(**options)
+        path = options.get("streamable_http_path", "/mcp")
+        limit = options.get("max_request_body_size", DEFAULT_MAX_BODY_BYTES)
+        return self._protect(app, [path], limit)
+
+    def sse_app(self, **options: Any) -> Starlette:
+        """The SDK's legacy SSE app behind jwtmcp: the stream and the message endpoint."""
+        app = super().sse_app(**options)
+        paths = [options.get("sse_path", "/sse"), options.get("message_path", "/messages/")]
+        limit = options.get("max_request_body_size", DEFAULT_MAX_BODY_BYTES)
+        return self._protect(app, paths, limit)
+
+
+def protected_server(
+    name: str | None = None,
+    *,
+    issuer: str,
+    resource: str,
+    jwks_url: str | None = None,
+    jwks_file: str | None = None,
+    public_key_pem: str | bytes | None = None,
+    verifier: ClaimsVerifier | None = None,
+    clock: Clock | None = None,
+    verifier_options: Mapping[str, Any] | None = None,
+    **server_options: Any,
+) -> ProtectedMCPServer[Any]:
+    """An ``MCPServer`` protected by jwtmcp tokens, in one call.
+
+    ``issuer`` is the jwtmcp issuer URL (the token ``iss``); ``resource`` this server's MCP URL,
+    which is the token audience (``aud``), e.g. ``http://127.0.0.1:8001/mcp``. Keys come from
+    ``jwks_url`` (default: the issuer's ``/.well-known/jwks.json``), ``jwks_file`` or
+    ``public_key_pem``; or pass a ready ``verifier``. Other keyword arguments go to
+    ``MCPServer``.
+    """
+    if verifier is None:
+        from .verifier import Verifier
+
+        if jwks_url is None and jwks_file is None and public_key_pem is None:
+            jwks_url = issuer.rstrip("/") + "/.well-known/jwks.json"
+        options: dict[str, Any] = dict(verifier_options or {})
+        if clock is not None:
+            options["clock"] = clock
+        verifier = Verifier(
+            issuer=issuer,
+            audience=resource,
+            jwks_url=jwks_url,
+            jwks_file=jwks_file,
+            public_key_pem=public_key_pem,
+            **options,
+        )
+    elif jwks_url or jwks_file or public_key_pem or clock or verifier_options:
+        raise ConfigError("pass either a verifier or key-source options, not both")
+    return ProtectedMCPServer(
+        name, verifier=verifier, issuer=issuer, resource=resource, **server_options
+    )
+

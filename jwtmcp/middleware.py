@@ -1,0 +1,533 @@
+"""Plain ASGI middleware: bearer-JWT authentication and per-tool authorisation for MCP over HTTP.
+
+``JwtAuthMiddleware`` sits in front of any ASGI app that serves MCP over HTTP - the SDK's own
+Streamable HTTP and SSE apps, or a hand-built Starlette app with ``Route("/sse")`` and
+``Mount("/messages/")`` around ``SseServerTransport``. For every protected request it:
+
+- refuses a token in the URL (``?access_token=``, RFC 6750 §2.3) with 400 ``invalid_request``;
+- answers 401 with ``WWW-Authenticate: Bearer resource_metadata="..."`` when no bearer token
+  was sent, and 401 ``error="invalid_token"`` when one was sent but failed verification
+  (RFC 6750 §3.1);
+- reads the JSON-RPC body of a POST (bounded, replayed downstream untouched) and refuses a
+  ``tools/call`` of a tool the token does not grant with 403
+  ``error="insufficient_scope", scope="tool:<name>"`` - the tool never runs;
+- hands the verified caller downstream: ``scope["user"]`` / ``scope["auth"]`` as the SDK's
+  transports expect (so sessions stay bound to the principal that opened them), the SDK's
+  ``get_access_token()``, and :func:`current_caller` for tools.
+
+It also serves the RFC 9728 protected-resource metadata document that the challenges point to.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from contextvars import ContextVar
+from typing import Any, Protocol
+from urllib.parse import parse_qsl, urlsplit
+
+from mcp.server.auth.middleware.auth_context import auth_context_var
+from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
+from mcp.server.auth.provider import AccessToken
+from starlette.authentication import AuthCredentials
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from .errors import ConfigError, TokenError
+from .tokens import TOOL_SCOPE_PREFIX, VerifiedClaims
+
+logger = logging.getLogger("jwtmcp.middleware")
+
+DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024
+"""Largest JSON-RPC POST body inspected (the SDK's own default request-body limit)."""
+
+CALLER_SCOPE_KEY = "jwtmcp.caller"
+"""ASGI scope key holding the :class:`VerifiedClaims` of an authenticated request."""
+
+WELL_KNOWN_RESOURCE = "/.well-known/oauth-protected-resource"
+
+ToolNames = Iterable[str] | Callable[[], Awaitable[Iterable[str]]]
+"""Tool names for ``scopes_supported``: a fixed list, or an async callable asked per request."""
+
+
+class ClaimsVerifier(Protocol):
+    """What the middleware needs from :class:`jwtmcp.verifier.Verifier`."""
+
+    async def verify_async(self, token: str) -> VerifiedClaims: ...
+
+
+# --- the caller, for tools --------------------------------------------------------------
+
+_caller: ContextVar[VerifiedClaims | None] = ContextVar("jwtmcp_caller", default=None)
+
+# The SDK's bearer backend runs inside this middleware and asks the token verifier again;
+# this remembers the answer already computed for the current request (same task), so the
+# signature is never checked twice. Holds (token, AccessToken).
+_pending: ContextVar[tuple[str, AccessToken] | None] = ContextVar("jwtmcp_pending", default=None)
+
+
+def get_caller() -> VerifiedClaims | None:
+    """The verified claims of the token behind the current MCP request, or ``None``.
+
+    ``None`` outside a request authenticated by jwtmcp (for example on stdio).
+    """
+    return _caller.get()
+
+
+def current_caller() -> VerifiedClaims:
+    """The verified claims of the token behind the current MCP request.
+
+    Works in sync and async tools, over Streamable HTTP and SSE: ``.subject``, ``.client_id``,
+    ``.scopes`` and the raw ``.claims``. Raises ``LookupError`` outside an authenticated request.
+    """
+    caller = _caller.get()
+    if caller is None:
+        raise LookupError(
+            "no authenticated caller: current_caller() works inside a tool served over HTTP "
+            "by a jwtmcp-protected server"
+        )
+    return caller
+
+
+def set_caller(caller: VerifiedClaims | None) -> Any:
+    """Bind ``caller`` for the current context; returns the token for :func:`reset_caller`."""
+    return _caller.set(caller)
+
+
+def reset_caller(token: Any) -> None:
+    _caller.reset(token)
+
+
+def pending_access_token(token: str) -> AccessToken | None:
+    """The AccessToken this middleware already built for ``token`` in this request, if any."""
+    pending = _pending.get()
+    if pending is not None and pending[0] == token.strip():
+        return pending[1]
+    return None
+
+
+# --- helpers shared with jwtmcp.mcp ----------------------------------------------------
+
+
+def resource_metadata_url(resource: str) -> str:
+    """RFC 9728 §3.1 metadata URL of ``resource``: the well-known path inserted before its path."""
+    parts = urlsplit(resource)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ConfigError(f"resource must be an absolute http(s) URL, got {resource!r}")
+    path = parts.path if parts.path != "/" else ""
+    return f"{parts.scheme}://{parts.netloc}{WELL_KNOWN_RESOURCE}{path}"
+
+
+def access_token_for(claims: VerifiedClaims, token: str, resource: str) -> AccessToken:
+    """The SDK's view of a verified token.
+
+    ``client_id``, ``subject`` and ``claims["iss"]`` are what the SDK binds sessions to;
+    ``resource`` is this server (the verifier already checked that ``aud`` contains it).
+    """
+    # model_construct: every value is already checked; skip pydantic validation on the hot path.
+    return AccessToken.model_construct(
+        token=token,
+        client_id=claims.client_id or claims.subject,
+        scopes=list(claims.scopes),
+        expires_at=claims.expires_at,
+        resource=resource,
+        subject=claims.subject,
+        claims=dict(claims.claims),
+    )
+
+
+def caller_from_scope(scope: Scope) -> VerifiedClaims | None:
+    """The caller of an HTTP request: set by this middleware, else the SDK's authenticated user."""
+    caller = scope.get(CALLER_SCOPE_KEY)
+    if isinstance(caller, VerifiedClaims):
+        return caller
+    user = scope.get("user")
+    if isinstance(user, AuthenticatedUser) and user.access_token.claims:
+        try:
+            return VerifiedClaims.from_claims(user.access_token.claims)
+        except (KeyError, TypeError, ValueError):
+            return None
+    return None
+
+
+def _challenge_value(
+    metadata_url: str,
+    *,
+    error: str | None = None,
+    description: str | None = None,
+    scope: str | None = None,
+) -> bytes:
+    parts: list[str] = []
+    if error is not None:
+        parts.append(f'error="{error}"')
+    if scope is not None:
+        parts.append(f'scope="{scope}"')
+    if description is not None:
+        parts.append(f'error_description="{_safe_description(description)}"')
+    parts.append(f'resource_metadata="{metadata_url}"')
+    return ("Bearer " + ", ".join(parts)).encode("ascii", "replace")
+
+
+def _safe_description(text: str) -> str:
+    # RFC 6750 §3: error_description is %x20-21 / %x23-5B / %x5D-7E (no quote, no backslash).
+    # '=' is dropped too: the SDK client finds parameters with a loose regex.
+    return "".join(c if 0x20 <= ord(c) <= 0x7E and c not in '"\\=' else " " for c in text)[:200]
+
+
+async def _send_json(
+    send: Send, status: int, body: Any, headers: Sequence[tuple[bytes, bytes]] = ()
+) -> None:
+    data = json.dumps(body, separators=(",", ":")).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(data)).encode()),
+                (b"cache-control", b"no-store"),
+                *headers,
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": data})
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    # Two "method" or "name" keys could make this parser and the SDK's disagree on which
+    # tool is called; a body like that is refused instead of guessed at.
+    result = dict(pairs)
+    if len(result) != len(pairs):
+        raise _DuplicateKey("duplicate key in JSON object")
+    return result
+
+
+def called_tools(body: bytes) -> list[tuple[Any, str]] | None:
+    """``(id, tool name)`` of every ``tools/call`` in a JSON-RPC body (single or batch).
+
+    Returns ``None`` when the body is not JSON this module can read with certainty while it
+    might still name ``tools/call``; the caller refuses such a body. A body that cannot contain
+    a ``tools/call`` at all is not parsed (the common case stays cheap).
+    """
+    # A tools/call must spell "tools/call" literally unless it uses JSON escapes.
+    if b"tools/call" not in body and b"\\" not in body:
+        return []
+    try:
+        message = json.loads(body, object_pairs_hook=_no_duplicate_keys)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        return None
+    messages = message if isinstance(message, list) else [message]
+    calls: list[tuple[Any, str]] = []
+    for item in messages:
+        if not isinstance(item, dict) or item.get("method") != "tools/call":
+            continue
+        params = item.get("params")
+        name = params.get("name") if isinstance(params, dict) else None
+        if not isinstance(name, str):
+            return None
+        calls.append((item.get("id"), name))
+    return calls
+
+
+class JwtAuthMiddleware:
+    """Protect an ASGI app serving MCP over HTTP with jwtmcp bearer tokens.
+
+    ``verifier`` checks tokens (a :class:`jwtmcp.verifier.Verifier` whose audience is
+    ``resource``); ``resource`` is this server's URL (the token audience, RFC 8707) and
+    ``issuer`` the authorization server the metadata points clients to. ``tools`` (names, or an
+    async callable returning them) fills ``scopes_supported``. ``paths`` limits protection to
+    those path prefixes (default: every path but the metadata document). ``max_body_bytes``
+    bounds the POST bodies read for authorisation; larger ones get 413.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        verifier: ClaimsVerifier,
+        resource: str,
+        issuer: str,
+        tools: ToolNames | None = None,
+        paths: Iterable[str] | None = None,
+        max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+        resource_name: str | None = None,
+    ) -> None:
+        self.app = app
+        self.verifier = verifier
+        self.resource = resource
+        self.issuer = issuer
+        self.metadata_url = resource_metadata_url(resource)
+        self.metadata_path = urlsplit(self.metadata_url).path
+        self._tools = tools
+        self._paths = tuple(paths) if paths is not None else None
+        self.max_body_bytes = max_body_bytes
+        self.resource_name = resource_name
+        self._metadata_cache: tuple[tuple[str, ...], bytes] | None = None
+
+    # --- dispatch -----------------------------------------------------------------------
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "lifespan":
+            await self.app(scope, receive, send)
+            return
+        path = _route_path(scope)
+        if kind == "http" and path == self.metadata_path:
+            await self._serve_metadata(scope, send)
+            return
+        if not self._protects(path):
+            await self.app(scope, receive, send)
+            return
+        if kind != "http":
+            # No bearer-token handshake for websockets here: refuse rather than pass through.
+            await send({"type": "websocket.close", "code": 1008})
+            return
+        await self._protected(scope, receive, send)
+
+    def _protects(self, path: str) -> bool:
+        if self._paths is None:
+            return True
+        return any(
+            path == p or path.startswith(p if p.endswith("/") else p + "/") for p in self._paths
+        )
+
+    async def _protected(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope.get("query_string") and _token_in_query(scope["query_string"]):
+            await self._refuse(
+                send,
+                400,
+                "invalid_request",
+                "access tokens in the URL are refused; send Authorization: Bearer <token>",
+            )
+            return
+        credentials = [v for k, v in scope["headers"] if k == b"authorization"]
+        if not credentials:
+            await self._unauthenticated(send)
+            return
+        if len(credentials) > 1:
+            await self._refuse(send, 400, "invalid_request", "more than one Authorization header")
+            return
+        scheme, _, raw = credentials[0].decode("latin-1").strip().partition(" ")
+        if scheme.lower() != "bearer":
+            # Another scheme (Basic...) is no bearer token at all: same answer as none.
+            await self._unauthenticated(send)
+            return
+        token = raw.strip()
+        if not token:
+            await self._refuse(send, 401, "invalid_token", "empty bearer token")
+            return
+        try:
+            claims = await self.verifier.verify_async(token)
+        except TokenError as exc:
+            logger.info("refused a bearer token: %s", exc.code)
+            await self._refuse(send, 401, "invalid_token", exc.message)
+            return
+
+        if scope["method"] == "POST":
+            try:
+                body = await _read_body(receive, self.max_body_bytes)
+            except _BodyTooLarge:
+                await _send_json(send, 413, {"error": "request body too large"})
+                return
+            calls = called_tools(body)
+            if calls is None:
+                await _send_json(
+                    send,
+                    400,
+                    {
+                        "jsonrpc": "2.0",
+                        "id": None,
+                        "error": {"code": -32700, "message": "unreadable JSON-RPC body"},
+                    },
+                )
+                return
+            denied = [(rid, name) for rid, name in calls if not claims.may_call(name)]
+            if denied:
+                await self._forbidden(send, claims, denied)
+                return
+            receive = _replay(body, receive)
+
+        access = access_token_for(claims, token, self.resource)
+        user = AuthenticatedUser(access)
+        scope[CALLER_SCOPE_KEY] = claims
+        scope["user"] = user
+        scope["auth"] = AuthCredentials(access.scopes)
+        caller_token = _caller.set(claims)
+        pending_token = _pending.set((token, access))
+        sdk_token = auth_context_var.set(user)
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            auth_context_var.reset(sdk_token)
+            _pending.reset(pending_token)
+            _caller.reset(caller_token)
+
+    # --- answers ------------------------------------------------------------------------
+
+    async def _unauthenticated(self, send: Send) -> None:
+        # RFC 6750 §3.1: no error code when the request carried no authentication.
+        await _send_json(
+            send,
+            401,
+            {"error": "unauthorized", "error_description": "bearer token required"},
+            [(b"www-authenticate", _challenge_value(self.metadata_url))],
+        )
+
+    async def _refuse(self, send: Send, status: int, error: str, description: str) -> None:
+        challenge = _challenge_value(self.metadata_url, error=error, description=description)
+        await _send_json(
+            send,
+            status,
+            {"error": error, "error_description": description},
+            [(b"www-authenticate", challenge)],
+        )
+
+    async def _forbidden(
+        self, send: Send, claims: VerifiedClaims, denied: list[tuple[Any, str]]
+    ) -> None:
+        names = list(dict.fromkeys(name for _, name in denied))
+        needed = " ".join(TOOL_SCOPE_PREFIX + name for name in names)
+        description = f"this token does not grant {needed}"
+        logger.info("refused tools/call of %s for sub %s", ",".join(names), claims.subject)
+        challenge = _challenge_value(
+            self.metadata_url, error="insufficient_scope", description=description, scope=needed
+        )
+        # The body is a JSON-RPC error, so a client holding a static token gets a clear
+        # MCP error naming the missing scope; the header is for OAuth clients (step-up).
+        request_id = denied[0][0] if len(denied) == 1 else None
+        body = {
+            "jsonrpc": "2.0",
+            "id": request_id,
+            "error": {
+                "code": -32602,
+                "message": f"forbidden: calling {', '.join(names)} needs scope {needed}, "
+                "which this token does not grant",
+                "data": {"error": "insufficient_scope", "scope": needed},
+            },
+        }
+        await _send_json(send, 403, body, [(b"www-authenticate", challenge)])
+
+    # --- RFC 9728 metadata ----------------------------------------------------------------
+
+    async def _serve_metadata(self, scope: Scope, send: Send) -> None:
+        cors = [
+            (b"access-control-allow-origin", b"*"),
+            (b"access-control-allow-methods", b"GET, OPTIONS"),
+        ]
+        method = scope["method"]
+        if method == "OPTIONS":
+            await send({"type": "http.response.start", "status": 204, "headers": cors})
+            await send({"type": "http.response.body", "body": b""})
+            return
+        if method not in ("GET", "HEAD"):
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 405,
+                    "headers": [(b"allow", b"GET, OPTIONS"), (b"content-length", b"0")],
+                }
+            )
+            await send({"type": "http.response.body", "body": b""})
+            return
+        data = await self.metadata_document()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(data)).encode()),
+                    (b"cache-control", b"public, max-age=300"),
+                    *cors,
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": b"" if method == "HEAD" else data})
+
+    async def tool_names(self) -> tuple[str, ...] | None:
+        """The tool names advertised in ``scopes_supported``, or ``None`` when not configured."""
+        if self._tools is None:
+            return None
+        if callable(self._tools):
+            names = await self._tools()
+        else:
+            names = self._tools
+        return tuple(dict.fromkeys(names))
+
+    async def metadata_document(self) -> bytes:
+        """The RFC 9728 protected-resource metadata of this server, as JSON bytes."""
+        names = await self.tool_names()
+        key = names if names is not None else ("\x00none",)
+        cached = self._metadata_cache
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        document: dict[str, Any] = {
+            "resource": self.resource,
+            "authorization_servers": [self.issuer],
+            "bearer_methods_supported": ["header"],
+        }
+        if names is not None:
+            # What the SDK's OAuth client asks the issuer for: every tool of this server.
+            # The issuer grants the part this client is allowed, so one token covers it all.
+            document["scopes_supported"] = [TOOL_SCOPE_PREFIX + n for n in names]
+        if self.resource_name:
+            document["resource_name"] = self.resource_name
+        data = json.dumps(document, separators=(",", ":")).encode()
+        self._metadata_cache = (key, data)
+        return data
+
+
+def _route_path(scope: Scope) -> str:
+    path: str = scope.get("path", "")
+    root: str = scope.get("root_path", "")
+    if root and path.startswith(root):
+        return path[len(root) :] or "/"
+    return path
+
+
+def _token_in_query(query_string: bytes) -> bool:
+    if b"access_token" not in query_string:
+        return False
+    try:
+        text = query_string.decode("latin-1")
+    except UnicodeDecodeError:  # pragma: no cover - latin-1 decodes every byte
+        return True
+    return any(key == "access_token" for key, _ in parse_qsl(text, keep_blank_values=True))
+
+
+async def _read_body(receive: Receive, limit: int) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            break
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise _BodyTooLarge
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            break
+    return b"".join(chunks)
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    sent = False
+
+    async def replay() -> Message:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay
