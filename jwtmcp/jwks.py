@@ -1,0 +1,724 @@
+"""The key cache: RSA public keys from a JWKS URL, a JWKS file or a PEM, parsed once.
+
+A verifier asks one question of its key source, on every request: *which public key does
+this kid name?* :meth:`KeySource.find` answers it with a dict lookup and one time compare
+while the key set is fresh. Everything else — fetching, refreshing, surviving outages —
+happens around that lookup:
+
+* **Fetching** runs on one background worker thread with a synchronous ``httpx2`` client.
+  At most one fetch is in flight; every request that must wait for it (sync or async)
+  waits on the same :class:`concurrent.futures.Future` (sync code with ``.result(timeout)``,
+  async code with ``asyncio.wrap_future``), so the event loop is never blocked.
+* **Freshness** follows ``Cache-Control: max-age`` clamped to ``[min_max_age, max_max_age]``
+  (``default_max_age`` when absent). A lookup after ``refresh_ahead`` (80 %) of the max-age
+  starts a refresh in the background and answers at once; no timers, all time comes from
+  the injected clock.
+* **Unknown kids** cause a refetch, at most one fetch per ``refetch_cooldown`` seconds
+  (all fetches share this budget, so a flood of random kids costs one fetch per cooldown);
+  a kid still missing after a fetch is remembered for ``unknown_kid_ttl`` seconds.
+* **Outages**: a failed fetch never drops keys. The last good set keeps serving for
+  ``stale_window`` seconds past its max-age, with a retry in the background at most once per
+  cooldown; after that, lookups fail closed with :class:`~jwtmcp.errors.KeysUnavailable`.
+* **Restarts**: with ``cache_file`` the last good JWKS is written atomically (temp file and
+  rename) after each successful fetch, and read back at start, so a server restarting while
+  the issuer is down still verifies.
+* **Hostile input**: the response body is read streaming and abandoned past
+  ``max_body_bytes``; sets with more than ``max_keys`` keys are refused; keys jwtmcp cannot
+  use (not RSA, ``use`` other than ``sig``, under 2048 or over 8192 bits, no kid, an
+  ``alg`` outside the allow-list, duplicate kids) are skipped without failing the set. A set
+  left with no usable key counts as a failed fetch, so a broken issuer cannot wipe the cache.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import ipaddress
+import json
+import logging
+import math
+import os
+import tempfile
+import threading
+import time
+from collections.abc import Iterable, Mapping
+from concurrent.futures import Future, InvalidStateError, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+from urllib.parse import urlsplit
+
+from cryptography.exceptions import UnsupportedAlgorithm as _CryptoUnsupported
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
+
+from .errors import ConfigError, KeysUnavailable, UnknownKid
+from .tokens import Clock
+
+log = logging.getLogger("jwtmcp.jwks")
+
+MIN_RSA_BITS = 2048
+MAX_RSA_BITS = 8192
+"""Larger keys are refused: verifying with a 16384-bit key costs ~60x a 2048-bit one."""
+MAX_KID_LENGTH = 256
+CACHE_FILE_VERSION = 1
+
+# --- algorithms --------------------------------------------------------------------------
+
+
+def _hash(bits: str) -> hashes.HashAlgorithm:
+    if bits == "256":
+        return hashes.SHA256()
+    return hashes.SHA384() if bits == "384" else hashes.SHA512()
+
+
+def _signature_scheme(alg: str) -> tuple[padding.AsymmetricPadding, hashes.HashAlgorithm]:
+    digest = _hash(alg[2:])
+    if alg.startswith("RS"):
+        return padding.PKCS1v15(), digest
+    # RFC 7518 3.5: MGF1 with the same hash, salt as long as the hash output.
+    return padding.PSS(mgf=padding.MGF1(digest), salt_length=digest.digest_size), digest
+
+
+SIGNATURE_SCHEMES: Mapping[str, tuple[padding.AsymmetricPadding, hashes.HashAlgorithm]] = {
+    alg: _signature_scheme(alg) for alg in ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512")
+}
+"""Every JWS algorithm the verifier can be configured with: RSA only, so the key type is
+bound to the algorithm family by construction (``none`` and ``HS*`` can never be enabled)."""
+
+
+# --- parsed keys -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, eq=False)
+class PublicKey:
+    """One usable verification key. Identity matters: the same key keeps the same object
+    across refreshes, so a cached verified token can check its key is still published."""
+
+    kid: str | None
+    key: rsa.RSAPublicKey = field(repr=False)
+    alg: str | None = None
+    """The JWK's ``alg`` member: when set, tokens must use exactly this algorithm."""
+    fingerprint: tuple[str, str, str | None] = field(default=("", "", None), repr=False)
+
+
+class JwksError(Exception):
+    """A JWKS document (or its download) cannot be used as a whole. Internal."""
+
+
+def _unique_members(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        raise JwksError("duplicate JSON member names")
+    return out
+
+
+def _reject_constant(name: str) -> Any:
+    raise JwksError(f"invalid JSON number {name}")
+
+
+def _b64url_uint(value: object, name: str) -> int:
+    if not isinstance(value, str) or not value or len(value) > 2048:
+        raise ValueError(f"member {name} is not a base64url string")
+    try:
+        raw = base64.urlsafe_b64decode(value + "=" * (-len(value) % 4))
+    except (binascii.Error, ValueError):
+        raise ValueError(f"member {name} is not valid base64url") from None
+    return int.from_bytes(raw, "big")
+
+
+def _load_jwk(jwk: object, algorithms: frozenset[str]) -> PublicKey:
+    """One JWK as a usable key, or ValueError saying why it is skipped."""
+    if not isinstance(jwk, dict):
+        raise ValueError("not a JSON object")
+    if jwk.get("kty") != "RSA":
+        raise ValueError(f"key type {jwk.get('kty')!r} is not RSA")
+    kid = jwk.get("kid")
+    if not isinstance(kid, str) or not kid or len(kid) > MAX_KID_LENGTH:
+        raise ValueError("no usable kid")
+    use = jwk.get("use")
+    if use is not None and use != "sig":
+        raise ValueError(f"use {use!r} is not 'sig'")
+    ops = jwk.get("key_ops")
+    if ops is not None and (not isinstance(ops, list) or "verify" not in ops):
+        raise ValueError("key_ops does not allow 'verify'")
+    alg = jwk.get("alg")
+    if alg is not None and alg not in algorithms:
+        raise ValueError(f"alg {alg!r} is not allowed")
+    if "d" in jwk or "p" in jwk:
+        # A private key in a public document is an issuer bug; refuse to touch it.
+        raise ValueError("holds private key material")
+    n_text, e_text = jwk.get("n"), jwk.get("e")
+    n = _b64url_uint(n_text, "n")
+    e = _b64url_uint(e_text, "e")
+    bits = n.bit_length()
+    if bits < MIN_RSA_BITS:
+        raise ValueError(f"RSA key of {bits} bits is under {MIN_RSA_BITS}")
+    if bits > MAX_RSA_BITS:
+        raise ValueError(f"RSA key of {bits} bits is over {MAX_RSA_BITS}")
+    if e < 3 or e % 2 == 0 or e.bit_length() > 64:
+        raise ValueError("invalid RSA public exponent")
+    try:
+        key = rsa.RSAPublicNumbers(e, n).public_key()
+    except (ValueError, _CryptoUnsupported) as exc:
+        raise ValueError(f"invalid RSA key ({exc})") from None
+    assert isinstance(n_text, str) and isinstance(e_text, str)
+    return PublicKey(kid=kid, key=key, alg=alg, fingerprint=(n_text, e_text, alg))
+
+
+def parse_jwks(
+    data: bytes | str | Mapping[str, Any],
+    *,
+    algorithms: Iterable[str] = ("RS256",),
+    max_keys: int = 100,
+    previous: Mapping[str, PublicKey] | None = None,
+    where: str = "JWKS",
+) -> dict[str, PublicKey]:
+    """The usable keys of a JWKS document, by kid.
+
+    Raises :class:`JwksError` when the document as a whole is unusable (not JSON, not a
+    JWKS, duplicate member names, more than ``max_keys`` keys). Individual keys jwtmcp
+    cannot use are skipped and logged. Keys unchanged from ``previous`` keep their object.
+    """
+    allowed = frozenset(algorithms)
+    if isinstance(data, bytes | str):
+        try:
+            text = data.decode("utf-8") if isinstance(data, bytes) else data
+            doc = json.loads(
+                text, object_pairs_hook=_unique_members, parse_constant=_reject_constant
+            )
+        except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+            raise JwksError(f"{where} is not valid JSON ({exc})") from None
+    else:
+        doc = data
+    if not isinstance(doc, Mapping) or not isinstance(doc.get("keys"), list):
+        raise JwksError(f"{where} is not a JWK set (no 'keys' list)")
+    entries = doc["keys"]
+    if len(entries) > max_keys:
+        raise JwksError(f"{where} has {len(entries)} keys, more than the limit of {max_keys}")
+    keys: dict[str, PublicKey] = {}
+    ambiguous: set[str] = set()
+    for index, jwk in enumerate(entries):
+        try:
+            loaded = _load_jwk(jwk, allowed)
+        except ValueError as exc:
+            log.info("skipping key #%d of %s: %s", index, where, exc)
+            continue
+        kid = loaded.kid
+        assert kid is not None
+        if kid in keys or kid in ambiguous:
+            # Two keys under one kid: a token naming it cannot be attributed. Use neither.
+            log.warning("skipping kid %r of %s: it names more than one key", kid[:64], where)
+            keys.pop(kid, None)
+            ambiguous.add(kid)
+            continue
+        old = (previous or {}).get(kid)
+        keys[kid] = old if old is not None and old.fingerprint == loaded.fingerprint else loaded
+    return keys
+
+
+def load_pem_public_key(pem: bytes | str) -> PublicKey:
+    """A PEM RSA public key (SubjectPublicKeyInfo or PKCS#1) as a key. ConfigError if not."""
+    raw = pem.encode("ascii", "replace") if isinstance(pem, str) else pem
+    try:
+        key = serialization.load_pem_public_key(raw)
+    except (ValueError, TypeError, _CryptoUnsupported):
+        raise ConfigError("public_key_pem is not a valid PEM public key") from None
+    if not isinstance(key, rsa.RSAPublicKey):
+        raise ConfigError("public_key_pem must hold an RSA public key")
+    if not MIN_RSA_BITS <= key.key_size <= MAX_RSA_BITS:
+        raise ConfigError(
+            f"public_key_pem holds a {key.key_size}-bit key; "
+            f"{MIN_RSA_BITS} to {MAX_RSA_BITS} bits are accepted"
+        )
+    return PublicKey(kid=None, key=key)
+
+
+# --- key sources -------------------------------------------------------------------------
+
+
+class KeySource(Protocol):
+    """Where a verifier gets its keys. ``find`` is called on every request."""
+
+    def find(
+        self, kid: str | None, now: float, *, may_wait: bool = True
+    ) -> PublicKey | Future[bool]:
+        """The key ``kid`` names, or a future to wait on before asking again (with
+        ``may_wait=False``). Raises UnknownKid or KeysUnavailable."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class StaticKeys:
+    """Keys fixed at start: a PEM public key (any kid) or a JWKS file (kid required)."""
+
+    def __init__(self, keys: Mapping[str, PublicKey] | PublicKey) -> None:
+        self._single = keys if isinstance(keys, PublicKey) else None
+        self._keys: Mapping[str, PublicKey] = {} if isinstance(keys, PublicKey) else dict(keys)
+
+    @classmethod
+    def from_pem(cls, pem: bytes | str) -> StaticKeys:
+        return cls(load_pem_public_key(pem))
+
+    @classmethod
+    def from_file(
+        cls, path: str | os.PathLike[str], *, algorithms: Iterable[str], max_keys: int
+    ) -> StaticKeys:
+        try:
+            data = Path(path).read_bytes()
+        except OSError as exc:
+            raise ConfigError(f"cannot read the JWKS file {path}: {exc.strerror}") from None
+        try:
+            keys = parse_jwks(data, algorithms=algorithms, max_keys=max_keys, where=str(path))
+        except JwksError as exc:
+            raise ConfigError(str(exc)) from None
+        if not keys:
+            raise ConfigError(f"the JWKS file {path} holds no usable RSA signing key")
+        return cls(keys)
+
+    @property
+    def kids(self) -> tuple[str, ...]:
+        return tuple(self._keys)
+
+    def find(self, kid: str | None, now: float, *, may_wait: bool = True) -> PublicKey:
+        if self._single is not None:
+            # One configured key: the signature decides, whatever kid the token names.
+            return self._single
+        key = self._keys.get(kid) if kid is not None else None
+        if key is None:
+            raise UnknownKid("the token's signing key (kid) is not known")
+        return key
+
+    def close(self) -> None:
+        return None
+
+
+@dataclass(frozen=True)
+class JwksPolicy:
+    """How a :class:`JwksCache` fetches, trusts and keeps keys. Defaults are the safe choice."""
+
+    fetch_timeout: float = 5.0
+    """Seconds for connecting and for the whole download: a hanging issuer costs at most this."""
+    default_max_age: float = 300.0
+    """Freshness when the response has no ``Cache-Control: max-age`` (as PyJWT, jose)."""
+    min_max_age: float = 60.0
+    """Lower clamp: a ``max-age=0`` issuer must not turn every request into a fetch."""
+    max_max_age: float = 86400.0
+    """Upper clamp: a revoked key is dropped within a day even if the issuer says a year."""
+    refresh_ahead: float = 0.8
+    """Fraction of the max-age after which a lookup starts a background refresh."""
+    refetch_cooldown: float = 30.0
+    """At least this long between two fetches started by requests (unknown kids, retries)."""
+    unknown_kid_ttl: float = 30.0
+    """How long a kid missing from a fresh fetch is refused without another fetch."""
+    stale_window: float = 86400.0
+    """How long past its max-age the last good set keeps serving while fetches fail."""
+    max_body_bytes: int = 256 * 1024
+    max_keys: int = 100
+    max_unknown_kids: int = 1024
+
+
+def _check_policy(policy: JwksPolicy) -> None:
+    for name in (
+        "fetch_timeout",
+        "default_max_age",
+        "min_max_age",
+        "max_max_age",
+        "refetch_cooldown",
+        "unknown_kid_ttl",
+        "stale_window",
+    ):
+        value = getattr(policy, name)
+        if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0:
+            raise ConfigError(f"{name} must be a non-negative number of seconds, not {value!r}")
+    if policy.fetch_timeout <= 0:
+        raise ConfigError("fetch_timeout must be positive")
+    if not policy.min_max_age <= policy.max_max_age:
+        raise ConfigError("min_max_age must not exceed max_max_age")
+    if not 0 < policy.refresh_ahead <= 1:
+        raise ConfigError("refresh_ahead must be a fraction in (0, 1]")
+    for name in ("max_body_bytes", "max_keys", "max_unknown_kids"):
+        value = getattr(policy, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigError(f"{name} must be a positive integer, not {value!r}")
+
+
+def is_loopback_url(url: str) -> bool:
+    host = urlsplit(url).hostname or ""
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def parse_max_age(cache_control: str | None, policy: JwksPolicy) -> float:
+    """Seconds the response may be used: its ``max-age`` clamped by the policy."""
+    if not cache_control:
+        return min(max(policy.default_max_age, policy.min_max_age), policy.max_max_age)
+    age: float | None = None
+    for directive in cache_control.lower().split(","):
+        name, _, value = directive.strip().partition("=")
+        name = name.strip()
+        if name in ("no-store", "no-cache"):
+            age = 0.0
+        elif name == "max-age" and age is None:
+            with contextlib.suppress(ValueError):
+                age = float(int(value.strip().strip('"')))
+    if age is None:
+        age = policy.default_max_age
+    return min(max(age, policy.min_max_age), policy.max_max_age)
+
+
+@dataclass(frozen=True)
+class _Snapshot:
+    """One good key set and the times that govern it (all from the injected clock)."""
+
+    keys: Mapping[str, PublicKey]
+    fetched_at: float
+    max_age: float
+    refresh_at: float
+    expires_at: float
+    stale_until: float
+
+
+class JwksCache:
+    """Keys from a JWKS URL, cached and refreshed as the module docstring describes."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        algorithms: Iterable[str] = ("RS256",),
+        policy: JwksPolicy | None = None,
+        clock: Clock = time.time,
+        cache_file: str | os.PathLike[str] | None = None,
+        allow_insecure_http: bool = False,
+    ) -> None:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ConfigError(f"jwks_url must be an http(s) URL, not {url!r}")
+        if parts.scheme == "http" and not allow_insecure_http and not is_loopback_url(url):
+            raise ConfigError(
+                "jwks_url must use https (plain http lets anyone on the path swap the keys); "
+                "http is accepted for loopback hosts, or with allow_insecure_jwks_url=True"
+            )
+        self.url = url
+        self.policy = policy or JwksPolicy()
+        _check_policy(self.policy)
+        self._algorithms = frozenset(algorithms)
+        self._clock = clock
+        self._cache_file = Path(cache_file) if cache_file is not None else None
+        self._lock = threading.Lock()
+        self._snapshot: _Snapshot | None = None
+        self._inflight: Future[bool] | None = None
+        self._last_attempt: float | None = None
+        self._last_ok = False
+        self._unknown: dict[str, float] = {}
+        self._closed = False
+        self.fetch_count = 0
+        """Fetches started so far (for monitoring and tests)."""
+        self.last_error: str | None = None
+        """Why the last fetch failed, or None after a success."""
+        self._persisted_body: bytes | None = None
+        import httpx2  # the MCP SDK's HTTP library; imported here so PEM/file users skip it
+
+        self._client = httpx2.Client(
+            timeout=httpx2.Timeout(self.policy.fetch_timeout),
+            follow_redirects=False,
+            headers={
+                "Accept": "application/jwk-set+json, application/json",
+                "Accept-Encoding": "identity",
+                "User-Agent": "jwtmcp-verifier",
+            },
+        )
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="jwtmcp-jwks")
+        self._load_cache_file()
+        with self._lock:
+            self._start_fetch(self._clock())
+
+    # -- the hot path -----------------------------------------------------------------
+
+    def find(
+        self, kid: str | None, now: float, *, may_wait: bool = True
+    ) -> PublicKey | Future[bool]:
+        snap = self._snapshot
+        if snap is not None and kid is not None and now < snap.refresh_at:
+            key = snap.keys.get(kid)
+            if key is not None:
+                return key
+        return self._find_slow(kid, now, may_wait)
+
+    def _find_slow(self, kid: str | None, now: float, may_wait: bool) -> PublicKey | Future[bool]:
+        if kid is None:
+            raise UnknownKid("the token names no signing key (kid)")
+        if self._closed:
+            raise KeysUnavailable("the verifier is closed")
+        with self._lock:
+            snap = self._snapshot
+            if snap is not None and now >= snap.stale_until:
+                snap = None  # too old to trust, even during an outage
+            if snap is None:
+                fut = self._inflight or self._start_fetch_if_allowed(now)
+                if fut is not None and may_wait:
+                    return fut
+                raise KeysUnavailable("the issuer's signing keys are unavailable; try again later")
+            key = snap.keys.get(kid)
+            if key is not None:
+                if now < snap.expires_at:
+                    if self._inflight is None:
+                        self._start_fetch_if_allowed(now)  # refresh ahead, in the background
+                    return key
+                # Past max-age. The issuer answered last time, so fresh keys are one fetch
+                # away: wait for them (a revoked key must not outlive its max-age).
+                if self._last_ok and may_wait:
+                    fut = self._inflight or self._start_fetch_if_allowed(now)
+                    if fut is not None:
+                        return fut
+                elif self._inflight is None:
+                    self._start_fetch_if_allowed(now)  # outage: retry in the background
+                return key  # within the stale window
+            # An unknown kid: perhaps a key published since our last fetch.
+            if len(kid) > MAX_KID_LENGTH:
+                raise UnknownKid("the token's signing key (kid) is not known")
+            until = self._unknown.get(kid)
+            if until is not None and now < until:
+                raise UnknownKid("the token's signing key (kid) is not known")
+            if may_wait:
+                fut = self._inflight or self._start_fetch_if_allowed(now)
+                if fut is not None:
+                    return fut
+            else:
+                self._remember_unknown(kid, now)
+            raise UnknownKid("the token's signing key (kid) is not known")
+
+    def _remember_unknown(self, kid: str, now: float) -> None:
+        if len(self._unknown) >= self.policy.max_unknown_kids:
+            for old in [k for k, until in self._unknown.items() if until <= now]:
+                del self._unknown[old]
+            while len(self._unknown) >= self.policy.max_unknown_kids:
+                del self._unknown[next(iter(self._unknown))]
+        self._unknown[kid] = now + self.policy.unknown_kid_ttl
+
+    # -- fetching ---------------------------------------------------------------------
+
+    def _start_fetch_if_allowed(self, now: float) -> Future[bool] | None:
+        last = self._last_attempt
+        if last is not None and 0 <= now - last < self.policy.refetch_cooldown:
+            return None
+        return self._start_fetch(now)
+
+    def _start_fetch(self, now: float) -> Future[bool]:
+        """Start a fetch (caller holds the lock). The future resolves to True on success."""
+        if self._inflight is not None:
+            return self._inflight
+        fut: Future[bool] = Future()
+        # A running future cannot be cancelled, so one waiter giving up (an asyncio task
+        # cancelled, a timeout) never cancels the fetch the others wait for.
+        fut.set_running_or_notify_cancel()
+        self._inflight = fut
+        self._last_attempt = now
+        self.fetch_count += 1
+        try:
+            self._executor.submit(self._run_fetch, fut, now)
+        except RuntimeError:  # executor shut down by close()
+            self._inflight = None
+            fut.set_result(False)
+        return fut
+
+    def _run_fetch(self, fut: Future[bool], started: float) -> None:
+        ok = False
+        try:
+            ok = self._fetch(started)
+        except BaseException as exc:  # never let the worker die with waiters hanging
+            self.last_error = f"unexpected error: {type(exc).__name__}"
+            log.exception("JWKS fetch from %s failed unexpectedly", self.url)
+        finally:
+            with self._lock:
+                if self._inflight is fut:
+                    self._inflight = None
+                self._last_ok = ok
+            with contextlib.suppress(InvalidStateError):  # close() may have resolved it
+                fut.set_result(ok)
+
+    def _fetch(self, started: float) -> bool:
+        try:
+            body, cache_control = self._download()
+            previous = self._snapshot.keys if self._snapshot is not None else None
+            keys = parse_jwks(
+                body,
+                algorithms=self._algorithms,
+                max_keys=self.policy.max_keys,
+                previous=previous,
+                where=f"the JWKS from {self.url}",
+            )
+            if not keys:
+                raise JwksError("the JWKS holds no usable RSA signing key")
+        except JwksError as exc:
+            self.last_error = str(exc)
+            log.warning("JWKS fetch from %s failed: %s; keeping the last good keys", self.url, exc)
+            return False
+        max_age = parse_max_age(cache_control, self.policy)
+        snap = self._make_snapshot(keys, started, max_age)
+        with self._lock:
+            self._snapshot = snap
+        self.last_error = None
+        log.debug("fetched %d key(s) from %s, max-age %.0f s", len(keys), self.url, max_age)
+        self._persist(body, snap)
+        return True
+
+    def _download(self) -> tuple[bytes, str | None]:
+        import httpx2
+
+        policy = self.policy
+        deadline = time.monotonic() + policy.fetch_timeout
+        try:
+            with self._client.stream("GET", self.url) as response:
+                if response.status_code != 200:
+                    raise JwksError(f"HTTP status {response.status_code}")
+                encoding = response.headers.get("content-encoding", "identity").lower()
+                if encoding not in ("identity", ""):
+                    raise JwksError(f"unexpected content encoding {encoding!r}")
+                length = response.headers.get("content-length")
+                if length is not None and length.isdigit() and int(length) > policy.max_body_bytes:
+                    raise JwksError(f"response of {length} bytes is over the limit")
+                chunks: list[bytes] = []
+                size = 0
+                for chunk in response.iter_raw():
+                    size += len(chunk)
+                    if size > policy.max_body_bytes:
+                        raise JwksError(
+                            f"response is over the limit of {policy.max_body_bytes} bytes"
+                        )
+                    if time.monotonic() > deadline:
+                        raise JwksError(f"download took longer than {policy.fetch_timeout} s")
+                    chunks.append(chunk)
+                return b"".join(chunks), response.headers.get("cache-control")
+        except httpx2.TimeoutException:
+            raise JwksError(f"no answer within {policy.fetch_timeout} s") from None
+        except httpx2.HTTPError as exc:
+            raise JwksError(f"{type(exc).__name__}: {exc}") from None
+
+    def _make_snapshot(
+        self, keys: Mapping[str, PublicKey], fetched_at: float, max_age: float
+    ) -> _Snapshot:
+        expires = fetched_at + max_age
+        return _Snapshot(
+            keys=keys,
+            fetched_at=fetched_at,
+            max_age=max_age,
+            refresh_at=fetched_at + max_age * self.policy.refresh_ahead,
+            expires_at=expires,
+            stale_until=expires + self.policy.stale_window,
+        )
+
+    # -- the cache file ---------------------------------------------------------------
+
+    def _persist(self, body: bytes, snap: _Snapshot) -> None:
+        if self._cache_file is None:
+            return
+        doc = {
+            "version": CACHE_FILE_VERSION,
+            "url": self.url,
+            "fetched_at": snap.fetched_at,
+            "max_age": snap.max_age,
+            "jwks": json.loads(body),
+        }
+        data = json.dumps(doc, separators=(",", ":")).encode()
+        try:
+            _atomic_write(self._cache_file, data)
+        except OSError as exc:
+            log.warning("cannot write the JWKS cache file %s: %s", self._cache_file, exc)
+
+    def _load_cache_file(self) -> None:
+        path = self._cache_file
+        if path is None:
+            return
+        try:
+            raw = path.read_bytes()
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            log.warning("cannot read the JWKS cache file %s: %s", path, exc)
+            return
+        try:
+            if len(raw) > self.policy.max_body_bytes * 2:
+                raise JwksError("the file is too large")
+            doc = json.loads(raw)
+            if not isinstance(doc, dict) or doc.get("version") != CACHE_FILE_VERSION:
+                raise JwksError("unknown format")
+            if doc.get("url") != self.url:
+                raise JwksError("it was written for another JWKS URL")
+            fetched_at, max_age = doc.get("fetched_at"), doc.get("max_age")
+            if not (
+                isinstance(fetched_at, int | float)
+                and isinstance(max_age, int | float)
+                and math.isfinite(fetched_at)
+                and math.isfinite(max_age)
+            ):
+                raise JwksError("invalid timestamps")
+            keys = parse_jwks(
+                doc["jwks"] if isinstance(doc.get("jwks"), dict) else {},
+                algorithms=self._algorithms,
+                max_keys=self.policy.max_keys,
+                where=f"the JWKS cache file {path}",
+            )
+            if not keys:
+                raise JwksError("no usable key")
+        except (JwksError, ValueError, RecursionError) as exc:
+            log.warning("ignoring the JWKS cache file %s: %s", path, exc)
+            return
+        now = self._clock()
+        max_age = min(max(float(max_age), self.policy.min_max_age), self.policy.max_max_age)
+        snap = self._make_snapshot(keys, min(float(fetched_at), now), max_age)
+        if now >= snap.stale_until:
+            log.warning("ignoring the JWKS cache file %s: older than the stale window", path)
+            return
+        self._snapshot = snap
+        # Freshness unknown: serve these keys at once, never wait on the network for them.
+        self._last_ok = False
+        log.info("loaded %d key(s) from the JWKS cache file %s", len(keys), path)
+
+    # -- waiting and closing ----------------------------------------------------------
+
+    def wait_idle(self, timeout: float | None = None) -> bool:
+        """Wait for the fetch in flight, if any. True when none is left running."""
+        fut = self._inflight
+        if fut is None:
+            return True
+        with contextlib.suppress(TimeoutError):
+            fut.result(timeout)
+        return fut.done()
+
+    @property
+    def kids(self) -> tuple[str, ...]:
+        """Kids of the current key set (empty before the first good fetch)."""
+        snap = self._snapshot
+        return tuple(snap.keys) if snap is not None else ()
+
+    def close(self) -> None:
+        self._closed = True
+        self._executor.shutdown(wait=False, cancel_futures=True)
+        with self._lock:
+            fut, self._inflight = self._inflight, None
+        self._client.close()
+        if fut is not None and not fut.done():
+            with contextlib.suppress(Exception):
+                fut.set_result(False)
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise

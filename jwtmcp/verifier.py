@@ -1,0 +1,525 @@
+"""The verifier MCP servers embed: offline checks of RFC 9068 access tokens.
+
+:class:`Verifier` checks a token against keys from one source (a JWKS URL, a JWKS file or
+a PEM public key, see :mod:`jwtmcp.jwks`) and returns :class:`~jwtmcp.tokens.VerifiedClaims`,
+or raises a :class:`~jwtmcp.errors.TokenError` subclass whose ``code`` says why and whose
+message is safe to return to the client. Nothing else escapes.
+
+Why the JWS work is done here rather than by PyJWT's ``decode``: a JWS is three base64url
+segments and one RSA operation, and the glue around that operation is what costs —
+PyJWT's generic path reaches about a third of raw RSA verify speed. Doing it as thin glue
+over ``base64``, ``json`` and ``cryptography`` keeps every check explicit in one place and
+the overhead small: each distinct header segment is parsed and checked once (a small
+bounded cache), public keys stay parsed (kid -> key object), and a bounded LRU of verified
+tokens lets a client that reuses its token pay for the signature once.
+
+Order of checks (the cheap, unauthenticated ones first; nothing from the payload is
+trusted before the signature is): size cap -> three canonical base64url segments ->
+header (JSON object without duplicate names, ``alg`` in the allow-list, ``typ``, no
+``crit``) -> key by ``kid`` (never from ``jwk``/``jku``/``x5u``/``x5c``, which are ignored)
+-> the key's own ``alg`` matches -> signature -> payload (JSON object without duplicate
+names) -> ``iss``, ``aud``, ``exp``, ``nbf``, ``iat``, lifetime, ``sub``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import binascii
+import contextlib
+import json
+import logging
+import math
+import re
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Iterable, Sequence
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
+from types import MappingProxyType, TracebackType
+from typing import Any, NamedTuple
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import padding
+
+from .errors import (
+    BadSignature,
+    ConfigError,
+    LifetimeTooLong,
+    MalformedToken,
+    MissingClaim,
+    TokenError,
+    TokenExpired,
+    TokenNotYetValid,
+    UnsupportedAlgorithm,
+    WrongAudience,
+    WrongIssuer,
+    WrongType,
+)
+from .jwks import (
+    MAX_KID_LENGTH,
+    SIGNATURE_SCHEMES,
+    JwksCache,
+    JwksPolicy,
+    KeySource,
+    PublicKey,
+    StaticKeys,
+)
+from .tokens import DEFAULT_MAX_LIFETIME, TOKEN_TYPE, Clock, ToolGrants, VerifiedClaims, split_scope
+
+__all__ = ["Verifier"]
+
+log = logging.getLogger("jwtmcp.verifier")
+
+DEFAULT_LEEWAY = 30
+DEFAULT_MAX_TOKEN_BYTES = 8192
+DEFAULT_VERIFIED_CACHE_SIZE = 10_000
+MAX_LEEWAY = 300
+_HEADER_CACHE_SIZE = 256
+_GRANTS_CACHE_SIZE = 1024
+
+_TOKEN_RE = re.compile(r"([A-Za-z0-9_-]+)\.([A-Za-z0-9_-]+)\.([A-Za-z0-9_-]+)")
+_URLSAFE_TO_STD = bytes.maketrans(b"-_", b"+/")
+# The last character of a segment whose length is 2 or 3 (mod 4) carries 4 or 2 unused
+# bits; only the characters with those bits zero are canonical (RFC 4648 3.5). Refusing
+# the others means one token has exactly one spelling.
+_CANONICAL_LAST = {2: frozenset("AQgw"), 3: frozenset("AEIMQUYcgkosw048")}
+
+
+class _Header(NamedTuple):
+    alg: str
+    kid: str | None
+    scheme: tuple[padding.AsymmetricPadding, hashes.HashAlgorithm]
+
+
+class _Entry(NamedTuple):
+    """A verified token: what a reuse must re-check (time, and that its key is still there)."""
+
+    claims: VerifiedClaims
+    key: PublicKey
+    expires_at: float
+    not_before: float
+
+
+class _DuplicateMember(ValueError):
+    pass
+
+
+def _unique_members(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        raise _DuplicateMember("duplicate JSON member names")
+    return out
+
+
+def _no_constants(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+_JSON = json.JSONDecoder(object_pairs_hook=_unique_members, parse_constant=_no_constants)
+
+
+def _b64decode(segment: str, what: str) -> bytes:
+    rest = len(segment) % 4
+    if rest:
+        if rest == 1 or segment[-1] not in _CANONICAL_LAST[rest]:
+            raise MalformedToken(f"the token's {what} is not valid base64url")
+        data = segment.encode("ascii").translate(_URLSAFE_TO_STD) + b"=" * (4 - rest)
+    else:
+        data = segment.encode("ascii").translate(_URLSAFE_TO_STD)
+    try:
+        return binascii.a2b_base64(data)
+    except binascii.Error:
+        raise MalformedToken(f"the token's {what} is not valid base64url") from None
+
+
+def _json_object(segment: str, what: str) -> dict[str, Any]:
+    raw = _b64decode(segment, what)
+    try:
+        value = _JSON.decode(raw.decode("utf-8"))
+    except _DuplicateMember:
+        raise MalformedToken(f"the token's {what} repeats a JSON member name") from None
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        raise MalformedToken(f"the token's {what} is not valid JSON") from None
+    if type(value) is not dict:
+        raise MalformedToken(f"the token's {what} is not a JSON object")
+    return value
+
+
+def _number(claims: dict[str, Any], name: str) -> float | None:
+    value = claims.get(name)
+    if value is None:
+        return None
+    if type(value) is int or (type(value) is float and math.isfinite(value)):
+        return value
+    raise MalformedToken(f"claim {name!r} is not a number")
+
+
+def _safe(value: object) -> str:
+    """A claim or kid for a log line: repr (escapes control characters), truncated."""
+    return repr(value)[:80]
+
+
+class Verifier:
+    """Checks access tokens offline against cached public keys. Thread-safe.
+
+    Exactly one key source: ``jwks_url`` (fetched and cached in the background, see
+    :mod:`jwtmcp.jwks`), ``jwks_file`` (read once at start) or ``public_key_pem`` (one key;
+    any ``kid`` in the token is accepted and the signature decides). Every option has a
+    safe default; see the README for each one and why.
+    """
+
+    def __init__(
+        self,
+        *,
+        issuer: str,
+        audience: str | Sequence[str],
+        jwks_url: str | None = None,
+        jwks_file: str | Any | None = None,
+        public_key_pem: str | bytes | None = None,
+        clock: Clock = time.time,
+        algorithms: Iterable[str] = ("RS256",),
+        leeway: float = DEFAULT_LEEWAY,
+        max_lifetime: float = DEFAULT_MAX_LIFETIME,
+        required_type: str = TOKEN_TYPE,
+        max_token_bytes: int = DEFAULT_MAX_TOKEN_BYTES,
+        verified_cache_size: int = DEFAULT_VERIFIED_CACHE_SIZE,
+        fetch_timeout: float = 5.0,
+        cache_file: str | Any | None = None,
+        stale_window: float = 86400.0,
+        refetch_cooldown: float = 30.0,
+        jwks_policy: JwksPolicy | None = None,
+        allow_insecure_jwks_url: bool = False,
+    ) -> None:
+        if not isinstance(issuer, str) or not issuer:
+            raise ConfigError("the verifier needs the expected issuer (iss) URL")
+        audiences = [audience] if isinstance(audience, str) else list(audience)
+        if not audiences or not all(isinstance(a, str) and a for a in audiences):
+            raise ConfigError("the verifier needs this server's audience (resource URL)")
+        algs = tuple(dict.fromkeys(algorithms if not isinstance(algorithms, str) else [algorithms]))
+        bad = [a for a in algs if a not in SIGNATURE_SCHEMES]
+        if not algs or bad:
+            raise ConfigError(
+                f"unsupported algorithm(s) {', '.join(map(repr, bad)) or '(none given)'}: "
+                f"choose among {', '.join(SIGNATURE_SCHEMES)} ('none' and HMAC are never allowed)"
+            )
+        for name, value, top in (
+            ("leeway", leeway, MAX_LEEWAY),
+            ("max_lifetime", max_lifetime, math.inf),
+        ):
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, int | float)
+                or not 0 <= value <= top
+            ):
+                raise ConfigError(f"{name} must be between 0 and {top} seconds, not {value!r}")
+        if max_lifetime <= 0:
+            raise ConfigError("max_lifetime must be positive")
+        if not isinstance(required_type, str) or not required_type.strip():
+            raise ConfigError("required_type must name the token type, e.g. 'at+jwt'")
+        for name, ivalue, low in (
+            ("max_token_bytes", max_token_bytes, 256),
+            ("verified_cache_size", verified_cache_size, 0),
+        ):
+            if isinstance(ivalue, bool) or not isinstance(ivalue, int) or ivalue < low:
+                raise ConfigError(f"{name} must be an integer of at least {low}, not {ivalue!r}")
+        sources = [s for s in (jwks_url, jwks_file, public_key_pem) if s is not None]
+        if len(sources) != 1:
+            raise ConfigError("give exactly one key source: jwks_url, jwks_file or public_key_pem")
+
+        self.issuer = issuer
+        self.audiences: tuple[str, ...] = tuple(dict.fromkeys(audiences))
+        self.algorithms: tuple[str, ...] = algs
+        self.leeway = float(leeway)
+        self.max_lifetime = float(max_lifetime)
+        self.required_type = required_type
+        self.max_token_bytes = max_token_bytes
+        self._clock = clock
+        self._audience_set = frozenset(self.audiences)
+        typ = required_type.strip().lower()
+        typ = typ.removeprefix("application/")
+        # RFC 7515 4.1.9: "typ" values are media types, compared case-insensitively, and the
+        # "application/" prefix may be omitted (RFC 9068 2.1 names "at+jwt").
+        self._types = frozenset({typ, "application/" + typ})
+        self._headers: dict[str, _Header] = {}
+        self._grants: dict[str | None, tuple[tuple[str, ...], ToolGrants]] = {}
+        self._verified: OrderedDict[str, _Entry] = OrderedDict()
+        self._verified_size = verified_cache_size
+        self._verified_lock = threading.Lock()
+
+        policy = jwks_policy or JwksPolicy(
+            fetch_timeout=fetch_timeout,
+            stale_window=stale_window,
+            refetch_cooldown=refetch_cooldown,
+        )
+        self._wait_timeout = policy.fetch_timeout + 1.0
+        self.keys: KeySource
+        if jwks_url is not None:
+            self.keys = JwksCache(
+                jwks_url,
+                algorithms=algs,
+                policy=policy,
+                clock=clock,
+                cache_file=cache_file,
+                allow_insecure_http=allow_insecure_jwks_url,
+            )
+        elif jwks_file is not None:
+            self.keys = StaticKeys.from_file(jwks_file, algorithms=algs, max_keys=policy.max_keys)
+        else:
+            assert public_key_pem is not None
+            self.keys = StaticKeys.from_pem(public_key_pem)
+
+    # -- public API -----------------------------------------------------------------
+
+    def verify(self, token: str) -> VerifiedClaims:
+        """Check ``token``; return its claims or raise a :class:`TokenError` subclass.
+
+        Never does network I/O for a known, fresh key. May wait (at most about
+        ``fetch_timeout``) for a key fetch the token needs: an unknown kid, or a key set
+        past its max-age.
+        """
+        try:
+            now = self._clock()
+            entry = self._cached(token, now)
+            kid = entry.claims.kid if type(entry) is _Entry else entry.kid  # type: ignore[union-attr]
+            found = self.keys.find(kid, now)
+            if type(found) is not PublicKey:
+                assert isinstance(found, Future)
+                with contextlib.suppress(FutureTimeout):
+                    found.result(self._wait_timeout)
+                now = self._clock()
+                found = self.keys.find(kid, now, may_wait=False)
+            return self._finish(token, entry, found, now)  # type: ignore[arg-type]
+        except TokenError as exc:
+            self._refused(exc, token)
+            raise
+        except Exception:
+            log.exception("unexpected error while verifying a token")
+            raise MalformedToken("the token could not be verified") from None
+
+    async def verify_async(self, token: str) -> VerifiedClaims:
+        """Like :meth:`verify`, for event loops: waiting for a key fetch never blocks it."""
+        try:
+            now = self._clock()
+            entry = self._cached(token, now)
+            kid = entry.claims.kid if type(entry) is _Entry else entry.kid  # type: ignore[union-attr]
+            found = self.keys.find(kid, now)
+            if type(found) is not PublicKey:
+                assert isinstance(found, Future)
+                with contextlib.suppress(TimeoutError):
+                    # shield: a cancelled request must not cancel the fetch others share.
+                    await asyncio.wait_for(
+                        asyncio.shield(asyncio.wrap_future(found)), self._wait_timeout
+                    )
+                now = self._clock()
+                found = self.keys.find(kid, now, may_wait=False)
+            return self._finish(token, entry, found, now)  # type: ignore[arg-type]
+        except TokenError as exc:
+            self._refused(exc, token)
+            raise
+        except Exception:
+            log.exception("unexpected error while verifying a token")
+            raise MalformedToken("the token could not be verified") from None
+
+    def close(self) -> None:
+        """Stop the key fetcher (if any). The verifier must not be used afterwards."""
+        self.keys.close()
+
+    def __enter__(self) -> Verifier:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # -- steps ----------------------------------------------------------------------
+
+    def _cached(self, token: str, now: float) -> _Entry | _Header:
+        """A still-valid cache entry for ``token``, else its checked header."""
+        if type(token) is not str:
+            raise MalformedToken("the token must be a string")
+        entry = self._verified.get(token)
+        if entry is not None:
+            if now >= entry.expires_at + self.leeway:
+                raise TokenExpired("the token has expired")
+            if entry.not_before > now + self.leeway:
+                raise TokenNotYetValid("the token is not valid yet")
+            return entry
+        if len(token) > self.max_token_bytes:
+            raise MalformedToken(f"the token is longer than {self.max_token_bytes} bytes")
+        dot = token.find(".")
+        segment = token[:dot] if dot > 0 else token
+        header = self._headers.get(segment)
+        if header is None:
+            header = self._parse_header(segment)
+            if len(self._headers) >= _HEADER_CACHE_SIZE:
+                self._headers.clear()
+            self._headers[segment] = header
+        return header
+
+    def _parse_header(self, segment: str) -> _Header:
+        if not segment or _TOKEN_RE.fullmatch(segment + ".e.e") is None:
+            raise MalformedToken("the token is not a JWS in compact form")
+        header = _json_object(segment, "header")
+        alg = header.get("alg")
+        if type(alg) is not str:
+            raise MalformedToken("the token's header has no algorithm (alg)")
+        if alg not in self.algorithms:
+            raise UnsupportedAlgorithm(f"algorithm {alg[:20]!r} is not accepted")
+        if "crit" in header:
+            # RFC 7515 4.1.11: a recipient must refuse extensions it does not understand;
+            # jwtmcp understands none.
+            raise MalformedToken("the token's header names critical extensions (crit)")
+        typ = header.get("typ")
+        if type(typ) is not str:
+            raise WrongType("the token has no type (typ); an at+jwt access token is required")
+        if typ.lower() not in self._types:
+            raise WrongType(f"the token type is not {self.required_type}")
+        kid = header.get("kid")
+        if kid is not None and (type(kid) is not str or len(kid) > MAX_KID_LENGTH):
+            raise MalformedToken("the token's key id (kid) is not a short string")
+        # "jwk", "jku", "x5u", "x5c" are deliberately never read: a key named by the token
+        # itself proves nothing (RFC 8725 3.10).
+        return _Header(alg, kid, SIGNATURE_SCHEMES[alg])
+
+    def _finish(
+        self, token: str, entry: _Entry | _Header, key: PublicKey, now: float
+    ) -> VerifiedClaims:
+        if type(entry) is _Entry:
+            if entry.key is key:
+                with contextlib.suppress(KeyError):  # evicted meanwhile by another thread
+                    self._verified.move_to_end(token)
+                return entry.claims
+            # The kid now names another key: forget the entry and check the token afresh.
+            self._verified.pop(token, None)
+            dot = token.find(".")
+            return self._finish(token, self._cached(token[:dot], now), key, now)
+        header: _Header = entry  # type: ignore[assignment]
+        match = _TOKEN_RE.fullmatch(token)
+        if match is None:
+            raise MalformedToken("the token is not a JWS in compact form (three segments)")
+        if key.alg is not None and key.alg != header.alg:
+            raise UnsupportedAlgorithm("the token's algorithm does not match its key")
+        signature = _b64decode(match.group(3), "signature")
+        signing_input = token[: match.end(2)].encode("ascii")
+        pad, digest = header.scheme
+        try:
+            key.key.verify(signature, signing_input, pad, digest)
+        except InvalidSignature:
+            raise BadSignature("the token's signature is invalid") from None
+        claims = _json_object(match.group(2), "payload")
+        verified, expires_at, not_before = self._check_claims(claims, header, now)
+        if self._verified_size:
+            with self._verified_lock:
+                self._verified[token] = _Entry(verified, key, expires_at, not_before)
+                if len(self._verified) > self._verified_size:
+                    self._verified.popitem(last=False)
+        return verified
+
+    def _check_claims(
+        self, claims: dict[str, Any], header: _Header, now: float
+    ) -> tuple[VerifiedClaims, float, float]:
+        leeway = self.leeway
+        iss = claims.get("iss")
+        if iss is None:
+            raise MissingClaim("the token has no issuer (iss)")
+        if iss != self.issuer:
+            raise WrongIssuer("the token was issued by another issuer")
+        aud = claims.get("aud")
+        if aud is None:
+            raise MissingClaim("the token has no audience (aud)")
+        if type(aud) is str:
+            audience: tuple[str, ...] = (aud,)
+        elif type(aud) is list and all(type(a) is str for a in aud):
+            audience = tuple(aud)
+        else:
+            raise MalformedToken("claim 'aud' is not a string or a list of strings")
+        if self._audience_set.isdisjoint(audience):
+            raise WrongAudience("the token is not meant for this server (aud)")
+        exp = _number(claims, "exp")
+        if exp is None:
+            raise MissingClaim("the token has no expiry (exp)")
+        if now >= exp + leeway:
+            raise TokenExpired("the token has expired")
+        iat = _number(claims, "iat")
+        if iat is None:
+            raise MissingClaim("the token has no issue time (iat)")
+        nbf = _number(claims, "nbf")
+        not_before = iat if nbf is None or nbf < iat else nbf
+        if not_before > now + leeway:
+            raise TokenNotYetValid("the token is not valid yet (nbf/iat in the future)")
+        if exp - iat > self.max_lifetime:
+            # Both times come from the issuer's clock, so no leeway applies here.
+            raise LifetimeTooLong(
+                f"the token's lifetime is longer than the maximum of {self.max_lifetime:.0f} s"
+            )
+        sub = claims.get("sub")
+        if sub is None:
+            raise MissingClaim("the token has no subject (sub)")
+        if type(sub) is not str or not sub:
+            raise MalformedToken("claim 'sub' is not a non-empty string")
+        client_id = claims.get("client_id")
+        jti = claims.get("jti")
+        scope = claims.get("scope")
+        if (
+            (client_id is not None and type(client_id) is not str)
+            or (jti is not None and type(jti) is not str)
+            or (scope is not None and type(scope) is not str)
+        ):
+            raise MalformedToken("claim 'client_id', 'jti' or 'scope' is not a string")
+        grants = self._grants.get(scope)
+        if grants is None:
+            scopes = split_scope(scope)
+            grants = (scopes, ToolGrants.from_scopes(scopes))
+            if len(self._grants) >= _GRANTS_CACHE_SIZE:
+                self._grants.clear()
+            self._grants[scope] = grants
+        verified = VerifiedClaims(
+            subject=sub,
+            client_id=client_id,
+            issuer=iss,
+            audience=audience,
+            scopes=grants[0],
+            tools=grants[1],
+            issued_at=int(iat),
+            expires_at=int(exp),
+            jti=jti,
+            kid=header.kid,
+            claims=MappingProxyType(claims),
+        )
+        return verified, exp, not_before
+
+    def _refused(self, exc: TokenError, token: object) -> None:
+        """Log a refusal with the kid, sub and jti the token claims — never the token."""
+        if not log.isEnabledFor(logging.DEBUG):
+            return
+        kid = sub = jti = None
+        if type(token) is str and len(token) <= self.max_token_bytes:
+            parts = token.split(".")
+            if len(parts) == 3:
+                try:
+                    kid = _json_object(parts[0], "header").get("kid")
+                    payload = _json_object(parts[1], "payload")
+                    sub, jti = payload.get("sub"), payload.get("jti")
+                except TokenError:
+                    pass
+        # Unverified values (the signature may be what failed): labelled as claimed.
+        log.debug(
+            "token refused (%s): claimed kid=%s sub=%s jti=%s",
+            exc.code,
+            _safe(kid),
+            _safe(sub),
+            _safe(jti),
+        )
+
+    # -- introspection --------------------------------------------------------------
+
+    @property
+    def verified_cache_len(self) -> int:
+        """How many verified tokens the LRU holds now."""
+        return len(self._verified)
