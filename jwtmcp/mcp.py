@@ -253,4 +253,3 @@ def protected_server(
     return ProtectedMCPServer(
         name, verifier=verifier, issuer=issuer, resource=resource, **server_options
     )
-
