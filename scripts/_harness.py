@@ -140,10 +140,17 @@ def run_jwtmcp(*args: str, env: dict[str, str] | None = None, timeout: float = 6
 
 @dataclass
 class Issuer:
-    """A real ``jwtmcp serve`` subprocess (one worker) on a loopback port."""
+    """A real jwtmcp issuer subprocess (one worker) on a loopback port.
+
+    By default it is exactly ``jwtmcp serve``. With ``rate_limit`` set it runs the same
+    ``jwtmcp.issuer.serve()`` that command calls, with that per-client limit (``0`` = off):
+    the command line has no flag for it, and a throughput benchmark from one client must not
+    measure the limiter.
+    """
 
     workdir: Path
     port: int = field(default_factory=free_port)
+    rate_limit: float | None = None
     process: Process | None = None
 
     @property
@@ -178,17 +185,28 @@ class Issuer:
 
     def start(self) -> Issuer:
         self.workdir.mkdir(parents=True, exist_ok=True)
-        argv = jwtmcp_argv(
-            "serve", "--host", LOOPBACK, "--port", str(self.port), "--issuer", self.url,
-            "--keys", str(self.keys_dir), "--clients", str(self.clients_file),
-        )
+        if self.rate_limit is None:
+            argv = jwtmcp_argv(
+                "serve", "--host", LOOPBACK, "--port", str(self.port), "--issuer", self.url,
+                "--keys", str(self.keys_dir), "--clients", str(self.clients_file),
+            )
+        else:
+            code = (
+                "import sys; from jwtmcp.issuer import serve; "
+                "serve(host=sys.argv[1], port=int(sys.argv[2]), issuer_url=sys.argv[3], "
+                "keys_dir=sys.argv[4], clients_file=sys.argv[5], rate_limit=float(sys.argv[6]))"
+            )
+            argv = [sys.executable, "-c", code, LOOPBACK, str(self.port), self.url,
+                    str(self.keys_dir), str(self.clients_file), str(self.rate_limit)]
         self.process = Process("issuer", argv, self.workdir / "issuer.log", env=child_env(),
                                cwd=self.workdir).start()
         assert self.process.proc is not None
         try:
             wait_until_up(self.url + "/healthz", self.process.proc)
         except RuntimeError as exc:
-            raise RuntimeError(f"{exc}\n{self.process.log_tail()}") from None
+            tail = self.process.log_tail()
+            self.stop()
+            raise RuntimeError(f"{exc}\n{tail}") from None
         return self
 
     def stop(self) -> None:
@@ -223,7 +241,9 @@ class McpServer:
     workdir: Path
     name: str
     issuer_url: str | None = None
+    jwks_url: str | None = None
     jwks_cache_file: Path | None = None
+    refetch_cooldown: float | None = None
     port: int = field(default_factory=free_port)
     process: Process | None = None
 
@@ -235,8 +255,12 @@ class McpServer:
         argv = [sys.executable, str(HERE / "_harness.py"), "mcp-server", "--port", str(self.port)]
         if self.issuer_url:
             argv += ["--issuer", self.issuer_url]
+        if self.jwks_url:
+            argv += ["--jwks-url", self.jwks_url]
         if self.jwks_cache_file:
             argv += ["--jwks-cache-file", str(self.jwks_cache_file)]
+        if self.refetch_cooldown is not None:
+            argv += ["--refetch-cooldown", str(self.refetch_cooldown)]
         self.process = Process(self.name, argv, self.workdir / f"{self.name}.log",
                                env=child_env()).start()
         assert self.process.proc is not None
@@ -244,7 +268,9 @@ class McpServer:
             # Any answer (401 with auth, 406 without an Accept header) means it is listening.
             wait_until_up(self.url, self.process.proc)
         except RuntimeError as exc:
-            raise RuntimeError(f"{exc}\n{self.process.log_tail()}") from None
+            tail = self.process.log_tail()
+            self.stop()
+            raise RuntimeError(f"{exc}\n{tail}") from None
         return self
 
     def stop(self) -> None:
@@ -255,7 +281,10 @@ class McpServer:
 
 @contextlib.contextmanager
 def running(*things: Issuer | McpServer) -> Iterator[None]:
+    """Start ``things`` in order; stop every one of them on the way out, whatever happened."""
     try:
+        for thing in things:
+            thing.start()
         yield
     finally:
         for thing in reversed(things):
@@ -283,11 +312,18 @@ def percentile(sorted_values: Sequence[float], pct: float) -> float:
 # --- the benchmark's MCP server ------------------------------------------------------------
 
 
-def build_mcp_app(issuer_url: str | None, port: int, jwks_cache_file: str | None) -> Any:
+def build_mcp_app(
+    issuer_url: str | None,
+    port: int,
+    jwks_url: str | None = None,
+    jwks_cache_file: str | None = None,
+    refetch_cooldown: float | None = None,
+) -> Any:
     """A Starlette app serving an MCPServer with one ``add`` tool on ``/mcp``.
 
     Without ``issuer_url`` it is the plain SDK server; with it, the same server protected by
-    jwtmcp (tokens from that issuer, audience = this server's URL).
+    jwtmcp (tokens from that issuer, audience = this server's URL), keys from ``jwks_url``
+    (default: the issuer's), the last good JWKS kept in ``jwks_cache_file``.
     """
     from mcp.server.mcpserver import MCPServer
 
@@ -295,13 +331,19 @@ def build_mcp_app(issuer_url: str | None, port: int, jwks_cache_file: str | None
     if issuer_url is None:
         server: Any = MCPServer("bench-math")
     else:
-        from jwtmcp import mcp as jwtmcp_mcp
+        from jwtmcp.mcp import protected_server
 
-        server = jwtmcp_mcp.protected_server(  # type: ignore[attr-defined]
+        options: dict[str, Any] = {}
+        if jwks_cache_file:
+            options["cache_file"] = jwks_cache_file
+        if refetch_cooldown is not None:
+            options["refetch_cooldown"] = refetch_cooldown
+        server = protected_server(
             "bench-math",
             issuer=issuer_url,
             resource=resource,
-            jwks_cache_file=jwks_cache_file,
+            jwks_url=jwks_url,
+            verifier_options=options,
         )
 
     @server.tool()
@@ -318,9 +360,12 @@ def _serve_mcp(argv: Sequence[str]) -> None:
     parser = argparse.ArgumentParser(prog="_harness.py mcp-server")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--issuer")
+    parser.add_argument("--jwks-url")
     parser.add_argument("--jwks-cache-file")
+    parser.add_argument("--refetch-cooldown", type=float)
     args = parser.parse_args(argv)
-    app = build_mcp_app(args.issuer, args.port, args.jwks_cache_file)
+    app = build_mcp_app(args.issuer, args.port, args.jwks_url, args.jwks_cache_file,
+                        args.refetch_cooldown)
     uvicorn.run(app, host=LOOPBACK, port=args.port, log_level="warning", access_log=False)
 
 
