@@ -37,9 +37,11 @@ from typing import IO, Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from starlette.applications import Starlette
-from starlette.requests import ClientDisconnect, Request
+from starlette.middleware import Middleware
+from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .clients import Client, ClientsWatcher, ClientTable, ensure_clients
 from .errors import ConfigError, JwtMcpError
@@ -61,8 +63,27 @@ ENV_SETTINGS = "JWTMCP_ISSUER_SETTINGS"
 """How ``serve --workers N`` hands its settings to the worker processes' app factory."""
 
 FORM_TYPE = "application/x-www-form-urlencoded"
+FORM_TYPE_BYTES = FORM_TYPE.encode()
 JSON_TYPE = "application/json"
 _NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
+_NO_STORE_RAW = [(b"cache-control", b"no-store"), (b"pragma", b"no-cache")]
+
+_Encoded = tuple[bytes, int, list[tuple[bytes, bytes]]]
+"""A ready response: body, status, raw headers."""
+
+
+def _json_headers(length: int, extra: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    return [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(length).encode()),
+        *extra,
+    ]
+
+
+class _Disconnected(Exception):
+    """The client went away before its request body arrived."""
+
+
 _SINGLE_PARAMS = frozenset({"grant_type", "scope", "client_id", "client_secret", "expires_in"})
 """Parameters that may appear once (RFC 6749 3.2); ``resource`` may repeat (RFC 8707 2)."""
 _MAX_FIELDS = 64
@@ -172,14 +193,18 @@ class OAuthError(Exception):
         self.status = status
         self.headers = dict(headers or {})
 
+    def encoded(self) -> _Encoded:
+        body = json.dumps({"error": self.error, "error_description": self.description}).encode()
+        extra = [
+            (k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in self.headers.items()
+        ]
+        return body, self.status, _json_headers(len(body), _NO_STORE_RAW + extra)
+
     def response(self) -> Response:
-        body = json.dumps({"error": self.error, "error_description": self.description})
-        return Response(
-            body.encode(),
-            self.status,
-            headers={**_NO_STORE, **self.headers},
-            media_type=JSON_TYPE,
-        )
+        body, status, headers = self.encoded()
+        response = Response(body, status)
+        response.raw_headers = headers
+        return response
 
 
 _INVALID_CLIENT_HEADERS = {"WWW-Authenticate": 'Basic realm="jwtmcp", charset="UTF-8"'}
@@ -428,50 +453,64 @@ class IssuerService:
         }
         return Response(json.dumps(body).encode(), headers=_NO_STORE, media_type=JSON_TYPE)
 
-    async def token(self, request: Request) -> Response:
+    async def token(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """``POST /token`` as a plain ASGI app: the hot path skips routing and Request objects."""
         try:
-            return await self._token(request)
+            body, status, headers = await self._token(scope, receive)
         except OAuthError as exc:
             if exc.error != "invalid_client" and log.isEnabledFor(logging.INFO):
                 log.info(json.dumps({"event": "token_refused", "error": exc.error}))
-            return exc.response()
-        except ClientDisconnect:
-            return Response(status_code=400)
+            body, status, headers = exc.encoded()
+        except _Disconnected:
+            return
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
 
-    async def _read_body(self, request: Request) -> bytes:
+    async def _read_body(self, receive: Receive, content_length: bytes | None) -> bytes:
         limit = self.settings.max_body_bytes
         too_large = OAuthError(
             "invalid_request", f"the request body is larger than {limit} bytes", 413
         )
-        length = request.headers.get("content-length")
-        if length is not None:
-            if not length.isdigit():
+        if content_length is not None:
+            if not content_length.isdigit():
                 raise _invalid_request("invalid Content-Length")
-            if int(length) > limit:
+            if int(content_length) > limit:
                 raise too_large
         body = b""
-        async for chunk in request.stream():
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise _Disconnected
+            chunk: bytes = message.get("body", b"")
             body += chunk
             if len(body) > limit:
                 raise too_large
-        return body
+            if not message.get("more_body", False):
+                return body
 
-    async def _token(self, request: Request) -> Response:
-        headers = request.headers
-        content_type = headers.get("content-type", "")
-        if content_type.partition(";")[0].strip().lower() != FORM_TYPE:
+    async def _token(self, scope: Scope, receive: Receive) -> _Encoded:
+        content_type = b""
+        content_length: bytes | None = None
+        authorizations: list[bytes] = []
+        for name, value in scope["headers"]:
+            if name == b"content-type":
+                content_type = value
+            elif name == b"content-length":
+                content_length = value
+            elif name == b"authorization":
+                authorizations.append(value)
+        if content_type.partition(b";")[0].strip().lower() != FORM_TYPE_BYTES:
             raise _invalid_request(f"the token request must be a {FORM_TYPE} form")
-        form = parse_form(await self._read_body(request))
+        form = parse_form(await self._read_body(receive, content_length))
         params = form.params
 
         # Client authentication: one method only (RFC 6749 2.3).
-        authorizations = headers.getlist("authorization")
         if len(authorizations) > 1:
             raise _invalid_request("more than one Authorization header")
         if authorizations:
             if "client_secret" in params:
                 raise _invalid_request("use one client authentication method, not two")
-            basic = parse_basic(authorizations[0])
+            basic = parse_basic(authorizations[0].decode("latin-1"))
             if basic is None:
                 raise _invalid_client()
             client_id, secret = basic
@@ -554,7 +593,7 @@ class IssuerService:
         except JwtMcpError as exc:  # a misconfiguration, not the caller's fault
             log.error(json.dumps({"event": "token_error", "error": exc.message}))
             raise OAuthError("server_error", "the token could not be issued", 500) from None
-        scope = claims["scope"]
+        granted_scope = claims["scope"]
         if log.isEnabledFor(logging.INFO):
             log.info(
                 json.dumps(
@@ -562,7 +601,7 @@ class IssuerService:
                         "event": "token_issued",
                         "client_id": client.client_id,
                         "sub": client.subject,
-                        "scope": scope,
+                        "scope": granted_scope,
                         "aud": claims["aud"],
                         "kid": key.kid,
                         "jti": claims["jti"],
@@ -576,10 +615,10 @@ class IssuerService:
             + '","token_type":"Bearer","expires_in":'
             + str(lifetime)
             + ',"scope":'
-            + json.dumps(scope)
+            + json.dumps(granted_scope)
             + "}"
-        )
-        return Response(body.encode(), headers=_NO_STORE, media_type=JSON_TYPE)
+        ).encode()
+        return body, 200, _json_headers(len(body), _NO_STORE_RAW)
 
 
 def create_app(
@@ -624,15 +663,33 @@ def _build_app(service: IssuerService) -> Starlette:
         # that path (useful behind a proxy that forwards the whole well-known tree).
         metadata_paths.append(f"/.well-known/oauth-authorization-server{issuer_path}")
     routes = [
-        Route("/token", service.token, methods=["POST"]),
+        Route("/token", _token_method_not_allowed, methods=["GET"]),
         Route("/.well-known/jwks.json", service.jwks, methods=["GET"]),
         *(Route(p, service.oauth_metadata, methods=["GET"]) for p in metadata_paths),
         Route("/healthz", service.healthz, methods=["GET"]),
         Route("/authorize", service.authorize, methods=["GET", "POST"]),
     ]
-    app = Starlette(routes=routes)
+    app = Starlette(routes=routes, middleware=[Middleware(_TokenEndpoint, service=service)])
     app.state.issuer = service
     return app
+
+
+async def _token_method_not_allowed(request: Request) -> Response:
+    return Response("Method Not Allowed", 405, headers={"Allow": "POST"})
+
+
+class _TokenEndpoint:
+    """Sends ``POST /token`` straight to the issuer, ahead of routing (the hot path)."""
+
+    def __init__(self, app: ASGIApp, service: IssuerService) -> None:
+        self.app = app
+        self.service = service
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] == "/token" and scope["method"] == "POST":
+            await self.service.token(scope, receive, send)
+        else:
+            await self.app(scope, receive, send)
 
 
 # --- serve ---------------------------------------------------------------------------------
