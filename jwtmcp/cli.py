@@ -13,6 +13,7 @@ import argparse
 import contextlib
 import json
 import os
+import re
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -339,8 +340,18 @@ def cmd_clients_add(args: argparse.Namespace, clock: Clock) -> int:
 def cmd_clients_list(args: argparse.Namespace, clock: Clock) -> int:
     from .clients import list_clients
 
-    for client in list_clients(clients_file(args)):
-        print(client)
+    where = clients_file(args)
+    clients = list_clients(where)
+    if not clients:
+        print(f"no clients in {where}")
+        return 0
+    for client in clients:
+        ttl = f"{client.max_ttl} s" if client.max_ttl else "issuer default"
+        print(client.client_id)
+        print(f"  subject    {client.subject}")
+        print(f"  scopes     {' '.join(client.allowed_scopes) or '-'}")
+        print(f"  audiences  {' '.join(client.audiences)}")
+        print(f"  max ttl    {ttl}")
     return 0
 
 
@@ -430,7 +441,7 @@ def _add_issuer_flag(parser: argparse.ArgumentParser, default_text: str) -> None
 
 
 MAIN_EPILOG = f"""\
-five-minute tour:
+examples (a five-minute tour):
   {PROG} keys init --keys ./keys
   TOKEN=$({PROG} mint --keys ./keys --sub alice --tools add,subtract --aud http://127.0.0.1:9000/mcp)
   {PROG} jwks --keys ./keys > jwks.json
@@ -776,13 +787,16 @@ examples:
 def main(argv: Sequence[str] | None = None, *, clock: Clock = time.time) -> int:
     """Run the CLI with ``argv`` (default: ``sys.argv[1:]``); returns the exit status."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extras = parser.parse_known_args(
+        _protect_dash_kids(list(sys.argv[1:] if argv is None else argv))
+    )
+    if extras:
+        # Name the command the stray flag was given to, so its --help is one step away.
+        _leaf_parser(parser, args).error(f"unrecognized arguments: {' '.join(extras)}")
     func: Command | None = getattr(args, "func", None)
     if func is None:
         # 'jwtmcp', 'jwtmcp keys' or 'jwtmcp clients' alone: show what can follow.
-        sub = {"keys": "keys", "clients": "clients"}.get(args.command or "")
-        target = parser if sub is None else _subparser(parser, sub)
-        target.print_help(sys.stderr)
+        _leaf_parser(parser, args).print_help(sys.stderr)
         return 2
     try:
         return func(args, clock)
@@ -812,10 +826,35 @@ def main(argv: Sequence[str] | None = None, *, clock: Clock = time.time) -> int:
         return 1
 
 
-def _subparser(parser: argparse.ArgumentParser, name: str) -> argparse.ArgumentParser:
-    for action in parser._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            found = action.choices.get(name)
-            if isinstance(found, argparse.ArgumentParser):
-                return found
+_DASH_KID = re.compile(r"-[A-Za-z0-9_-]{42}")
+
+
+def _protect_dash_kids(argv: list[str]) -> list[str]:
+    """Let ``keys revoke -AbC...`` work: a kid may start with '-', which argparse reads as a flag.
+
+    A 43-character argument that looks like a kid and follows ``keys revoke`` is moved behind
+    ``--``, where argparse takes it as the positional KID.
+    """
+    if argv[:2] != ["keys", "revoke"] or "--" in argv:
+        return argv
+    kids = [a for a in argv[2:] if _DASH_KID.fullmatch(a)]
+    if not kids:
+        return argv
+    rest = [a for a in argv if a not in kids]
+    return [*rest, "--", *kids]
+
+
+def _leaf_parser(
+    parser: argparse.ArgumentParser, args: argparse.Namespace
+) -> argparse.ArgumentParser:
+    """The parser of the (sub)command ``args`` names: ``jwtmcp keys rotate`` -> its parser."""
+    path = [getattr(args, "command", None)]
+    path.append(getattr(args, f"{path[0]}_command", None) if path[0] else None)
+    for name in path:
+        if name is None:
+            break
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction) and name in action.choices:
+                parser = action.choices[name]
+                break
     return parser
