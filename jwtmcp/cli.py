@@ -372,8 +372,29 @@ def cmd_clients_rotate_secret(args: argparse.Namespace, clock: Clock) -> int:
     return 0
 
 
+def _serve_setting(value: float | None, env: str, default: float, *, integer: bool) -> float:
+    """A ``serve`` tuning flag, else ``$env``, else ``default``; never negative."""
+    if value is not None:
+        return value
+    raw = os.environ.get(env)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        parsed = int(raw) if integer else float(raw)
+    except ValueError:
+        raise ConfigError(f"${env} must be a number, not {raw!r}") from None
+    if parsed < 0 or parsed != parsed:
+        raise ConfigError(f"${env} must not be negative, not {raw!r}")
+    return parsed
+
+
 def cmd_serve(args: argparse.Namespace, clock: Clock) -> int:
-    from .issuer import serve
+    from .issuer import (
+        DEFAULT_JWKS_MAX_AGE,
+        DEFAULT_RATE_BURST,
+        DEFAULT_RATE_LIMIT,
+        serve,
+    )
 
     serve(
         host=args.host,
@@ -382,6 +403,20 @@ def cmd_serve(args: argparse.Namespace, clock: Clock) -> int:
         keys_dir=str(keys_dir(args)),
         clients_file=str(clients_file(args)),
         workers=args.workers,
+        jwks_max_age=int(
+            _serve_setting(
+                args.jwks_max_age, "JWTMCP_JWKS_MAX_AGE", DEFAULT_JWKS_MAX_AGE, integer=True
+            )
+        ),
+        default_ttl=int(
+            _serve_setting(args.default_ttl, "JWTMCP_DEFAULT_TTL", DEFAULT_LIFETIME, integer=True)
+        ),
+        rate_limit=_serve_setting(
+            args.rate_limit, "JWTMCP_RATE_LIMIT", DEFAULT_RATE_LIMIT, integer=False
+        ),
+        rate_burst=int(
+            _serve_setting(args.rate_burst, "JWTMCP_RATE_BURST", DEFAULT_RATE_BURST, integer=True)
+        ),
     )
     return 0
 
@@ -408,6 +443,26 @@ def _positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
     if value <= 0:
         raise argparse.ArgumentTypeError(f"must be positive, not {value}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must not be negative, not {value}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must not be negative, not {text}")
     return value
 
 
@@ -778,6 +833,33 @@ examples:
         default=1,
         metavar="N",
         help="worker processes (default: 1)",
+    )
+    p.add_argument(
+        "--default-ttl",
+        type=_positive_int,
+        metavar="SECONDS",
+        help="token lifetime when a client asks for none (default: $JWTMCP_DEFAULT_TTL, "
+        "else 300; capped by the client's max ttl and the ring's max lifetime)",
+    )
+    p.add_argument(
+        "--jwks-max-age",
+        type=_non_negative_int,
+        metavar="SECONDS",
+        help="Cache-Control max-age of the JWKS (default: $JWTMCP_JWKS_MAX_AGE, else 300)",
+    )
+    p.add_argument(
+        "--rate-limit",
+        type=_non_negative_float,
+        metavar="PER_SECOND",
+        help="token requests per second per client, 0 = unlimited "
+        "(default: $JWTMCP_RATE_LIMIT, else 10)",
+    )
+    p.add_argument(
+        "--rate-burst",
+        type=_positive_int,
+        metavar="N",
+        help="requests a client may make at once before the rate applies "
+        "(default: $JWTMCP_RATE_BURST, else 20)",
     )
     p.set_defaults(func=cmd_serve)
 
