@@ -216,6 +216,10 @@ def _locked(directory: Path, timeout: float = 30.0) -> Iterator[None]:
     path = directory / LOCK_FILE
     try:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    except (FileNotFoundError, NotADirectoryError):
+        raise KeyRingError(
+            f"no key ring at {directory}; create one with: jwtmcp keys init --keys {directory}"
+        ) from None
     except OSError as exc:
         raise KeyRingError(f"cannot lock the key ring in {directory}: {exc.strerror}") from None
     try:
