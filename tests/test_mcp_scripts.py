@@ -1,0 +1,143 @@
+"""The ready-to-copy scripts work as documented: math_server, call_tool, call_tool_oauth."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx2
+import pytest
+
+from jwtmcp.clients import add_client
+from jwtmcp.issuer import create_app
+from jwtmcp.keys import KeyRing, init_ring
+from jwtmcp.tokens import mint
+from tests.support import free_port, serve_app
+
+REPO = Path(__file__).resolve().parent.parent
+SCRIPTS = REPO / "scripts"
+
+
+@dataclass
+class Setup:
+    issuer: str
+    url: str
+    ring: KeyRing
+    secret: str
+    server_log: Path
+
+
+def script(
+    name: str, *args: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    child_env = {k: v for k, v in os.environ.items() if not k.startswith(("JWTMCP_", "MCP_"))}
+    child_env.update(env or {})
+    return subprocess.run(
+        [sys.executable, str(SCRIPTS / name), *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=child_env,
+        check=False,
+    )
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
+    directory = tmp_path_factory.mktemp("scripts")
+    ring = init_ring(directory / "keys")
+    issuer_port, port = free_port(), free_port()
+    issuer = f"http://127.0.0.1:{issuer_port}"
+    url = f"http://127.0.0.1:{port}/mcp"
+    _, secret = add_client(
+        directory / "clients.json", "robot", tools=["add", "subtract"], audiences=[url]
+    )
+    app = create_app(
+        issuer_url=issuer, keys_dir=directory / "keys", clients_file=directory / "clients.json"
+    )
+    log = directory / "server.log"
+    with serve_app(app, port=issuer_port), log.open("w") as out:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("JWTMCP_", "MCP_"))}
+        env.update({"JWTMCP_ISSUER": issuer, "MCP_PORT": str(port)})
+        server = subprocess.Popen(
+            [sys.executable, str(SCRIPTS / "math_server.py")],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
+        try:
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    if httpx2.get(url, timeout=1).status_code == 401:
+                        break
+                except httpx2.HTTPError:
+                    pass
+                if server.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("math_server.py did not start:\n" + log.read_text())
+                time.sleep(0.05)
+            yield Setup(issuer, url, ring, secret, log)
+        finally:
+            server.terminate()
+            server.wait(10)
+
+
+def test_call_tool_with_a_static_bearer_token(setup: Setup) -> None:
+    token = mint(
+        setup.ring.active.signing_key,
+        issuer=setup.issuer,
+        subject="alice",
+        audience=setup.url,
+        tools=["add"],
+    )
+    done = script(
+        "call_tool.py", "--url", setup.url, "add", "a=2", "b=3", env={"JWTMCP_TOKEN": token}
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["tools this token may call: add", "5.0"]
+    assert "add called by alice" in setup.server_log.read_text()
+
+
+def test_call_tool_reports_a_forbidden_tool_in_one_line(setup: Setup) -> None:
+    token = mint(
+        setup.ring.active.signing_key,
+        issuer=setup.issuer,
+        subject="alice",
+        audience=setup.url,
+        tools=["add"],
+    )
+    done = script("call_tool.py", "--url", setup.url, "--token", token, "multiply", "a=2", "b=3")
+    assert done.returncode == 1
+    assert done.stderr.strip() == (
+        "call_tool: error: forbidden: calling multiply needs scope tool:multiply, "
+        "which this token does not grant"
+    )
+
+
+def test_call_tool_oauth_discovers_everything(setup: Setup) -> None:
+    done = script(
+        "call_tool_oauth.py",
+        "subtract",
+        "a=10",
+        "b=4",
+        env={
+            "MCP_URL": setup.url,
+            "JWTMCP_ISSUER": setup.issuer,
+            "JWTMCP_CLIENT_ID": "robot",
+            "JWTMCP_CLIENT_SECRET": setup.secret,
+        },
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["tools this client may call: add, subtract", "6.0"]
+    assert "token scope: tool:add tool:subtract" in done.stderr
+
+
+def test_math_server_refuses_two_key_sources(tmp_path: Path) -> None:
+    done = script("math_server.py", "--jwks-url", "http://127.0.0.1:1/j", "--jwks-file", "x.json")
+    assert done.returncode == 2
+    assert "not allowed with argument" in done.stderr
