@@ -584,3 +584,47 @@ def test_revoke_takes_a_kid_that_starts_with_a_dash(argv: list[str]) -> None:
 
     args = build_parser().parse_args(_protect_dash_kids(argv))
     assert (args.kid, args.keys) == ("-" + "a" * 42, "K")
+
+
+# --- scripts/mint_token.sh ------------------------------------------------------------------
+
+
+def _script(*args: str, **env: str) -> Result:
+    proc = subprocess.run(
+        ["bash", str(REPO / "scripts" / "mint_token.sh"), *args],
+        capture_output=True,
+        text=True,
+        env=_env(**env),
+        timeout=60,
+    )
+    return Result(proc.returncode, proc.stdout, proc.stderr)
+
+
+def test_mint_script_creates_the_ring_once_and_prints_only_a_token(tmp_path: Path) -> None:
+    keys = str(tmp_path / "ring")
+    first = _script("alice", "add,subtract", AUD, "120", JWTMCP_KEYS=keys)
+    assert first.code == 0, first.err
+    assert "created a key ring" in first.err
+    ring = load_ring(keys)
+    header, claims = _parts(first.out.strip())
+    assert first.out.count("\n") == 1
+    assert header["kid"] == ring.active.kid
+    assert claims["scope"] == "tool:add tool:subtract" and claims["exp"] - claims["iat"] == 120
+    second = _script("bob", "*", AUD, JWTMCP_KEYS=keys, JWTMCP_ISSUER="https://auth.example")
+    assert second.code == 0 and second.err == ""
+    _, claims = _parts(second.out.strip())
+    assert (claims["sub"], claims["scope"], claims["iss"]) == (
+        "bob",
+        "tool:*",
+        "https://auth.example",
+    )
+    assert claims["exp"] - claims["iat"] == 300
+    assert load_ring(keys).active.kid == ring.active.kid
+
+
+def test_mint_script_usage_and_errors(tmp_path: Path) -> None:
+    usage = _script("alice")
+    assert usage.code == 2 and usage.err.startswith("usage: ") and usage.out == ""
+    too_long = _script("a", "add", AUD, "7200", JWTMCP_KEYS=str(tmp_path / "k"))
+    assert too_long.code == 1 and "Traceback" not in too_long.err
+    assert too_long.err.splitlines()[-1].startswith("jwtmcp: error: --ttl 7200 is above")
