@@ -52,6 +52,7 @@ from .middleware import (
     set_caller,
 )
 from .tokens import TOOL_SCOPE_PREFIX, Clock, VerifiedClaims
+from .verifier import Verifier
 
 __all__ = [
     "JwtTokenVerifier",
@@ -219,6 +220,7 @@ def protected_server(
     jwks_url: str | None = None,
     jwks_file: str | None = None,
     public_key_pem: str | bytes | None = None,
+    jwks_cache_file: str | None = None,
     verifier: ClaimsVerifier | None = None,
     clock: Clock | None = None,
     verifier_options: Mapping[str, Any] | None = None,
@@ -229,17 +231,18 @@ def protected_server(
     ``issuer`` is the jwtmcp issuer URL (the token ``iss``); ``resource`` this server's MCP URL,
     which is the token audience (``aud``), e.g. ``http://127.0.0.1:8001/mcp``. Keys come from
     ``jwks_url`` (default: the issuer's ``/.well-known/jwks.json``), ``jwks_file`` or
-    ``public_key_pem``; or pass a ready ``verifier``. Other keyword arguments go to
-    ``MCPServer``.
+    ``public_key_pem``; ``jwks_cache_file`` keeps the last good JWKS on disk so a restart
+    while the issuer is down still verifies. Or pass a ready ``verifier``
+    (:class:`jwtmcp.verifier.Verifier`). Other keyword arguments go to ``MCPServer``.
     """
     if verifier is None:
-        from .verifier import Verifier
-
         if jwks_url is None and jwks_file is None and public_key_pem is None:
             jwks_url = issuer.rstrip("/") + "/.well-known/jwks.json"
         options: dict[str, Any] = dict(verifier_options or {})
         if clock is not None:
             options["clock"] = clock
+        if jwks_cache_file is not None:
+            options["cache_file"] = jwks_cache_file
         verifier = Verifier(
             issuer=issuer,
             audience=resource,
@@ -248,7 +251,7 @@ def protected_server(
             public_key_pem=public_key_pem,
             **options,
         )
-    elif jwks_url or jwks_file or public_key_pem or clock or verifier_options:
+    elif jwks_url or jwks_file or public_key_pem or jwks_cache_file or clock or verifier_options:
         raise ConfigError("pass either a verifier or key-source options, not both")
     return ProtectedMCPServer(
         name, verifier=verifier, issuer=issuer, resource=resource, **server_options
