@@ -243,7 +243,7 @@ class McpServer:
     issuer_url: str | None = None
     jwks_url: str | None = None
     jwks_cache_file: Path | None = None
-    refetch_cooldown: float | None = None
+    jwks_policy: dict[str, float] | None = None
     port: int = field(default_factory=free_port)
     process: Process | None = None
 
@@ -259,8 +259,8 @@ class McpServer:
             argv += ["--jwks-url", self.jwks_url]
         if self.jwks_cache_file:
             argv += ["--jwks-cache-file", str(self.jwks_cache_file)]
-        if self.refetch_cooldown is not None:
-            argv += ["--refetch-cooldown", str(self.refetch_cooldown)]
+        if self.jwks_policy is not None:
+            argv += ["--jwks-policy", json.dumps(self.jwks_policy)]
         self.process = Process(self.name, argv, self.workdir / f"{self.name}.log",
                                env=child_env()).start()
         assert self.process.proc is not None
@@ -317,13 +317,14 @@ def build_mcp_app(
     port: int,
     jwks_url: str | None = None,
     jwks_cache_file: str | None = None,
-    refetch_cooldown: float | None = None,
+    jwks_policy: dict[str, float] | None = None,
 ) -> Any:
     """A Starlette app serving an MCPServer with one ``add`` tool on ``/mcp``.
 
     Without ``issuer_url`` it is the plain SDK server; with it, the same server protected by
     jwtmcp (tokens from that issuer, audience = this server's URL), keys from ``jwks_url``
-    (default: the issuer's), the last good JWKS kept in ``jwks_cache_file``.
+    (default: the issuer's), the last good JWKS kept in ``jwks_cache_file``, and
+    ``jwks_policy`` overriding fields of the verifier's :class:`jwtmcp.jwks.JwksPolicy`.
     """
     from mcp.server.mcpserver import MCPServer
 
@@ -336,8 +337,10 @@ def build_mcp_app(
         options: dict[str, Any] = {}
         if jwks_cache_file:
             options["cache_file"] = jwks_cache_file
-        if refetch_cooldown is not None:
-            options["refetch_cooldown"] = refetch_cooldown
+        if jwks_policy:
+            from jwtmcp.jwks import JwksPolicy
+
+            options["jwks_policy"] = JwksPolicy(**jwks_policy)
         server = protected_server(
             "bench-math",
             issuer=issuer_url,
@@ -362,10 +365,10 @@ def _serve_mcp(argv: Sequence[str]) -> None:
     parser.add_argument("--issuer")
     parser.add_argument("--jwks-url")
     parser.add_argument("--jwks-cache-file")
-    parser.add_argument("--refetch-cooldown", type=float)
+    parser.add_argument("--jwks-policy", type=json.loads, help="JwksPolicy fields as JSON")
     args = parser.parse_args(argv)
     app = build_mcp_app(args.issuer, args.port, args.jwks_url, args.jwks_cache_file,
-                        args.refetch_cooldown)
+                        args.jwks_policy)
     uvicorn.run(app, host=LOOPBACK, port=args.port, log_level="warning", access_log=False)
 
 

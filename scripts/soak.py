@@ -353,6 +353,20 @@ async def restart(state: ServerState) -> None:
     state.up.set()
 
 
+def scaled_jwks_policy(rotate_every: float) -> dict[str, float]:
+    """The verifiers' JWKS timings, scaled down like the ring's.
+
+    Real rings rotate days apart while verifiers refresh every few minutes (max-age 300 s),
+    so a verifier always holds the ``next`` key long before it signs. This run rotates every
+    few seconds, so the verifiers refresh twice per rotation period, and the request-driven
+    refetch cooldown shrinks in proportion (30 s against 300 s by default). Everything else,
+    the stale window and the JWKS cache file included, keeps its default.
+    """
+    period = max(0.5, rotate_every / 2)
+    return {"min_max_age": 0.0, "max_max_age": period, "refetch_cooldown": period / 10,
+            "unknown_kid_ttl": period / 10}
+
+
 async def soak(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     issuer = Issuer(workdir / "issuer")
     issuer.workdir.mkdir(parents=True, exist_ok=True)
@@ -364,6 +378,7 @@ async def soak(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             ServerState(name, McpServer(workdir, f"server-{name}", issuer_url=issuer.url,
                                         jwks_url=proxy.jwks_url,
                                         jwks_cache_file=workdir / f"jwks-cache-{name}.json",
+                                        jwks_policy=scaled_jwks_policy(args.rotate_every),
                                         port=free_port()))
             for name in ("A", "B")
         ]
@@ -410,6 +425,7 @@ async def soak(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             "jwks_fetches_refused": proxy.refused,
             "rotations": report.rotations,
             "prunes": report.prunes,
+            "pruned_keys": report.pruned_keys,
             "server_restarts_with_issuer_down": report.restarts,
             "outage_seconds": round(report.outage_seconds, 1),
         }
