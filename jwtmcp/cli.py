@@ -425,7 +425,15 @@ def cmd_serve(args: argparse.Namespace, clock: Clock) -> int:
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse, but a usage mistake is one line on stderr (and exit status 2)."""
+    """argparse, but a usage mistake is one line on stderr (and exit status 2).
+
+    Abbreviated flags are refused: ``--iss`` must not quietly mean ``--issuer`` in one
+    command and ``--iss`` in another.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")

@@ -395,6 +395,8 @@ def test_stray_non_key_files_are_ignored(ring: KeyRing, keys: str) -> None:
         ["verify", "tok", "--aud", AUD],  # --jwks missing
         ["serve", "--port", "70000"],
         ["keys", "init", "--bits", "big"],
+        ["mint", "--sub", "a", "--aud", AUD, "--iss", "https://x"],  # no abbreviations
+        ["keys", "init", "--max", "60"],
     ],
     ids=lambda a: " ".join(a),
 )
