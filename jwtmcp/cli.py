@@ -295,19 +295,27 @@ def _read_token(value: str) -> str:
 
 
 def cmd_verify(args: argparse.Namespace, clock: Clock) -> int:
-    try:
-        from .verifier import Verifier
-    except ImportError as exc:
-        raise ConfigError(f"the verifier is not available in this installation ({exc})") from None
+    from .verifier import Verifier
+
     token = _read_token(args.token)
     source = args.jwks
     key_source: dict[str, Any]
     if source.startswith(("http://", "https://")):
         key_source = {"jwks_url": source}
     else:
-        key_source = {"jwks_file": source}
+        # A file holding a PEM public key works too (one key; the signature decides).
+        try:
+            head = Path(source).read_bytes()[:64]
+        except OSError:
+            head = b""
+        if head.lstrip().startswith(b"-----BEGIN"):
+            key_source = {"public_key_pem": Path(source).read_bytes()}
+        else:
+            key_source = {"jwks_file": source}
     audience: str | list[str] = args.aud[0] if len(args.aud) == 1 else list(args.aud)
-    verifier = Verifier(issuer=args.iss or issuer_url(args), audience=audience, **key_source)
+    verifier = Verifier(
+        issuer=args.iss or issuer_url(args), audience=audience, clock=clock, **key_source
+    )
     try:
         claims = verifier.verify(token)
     except TokenError as exc:
