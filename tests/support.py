@@ -43,7 +43,10 @@ def free_port() -> int:
 @contextlib.contextmanager
 def serve_app(app: Any, *, port: int | None = None, timeout: float = 10.0) -> Iterator[str]:
     """Run an ASGI app on a real uvicorn server on 127.0.0.1 in a thread; yield its base URL."""
-    sock = socket.socket()
+    # IPPROTO_TCP explicitly: asyncio sets TCP_NODELAY only on sockets whose proto says TCP,
+    # and socket.socket() leaves it 0. Without it every response stalls ~40 ms (Nagle plus
+    # the client's delayed ACK).
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", port or 0))
     bound_port = sock.getsockname()[1]
