@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from jwtmcp.errors import ConfigError
-from jwtmcp.keys import KeyRing
+from jwtmcp.keys import KeyRing, init_ring
 from jwtmcp.tokens import (
     REGISTERED_CLAIMS,
     RESERVED_CLAIMS,
@@ -28,6 +28,12 @@ from tests.support import FakeClock
 
 ISS = "https://auth.example.com"
 AUD = "https://mcp.example.com/mcp"
+
+
+@pytest.fixture(scope="module")
+def ring(tmp_path_factory: pytest.TempPathFactory) -> KeyRing:
+    """Minting only reads the ring: one per module."""
+    return init_ring(tmp_path_factory.mktemp("ring") / "keys", clock=FakeClock())
 
 
 def _decode(token: str, ring: KeyRing, audience: str = AUD) -> dict[str, Any]:
