@@ -311,8 +311,10 @@ class JwksPolicy:
     """Fraction of the max-age after which a lookup starts a background refresh."""
     refetch_cooldown: float = 30.0
     """At least this long between two fetches started by requests (unknown kids, retries)."""
-    unknown_kid_ttl: float = 30.0
-    """How long a kid missing from a fresh fetch is refused without another fetch."""
+    unknown_kid_ttl: float = 60.0
+    """How long a kid missing from a fresh fetch is refused without another fetch: longer
+    than the cooldown, so replaying one bogus kid never costs a fetch, short enough that an
+    issuer signing with a key before publishing it recovers within a minute."""
     stale_window: float = 86400.0
     """How long past its max-age the last good set keeps serving while fetches fail."""
     max_body_bytes: int = 256 * 1024
@@ -491,7 +493,8 @@ class JwksCache:
                 fut = self._inflight or self._start_fetch_if_allowed(now)
                 if fut is not None:
                     return fut
-            else:
+            elif self._inflight is None:
+                # Missing from the set just fetched for it (not a wait that timed out).
                 self._remember_unknown(kid, now)
             raise UnknownKid("the token's signing key (kid) is not known")
 

@@ -1,0 +1,448 @@
+"""The key cache against a real JWKS server on loopback (uvicorn), time from a FakeClock.
+
+Fetches are counted on the server. Time never passes by sleeping: the clock is moved by
+hand, and a test waits only for a background fetch to finish (``wait_idle``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from jwtmcp.errors import ConfigError, TokenError
+from jwtmcp.jwks import JwksError, JwksPolicy, parse_jwks, parse_max_age
+from jwtmcp.keys import KeyRing, generate_key, load_ring, revoke_key, rotate_ring
+from jwtmcp.tokens import SigningKey, mint
+from jwtmcp.verifier import Verifier
+from tests.jwks_support import AUDIENCE, ISSUER, JwksServer, claims, header, jws, weak_jwk
+from tests.support import FakeClock
+
+MAX_AGE = 300
+
+
+@pytest.fixture
+def server(ring: KeyRing) -> Iterator[JwksServer]:
+    srv = JwksServer(ring.jwks(), cache_control=f"public, max-age={MAX_AGE}")
+    with srv.running():
+        yield srv
+
+
+def make_verifier(url: str, clock: FakeClock, **options: Any) -> Verifier:
+    options.setdefault("fetch_timeout", 2.0)
+    verifier = Verifier(issuer=ISSUER, audience=AUDIENCE, jwks_url=url, clock=clock, **options)
+    assert verifier.keys.wait_idle(10)  # type: ignore[attr-defined]
+    return verifier
+
+
+def token(key: SigningKey, clock: FakeClock, *, lifetime: int = 300, sub: str = "alice") -> str:
+    return mint(key, issuer=ISSUER, subject=sub, audience=AUDIENCE, lifetime=lifetime, clock=clock)
+
+
+def code_of(verifier: Verifier, tok: str) -> str:
+    with pytest.raises(TokenError) as info:
+        verifier.verify(tok)
+    return info.value.code
+
+
+# --- freshness ------------------------------------------------------------------------------
+
+
+def test_known_kids_verify_with_one_fetch(ring: KeyRing, server: JwksServer, clock: FakeClock):
+    with make_verifier(server.url, clock) as v:
+        for i in range(20):
+            assert v.verify(token(ring.active.signing_key, clock, sub=f"u{i}")).subject == f"u{i}"
+        assert server.fetches == 1
+
+
+def test_refresh_ahead_starts_after_80_percent_of_max_age_in_background(
+    ring: KeyRing, server: JwksServer, clock: FakeClock
+):
+    with make_verifier(server.url, clock) as v:
+        clock.advance(MAX_AGE * 0.79)
+        v.verify(token(ring.active.signing_key, clock))
+        assert v.keys.wait_idle(5) and server.fetches == 1  # type: ignore[attr-defined]
+        clock.advance(MAX_AGE * 0.02)
+        server.delay = 0.5  # the refresh is slow; the request must not wait for it
+        started = time.monotonic()
+        assert v.verify(token(ring.active.signing_key, clock)).subject == "alice"
+        assert time.monotonic() - started < 0.4
+        assert v.keys.wait_idle(5) and server.fetches == 2  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    ("header_value", "seconds"),
+    [
+        (None, 300),
+        ("max-age=600", 600),
+        ("public, max-age=120, must-revalidate", 120),
+        ("max-age=0", 60),
+        ("max-age=5", 60),
+        ("no-store", 60),
+        ("no-cache, max-age=900", 60),
+        ("max-age=999999999", 86400),
+        ("max-age=abc", 300),
+        ("private", 300),
+    ],
+)
+def test_max_age_is_clamped(header_value: str | None, seconds: float) -> None:
+    assert parse_max_age(header_value, JwksPolicy()) == seconds
+
+
+def test_a_tiny_max_age_is_raised_to_the_minimum(ring: KeyRing, clock: FakeClock) -> None:
+    srv = JwksServer(ring.jwks(), cache_control="max-age=5")
+    with srv.running(), make_verifier(srv.url, clock) as v:
+        clock.advance(47)  # past max-age=5 and the cooldown, before 80 % of the 60 s floor
+        v.verify(token(ring.active.signing_key, clock))
+        assert v.keys.wait_idle(5) and srv.fetches == 1  # type: ignore[attr-defined]
+        clock.advance(2)  # 49 s > 48 s: refresh ahead
+        v.verify(token(ring.active.signing_key, clock))
+        assert v.keys.wait_idle(5) and srv.fetches == 2  # type: ignore[attr-defined]
+
+
+# --- acceptance 3: a misbehaving JWKS server -------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["500", "hang", "garbage", "huge", "weak"])
+def test_known_kids_survive_a_misbehaving_server_through_the_stale_window(
+    ring: KeyRing, server: JwksServer, clock: FakeClock, mode: str
+):
+    key = ring.active.signing_key
+    with make_verifier(server.url, clock, fetch_timeout=0.5) as v:
+        assert v.verify(token(key, clock)).subject == "alice"
+        server.mode = mode
+        # Refresh ahead fails in the background; the known kid keeps verifying.
+        clock.advance(250)
+        assert v.verify(token(key, clock)).subject == "alice"
+        assert v.keys.wait_idle(5)  # type: ignore[attr-defined]
+        assert v.keys.last_error  # type: ignore[attr-defined]
+        failed_fetches = server.fetches
+        # Past max-age, through the whole default stale window (24 h): still verifying,
+        # with background retries at most once per cooldown.
+        for step in (100, 3600, 40000, 42000, 749):
+            clock.advance(step)
+            assert v.verify(token(key, clock)).subject == "alice"
+            v.keys.wait_idle(5)  # type: ignore[attr-defined]
+        assert clock.now - 1_800_000_000.0 == 86699  # stale_until = 300 + 86400
+        assert server.fetches <= failed_fetches + 5
+        # After the stale window: a clean keys_unavailable, for sync and async callers.
+        clock.advance(2)
+        assert code_of(v, token(key, clock)) == "keys_unavailable"
+        with pytest.raises(TokenError) as info:
+            asyncio.run(v.verify_async(token(key, clock)))
+        assert info.value.code == "keys_unavailable"
+        # The server recovers: the next allowed fetch brings the keys back.
+        server.mode = "ok"
+        clock.advance(31)
+        assert v.verify(token(key, clock)).subject == "alice"
+
+
+def test_a_body_over_the_cap_is_abandoned(ring: KeyRing, server: JwksServer, clock: FakeClock):
+    server.mode = "huge"
+    with make_verifier(server.url, clock) as v:
+        assert "limit" in (v.keys.last_error or "")  # type: ignore[attr-defined]
+        assert code_of(v, token(ring.active.signing_key, clock)) == "keys_unavailable"
+
+
+def test_a_set_of_only_weak_keys_is_a_failed_fetch(
+    ring: KeyRing, server: JwksServer, clock: FakeClock
+):
+    server.mode = "weak"
+    with make_verifier(server.url, clock) as v:
+        assert "no usable" in (v.keys.last_error or "")  # type: ignore[attr-defined]
+
+
+# --- acceptance 4: floods and concurrency ------------------------------------------------------
+
+
+def test_a_burst_of_random_kids_costs_at_most_two_fetches(
+    ring: KeyRing, server: JwksServer, clock: FakeClock
+):
+    key = ring.active.private_key
+    with make_verifier(server.url, clock) as v:
+        clock.advance(31)  # the cooldown after the first fetch has passed
+        tokens = [jws(header(f"random-{i}"), claims(clock.now), key) for i in range(300)]
+
+        async def burst() -> list[Any]:
+            return await asyncio.gather(
+                *(v.verify_async(t) for t in tokens), return_exceptions=True
+            )
+
+        results = asyncio.run(burst())
+        assert all(isinstance(r, TokenError) and r.code == "unknown_kid" for r in results)
+        with ThreadPoolExecutor(8) as pool:
+            thread_results = list(pool.map(lambda t: code_of(v, t), tokens))
+        assert set(thread_results) == {"unknown_kid"}
+        assert server.fetches <= 2
+        assert v.verify(token(ring.active.signing_key, clock)).subject == "alice"
+
+
+def _publish_new_key(ring: KeyRing, server: JwksServer, clock: FakeClock) -> SigningKey:
+    new = generate_key("next", clock.now)
+    server.doc = {"keys": [*server.doc["keys"], new.public_jwk()]}
+    return new.signing_key
+
+
+def test_fifty_concurrent_async_requests_for_a_new_kid_cause_exactly_one_fetch(
+    ring: KeyRing, server: JwksServer, clock: FakeClock
+):
+    with make_verifier(server.url, clock) as v:
+        new_key = _publish_new_key(ring, server, clock)
+        clock.advance(31)
+        server.delay = 0.3  # every request arrives while the one fetch is in flight
+        before = server.fetches
+        tokens = [token(new_key, clock, sub=f"u{i}") for i in range(50)]
+
+        async def gather() -> list[Any]:
+            return await asyncio.gather(*(v.verify_async(t) for t in tokens))
+
+        results = asyncio.run(gather())
+        assert [r.subject for r in results] == [f"u{i}" for i in range(50)]
+        assert server.fetches - before == 1
+
+
+def test_fifty_concurrent_threads_for_a_new_kid_cause_exactly_one_fetch(
+    ring: KeyRing, server: JwksServer, clock: FakeClock
+):
+    with make_verifier(server.url, clock) as v:
+        new_key = _publish_new_key(ring, server, clock)
+        clock.advance(31)
+        server.delay = 0.3
+        before = server.fetches
+        tokens = [token(new_key, clock, sub=f"u{i}") for i in range(50)]
+        barrier = threading.Barrier(50)
+
+        def call(t: str) -> str:
+            barrier.wait(10)
+            return v.verify(t).subject
+
+        with ThreadPoolExecutor(50) as pool:
+            subjects = list(pool.map(call, tokens))
+        assert subjects == [f"u{i}" for i in range(50)]
+        assert server.fetches - before == 1
+
+
+def test_waiting_for_a_fetch_never_blocks_the_event_loop(
+    ring: KeyRing, server: JwksServer, clock: FakeClock
+):
+    with make_verifier(server.url, clock) as v:
+        new_key = _publish_new_key(ring, server, clock)
+        clock.advance(31)
+        server.delay = 0.5
+        ticks = 0
+
+        async def ticker(stop: asyncio.Event) -> None:
+            nonlocal ticks
+            while not stop.is_set():
+                ticks += 1
+                await asyncio.sleep(0.01)
+
+        async def main() -> str:
+            stop = asyncio.Event()
+            task = asyncio.create_task(ticker(stop))
+            claims = await v.verify_async(token(new_key, clock))
+            stop.set()
+            await task
+            return claims.subject
+
+        assert asyncio.run(main()) == "alice"
+        assert ticks >= 10  # the loop kept running while the fetch took 0.5 s
+
+
+def test_an_unknown_kid_is_remembered_and_refetches_respect_the_cooldown(
+    ring: KeyRing, server: JwksServer, clock: FakeClock
+):
+    key = ring.active.private_key
+    with make_verifier(server.url, clock) as v:
+        bogus = jws(header("bogus"), claims(clock.now), key)
+        assert code_of(v, bogus) == "unknown_kid"  # within the cooldown: no fetch
+        assert server.fetches == 1
+        clock.advance(31)
+        assert code_of(v, bogus) == "unknown_kid"  # one refetch, still unknown
+        assert server.fetches == 2
+        clock.advance(31)  # cooldown over, but "bogus" is remembered for 60 s
+        assert code_of(v, jws(header("bogus"), claims(clock.now), key)) == "unknown_kid"
+        assert server.fetches == 2
+        assert code_of(v, jws(header("other"), claims(clock.now), key)) == "unknown_kid"
+        assert server.fetches == 3
+
+
+# --- acceptance 5: rotation and revocation ---------------------------------------------------
+
+
+def test_rotation_next_key_needs_no_fetch_and_a_new_kid_one_refetch(
+    ring: KeyRing, ring_dir: Path, server: JwksServer, clock: FakeClock
+):
+    with make_verifier(server.url, clock) as v:
+        assert ring.next is not None
+        assert v.verify(token(ring.next.signing_key, clock)).subject == "alice"
+        assert server.fetches == 1  # the pre-published next key: no fetch at all
+        clock.advance(60)
+        rotated = rotate_ring(ring_dir, clock=clock)
+        server.doc = rotated.jwks()
+        assert rotated.active.kid == ring.next.kid
+        assert v.verify(token(rotated.active.signing_key, clock)).subject == "alice"
+        assert server.fetches == 1
+        # A kid never seen before (the new next key): exactly one refetch, then it verifies.
+        assert rotated.next is not None
+        assert v.verify(token(rotated.next.signing_key, clock)).subject == "alice"
+        assert server.fetches == 2
+        assert v.verify(token(rotated.next.signing_key, clock, sub="bob")).subject == "bob"
+        assert server.fetches == 2
+
+
+def test_a_revoked_kid_stops_verifying_within_one_max_age_cached_tokens_included(
+    ring: KeyRing, ring_dir: Path, server: JwksServer, clock: FakeClock
+):
+    with make_verifier(server.url, clock) as v:
+        doomed = ring.active.kid
+        reused = token(ring.active.signing_key, clock, lifetime=3600)
+        assert v.verify(reused).subject == "alice"
+        assert v.verify(reused).subject == "alice"  # now served from the verified cache
+        server.doc = revoke_key(ring_dir, doomed, clock=clock).jwks()
+        # No request until the key set is past its max-age: the first request waits for
+        # the refresh, so the revoked key is refused at once.
+        clock.advance(MAX_AGE + 1)
+        assert code_of(v, reused) == "unknown_kid"
+        assert server.fetches == 2
+        survivor = load_ring(ring_dir).active.signing_key
+        assert v.verify(token(survivor, clock)).subject == "alice"
+
+
+def test_a_revoked_kid_drops_out_at_the_refresh_ahead(
+    ring: KeyRing, ring_dir: Path, server: JwksServer, clock: FakeClock
+):
+    with make_verifier(server.url, clock) as v:
+        reused = token(ring.active.signing_key, clock, lifetime=3600)
+        assert v.verify(reused).subject == "alice"
+        server.doc = revoke_key(ring_dir, ring.active.kid, clock=clock).jwks()
+        clock.advance(MAX_AGE * 0.85)
+        v.verify(reused)  # answered from the current set; the refresh runs meanwhile
+        assert v.keys.wait_idle(5)  # type: ignore[attr-defined]
+        assert code_of(v, reused) == "unknown_kid"
+        assert server.fetches == 2
+
+
+def test_a_key_replaced_under_the_same_kid_invalidates_cached_tokens(
+    ring: KeyRing, server: JwksServer, clock: FakeClock
+):
+    with make_verifier(server.url, clock) as v:
+        reused = token(ring.active.signing_key, clock, lifetime=3600)
+        v.verify(reused)
+        other = generate_key("next", clock.now).public_jwk()
+        other["kid"] = ring.active.kid  # an issuer reusing a kid for another key
+        server.doc = {"keys": [other]}
+        clock.advance(MAX_AGE + 1)
+        assert code_of(v, reused) == "bad_signature"
+
+
+# --- acceptance 6: the cache file -----------------------------------------------------------
+
+
+def test_a_restart_with_the_issuer_down_verifies_from_the_cache_file(
+    ring: KeyRing, clock: FakeClock, tmp_path: Path
+):
+    (tmp_path / "cache").mkdir()
+    cache = tmp_path / "cache" / "jwks-cache.json"
+    srv = JwksServer(ring.jwks())
+    with srv.running() as url, make_verifier(url, clock, cache_file=cache) as first:
+        first.verify(token(ring.active.signing_key, clock))
+    assert json.loads(cache.read_text())["jwks"] == ring.jwks()
+    assert [p.name for p in cache.parent.iterdir()] == [cache.name]  # no temp files left
+    clock.advance(600)  # the cached set is past its max-age: stale but usable
+    # The server is gone (connection refused); a fresh verifier verifies at once.
+    with Verifier(
+        issuer=ISSUER, audience=AUDIENCE, jwks_url=url, clock=clock, cache_file=cache
+    ) as second:
+        assert second.verify(token(ring.active.signing_key, clock)).subject == "alice"
+        assert second.keys.wait_idle(10)  # type: ignore[attr-defined]
+        assert second.keys.last_error  # the background refresh failed...  # type: ignore
+        assert second.verify(token(ring.active.signing_key, clock)).subject == "alice"
+
+
+def test_a_cache_file_is_ignored_when_foreign_corrupt_or_too_old(
+    ring: KeyRing, clock: FakeClock, tmp_path: Path
+):
+    cache = tmp_path / "c.json"
+    srv = JwksServer(ring.jwks())
+    with srv.running() as url, make_verifier(url, clock, cache_file=cache):
+        pass
+    good = cache.read_text()
+
+    def fresh_code() -> str:
+        with Verifier(
+            issuer=ISSUER, audience=AUDIENCE, jwks_url=url, clock=clock, cache_file=cache,
+            fetch_timeout=1.0,
+        ) as v:
+            return code_of(v, token(ring.active.signing_key, clock))
+
+    cache.write_text(good.replace(url, url + "?other"))
+    assert fresh_code() == "keys_unavailable"
+    cache.write_text(good[:50])
+    assert fresh_code() == "keys_unavailable"
+    cache.write_text(good)
+    clock.advance(MAX_AGE + 86400 + 1)
+    assert fresh_code() == "keys_unavailable"
+
+
+# --- parsing the set --------------------------------------------------------------------------
+
+
+def test_unusable_keys_are_skipped_without_failing_the_set(ring: KeyRing) -> None:
+    good = ring.active.public_jwk()
+    other = ring.next.public_jwk()  # type: ignore[union-attr]
+    doc = {
+        "keys": [
+            {"kty": "EC", "crv": "P-256", "x": "AA", "y": "AA", "kid": "ec"},
+            {**other, "use": "enc", "kid": "enc"},
+            weak_jwk(),
+            {k: v for k, v in other.items() if k != "kid"},
+            {**other, "kid": "hmac", "alg": "HS256"},
+            {**other, "kid": "ops", "key_ops": ["encrypt"]},
+            {**other, "kid": "private", "d": "AAAA"},
+            {**other, "kid": "twice"},
+            {**good, "kid": "twice"},
+            {**other, "kid": "bad-n", "n": "!!"},
+            {**other, "kid": "even-e", "e": "Ag"},
+            "not an object",
+            good,
+        ]
+    }
+    assert list(parse_jwks(json.dumps(doc))) == [good["kid"]]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"not json",
+        b"[]",
+        b'{"keys": {}}',
+        b'{"keys": [], "keys": []}',
+        json.dumps({"keys": [{"kty": "RSA"}] * 101}).encode(),
+        b'{"keys": [' * 5000,
+    ],
+)
+def test_an_unusable_set_is_refused_as_a_whole(body: bytes) -> None:
+    with pytest.raises(JwksError):
+        parse_jwks(body)
+
+
+def test_plain_http_is_refused_for_non_loopback_hosts() -> None:
+    with pytest.raises(ConfigError):
+        Verifier(issuer=ISSUER, audience=AUDIENCE, jwks_url="http://issuer.example/jwks")
+    with pytest.raises(ConfigError):
+        Verifier(issuer=ISSUER, audience=AUDIENCE, jwks_url="ftp://127.0.0.1/jwks")
+
+
+def test_a_closed_verifier_refuses_cleanly(ring: KeyRing, server: JwksServer, clock: FakeClock):
+    v = make_verifier(server.url, clock)
+    v.close()
+    clock.advance(MAX_AGE + 1)
+    assert code_of(v, token(ring.active.signing_key, clock)) == "keys_unavailable"
