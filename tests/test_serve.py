@@ -1,0 +1,249 @@
+"""``jwtmcp serve`` as a real process: first run, live reload, replicas, warnings, errors."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx2
+import jwt
+import pytest
+
+from jwtmcp.verifier import Verifier
+from tests.support import RunningIssuer, free_port, issuer_process
+
+DEMO_AUD = "http://127.0.0.1:9000/mcp"
+
+
+def jwtmcp(*args: str, cwd: Path, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("JWTMCP_")}
+    return subprocess.run(
+        [sys.executable, "-m", "jwtmcp", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def token_response(iss: RunningIssuer, client_id: str, secret: str, **form: str) -> dict[str, Any]:
+    auth = (client_id, secret)
+    data = {"grant_type": "client_credentials", **form}
+    r = httpx2.post(iss.token_url, data=data, auth=auth, timeout=10)
+    assert r.status_code == 200, r.text
+    return dict(r.json())
+
+
+def demo_token(iss: RunningIssuer) -> str:
+    assert iss.client_id and iss.client_secret
+    return str(token_response(iss, iss.client_id, iss.client_secret)["access_token"])
+
+
+def kid_of(token: str) -> str:
+    return str(jwt.get_unverified_header(token)["kid"])
+
+
+def jwks_of(iss: RunningIssuer) -> bytes:
+    return httpx2.get(iss.jwks_url, timeout=10).content
+
+
+def wait_for(condition: Callable[[], bool], seconds: float = 1.0) -> float:
+    start = time.monotonic()
+    while not condition():
+        if time.monotonic() - start > seconds:
+            pytest.fail(f"condition not met within {seconds} s")
+        time.sleep(0.02)
+    return time.monotonic() - start
+
+
+# --- acceptance 1: first run in an empty directory ------------------------------------------
+
+
+def test_first_run_needs_nothing_and_its_printed_commands_work(tmp_path: Path) -> None:
+    workdir = tmp_path / "empty"
+    with issuer_process(workdir) as iss:
+        out = iss.stdout()
+        assert iss.client_id == "demo" and iss.client_secret
+        assert "created a key ring in keys" in out
+        assert stat_mode(iss.clients_file) == 0o600
+        assert stat_mode(iss.keys_dir) == 0o700
+        assert iss.client_secret not in iss.clients_file.read_text()
+        lines = out.splitlines()
+        curl = next(line.strip() for line in lines if line.strip().startswith("curl "))
+        fetched = subprocess.run(
+            ["bash", "-c", curl], capture_output=True, text=True, timeout=30, check=True
+        )
+        assert json.loads(fetched.stdout)["token_type"] == "Bearer"
+        start = lines.index("Check it:")
+        check = "\n".join(line.strip() for line in lines[start + 1 : start + 3])
+        assert check.splitlines()[1].startswith("jwtmcp verify ")
+        env = dict(
+            os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
+        )
+        verified = subprocess.run(
+            ["bash", "-c", check], capture_output=True, text=True, timeout=30, env=env
+        )
+        assert verified.returncode == 0, verified.stderr
+        claims = json.loads(verified.stdout)
+        assert claims["sub"] == "demo" and claims["aud"] == DEMO_AUD
+        assert claims["scope"] == "tool:add tool:subtract tool:multiply"
+        assert claims["iss"] == iss.base_url
+
+
+def stat_mode(path: Path) -> int:
+    return path.stat().st_mode & 0o777
+
+
+def test_second_start_reuses_ring_and_clients_and_prints_no_secret(tmp_path: Path) -> None:
+    with issuer_process(tmp_path) as first:
+        kid = kid_of(demo_token(first))
+        secret = first.client_secret
+    with issuer_process(tmp_path) as second:
+        assert second.client_secret is None
+        assert "created" not in second.stdout()
+        assert "client secret" not in second.stdout()
+        second.client_id, second.client_secret = "demo", secret
+        assert kid_of(demo_token(second)) == kid
+
+
+# --- acceptance 3: live reload after the CLI changes the files -------------------------------
+
+
+def test_keys_rotate_and_clients_add_take_effect_within_a_second(tmp_path: Path) -> None:
+    with issuer_process(tmp_path) as iss:
+        ring = json.loads((iss.keys_dir / "ring.json").read_text())
+        former_next = next(k["kid"] for k in ring["keys"] if k["state"] == "next")
+        assert kid_of(demo_token(iss)) != former_next
+        rotated = jwtmcp("keys", "rotate", "--keys", "keys", cwd=tmp_path)
+        assert rotated.returncode == 0, rotated.stderr
+        took = wait_for(lambda: kid_of(demo_token(iss)) == former_next)
+        assert len(json.loads(jwks_of(iss))["keys"]) == 3
+        assert took < 1.0
+
+        added = jwtmcp("clients", "add", "late", "--tools", "add", "--aud", DEMO_AUD, cwd=tmp_path)
+        assert added.returncode == 0, added.stderr
+        secret = added.stdout.strip().splitlines()[-1]
+
+        def late_gets_a_token() -> bool:
+            r = httpx2.post(
+                iss.token_url,
+                data={"grant_type": "client_credentials"},
+                auth=("late", secret),
+                timeout=10,
+            )
+            return r.status_code == 200
+
+        assert wait_for(late_gets_a_token) < 1.0
+
+
+# --- acceptance 4: replicas -------------------------------------------------------------------
+
+
+def _verifies_with(token: str, other: RunningIssuer) -> bool:
+    verifier = Verifier(issuer=other.issuer, audience=DEMO_AUD, jwks_url=other.jwks_url)
+    try:
+        return verifier.verify(token).subject == "demo"
+    finally:
+        verifier.close()
+
+
+def test_two_replicas_on_one_ring_publish_the_same_jwks_and_accept_each_others_tokens(
+    tmp_path: Path,
+) -> None:
+    issuer_url = f"http://127.0.0.1:{free_port()}"  # the URL clients use (a load balancer)
+    with (
+        issuer_process(tmp_path, issuer=issuer_url) as a,
+        issuer_process(tmp_path, issuer=issuer_url) as b,
+    ):
+        assert a.base_url != b.base_url
+        b.client_id, b.client_secret = a.client_id, a.client_secret
+        assert jwks_of(a) == jwks_of(b)
+        from_a, from_b = demo_token(a), demo_token(b)
+        assert _verifies_with(from_a, b)
+        assert _verifies_with(from_b, a)
+
+        rotated = jwtmcp("keys", "rotate", "--keys", "keys", cwd=tmp_path)
+        assert rotated.returncode == 0, rotated.stderr
+        wait_for(lambda: kid_of(demo_token(a)) == kid_of(demo_token(b)) != kid_of(from_a))
+        wait_for(lambda: jwks_of(a) == jwks_of(b))
+        assert _verifies_with(demo_token(a), b)
+
+
+def test_workers_share_one_ring(tmp_path: Path) -> None:
+    with issuer_process(tmp_path, args=["--workers", "2"], timeout=60) as iss:
+        jwks = {jwks_of(iss) for _ in range(10)}
+        assert len(jwks) == 1
+        kids = {kid_of(demo_token(iss)) for _ in range(6)}
+        assert len(kids) == 1
+        assert _verifies_with(demo_token(iss), iss)
+        assert "2 worker(s)" in iss.stdout()
+
+
+# --- warnings and errors ----------------------------------------------------------------------
+
+
+def test_plain_http_non_loopback_issuer_is_warned_about(tmp_path: Path) -> None:
+    with issuer_process(tmp_path, issuer="http://auth.example.com") as iss:
+        assert "warning: the issuer URL http://auth.example.com is not https" in iss.stderr()
+        claims = jwt.decode(demo_token(iss), options={"verify_signature": False})
+        assert claims["iss"] == "http://auth.example.com"
+        meta = httpx2.get(f"{iss.base_url}/.well-known/oauth-authorization-server").json()
+        assert meta["token_endpoint"] == "http://auth.example.com/token"
+
+
+def test_https_or_loopback_issuer_gets_no_warning(tmp_path: Path) -> None:
+    with issuer_process(tmp_path, issuer="https://auth.example.com/") as iss:
+        assert "warning" not in iss.stderr()
+        assert iss.issuer == "https://auth.example.com"
+
+
+def test_access_log_never_holds_a_secret_or_token(tmp_path: Path) -> None:
+    with issuer_process(tmp_path) as iss:
+        token = demo_token(iss)
+        bad = base64.b64encode(b"demo:not-the-secret").decode()
+        httpx2.post(
+            iss.token_url,
+            content=b"grant_type=client_credentials",
+            headers={
+                "Authorization": f"Basic {bad}",
+                "Content-Type": "application/x-www-form-urlencoded",
+            },
+            timeout=10,
+        )
+        wait_for(lambda: "token_refused" in iss.stderr())
+        log = iss.stderr()
+        assert re.search(r'"event": "token_issued", "client_id": "demo"', log)
+        assert iss.client_secret is not None and iss.client_secret not in log
+        assert "not-the-secret" not in log and token not in log
+
+
+@pytest.mark.parametrize(
+    ("setup", "args", "message"),
+    [
+        ("corrupt-clients", [], "the clients file clients.json is invalid"),
+        ("none", ["--issuer", "ftp://x"], "invalid issuer URL"),
+        ("corrupt-ring", [], "key ring state file"),
+    ],
+)
+def test_start_up_errors_are_one_line(
+    tmp_path: Path, setup: str, args: list[str], message: str
+) -> None:
+    if setup == "corrupt-clients":
+        (tmp_path / "clients.json").write_text("{nope")
+    if setup == "corrupt-ring":
+        (tmp_path / "keys").mkdir(mode=0o700)
+        (tmp_path / "keys" / "ring.json").write_text("garbage")
+    result = jwtmcp("serve", "--port", str(free_port()), *args, cwd=tmp_path, timeout=30)
+    assert result.returncode == 1
+    assert result.stderr.startswith("jwtmcp: error: ")
+    assert message in result.stderr
+    assert result.stderr.count("\n") == 1
