@@ -91,9 +91,9 @@ class Settings:
     @classmethod
     def make(cls, quick: bool) -> Settings:
         if quick:
-            return cls(True, rounds=2, slice_s=0.12, pool=400, http_rounds=1, http_seconds=1.5,
+            return cls(True, rounds=4, slice_s=0.05, pool=400, http_rounds=1, http_seconds=1.5,
                        http_connections=6, mcp_calls=150, mcp_warmup=20, fill_cache=False)
-        return cls(False, rounds=5, slice_s=0.4, pool=2500, http_rounds=3, http_seconds=3.0,
+        return cls(False, rounds=20, slice_s=0.1, pool=2500, http_rounds=3, http_seconds=3.0,
                    http_connections=6, mcp_calls=1500, mcp_warmup=100, fill_cache=True)
 
 
