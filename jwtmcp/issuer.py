@@ -192,6 +192,7 @@ class OAuthError(Exception):
         self.description = description
         self.status = status
         self.headers = dict(headers or {})
+        self.client_id: str | None = None  # for the log, once the caller is known
 
     def encoded(self) -> _Encoded:
         body = json.dumps({"error": self.error, "error_description": self.description}).encode()
@@ -458,8 +459,12 @@ class IssuerService:
         try:
             body, status, headers = await self._token(scope, receive)
         except OAuthError as exc:
-            if exc.error != "invalid_client" and log.isEnabledFor(logging.INFO):
-                log.info(json.dumps({"event": "token_refused", "error": exc.error}))
+            if log.isEnabledFor(logging.INFO):
+                log.info(
+                    json.dumps(
+                        {"event": "token_refused", "error": exc.error, "client_id": exc.client_id}
+                    )
+                )
             body, status, headers = exc.encoded()
         except _Disconnected:
             return
@@ -521,20 +526,24 @@ class IssuerService:
             secret = params.get("client_secret", "")
             if not client_id or not secret:
                 raise _invalid_client()
-        client = self.clients.current().authenticate(client_id, secret)
+        table = self.clients.current()
+        client = table.authenticate(client_id, secret)
         if client is None:
-            if log.isEnabledFor(logging.INFO):
-                log.info(
-                    json.dumps(
-                        {
-                            "event": "token_refused",
-                            "error": "invalid_client",
-                            "client_id": client_id[:64],
-                        }
-                    )
-                )
-            raise _invalid_client()
+            refused = _invalid_client()
+            # Log the id only when it names a real client: a caller who swapped id and
+            # secret must not get its secret written to the log.
+            if table.get(client_id) is not None:
+                refused.client_id = client_id
+            raise refused
+        try:
+            return self._grant(client, form)
+        except OAuthError as exc:
+            exc.client_id = client.client_id
+            raise
 
+    def _grant(self, client: Client, form: TokenRequest) -> _Encoded:
+        """Everything after authentication: rate limit, grant type, scope, audience, mint."""
+        params = form.params
         wait = self.limiter.acquire(client.client_id)
         if wait > 0:
             retry = max(1, math.ceil(wait))

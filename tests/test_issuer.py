@@ -690,6 +690,8 @@ def test_access_log_names_client_scope_audience_kid_jti_but_no_secret_or_token(
     token = iss.token(scope="tool:add").json()["access_token"]
     iss.token(scope="tool:nothing")
     iss.http.post("/token", data={"grant_type": "client_credentials"}, auth=("bot", "wrong-pw"))
+    swapped = (iss.secrets["bot"], "bot")  # id and secret mixed up: the secret must not be logged
+    iss.http.post("/token", data={"grant_type": "client_credentials"}, auth=swapped)
     lines = [r.getMessage() for r in caplog.records if r.name == "jwtmcp.issuer"]
     issued = [json.loads(line) for line in lines if "token_issued" in line]
     assert len(issued) == 1
@@ -699,8 +701,12 @@ def test_access_log_names_client_scope_audience_kid_jti_but_no_secret_or_token(
     assert issued[0]["aud"] == AUD
     assert issued[0]["kid"] == jwt.get_unverified_header(token)["kid"]
     assert issued[0]["jti"] == claims["jti"]
-    refused = [json.loads(line)["error"] for line in lines if "token_refused" in line]
-    assert refused == ["invalid_scope", "invalid_client"]
+    refused = [json.loads(line) for line in lines if "token_refused" in line]
+    assert [(r["error"], r["client_id"]) for r in refused] == [
+        ("invalid_scope", "bot"),
+        ("invalid_client", "bot"),
+        ("invalid_client", None),
+    ]
     everything = "\n".join(lines)
     assert iss.secrets["bot"] not in everything
     assert "wrong-pw" not in everything
