@@ -321,6 +321,9 @@ class JwksPolicy:
     max_keys: int = 100
     max_unknown_kids: int = 1024
 
+    def __post_init__(self) -> None:
+        _check_policy(self)
+
 
 def _check_policy(policy: JwksPolicy) -> None:
     for name in (
@@ -410,7 +413,6 @@ class JwksCache:
             )
         self.url = url
         self.policy = policy or JwksPolicy()
-        _check_policy(self.policy)
         self._algorithms = frozenset(algorithms)
         self._clock = clock
         self._cache_file = Path(cache_file) if cache_file is not None else None

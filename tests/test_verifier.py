@@ -1,0 +1,347 @@
+"""The verifier's contract: key sources, options and defaults, claims, the verified cache."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import logging
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import padding
+
+from jwtmcp import verifier as verifier_module
+from jwtmcp.cli import main as cli_main
+from jwtmcp.errors import ConfigError, TokenError
+from jwtmcp.keys import KeyRing, init_ring
+from jwtmcp.tokens import VerifiedClaims, mint
+from jwtmcp.verifier import Verifier
+from tests.jwks_support import AUDIENCE, ISSUER, b64url, claims, header, jws, segment
+from tests.support import FakeClock
+
+NOW = 1_800_000_000.0
+
+
+@pytest.fixture(scope="module")
+def ring(tmp_path_factory: pytest.TempPathFactory) -> KeyRing:
+    return init_ring(tmp_path_factory.mktemp("v") / "keys", clock=FakeClock(NOW))
+
+
+@pytest.fixture(scope="module")
+def jwks_path(ring: KeyRing, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("jwks") / "jwks.json"
+    path.write_text(json.dumps(ring.jwks()))
+    return path
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock(NOW)
+
+
+@pytest.fixture
+def verifier(jwks_path: Path, clock: FakeClock) -> Iterator[Verifier]:
+    with Verifier(issuer=ISSUER, audience=AUDIENCE, jwks_file=jwks_path, clock=clock) as v:
+        yield v
+
+
+def _mint(ring: KeyRing, clock: FakeClock, **kw: Any) -> str:
+    kw.setdefault("subject", "alice")
+    kw.setdefault("audience", AUDIENCE)
+    return mint(ring.active.signing_key, issuer=ISSUER, clock=clock, **kw)
+
+
+def _code(v: Verifier, token: str) -> str:
+    with pytest.raises(TokenError) as info:
+        v.verify(token)
+    return info.value.code
+
+
+# --- the verified claims ------------------------------------------------------------------
+
+
+def test_verified_claims_carry_identity_tools_and_raw_claims(
+    verifier: Verifier, ring: KeyRing, clock: FakeClock
+) -> None:
+    token = _mint(ring, clock, client_id="ci-bot", tools=["add", "read_*"], scopes=["openid"],
+                  extra_claims={"tenant": "acme"}, lifetime=120)
+    got = verifier.verify(token)
+    assert (got.subject, got.client_id, got.issuer) == ("alice", "ci-bot", ISSUER)
+    assert got.audience == (AUDIENCE,)
+    assert got.scopes == ("tool:add", "tool:read_*", "openid")
+    assert got.may_call("add") and got.may_call("read_file")
+    assert not got.may_call("subtract") and not got.may_call("rea")
+    assert got.expires_at == int(NOW) + 120 and got.issued_at == int(NOW)
+    assert got.kid == ring.active.kid and got.jti and len(got.jti) >= 22
+    assert got.claims["tenant"] == "acme"
+    with pytest.raises(TypeError):
+        got.claims["sub"] = "mallory"  # type: ignore[index]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        got.subject = "mallory"  # type: ignore[misc]
+
+
+def test_fast_construction_equals_the_dataclass(
+    verifier: Verifier, ring: KeyRing, clock: FakeClock
+) -> None:
+    got = verifier.verify(_mint(ring, clock, tools=["*"]))
+    rebuilt = VerifiedClaims(**{f.name: getattr(got, f.name) for f in dataclasses.fields(got)})
+    assert type(got) is VerifiedClaims
+    assert vars(got) == vars(rebuilt)
+    assert got.may_call("anything")
+
+
+def test_verify_async_returns_the_same_claims(
+    verifier: Verifier, ring: KeyRing, clock: FakeClock
+) -> None:
+    token = _mint(ring, clock)
+    assert asyncio.run(verifier.verify_async(token)).jti == verifier.verify(token).jti
+
+
+# --- key sources ------------------------------------------------------------------------
+
+
+def test_a_pem_public_key_verifies_whatever_kid_the_token_names(
+    ring: KeyRing, clock: FakeClock
+) -> None:
+    pem = ring.active.private_key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    with Verifier(issuer=ISSUER, audience=AUDIENCE, public_key_pem=pem, clock=clock) as v:
+        assert v.verify(_mint(ring, clock)).subject == "alice"
+        no_kid = jws(header(None), claims(NOW), ring.active.private_key)
+        assert v.verify(no_kid).kid is None
+        assert ring.next is not None
+        assert _code(v, jws(header(None), claims(NOW), ring.next.private_key)) == "bad_signature"
+
+
+@pytest.mark.parametrize(
+    "sources",
+    [{}, {"jwks_file": "x", "public_key_pem": "y"}],
+    ids=["none", "two"],
+)
+def test_exactly_one_key_source(sources: dict[str, str]) -> None:
+    with pytest.raises(ConfigError, match="exactly one key source"):
+        Verifier(issuer=ISSUER, audience=AUDIENCE, **sources)  # type: ignore[arg-type]
+
+
+def test_bad_key_sources_are_config_errors(tmp_path: Path, ring: KeyRing) -> None:
+    with pytest.raises(ConfigError, match="cannot read"):
+        Verifier(issuer=ISSUER, audience=AUDIENCE, jwks_file=tmp_path / "missing.json")
+    (tmp_path / "bad.json").write_text("{not json")
+    with pytest.raises(ConfigError, match="not valid JSON"):
+        Verifier(issuer=ISSUER, audience=AUDIENCE, jwks_file=tmp_path / "bad.json")
+    (tmp_path / "empty.json").write_text('{"keys": []}')
+    with pytest.raises(ConfigError, match="no usable"):
+        Verifier(issuer=ISSUER, audience=AUDIENCE, jwks_file=tmp_path / "empty.json")
+    with pytest.raises(ConfigError, match="PEM"):
+        Verifier(issuer=ISSUER, audience=AUDIENCE, public_key_pem="-----BEGIN nonsense")
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"issuer": ""},
+        {"audience": ""},
+        {"audience": []},
+        {"leeway": -1},
+        {"leeway": 3600},
+        {"max_lifetime": 0},
+        {"required_type": ""},
+        {"max_token_bytes": 10},
+        {"verified_cache_size": -1},
+        {"algorithms": ()},
+        {"algorithms": ("HS256",)},
+        {"fetch_timeout": 0},
+    ],
+    ids=lambda o: next(iter(o)),
+)
+def test_unsafe_or_invalid_options_are_refused(jwks_path: Path, options: dict[str, Any]) -> None:
+    kwargs: dict[str, Any] = {"issuer": ISSUER, "audience": AUDIENCE, "jwks_file": jwks_path}
+    kwargs.update(options)
+    with pytest.raises(ConfigError):
+        Verifier(**kwargs)
+
+
+def test_defaults_are_the_safe_ones(verifier: Verifier) -> None:
+    assert verifier.algorithms == ("RS256",)
+    assert verifier.leeway == 30
+    assert verifier.max_lifetime == 3600
+    assert verifier.required_type == "at+jwt"
+    assert verifier.max_token_bytes == 8192
+
+
+# --- checks and their options --------------------------------------------------------------
+
+
+def test_leeway_bounds_expiry_and_not_before(jwks_path: Path, ring: KeyRing) -> None:
+    clock = FakeClock(NOW)
+    v = Verifier(issuer=ISSUER, audience=AUDIENCE, jwks_file=jwks_path, clock=clock, leeway=30)
+    key = ring.active.private_key
+    assert v.verify(jws(header(ring.active.kid), claims(NOW, exp=int(NOW) - 29), key))
+    assert _code(v, jws(header(ring.active.kid), claims(NOW, exp=int(NOW) - 30), key)) == (
+        "expired"
+    )
+    assert v.verify(jws(header(ring.active.kid), claims(NOW, nbf=int(NOW) + 30), key))
+    assert _code(v, jws(header(ring.active.kid), claims(NOW, nbf=int(NOW) + 31), key)) == (
+        "not_yet_valid"
+    )
+    strict = Verifier(issuer=ISSUER, audience=AUDIENCE, jwks_file=jwks_path, clock=clock,
+                      leeway=0)
+    assert _code(strict, jws(header(ring.active.kid), claims(NOW, exp=int(NOW)), key)) == (
+        "expired"
+    )
+
+
+def test_max_lifetime_is_configurable(jwks_path: Path, ring: KeyRing, clock: FakeClock) -> None:
+    v = Verifier(issuer=ISSUER, audience=AUDIENCE, jwks_file=jwks_path, clock=clock,
+                 max_lifetime=600)
+    assert v.verify(_mint(ring, clock, lifetime=600))
+    assert _code(v, _mint(ring, clock, lifetime=601)) == "lifetime_too_long"
+
+
+@pytest.mark.parametrize("typ", ["at+jwt", "AT+JWT", "application/at+jwt", "Application/AT+JWT"])
+def test_type_is_compared_as_a_media_type(verifier: Verifier, ring: KeyRing, typ: str) -> None:
+    token = jws(header(ring.active.kid, typ=typ), claims(NOW), ring.active.private_key)
+    assert verifier.verify(token).subject == "alice"
+
+
+def test_any_of_several_audiences_matches(jwks_path: Path, ring: KeyRing, clock: FakeClock):
+    v = Verifier(issuer=ISSUER, audience=["http://a/mcp", AUDIENCE], jwks_file=jwks_path,
+                 clock=clock)
+    assert v.verify(_mint(ring, clock)).audience == (AUDIENCE,)
+    multi = _mint(ring, clock, audience=["http://other/mcp", "http://a/mcp"])
+    assert v.verify(multi).audience == ("http://other/mcp", "http://a/mcp")
+    assert _code(v, _mint(ring, clock, audience="http://b/mcp")) == "wrong_audience"
+
+
+def test_ps256_verifies_when_configured(ring: KeyRing, clock: FakeClock, tmp_path: Path):
+    jwk = {k: v for k, v in ring.active.public_jwk().items() if k != "alg"}  # any RSA alg
+    path = tmp_path / "jwks.json"
+    path.write_text(json.dumps({"keys": [jwk]}))
+    v = Verifier(issuer=ISSUER, audience=AUDIENCE, jwks_file=path, clock=clock,
+                 algorithms=["RS256", "PS256"])
+    signing_input = f"{segment(header(ring.active.kid, alg='PS256'))}.{segment(claims(NOW))}"
+    sig = ring.active.private_key.sign(
+        signing_input.encode(),
+        padding.PSS(mgf=padding.MGF1(hashes.SHA256()), salt_length=32),
+        hashes.SHA256(),
+    )
+    assert v.verify(f"{signing_input}.{b64url(sig)}").subject == "alice"
+
+
+def test_a_key_bound_to_one_alg_refuses_another(
+    ring: KeyRing, clock: FakeClock, tmp_path: Path
+) -> None:
+    jwk = {**ring.active.public_jwk(), "alg": "RS384"}
+    path = tmp_path / "jwks.json"
+    path.write_text(json.dumps({"keys": [jwk]}))
+    v = Verifier(issuer=ISSUER, audience=AUDIENCE, jwks_file=path, clock=clock,
+                 algorithms=["RS256", "RS384"])
+    assert _code(v, _mint(ring, clock)) == "unsupported_alg"
+
+
+# --- the verified-token cache --------------------------------------------------------------
+
+
+def test_a_reused_token_still_expires(verifier: Verifier, ring: KeyRing, clock: FakeClock):
+    token = _mint(ring, clock, lifetime=60)
+    verifier.verify(token)
+    assert verifier.verified_cache_len == 1
+    clock.advance(60 + 29)
+    assert verifier.verify(token).subject == "alice"
+    clock.advance(1)
+    assert _code(verifier, token) == "expired"
+
+
+def test_a_reused_token_is_not_valid_before_its_time_if_the_clock_goes_back(
+    verifier: Verifier, ring: KeyRing, clock: FakeClock
+):
+    token = _mint(ring, clock)
+    verifier.verify(token)
+    clock.advance(-120)
+    assert _code(verifier, token) == "not_yet_valid"
+
+
+def test_the_verified_cache_is_bounded_lru(jwks_path: Path, ring: KeyRing, clock: FakeClock):
+    v = Verifier(issuer=ISSUER, audience=AUDIENCE, jwks_file=jwks_path, clock=clock,
+                 verified_cache_size=3)
+    tokens = [_mint(ring, clock, subject=f"u{i}") for i in range(5)]
+    for t in tokens:
+        v.verify(t)
+    assert v.verified_cache_len == 3
+    off = Verifier(issuer=ISSUER, audience=AUDIENCE, jwks_file=jwks_path, clock=clock,
+                   verified_cache_size=0)
+    off.verify(tokens[0])
+    assert off.verified_cache_len == 0
+
+
+def test_threads_share_one_verifier(verifier: Verifier, ring: KeyRing, clock: FakeClock):
+    tokens = [_mint(ring, clock, subject=f"u{i}") for i in range(40)]
+    errors: list[BaseException] = []
+
+    def work(offset: int) -> None:
+        try:
+            for i in range(200):
+                t = tokens[(i + offset) % len(tokens)]
+                assert verifier.verify(t).subject == f"u{(i + offset) % len(tokens)}"
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(n,)) for n in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert errors == []
+
+
+# --- errors and logs ------------------------------------------------------------------------
+
+
+def test_refusals_log_kid_sub_and_jti_but_never_the_token(
+    verifier: Verifier, ring: KeyRing, clock: FakeClock, caplog: pytest.LogCaptureFixture
+):
+    token = _mint(ring, clock, subject="mallory", audience="http://elsewhere/mcp")
+    with caplog.at_level(logging.DEBUG, logger="jwtmcp"):
+        assert _code(verifier, token) == "wrong_audience"
+        assert _code(verifier, token[:-2]) == "bad_signature"
+    text = caplog.text
+    assert "wrong_audience" in text and "mallory" in text and ring.active.kid in text
+    payload_jti = verifier_module._json_object(token.split(".")[1].encode(), "p")["jti"]
+    assert payload_jti in text
+    for part in token.split("."):
+        assert part not in text
+
+
+def test_unexpected_internal_errors_become_token_errors(
+    verifier: Verifier, ring: KeyRing, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Defence in depth: a bug below verify() must still surface as a TokenError."""
+
+    def broken(*args: Any) -> Any:
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(verifier, "_check_claims", broken)
+    assert _code(verifier, _mint(ring, clock)) == "malformed"
+
+
+# --- the command line ------------------------------------------------------------------------
+
+
+def test_cli_verify_prints_claims_or_one_line(
+    ring: KeyRing, jwks_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    clock = FakeClock(NOW)
+    token = _mint(ring, clock)
+    argv = ["verify", token, "--jwks", str(jwks_path), "--iss", ISSUER, "--aud", AUDIENCE]
+    assert cli_main(argv, clock=clock) == 0
+    assert json.loads(capsys.readouterr().out)["sub"] == "alice"
+    clock.advance(400)
+    assert cli_main(argv, clock=clock) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "expired" in err and token not in err
