@@ -1,6 +1,14 @@
-"""jwtmcp: short-lived RS256 access tokens and per-tool authorisation for MCP servers."""
+"""jwtmcp: short-lived RS256 access tokens and per-tool authorisation for MCP servers.
+
+Mint a token in one call (:func:`mint`), check it offline (:class:`Verifier`), and protect
+an MCP server in one call (:func:`protected_server`). The MCP-facing names are imported on
+first use, so the command line and the issuer do not pay for importing the ``mcp`` SDK.
+"""
 
 from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 from .errors import (
     BadSignature,
@@ -21,37 +29,79 @@ from .errors import (
     WrongIssuer,
     WrongType,
 )
+from .jwks import JwksPolicy
 from .keys import KeyRing, RingKey, init_ring, load_ring, prune_ring, revoke_key, rotate_ring
 from .tokens import SigningKey, ToolGrants, VerifiedClaims, mint
+from .verifier import Verifier
+
+if TYPE_CHECKING:
+    from .mcp import (
+        JwtTokenVerifier,
+        ProtectedMCPServer,
+        ToolScopeGuard,
+        current_caller,
+        get_caller,
+        protected_server,
+    )
+    from .middleware import JwtAuthMiddleware
 
 __version__ = "0.1.0"
+
+_LAZY = {
+    "JwtTokenVerifier": ".mcp",
+    "ProtectedMCPServer": ".mcp",
+    "ToolScopeGuard": ".mcp",
+    "current_caller": ".mcp",
+    "get_caller": ".mcp",
+    "protected_server": ".mcp",
+    "JwtAuthMiddleware": ".middleware",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'jwtmcp' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "BadSignature",
     "ClientsError",
     "ConfigError",
+    "JwksPolicy",
+    "JwtAuthMiddleware",
     "JwtMcpError",
+    "JwtTokenVerifier",
     "KeyRing",
     "KeyRingError",
     "KeysUnavailable",
     "LifetimeTooLong",
     "MalformedToken",
     "MissingClaim",
+    "ProtectedMCPServer",
     "RingKey",
     "SigningKey",
     "TokenError",
     "TokenExpired",
     "TokenNotYetValid",
     "ToolGrants",
+    "ToolScopeGuard",
     "UnknownKid",
     "UnsupportedAlgorithm",
     "VerifiedClaims",
+    "Verifier",
     "WrongAudience",
     "WrongIssuer",
     "WrongType",
+    "current_caller",
+    "get_caller",
     "init_ring",
     "load_ring",
     "mint",
+    "protected_server",
     "prune_ring",
     "revoke_key",
     "rotate_ring",
