@@ -7,15 +7,18 @@ import contextlib
 import json
 import os
 import random
+import select
 import shutil
 import signal
 import stat
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from jwtmcp.errors import KeyRingError
@@ -507,41 +510,89 @@ def test_concurrent_rotations_in_separate_processes_never_corrupt_the_ring(
 
 _ROTATE_LOOP = textwrap.dedent(
     """
-    import sys
+    import json, sys
+    from pathlib import Path
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
     from jwtmcp.cli import main
+    from jwtmcp.keys import load_ring, rsa_kid
+
+    ring_dir = Path(sys.argv[1])
+    # Real, pre-generated RSA keys stand in for key generation (~0.1 s each), so the loop
+    # spends its time in jwtmcp's file writes, where a kill can do damage.
+    pool = [
+        serialization.load_pem_private_key(Path(p).read_bytes(), None) for p in sys.argv[2:]
+    ]
+
+    def generate_private_key(public_exponent, key_size):
+        kids = {e["kid"] for e in json.loads((ring_dir / "ring.json").read_text())["keys"]}
+        return next(k for k in pool if rsa_kid(k.public_key()) not in kids)
+
+    rsa.generate_private_key = generate_private_key
     print("ready", flush=True)
     while True:
-        if main(["keys", "rotate", "--keys", sys.argv[1]]) != 0:
+        if main(["keys", "rotate", "--keys", str(ring_dir)]) != 0:
             sys.exit(3)
+        for key in load_ring(ring_dir).keys:
+            if key.state == "retired":
+                if main(["keys", "revoke", key.kid, "--keys", str(ring_dir)]) != 0:
+                    sys.exit(4)
     """
 )
 
 
-def test_a_kill_in_the_middle_of_rotation_leaves_a_loadable_ring(
-    ring: KeyRing, ring_dir: Path
+@pytest.fixture(scope="module")
+def key_pool(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
+    directory = tmp_path_factory.mktemp("pool")
+    paths = []
+    for n in range(8):
+        key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        path = directory / f"{n}.pem"
+        path.write_bytes(
+            key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+        )
+        paths.append(str(path))
+    return paths
+
+
+def test_a_kill_in_the_middle_of_a_change_leaves_a_loadable_ring(
+    ring: KeyRing, ring_dir: Path, key_pool: list[str]
 ) -> None:
     rng = random.Random(7)
     revisions = [ring.revision]
-    for _ in range(6):
+    for _ in range(8):
         proc = subprocess.Popen(
-            [sys.executable, "-c", _ROTATE_LOOP, str(ring_dir)],
+            [sys.executable, "-c", _ROTATE_LOOP, str(ring_dir), *key_pool],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
-            env=_env(),
+            env={**_env(), "PYTHONUNBUFFERED": "1"},
         )
         assert proc.stdout is not None
-        assert proc.stdout.readline() == b"ready\n"
-        # Varied moments: keygen, PEM write, state write, orphan cleanup.
+        # Let it complete a few changes (however loaded the machine is), then kill it a
+        # random moment later: in a key write, the state write, orphan cleanup, or between.
+        changes = 0
+        wanted = rng.randint(1, 4)
+        deadline = time.monotonic() + 30
+        while changes < wanted and time.monotonic() < deadline:
+            ready, _, _ = select.select([proc.stdout], [], [], 1.0)
+            if ready:
+                line = proc.stdout.readline()
+                assert line, proc.stderr.read().decode() if proc.stderr else ""
+                changes += line.startswith((b"rotated", b"revoked"))
+        assert changes == wanted
         with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(timeout=rng.uniform(0.05, 0.6))
+            proc.wait(timeout=rng.uniform(0.0, 0.04))
         proc.send_signal(signal.SIGKILL)
         _, err = proc.communicate(timeout=10)
         assert proc.returncode == -signal.SIGKILL, err.decode()
-        after = _assert_consistent(ring_dir)
-        revisions.append(after.revision)
-        assert len(after.keys) == after.revision - ring.revision + 2  # one retired per rotation
-    assert revisions[-1] > revisions[0]  # the loop really rotated
-    # and the ring still works for a normal change afterwards
+        revisions.append(_assert_consistent(ring_dir).revision)
+    assert revisions == sorted(revisions) and revisions[-1] >= revisions[0] + 8
+    # and the ring still takes a normal change afterwards, which also clears crash leftovers
     rotate_ring(ring_dir)
     after = _assert_consistent(ring_dir)
     assert {p.name for p in ring_dir.glob("*.pem")} == {k.file_name for k in after.keys}
+    assert not list(ring_dir.glob(".*.tmp"))
