@@ -535,6 +535,8 @@ environment:
   {ENV_CLIENTS}  default for --clients (else '{DEFAULT_CLIENTS_FILE}')
   {ENV_ISSUER}   default issuer URL, the 'iss' claim (else '{DEFAULT_ISSUER}')
   {ENV_DEBUG}=1  show a Python traceback for unexpected errors
+  JWTMCP_DEFAULT_TTL, JWTMCP_JWKS_MAX_AGE, JWTMCP_RATE_LIMIT, JWTMCP_RATE_BURST
+                  defaults for the serve flags of the same names
 
 Run '{PROG} COMMAND --help' for the flags of each command.
 """
@@ -750,7 +752,7 @@ examples:
         "--jwks",
         required=True,
         metavar="URL|FILE",
-        help="the issuer's JWKS: an http(s) URL or a file",
+        help="the issuer's keys: a JWKS URL (http/https), a JWKS file, or a PEM public key file",
     )
     p.add_argument(
         "--iss",
