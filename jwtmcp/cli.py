@@ -819,11 +819,25 @@ examples:
     _add_clients_flag(p)
     p.set_defaults(func=cmd_clients_add)
 
-    p = clients_cmds.add_parser("list", help="list registered clients", formatter_class=_Formatter)
+    p = clients_cmds.add_parser(
+        "list",
+        help="list registered clients",
+        description="List the registered clients: id, subject, tools, audiences and maximum "
+        "token lifetime. Secrets are never shown (only their hashes are stored).",
+        epilog=f"example:\n  {PROG} clients list --clients ./clients.json\n",
+        formatter_class=_Formatter,
+    )
     _add_clients_flag(p)
     p.set_defaults(func=cmd_clients_list)
 
-    p = clients_cmds.add_parser("remove", help="remove a client", formatter_class=_Formatter)
+    p = clients_cmds.add_parser(
+        "remove",
+        help="remove a client",
+        description="Remove client NAME: it can get no new tokens. Tokens it already has stay "
+        "valid until they expire (at most the ring's max lifetime).",
+        epilog=f"example:\n  {PROG} clients remove ci-bot\n",
+        formatter_class=_Formatter,
+    )
     p.add_argument("name", metavar="NAME", help="the client id")
     _add_clients_flag(p)
     p.set_defaults(func=cmd_clients_remove)
@@ -831,6 +845,9 @@ examples:
     p = clients_cmds.add_parser(
         "rotate-secret",
         help="give a client a new secret (printed once); the old one stops working",
+        description="Give client NAME a new secret and print it once. The old secret stops "
+        "working at once; tokens already issued stay valid until they expire.",
+        epilog=f"example:\n  {PROG} clients rotate-secret ci-bot\n",
         formatter_class=_Formatter,
     )
     p.add_argument("name", metavar="NAME", help="the client id")

@@ -155,6 +155,9 @@ COMMANDS: list[tuple[list[str], list[str]]] = [
     (["verify"], ["TOKEN", "--jwks", "--iss", "--aud"]),
     (["clients"], ["add", "list", "remove", "rotate-secret"]),
     (["clients", "add"], ["--tools", "--aud", "--max-ttl", "--subject", "--clients"]),
+    (["clients", "list"], ["--clients"]),
+    (["clients", "remove"], ["NAME", "--clients"]),
+    (["clients", "rotate-secret"], ["NAME", "--clients"]),
     (["serve"], ["--host", "--port", "--issuer", "--keys", "--clients", "--workers"]),
 ]
 
