@@ -672,7 +672,7 @@ def _build_app(service: IssuerService) -> Starlette:
         # that path (useful behind a proxy that forwards the whole well-known tree).
         metadata_paths.append(f"/.well-known/oauth-authorization-server{issuer_path}")
     routes = [
-        Route("/token", _token_method_not_allowed, methods=["GET"]),
+        Route("/token", _token_method_not_allowed, methods=["GET", "PUT", "PATCH", "DELETE"]),
         Route("/.well-known/jwks.json", service.jwks, methods=["GET"]),
         *(Route(p, service.oauth_metadata, methods=["GET"]) for p in metadata_paths),
         Route("/healthz", service.healthz, methods=["GET"]),

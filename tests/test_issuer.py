@@ -513,10 +513,11 @@ def test_fuzzed_requests_never_get_a_500(
     assert r.json()["error"]
 
 
-def test_get_token_is_405(make_issuer: Callable[..., Issuer]) -> None:
+def test_other_methods_on_token_are_405(make_issuer: Callable[..., Issuer]) -> None:
     iss = make_issuer()
-    r = iss.http.get("/token")
-    assert r.status_code == 405 and r.headers["allow"] == "POST"
+    for method in ("GET", "PUT", "DELETE"):
+        r = iss.http.request(method, "/token")
+        assert r.status_code == 405 and r.headers["allow"] == "POST"
 
 
 # --- rate limit ------------------------------------------------------------------------------
