@@ -126,17 +126,20 @@ class Client:
         """Every scope this client may be granted: its ``tool:`` scopes, then the others."""
         return split_scope([tool_scope(t) for t in self.tools] + list(self.scopes))
 
+    @cached_property
+    def _hash_parts(self) -> tuple[bytes, bytes] | None:
+        # Decoded once, so checking a secret costs exactly what checking an unknown id does.
+        try:
+            return _parse_hash(self.secret_hash)
+        except ValueError:
+            return None
+
     def check_secret(self, secret: str) -> bool:
         """True when ``secret`` is this client's secret (constant-time comparison)."""
-        try:
-            salt, expected = _parse_hash(self.secret_hash)
-        except ValueError:
-            salt, expected = _DUMMY_SALT, _DUMMY_DIGEST
-            ok = False
-        else:
-            ok = True
+        parts = self._hash_parts
+        salt, expected = parts if parts is not None else (_DUMMY_SALT, _DUMMY_DIGEST)
         digest = hmac.new(salt, secret.encode("utf-8", "surrogatepass"), hashlib.sha256).digest()
-        return hmac.compare_digest(digest, expected) and ok
+        return hmac.compare_digest(digest, expected) and parts is not None
 
     def _entry(self) -> dict[str, Any]:
         return {
@@ -279,7 +282,7 @@ def _parse(path: Path, raw: bytes) -> ClientTable:
             ):
                 raise ClientsError("wrong field types")
             _parse_hash(secret_hash)
-            clients[name] = Client(
+            client = Client(
                 client_id=name,
                 subject=subject,
                 tools=_check_tools(tools),
@@ -289,6 +292,8 @@ def _parse(path: Path, raw: bytes) -> ClientTable:
                 created_at=float(entry.get("created_at") or 0.0),
                 secret_hash=secret_hash,
             )
+            client._hash_parts  # noqa: B018 - decode the hash now, not on the first request
+            clients[name] = client
         except (ClientsError, ValueError, TypeError) as exc:
             detail = exc.message if isinstance(exc, ClientsError) else "bad secret hash"
             raise bad(f"client {name!r}: {detail}") from None
