@@ -611,11 +611,13 @@ def test_revoke_takes_a_kid_that_starts_with_a_dash(argv: list[str]) -> None:
 
 
 def _script(*args: str, **env: str) -> Result:
+    # The script runs the 'jwtmcp' it finds on PATH: this interpreter's.
+    path = str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", "")
     proc = subprocess.run(
         ["bash", str(REPO / "scripts" / "mint_token.sh"), *args],
         capture_output=True,
         text=True,
-        env=_env(**env),
+        env=_env(PATH=path, **env),
         timeout=60,
     )
     return Result(proc.returncode, proc.stdout, proc.stderr)
