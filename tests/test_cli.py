@@ -481,6 +481,12 @@ def test_init_refuses_weak_or_odd_key_sizes(tmp_path: Path, bits: str) -> None:
     assert not (tmp_path / "k" / STATE_FILE).exists()
 
 
+@pytest.mark.parametrize("bits", ["1024", "5000"])
+def test_rotate_refuses_weak_or_odd_key_sizes(ring: KeyRing, keys: str, bits: str) -> None:
+    assert bits in cli("keys", "rotate", "--keys", keys, "--bits", bits).one_line_error()
+    assert load_ring(keys).revision == ring.revision
+
+
 def test_init_refuses_an_existing_ring(keys: str) -> None:
     assert "already exists" in run("keys", "init", "--keys", keys).one_line_error()
 
