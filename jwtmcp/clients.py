@@ -10,7 +10,7 @@ One JSON document, no database::
           "subject": "demo",
           "tools": ["add", "subtract"],
           "scopes": [],
-          "audiences": ["http://127.0.0.1:9000/mcp"],
+          "audiences": ["http://127.0.0.1:8001/mcp"],
           "max_ttl": null,
           "created_at": 1800000000.0
         }

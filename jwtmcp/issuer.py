@@ -58,7 +58,7 @@ DEFAULT_MAX_BODY_BYTES = 8192
 DEFAULT_RELOAD_INTERVAL = 0.25
 DEMO_CLIENT = "demo"
 DEMO_TOOLS = ("add", "subtract", "multiply")
-DEMO_AUDIENCE = "http://127.0.0.1:9000/mcp"
+DEMO_AUDIENCE = "http://127.0.0.1:8001/mcp"
 ENV_SETTINGS = "JWTMCP_ISSUER_SETTINGS"
 """How ``serve --workers N`` hands its settings to the worker processes' app factory."""
 

@@ -20,7 +20,7 @@ import pytest
 from jwtmcp.verifier import Verifier
 from tests.support import RunningIssuer, free_port, issuer_process
 
-DEMO_AUD = "http://127.0.0.1:9000/mcp"
+DEMO_AUD = "http://127.0.0.1:8001/mcp"
 
 
 def jwtmcp(*args: str, cwd: Path, timeout: float = 30) -> subprocess.CompletedProcess[str]:
