@@ -525,9 +525,9 @@ def _add_issuer_flag(parser: argparse.ArgumentParser, default_text: str) -> None
 MAIN_EPILOG = f"""\
 examples (a five-minute tour):
   {PROG} keys init --keys ./keys
-  TOKEN=$({PROG} mint --keys ./keys --sub alice --tools add,subtract --aud http://127.0.0.1:9000/mcp)
+  TOKEN=$({PROG} mint --keys ./keys --sub alice --tools add,subtract --aud http://127.0.0.1:8001/mcp)
   {PROG} jwks --keys ./keys > jwks.json
-  {PROG} verify "$TOKEN" --jwks jwks.json --aud http://127.0.0.1:9000/mcp
+  {PROG} verify "$TOKEN" --jwks jwks.json --aud http://127.0.0.1:8001/mcp
   {PROG} keys rotate --keys ./keys && {PROG} keys list --keys ./keys
 
 environment:
@@ -670,7 +670,7 @@ examples:
         "active key, offline. Prints only the token, so TOKEN=$(jwtmcp mint ...) works.",
         epilog=f"""\
 examples:
-  {PROG} mint --sub alice --tools add,subtract --aud http://127.0.0.1:9000/mcp
+  {PROG} mint --sub alice --tools add,subtract --aud http://127.0.0.1:8001/mcp
   {PROG} mint --sub ci --tools 'read_*' --aud https://a.example/mcp --aud https://b.example/mcp
   {PROG} mint --sub bob --tools '*' --aud URL --ttl 60 --claim email=bob@example.com \\
       --claim 'groups:=["ops"]'
@@ -740,10 +740,10 @@ scope) cannot be set with --claim.
         "saying why the token was refused and exit status 1.",
         epilog=f"""\
 examples:
-  {PROG} verify "$TOKEN" --jwks jwks.json --aud http://127.0.0.1:9000/mcp
+  {PROG} verify "$TOKEN" --jwks jwks.json --aud http://127.0.0.1:8001/mcp
   {PROG} verify "$TOKEN" --jwks http://127.0.0.1:8000/.well-known/jwks.json \\
-      --iss http://127.0.0.1:8000 --aud http://127.0.0.1:9000/mcp
-  echo "$TOKEN" | {PROG} verify - --jwks jwks.json --aud http://127.0.0.1:9000/mcp
+      --iss http://127.0.0.1:8000 --aud http://127.0.0.1:8001/mcp
+  echo "$TOKEN" | {PROG} verify - --jwks jwks.json --aud http://127.0.0.1:8001/mcp
 """,
         formatter_class=_Formatter,
     )
@@ -777,7 +777,7 @@ examples:
         "stored.",
         epilog=f"""\
 examples:
-  {PROG} clients add ci-bot --tools add,subtract --aud http://127.0.0.1:9000/mcp
+  {PROG} clients add ci-bot --tools add,subtract --aud http://127.0.0.1:8001/mcp
   {PROG} clients list
   {PROG} clients rotate-secret ci-bot
   {PROG} clients remove ci-bot
