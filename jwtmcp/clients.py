@@ -27,15 +27,12 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import errno
-import fcntl
 import hashlib
 import hmac
 import json
 import os
 import re
 import secrets
-import tempfile
 import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping
@@ -47,6 +44,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from .errors import ClientsError, ConfigError
+from .files import acquire_lock, atomic_write, release_lock
 from .tokens import Clock, split_scope, tool_scope
 
 FORMAT_VERSION = 1
@@ -326,46 +324,20 @@ def list_clients(path: str | os.PathLike[str]) -> tuple[Client, ...]:
 # --- writing -----------------------------------------------------------------------------
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
 @contextlib.contextmanager
 def _locked(path: Path, timeout: float = 30.0) -> Iterator[None]:
     """Hold ``.<name>.lock`` next to the clients file so changes never interleave."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path.parent / f".{path.name}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        fd = acquire_lock(path.parent / f".{path.name}.lock", timeout=timeout)
+    except TimeoutError:
+        raise ClientsError(f"the clients file {path} is locked by another change") from None
     except OSError as exc:
         raise ClientsError(f"cannot lock the clients file {path}: {exc.strerror}") from None
     try:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except OSError as exc:
-                if exc.errno not in (errno.EAGAIN, errno.EACCES):
-                    raise
-                if time.monotonic() > deadline:
-                    raise ClientsError(
-                        f"the clients file {path} is locked by another change"
-                    ) from None
-                time.sleep(0.01)
         yield
     finally:
-        os.close(fd)
+        release_lock(fd)
 
 
 def _write(table: ClientTable) -> None:
@@ -374,7 +346,7 @@ def _write(table: ClientTable) -> None:
         "clients": {c.client_id: c._entry() for c in sorted(table, key=lambda c: c.client_id)},
     }
     try:
-        _atomic_write(table.path, json.dumps(doc, indent=2).encode() + b"\n")
+        atomic_write(table.path, json.dumps(doc, indent=2).encode() + b"\n")
     except OSError as exc:
         raise ClientsError(f"cannot write {table.path}: {exc.strerror}") from None
 

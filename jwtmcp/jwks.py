@@ -39,7 +39,6 @@ import json
 import logging
 import math
 import os
-import tempfile
 import threading
 import time
 from collections.abc import Iterable, Mapping
@@ -54,6 +53,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from .errors import ConfigError, KeysUnavailable, UnknownKid
+from .files import atomic_write
 from .tokens import Clock
 
 log = logging.getLogger("jwtmcp.jwks")
@@ -634,7 +634,7 @@ class JwksCache:
         }
         data = json.dumps(doc, separators=(",", ":")).encode()
         try:
-            _atomic_write(self._cache_file, data)
+            atomic_write(self._cache_file, data)
         except OSError as exc:
             log.warning("cannot write the JWKS cache file %s: %s", self._cache_file, exc)
 
@@ -713,17 +713,3 @@ class JwksCache:
         if fut is not None and not fut.done():
             with contextlib.suppress(Exception):
                 fut.set_result(False)
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise

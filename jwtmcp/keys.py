@@ -18,14 +18,11 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import errno
-import fcntl
 import hashlib
 import json
 import os
 import re
 import stat
-import tempfile
 import threading
 import time
 from collections.abc import Iterator, Mapping
@@ -37,6 +34,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from .errors import KeyRingError
+from .files import acquire_lock, atomic_write, release_lock
 from .tokens import DEFAULT_MAX_LIFETIME, Clock, SigningKey
 
 KeyState = Literal["next", "active", "retired"]
@@ -180,65 +178,23 @@ class KeyRing:
 # --- files -------------------------------------------------------------------------------
 
 
-def _atomic_write(path: Path, data: bytes, mode: int) -> None:
-    """Write ``data`` to ``path`` via a temp file in the same directory, fsync and rename."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 @contextlib.contextmanager
 def _locked(directory: Path, timeout: float = 30.0) -> Iterator[None]:
     """Hold the ring's exclusive lock so concurrent changes run one after another."""
-    path = directory / LOCK_FILE
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        fd = acquire_lock(directory / LOCK_FILE, timeout=timeout)
     except (FileNotFoundError, NotADirectoryError):
         raise KeyRingError(
             f"no key ring at {directory}; create one with: jwtmcp keys init --keys {directory}"
         ) from None
+    except TimeoutError:
+        raise KeyRingError(f"the key ring in {directory} is locked by another change") from None
     except OSError as exc:
         raise KeyRingError(f"cannot lock the key ring in {directory}: {exc.strerror}") from None
     try:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except OSError as exc:
-                if exc.errno not in (errno.EAGAIN, errno.EACCES):
-                    raise
-                if time.monotonic() > deadline:
-                    raise KeyRingError(
-                        f"the key ring in {directory} is locked by another change"
-                    ) from None
-                time.sleep(0.01)
         yield
     finally:
-        os.close(fd)  # closing releases the lock
+        release_lock(fd)
 
 
 def _check_private_file(path: Path) -> None:
@@ -429,9 +385,9 @@ def _write_ring(ring: KeyRing, new_keys: tuple[RingKey, ...] = ()) -> KeyRing:
     """Write new PEMs, then the state file; then remove PEMs no key names any more."""
     ring = replace(ring, revision=ring.revision + 1)
     for key in new_keys:
-        _atomic_write(ring.directory / key.file_name, _pem(key.private_key), 0o600)
+        atomic_write(ring.directory / key.file_name, _pem(key.private_key))
     body = json.dumps(ring._state_document(), indent=2).encode() + b"\n"
-    _atomic_write(ring.directory / STATE_FILE, body, 0o600)
+    atomic_write(ring.directory / STATE_FILE, body)
     _remove_orphans(ring)
     return ring
 
