@@ -314,7 +314,11 @@ def cmd_verify(args: argparse.Namespace, clock: Clock) -> int:
             key_source = {"jwks_file": source}
     audience: str | list[str] = args.aud[0] if len(args.aud) == 1 else list(args.aud)
     verifier = Verifier(
-        issuer=args.iss or issuer_url(args), audience=audience, clock=clock, **key_source
+        issuer=args.iss or issuer_url(args),
+        audience=audience,
+        clock=clock,
+        max_lifetime=args.max_lifetime,
+        **key_source,
     )
     try:
         claims = verifier.verify(token)
@@ -765,6 +769,14 @@ examples:
         required=True,
         metavar="URL",
         help="this server's resource URL; the token's aud must contain it",
+    )
+    p.add_argument(
+        "--max-lifetime",
+        type=_positive_int,
+        default=DEFAULT_MAX_LIFETIME,
+        metavar="SECONDS",
+        help="refuse tokens that live longer than this (exp - iat); match the ring's "
+        "'keys init --max-lifetime'",
     )
     p.set_defaults(func=cmd_verify)
 

@@ -556,6 +556,19 @@ def test_verify_with_a_missing_jwks_file(keys: str, tmp_path: Path) -> None:
     run("verify", token, "--jwks", str(tmp_path / "absent.json"), "--aud", AUD).one_line_error()
 
 
+def test_verify_max_lifetime_follows_a_long_lived_ring(tmp_path: Path) -> None:
+    keys = str(tmp_path / "long")
+    assert cli("keys", "init", "--keys", keys, "--max-lifetime", "7200").code == 0
+    jwks = _jwks_file(keys, tmp_path / "jwks.json")
+    minted = cli("mint", "--keys", keys, "--sub", "a", "--tools", "add", "--aud", AUD,
+                 "--ttl", "7000")
+    token = minted.out.strip()
+    err = cli("verify", token, "--jwks", jwks, "--aud", AUD).one_line_error()
+    assert "lifetime_too_long" in err
+    ok = cli("verify", token, "--jwks", jwks, "--aud", AUD, "--max-lifetime", "7200")
+    assert ok.code == 0, ok.err
+
+
 def test_rotate_then_revoke_end_to_end(ring: KeyRing, keys: str, tmp_path: Path) -> None:
     assert ring.next is not None
     old_token = _mint(keys)
