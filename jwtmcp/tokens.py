@@ -41,6 +41,7 @@ RESERVED_CLAIMS = REGISTERED_CLAIMS | {"cnf", "act", "may_act", "auth_time", "ac
 # --- tool scopes -------------------------------------------------------------------------
 
 
+@functools.lru_cache(maxsize=1024)  # the same few tool names are minted again and again
 def tool_scope(tool: str) -> str:
     """The scope that grants ``tool``: ``tool:<name>`` (``*`` and ``prefix*`` allowed)."""
     name = tool.strip()
@@ -224,10 +225,11 @@ def build_claims(
     clash = sorted(set(extra) & RESERVED_CLAIMS)
     if clash:
         raise ConfigError(f"extra claims may not set registered claim(s): {', '.join(clash)}")
-    try:
-        json.dumps(extra, allow_nan=False)
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"extra claims must be plain JSON values ({exc})") from None
+    if extra:
+        try:
+            json.dumps(extra, allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"extra claims must be plain JSON values ({exc})") from None
     all_scopes = split_scope([*tool_scopes(tools), *split_scope(list(scopes))])
     iat = int(now)
     claims: dict[str, Any] = dict(extra)
