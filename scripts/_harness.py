@@ -340,7 +340,7 @@ def build_mcp_app(
         if jwks_policy:
             from jwtmcp.jwks import JwksPolicy
 
-            options["jwks_policy"] = JwksPolicy(**jwks_policy)
+            options["jwks_policy"] = JwksPolicy(**dict[str, Any](jwks_policy))
         server = protected_server(
             "bench-math",
             issuer=issuer_url,
@@ -349,7 +349,7 @@ def build_mcp_app(
             verifier_options=options,
         )
 
-    @server.tool()
+    @server.tool()  # type: ignore[untyped-decorator]
     def add(a: int, b: int) -> int:
         """Add two integers."""
         return a + b

@@ -522,14 +522,18 @@ async def _tools_call_async(plain_url: str, auth_url: str, token: str,
             for session in sessions.values():
                 await call(session)
         samples: dict[str, list[float]] = {name: [] for name in sessions}
+        pair_ratios: list[float] = []
         batch = 25
         done = 0
         turn = 0
         while done < settings.mcp_calls:
             names = list(sessions) if turn % 2 == 0 else list(reversed(sessions))
+            medians: dict[str, float] = {}
             for name in names:
-                for _ in range(batch):
-                    samples[name].append(await call(sessions[name]))
+                latest = [await call(sessions[name]) for _ in range(batch)]
+                samples[name].extend(latest)
+                medians[name] = statistics.median(latest)
+            pair_ratios.append(medians["auth"] / medians["noauth"])
             done += batch
             turn += 1
     out: dict[str, Any] = {"tools_call_iterations": done}
@@ -537,6 +541,9 @@ async def _tools_call_async(plain_url: str, auth_url: str, token: str,
         values.sort()
         out[f"tools_call_p50_ms_{name}"] = percentile(values, 50) * 1000
         out[f"tools_call_p99_ms_{name}"] = percentile(values, 99) * 1000
+    # The cost of auth: median over back-to-back batch pairs of p50(auth) / p50(no auth), so
+    # a slow moment of the machine weighs on both sides of each pair alike.
+    out["tools_call_p50_auth_vs_noauth"] = statistics.median(pair_ratios)
     return out
 
 
@@ -601,9 +608,10 @@ def ratios(results: dict[str, Any]) -> dict[str, float | None]:
         if key not in results
     }
     out["token_http_vs_raw_sign"] = _ratio(results, "token_http_per_s", "raw_sign_per_s")
-    out["tools_call_p50_auth_vs_noauth"] = _ratio(
-        results, "tools_call_p50_ms_auth", "tools_call_p50_ms_noauth"
-    )
+    if "tools_call_p50_auth_vs_noauth" not in results:
+        out["tools_call_p50_auth_vs_noauth"] = _ratio(
+            results, "tools_call_p50_ms_auth", "tools_call_p50_ms_noauth"
+        )
     return out
 
 
@@ -684,7 +692,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[1] if __doc__ else None)
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--quick", action="store_true", help="a short run (noisier)")
+    parser.add_argument("--table-from", metavar="FILE",
+                        help="print the table of a saved --json run instead of running")
     args = parser.parse_args(argv)
+    if args.table_from:
+        print(table(json.loads(Path(args.table_from).read_text())))
+        return 0
     results = run(Settings.make(args.quick))
     if args.json:
         print(json.dumps(results, indent=2))

@@ -255,7 +255,7 @@ async def client_loop(world: World, state: ServerState, client_id: str, secret: 
                         continue
                     n += 1
                     result = await session.call_tool("add", {"a": n, "b": 1})
-                    text = result.content[0].text if result.content else ""  # type: ignore[union-attr]
+                    text = result.content[0].text if result.content else ""
                     if result.is_error or text != str(n + 1):
                         stats.fail(f"call {state.name}", f"tool answered {text!r}")
                     else:
