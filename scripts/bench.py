@@ -688,16 +688,47 @@ def table(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def profile(name: str, seconds: float = 2.0) -> int:
+    """Run one CPU benchmark under cProfile for about ``seconds`` and print where time goes."""
+    import cProfile
+    import pstats
+
+    with tempfile.TemporaryDirectory(prefix="jwtmcp-bench-") as tmp:
+        world = build_world(Path(tmp), Settings.make(quick=True))
+        benches = {b.name: b for b in cpu_benches(world)}
+        if name not in benches:
+            print(f"bench.py: unknown benchmark {name!r}; choose from {', '.join(benches)}",
+                  file=sys.stderr)
+            return 2
+        bench = benches[name]
+        profiler = cProfile.Profile()
+        ops = 0
+        deadline = time.thread_time() + seconds
+        while time.thread_time() < deadline:
+            if bench.prepare is not None:
+                bench.prepare()  # untimed set-up stays out of the profile
+            profiler.enable()
+            ops += bench.run()
+            profiler.disable()
+        print(f"{name}: {ops} operations under cProfile (its overhead inflates Python frames)")
+        pstats.Stats(profiler).sort_stats("tottime").print_stats(20)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[1] if __doc__ else None)
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--quick", action="store_true", help="a short run (noisier)")
+    parser.add_argument("--profile", metavar="BENCH",
+                        help="profile one CPU benchmark (e.g. verify_fresh, mint) with cProfile")
     parser.add_argument("--table-from", metavar="FILE",
                         help="print the table of a saved --json run instead of running")
     args = parser.parse_args(argv)
     if args.table_from:
         print(table(json.loads(Path(args.table_from).read_text())))
         return 0
+    if args.profile:
+        return profile(args.profile)
     results = run(Settings.make(args.quick))
     if args.json:
         print(json.dumps(results, indent=2))
