@@ -5,7 +5,7 @@ Minting is a pure function of (claims, key, clock): no files, no network.
 
 from __future__ import annotations
 
-import base64
+import binascii
 import functools
 import json
 import secrets
@@ -230,7 +230,9 @@ def build_claims(
             json.dumps(extra, allow_nan=False)
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"extra claims must be plain JSON values ({exc})") from None
-    all_scopes = split_scope([*tool_scopes(tools), *split_scope(list(scopes))])
+    # Tool scopes first, then the others, in order and without duplicates.
+    all_scopes = dict.fromkeys(tool_scopes(tools))
+    all_scopes.update(dict.fromkeys(s for s in scopes if s))
     iat = int(now)
     claims: dict[str, Any] = dict(extra)
     claims.update(
@@ -252,8 +254,12 @@ _SHA256 = hashes.SHA256()
 _COMPACT_JSON = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
 
 
+_STD_TO_URLSAFE = bytes.maketrans(b"+/", b"-_")
+
+
 def _b64url(data: bytes) -> bytes:
-    return base64.urlsafe_b64encode(data).rstrip(b"=")
+    """base64url without padding (RFC 7515 2), straight from binascii."""
+    return binascii.b2a_base64(data, newline=False).translate(_STD_TO_URLSAFE).rstrip(b"=")
 
 
 @functools.lru_cache(maxsize=64)
