@@ -106,7 +106,7 @@ class Settings:
             return cls(True, rounds=3, slice_s=0.05, pool=400, http_rounds=1, http_seconds=1.5,
                        http_connections=6, mcp_calls=150, mcp_warmup=20, fill_cache=False)
         return cls(False, rounds=15, slice_s=0.1, pool=2500, http_rounds=3, http_seconds=3.0,
-                   http_connections=6, mcp_calls=1500, mcp_warmup=100, fill_cache=True)
+                   http_connections=8, mcp_calls=1500, mcp_warmup=100, fill_cache=True)
 
 
 def log(message: str) -> None:
@@ -400,33 +400,41 @@ def token_http(workdir: Path, settings: Settings) -> dict[str, Any]:
     """Requests per second ``POST /token`` sustains on one ``jwtmcp serve`` worker.
 
     The client is the standard library's ``http.client`` on keep-alive connections from a few
-    threads, far lighter per request than the server, so the server is the bottleneck; its CPU
-    use during the window is reported to show it.
+    threads, far lighter per request than the server, so the server is the bottleneck. Two
+    figures per round: requests per wall-clock second, and requests per CPU-second the server
+    process used (Linux ``/proc``), which is what one worker does with one core even when
+    other processes share the machine, and is on the same footing as the CPU-time baselines.
+    The best round counts.
     """
     issuer = Issuer(workdir / "issuer", rate_limit=0)
     issuer.workdir.mkdir(parents=True, exist_ok=True)
     secret = issuer.add_client("bench", tools=TOOLS, audiences=[AUDIENCE])
     with running(issuer):
+        assert issuer.process is not None
+        pid = issuer.process.pid
         auth = "Basic " + base64.b64encode(f"bench:{secret}".encode()).decode()
         body = urlencode({"grant_type": "client_credentials", "resource": AUDIENCE}).encode()
         headers = {"Authorization": auth, "Content-Type": "application/x-www-form-urlencoded"}
         _token_burst(issuer.port, body, headers, 1, 0.5)  # warm-up: imports, key load, caches
-        best: dict[str, Any] = {"token_http_per_s": 0.0}
+        out: dict[str, Any] = {"token_http_per_s": 0.0}
         for _ in range(settings.http_rounds):
-            cpu0 = proc_cpu_seconds(issuer.process.pid) if issuer.process else None
+            cpu0 = proc_cpu_seconds(pid)
             t0 = time.perf_counter()
             ok, failed = _token_burst(issuer.port, body, headers, settings.http_connections,
                                       settings.http_seconds)
             elapsed = time.perf_counter() - t0
-            cpu1 = proc_cpu_seconds(issuer.process.pid) if issuer.process else None
+            cpu1 = proc_cpu_seconds(pid)
             if failed:
                 raise RuntimeError(f"/token failed {failed} times during the benchmark")
-            rate = ok / elapsed
-            if rate > best["token_http_per_s"]:
-                best = {"token_http_per_s": rate, "token_http_requests": ok}
-                if cpu0 is not None and cpu1 is not None:
-                    best["token_http_server_cpu"] = round((cpu1 - cpu0) / elapsed, 2)
-        return best
+            if ok / elapsed > out["token_http_per_s"]:
+                out["token_http_per_s"] = ok / elapsed
+                out["token_http_requests"] = ok
+            if cpu0 is not None and cpu1 is not None and cpu1 > cpu0:
+                per_cpu = ok / (cpu1 - cpu0)
+                if per_cpu > out.get("token_http_per_server_cpu_s", 0.0):
+                    out["token_http_per_server_cpu_s"] = per_cpu
+                    out["token_http_server_cpu"] = round((cpu1 - cpu0) / elapsed, 2)
+        return out
 
 
 def _token_burst(port: int, body: bytes, headers: dict[str, str], connections: int,
@@ -563,9 +571,17 @@ def run(settings: Settings) -> dict[str, Any]:
         log("bench: minting the token pool and the JWKS files ...")
         world = build_world(workdir, settings)
         log("bench: CPU figures (round-robin) ...")
-        rates, cpu_ratios = measure(cpu_benches(world), settings.rounds, settings.slice_s)
-        results.update({f"{name}_per_s": rate for name, rate in rates.items()})
-        results.update(cpu_ratios)
+        # Two groups, each interleaved within itself: signing, then verifying. Verifiers keep
+        # what they verified, and the garbage collector a later allocation triggers would
+        # charge scanning those caches to whichever bench allocated next (mint, not the
+        # allocation-free raw sign), so the signing group runs on its own.
+        benches = cpu_benches(world)
+        signing = {"raw_sign", "pyjwt_sign", "mint"}
+        for group in ([b for b in benches if b.name in signing],
+                      [b for b in benches if b.name not in signing]):
+            rates, cpu_ratios = measure(group, settings.rounds, settings.slice_s)
+            results.update({f"{name}_per_s": rate for name, rate in rates.items()})
+            results.update(cpu_ratios)
         verifier_cls = _verifier_class()
         if verifier_cls is None:
             unavailable["verify"] = "jwtmcp.verifier is not available"
@@ -607,7 +623,12 @@ def ratios(results: dict[str, Any]) -> dict[str, float | None]:
         for key, (top, bottom) in CPU_RATIOS.items()
         if key not in results
     }
-    out["token_http_vs_raw_sign"] = _ratio(results, "token_http_per_s", "raw_sign_per_s")
+    # Per server CPU-second when /proc tells it (the baselines are per CPU-second too).
+    out["token_http_wall_vs_raw_sign"] = _ratio(results, "token_http_per_s", "raw_sign_per_s")
+    out["token_http_vs_raw_sign"] = (
+        _ratio(results, "token_http_per_server_cpu_s", "raw_sign_per_s")
+        or out["token_http_wall_vs_raw_sign"]
+    )
     if "tools_call_p50_auth_vs_noauth" not in results:
         out["tools_call_p50_auth_vs_noauth"] = _ratio(
             results, "tools_call_p50_ms_auth", "tools_call_p50_ms_noauth"
@@ -653,8 +674,10 @@ def table(results: dict[str, Any]) -> str:
         ("raw RSA-2048 sign (cryptography)", rate("raw_sign_per_s"), "1.00", "baseline"),
         ("PyJWT encode", rate("pyjwt_sign_per_s"), ratio("pyjwt_sign_vs_raw_sign"), ""),
         ("jwtmcp mint", rate("mint_per_s"), ratio("mint_vs_raw_sign"), "mint_vs_raw_sign"),
-        ("POST /token, 1 worker, loopback", rate("token_http_per_s"),
+        ("POST /token, 1 worker, per server CPU-s", rate("token_http_per_server_cpu_s"),
          ratio("token_http_vs_raw_sign"), "token_http_vs_raw_sign"),
+        ("POST /token, 1 worker, per wall second", rate("token_http_per_s"),
+         ratio("token_http_wall_vs_raw_sign"), ""),
         ("tools/call p50, no auth", ms("tools_call_p50_ms_noauth"), "1.00", "baseline"),
         ("tools/call p50, jwtmcp auth", ms("tools_call_p50_ms_auth"),
          ratio("tools_call_p50_auth_vs_noauth"), "tools_call_p50_auth_vs_noauth"),
@@ -662,7 +685,7 @@ def table(results: dict[str, Any]) -> str:
         ("tools/call p99, jwtmcp auth", ms("tools_call_p99_ms_auth"), "", ""),
     ]
     tgt = results.get("targets", {})
-    lines = [f"{'figure':<38} {'result':>14} {'ratio':>7}  target"]
+    lines = [f"{'figure':<40} {'result':>12} {'ratio':>7}  target"]
     lines.append("-" * 78)
     for label, value, rat, key in rows:
         note = key
@@ -670,7 +693,7 @@ def table(results: dict[str, Any]) -> str:
             t = tgt[key]
             mark = {True: "holds", False: "MISSED", None: "n/a"}[t["holds"]]
             note = f"{t['target']}  {mark}"
-        lines.append(f"{label:<38} {value:>14} {rat:>7}  {note}")
+        lines.append(f"{label:<40} {value:>12} {rat:>7}  {note}")
     if results.get("cache_memory_mb_at_default_size") is not None:
         lines.append(
             f"verified-token cache: {results['cache_bytes_per_entry']} B/entry, "
