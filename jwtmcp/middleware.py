@@ -210,6 +210,10 @@ def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return result
 
 
+# One decoder for every body: json.loads(..., object_pairs_hook=...) builds a new one per call.
+_BODY_JSON = json.JSONDecoder(object_pairs_hook=_no_duplicate_keys)
+
+
 def called_tools(body: bytes) -> list[tuple[Any, str]] | None:
     """``(id, tool name)`` of every ``tools/call`` in a JSON-RPC body (single or batch).
 
@@ -221,7 +225,8 @@ def called_tools(body: bytes) -> list[tuple[Any, str]] | None:
     if b"tools/call" not in body and b"\\" not in body:
         return []
     try:
-        message = json.loads(body, object_pairs_hook=_no_duplicate_keys)
+        # Same decoding as json.loads(bytes): UTF-8/16/32 detected from the first bytes.
+        message = _BODY_JSON.decode(body.decode(json.detect_encoding(body), "surrogatepass"))
     except (ValueError, UnicodeDecodeError, RecursionError):
         return None
     messages = message if isinstance(message, list) else [message]

@@ -369,7 +369,19 @@ def _serve_mcp(argv: Sequence[str]) -> None:
     args = parser.parse_args(argv)
     app = build_mcp_app(args.issuer, args.port, args.jwks_url, args.jwks_cache_file,
                         args.jwks_policy)
-    uvicorn.run(app, host=LOOPBACK, port=args.port, log_level="warning", access_log=False)
+    profile_to = os.environ.get("JWTMCP_BENCH_PROFILE")  # where a profile of the run goes
+    if not profile_to:
+        uvicorn.run(app, host=LOOPBACK, port=args.port, log_level="warning", access_log=False)
+        return
+    import cProfile
+
+    profiler = cProfile.Profile()
+    profiler.enable()
+    try:
+        uvicorn.run(app, host=LOOPBACK, port=args.port, log_level="warning", access_log=False)
+    finally:
+        profiler.disable()
+        profiler.dump_stats(profile_to)
 
 
 if __name__ == "__main__":
