@@ -221,8 +221,9 @@ def called_tools(body: bytes) -> list[tuple[Any, str]] | None:
     might still name ``tools/call``; the caller refuses such a body. A body that cannot contain
     a ``tools/call`` at all is not parsed (the common case stays cheap).
     """
-    # A tools/call must spell "tools/call" literally unless it uses JSON escapes.
-    if b"tools/call" not in body and b"\\" not in body:
+    # A tools/call must spell "tools/call" literally unless it uses JSON escapes or another
+    # encoding (UTF-16/32 JSON always holds NUL bytes); only then may parsing be skipped.
+    if b"tools/call" not in body and b"\\" not in body and b"\x00" not in body:
         return []
     try:
         # Same decoding as json.loads(bytes): UTF-8/16/32 detected from the first bytes.

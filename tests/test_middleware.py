@@ -294,6 +294,11 @@ def test_current_caller_outside_a_request_raises_lookup_error() -> None:
         (b'{"id":1,"method":"tools/call" garbage', None),
         (b'{"id":1,"method":"tools/call","method":"tools/call","params":{"name":"x"}}', None),
         (b'"tools/call"', []),
+        (
+            '{"id":7,"method":"tools/call","params":{"name":"subtract"}}'.encode("utf-16"),
+            [(7, "subtract")],
+        ),
+        ('{"id":7,"method":"ping"}'.encode("utf-32-le"), []),
     ],
 )
 def test_called_tools_reads_json_rpc_bodies(body: bytes, expected: Any) -> None:
