@@ -39,6 +39,7 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from types import MappingProxyType, TracebackType
 from typing import Any, NamedTuple
 
+import orjson
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding
@@ -120,6 +121,8 @@ def _no_constants(name: str) -> Any:
 
 
 _JSON = json.JSONDecoder(object_pairs_hook=_unique_members, parse_constant=_no_constants)
+_orjson_loads = orjson.loads
+_orjson_dumps = orjson.dumps
 
 
 def _b64decode(segment: bytes, what: str) -> bytes:
@@ -138,6 +141,33 @@ def _b64decode(segment: bytes, what: str) -> bytes:
 
 def _json_object(segment: bytes, what: str) -> dict[str, Any]:
     raw = _b64decode(segment, what)
+    # Fast path (orjson is ~5x faster than the stdlib decoder with its duplicate check),
+    # taken only when ``raw`` is byte for byte what orjson writes for the value it read —
+    # the compact form jwtmcp's own tokens use. Why that is as strict as the stdlib path:
+    # - no duplicate member names, at any depth: ``raw`` then *is* the serialization of a
+    #   tree of Python dicts, whose keys are distinct strings, and a string's JSON form
+    #   decodes back to it, so distinct keys are written distinctly. A duplicate that
+    #   orjson collapsed (last one wins) would be missing from the re-serialization, which
+    #   would therefore differ (e.g. ``{"a":1,"a":2}`` -> ``{"a":2}``), sending the input
+    #   to the strict path, which refuses it.
+    # - the same value as the stdlib decoder: orjson refuses NaN/Infinity, invalid UTF-8,
+    #   lone surrogates and floats that overflow (errors -> strict path), reads an integer
+    #   past 64 bits as a float (re-written differently -> strict path), and writes a float
+    #   as its shortest round-trip repr, which ``float()`` reads back to the same double.
+    # Anything else — other spacing, escapes, number spellings, nesting deeper than orjson
+    # writes, any orjson error — takes the strict path, so those inputs are treated exactly
+    # as before (tests/test_verifier.py compares both paths).
+    try:
+        value = _orjson_loads(raw)
+        if type(value) is dict and _orjson_dumps(value) == raw:
+            return value
+    except Exception:  # noqa: S110 - any doubt: the strict path decides
+        pass
+    return _strict_json_object(raw, what)
+
+
+def _strict_json_object(raw: bytes, what: str) -> dict[str, Any]:
+    """The stdlib decoder, refusing duplicate member names and NaN/Infinity."""
     try:
         text = raw.decode("utf-8")
         # raw_decode skips decode()'s two whitespace regex passes (JWT issuers emit none;

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import logging
@@ -14,6 +15,8 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from jwtmcp import verifier as verifier_module
 from jwtmcp.cli import main as cli_main
@@ -328,6 +331,122 @@ def test_unexpected_internal_errors_become_token_errors(
 
     monkeypatch.setattr(verifier, "_check_claims", broken)
     assert _code(verifier, _mint(ring, clock)) == "malformed"
+
+
+# --- the JSON fast path (orjson when the payload is in canonical form) ---------------------
+
+
+def _decoded(raw: bytes, decode: Any) -> tuple[str, str]:
+    """("ok", repr of the value) or ("error", code): repr tells 1 from 1.0 and shows inf."""
+    try:
+        return "ok", repr(decode(raw))
+    except TokenError as exc:
+        return "error", exc.code
+
+
+def _both_paths(raw: bytes) -> tuple[tuple[str, str], tuple[str, str]]:
+    fast = _decoded(raw, lambda r: verifier_module._json_object(b64url(r).encode(), "payload"))
+    strict = _decoded(raw, lambda r: verifier_module._strict_json_object(r, "payload"))
+    return fast, strict
+
+
+JSON_CASES: list[tuple[str, bytes, str]] = [
+    # canonical (orjson would read these without complaint, collapsing the duplicate)
+    ("duplicate-top", b'{"sub":"alice","aud":"x","sub":"root"}', "malformed"),
+    ("duplicate-nested", b'{"sub":"alice","ctx":{"role":"user","role":"admin"}}', "malformed"),
+    ("duplicate-in-list", b'{"sub":"alice","l":[{"a":1},{"b":2,"b":2}]}', "malformed"),
+    ("duplicate-same-value", b'{"sub":"alice","sub":"alice"}', "malformed"),
+    ("duplicate-escaped", b'{"sub":"alice","s\\u0075b":"root"}', "malformed"),
+    ("nan", b'{"sub":"alice","x":NaN}', "malformed"),
+    ("infinity", b'{"sub":"alice","x":-Infinity}', "malformed"),
+    ("lone-surrogate", b'{"sub":"\\ud800"}', "ok"),
+    ("not-utf8", b'{"sub":"\xff"}', "malformed"),
+    ("not-an-object", b'["sub","alice"]', "malformed"),
+    ("trailing-data", b'{"sub":"alice"}x', "malformed"),
+    ("big-int", b'{"sub":"alice","n":1180591620717411303424}', "ok"),
+    ("big-negative-int", b'{"sub":"alice","n":-9223372036854775809}', "ok"),
+    ("u64-max", b'{"sub":"alice","n":18446744073709551615}', "ok"),
+    ("float-overflow", b'{"sub":"alice","n":1e400}', "ok"),
+    ("float", b'{"sub":"alice","n":1.5,"m":1e+16,"z":-0.0}', "ok"),
+    ("non-ascii-raw", '{"sub":"zoë","name":"名前"}'.encode(), "ok"),
+    ("non-ascii-escaped", b'{"sub":"zo\\u00eb"}', "ok"),
+    ("spaced", b'{ "sub" : "alice" }', "ok"),
+    ("deep", b'{"a":' * 300 + b"1" + b"}" * 300, "ok"),
+    ("too-deep", b'{"a":' * 5000 + b"1" + b"}" * 5000, "malformed"),
+]
+
+
+@pytest.mark.parametrize(("raw", "outcome"), [(r, o) for _, r, o in JSON_CASES],
+                         ids=[n for n, _, _ in JSON_CASES])
+def test_the_json_fast_path_decides_exactly_as_the_strict_decoder(raw: bytes, outcome: str):
+    fast, strict = _both_paths(raw)
+    assert fast == strict
+    assert fast[0] == "ok" if outcome == "ok" else fast == ("error", outcome)
+
+
+def test_canonical_duplicates_are_ones_orjson_would_have_accepted() -> None:
+    """The cases above are real tests of the fast path: orjson alone reads them fine."""
+    import orjson
+
+    assert orjson.loads(b'{"sub":"alice","aud":"x","sub":"root"}') == {"sub": "root", "aud": "x"}
+    assert orjson.loads(b'{"ctx":{"role":"user","role":"admin"}}') == {"ctx": {"role": "admin"}}
+
+
+def test_a_signed_canonical_payload_with_a_duplicate_claim_is_refused(
+    verifier: Verifier, ring: KeyRing, clock: FakeClock
+) -> None:
+    good = json.dumps(claims(NOW), separators=(",", ":")).encode()
+    private = ring.active.signing_key.private_key
+    for payload in (
+        good[:-1] + b',"sub":"root"}',
+        good[:-1] + b',"ctx":{"role":"user","role":"admin"}}',
+    ):
+        assert _code(verifier, jws(header(ring.active.kid), payload, private)) == "malformed"
+    token = jws(header(ring.active.kid), good[:-1] + b',"n":1180591620717411303424}', private)
+    assert verifier.verify(token).claims["n"] == 2**70
+    token = jws(header(ring.active.kid), good[:-1] + ',"name":"名前"}'.encode(), private)
+    assert verifier.verify(token).claims["name"] == "名前"
+
+
+def test_jwtmcp_tokens_take_the_fast_path(ring: KeyRing, clock: FakeClock) -> None:
+    """The point of the fast path: what jwtmcp mints is already in orjson's canonical form."""
+    import orjson
+
+    token = _mint(ring, clock, client_id="c", tools=["add", "read_*"], extra_claims={"t": "x/y"})
+    payload = verifier_module._b64decode(token.split(".")[1].encode(), "payload")
+    assert orjson.dumps(orjson.loads(payload)) == payload
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=6),
+    lambda inner: st.lists(inner, max_size=4)
+    | st.dictionaries(st.text(max_size=4), inner, max_size=4),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.dictionaries(st.text(max_size=4), json_values, max_size=5), st.data())
+def test_fast_and_strict_json_agree_on_random_objects(value: dict[str, Any], data: Any) -> None:
+    import orjson
+
+    forms = [
+        json.dumps(value, separators=(",", ":")).encode(),
+        json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode(),
+    ]
+    with contextlib.suppress(orjson.JSONEncodeError):  # integers past 64 bits
+        forms.append(orjson.dumps(value))  # NaN/Infinity become null here
+    for raw in list(forms):
+        # a duplicate nested object where hypothesis picks (often breaking the JSON: both
+        # paths must then agree on "malformed" too), and the first member written again
+        cut = data.draw(st.integers(0, len(raw)))
+        forms.append(raw[:cut] + b'{"k":1,"k":2}' + raw[cut:])
+        if value:
+            first = json.dumps(next(iter(value))).encode()
+            forms.append(raw[:-1] + b"," + first + b":0}")
+    for raw in forms:
+        fast, strict = _both_paths(raw)
+        assert fast == strict
 
 
 # --- the command line ------------------------------------------------------------------------
