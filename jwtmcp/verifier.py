@@ -268,6 +268,10 @@ def _safe(value: object) -> str:
     return repr(value)[:80]
 
 
+def _kid_of(entry: _Entry | _Header) -> str | None:
+    return entry.claims.kid if type(entry) is _Entry else entry.kid  # type: ignore[union-attr]
+
+
 class Verifier:
     """Checks access tokens offline against cached public keys. Thread-safe.
 
@@ -387,47 +391,36 @@ class Verifier:
         past its max-age.
         """
         try:
-            now = self._clock()
-            entry = self._cached(token, now)
-            kid = entry.claims.kid if type(entry) is _Entry else entry.kid  # type: ignore[union-attr]
-            found = self.keys.find(kid, now)
+            now, entry, found = self._start(token)
             if type(found) is not PublicKey:
-                assert isinstance(found, Future)
                 with contextlib.suppress(FutureTimeout):
-                    found.result(self._wait_timeout)
-                now = self._clock()
-                found = self.keys.find(kid, now, may_wait=False)
-            return self._finish(token, entry, found, now)  # type: ignore[arg-type]
+                    found.result(self._wait_timeout)  # type: ignore[union-attr]
+                now, found = self._after_fetch(entry)
+            return self._finish(token, entry, found, now)
         except TokenError as exc:
             self._refused(exc, token)
             raise
         except Exception:
-            log.exception("unexpected error while verifying a token")
-            raise MalformedToken("the token could not be verified") from None
+            raise self._unexpected() from None
 
     async def verify_async(self, token: str) -> VerifiedClaims:
         """Like :meth:`verify`, for event loops: waiting for a key fetch never blocks it."""
         try:
-            now = self._clock()
-            entry = self._cached(token, now)
-            kid = entry.claims.kid if type(entry) is _Entry else entry.kid  # type: ignore[union-attr]
-            found = self.keys.find(kid, now)
+            now, entry, found = self._start(token)
             if type(found) is not PublicKey:
-                assert isinstance(found, Future)
                 with contextlib.suppress(TimeoutError):
                     # shield: a cancelled request must not cancel the fetch others share.
                     await asyncio.wait_for(
-                        asyncio.shield(asyncio.wrap_future(found)), self._wait_timeout
+                        asyncio.shield(asyncio.wrap_future(found)),  # type: ignore[arg-type]
+                        self._wait_timeout,
                     )
-                now = self._clock()
-                found = self.keys.find(kid, now, may_wait=False)
-            return self._finish(token, entry, found, now)  # type: ignore[arg-type]
+                now, found = self._after_fetch(entry)
+            return self._finish(token, entry, found, now)
         except TokenError as exc:
             self._refused(exc, token)
             raise
         except Exception:
-            log.exception("unexpected error while verifying a token")
-            raise MalformedToken("the token could not be verified") from None
+            raise self._unexpected() from None
 
     def close(self) -> None:
         """Stop the key fetcher (if any). The verifier must not be used afterwards."""
@@ -445,6 +438,26 @@ class Verifier:
         self.close()
 
     # -- steps ----------------------------------------------------------------------
+
+    # verify() and verify_async() differ only in how they wait for a key fetch; everything
+    # before and after the wait lives in these steps.
+
+    def _start(self, token: str) -> tuple[float, _Entry | _Header, PublicKey | Future[bool]]:
+        """The clock, the cache entry or checked header, and the key or a fetch to wait for."""
+        now = self._clock()
+        entry = self._cached(token, now)
+        return now, entry, self.keys.find(_kid_of(entry), now)
+
+    def _after_fetch(self, entry: _Entry | _Header) -> tuple[float, PublicKey]:
+        """Look the key up again once the fetch is done (or timed out); never waits again."""
+        now = self._clock()
+        return now, self.keys.find(_kid_of(entry), now, may_wait=False)  # type: ignore[return-value]
+
+    @staticmethod
+    def _unexpected() -> MalformedToken:
+        log.exception("unexpected error while verifying a token")
+        return MalformedToken("the token could not be verified")
+
 
     def _cached(self, token: str, now: float) -> _Entry | _Header:
         """A still-valid cache entry for ``token``, else its checked header."""
