@@ -7,7 +7,6 @@ import contextlib
 import io
 import json
 import os
-import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -23,7 +22,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from jwtmcp.cli import build_parser, main
-from jwtmcp.keys import STATE_FILE, KeyRing, init_ring, jwk_thumbprint, load_ring, rotate_ring
+from jwtmcp.keys import STATE_FILE, KeyRing, jwk_thumbprint, load_ring, rotate_ring
 from tests.support import FakeClock, serve_app
 
 REPO = Path(__file__).resolve().parent.parent
@@ -102,21 +101,6 @@ def _parts(token: str) -> tuple[dict[str, Any], dict[str, Any]]:
     header = jwt.get_unverified_header(token)
     claims = jwt.decode(token, options={"verify_signature": False})
     return header, claims
-
-
-@pytest.fixture(scope="module")
-def _template_ring(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One real ring per module (made with the default FakeClock), copied into each test."""
-    directory = tmp_path_factory.mktemp("template") / "keys"
-    init_ring(directory, clock=FakeClock())
-    return directory
-
-
-@pytest.fixture
-def ring(_template_ring: Path, ring_dir: Path) -> KeyRing:
-    """A fresh copy of a real ring (files, modes and all): key generation is paid once."""
-    shutil.copytree(_template_ring, ring_dir)  # copies the 0600 / 0700 modes as well
-    return load_ring(ring_dir)
 
 
 @pytest.fixture

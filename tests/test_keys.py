@@ -8,7 +8,6 @@ import json
 import os
 import random
 import select
-import shutil
 import signal
 import stat
 import subprocess
@@ -67,21 +66,6 @@ def _states(ring: KeyRing) -> dict[str, list[str]]:
     for key in ring.keys:
         out[key.state].append(key.kid)
     return out
-
-
-@pytest.fixture(scope="module")
-def _template_ring(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One real ring per module (made with the default FakeClock), copied into each test."""
-    directory = tmp_path_factory.mktemp("template") / "keys"
-    init_ring(directory, clock=FakeClock())
-    return directory
-
-
-@pytest.fixture
-def ring(_template_ring: Path, ring_dir: Path) -> KeyRing:
-    """A fresh copy of a real ring (files, modes and all): key generation is paid once."""
-    shutil.copytree(_template_ring, ring_dir)  # copies the 0600 / 0700 modes as well
-    return load_ring(ring_dir)
 
 
 def _assert_consistent(directory: Path) -> KeyRing:
