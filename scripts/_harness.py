@@ -85,6 +85,18 @@ class Process:
         )
         return self
 
+    def start_until_up(self, url: str) -> Process:
+        """Start, then wait until ``url`` answers; on failure stop and raise with the log tail."""
+        self.start()
+        assert self.proc is not None
+        try:
+            wait_until_up(url, self.proc)
+        except RuntimeError as exc:
+            tail = self.log_tail()
+            self.stop()
+            raise RuntimeError(f"{exc}\n{tail}") from None
+        return self
+
     @property
     def pid(self) -> int:
         assert self.proc is not None
@@ -142,10 +154,8 @@ def run_jwtmcp(*args: str, env: dict[str, str] | None = None, timeout: float = 6
 class Issuer:
     """A real jwtmcp issuer subprocess (one worker) on a loopback port.
 
-    By default it is exactly ``jwtmcp serve``. With ``rate_limit`` set it runs the same
-    ``jwtmcp.issuer.serve()`` that command calls, with that per-client limit (``0`` = off):
-    the command line has no flag for it, and a throughput benchmark from one client must not
-    measure the limiter.
+    It is exactly ``jwtmcp serve``; ``rate_limit`` passes ``--rate-limit`` (``0`` = off), so a
+    throughput benchmark from one client measures the issuer, not its limiter.
     """
 
     workdir: Path
@@ -185,28 +195,15 @@ class Issuer:
 
     def start(self) -> Issuer:
         self.workdir.mkdir(parents=True, exist_ok=True)
-        if self.rate_limit is None:
-            argv = jwtmcp_argv(
-                "serve", "--host", LOOPBACK, "--port", str(self.port), "--issuer", self.url,
-                "--keys", str(self.keys_dir), "--clients", str(self.clients_file),
-            )
-        else:
-            code = (
-                "import sys; from jwtmcp.issuer import serve; "
-                "serve(host=sys.argv[1], port=int(sys.argv[2]), issuer_url=sys.argv[3], "
-                "keys_dir=sys.argv[4], clients_file=sys.argv[5], rate_limit=float(sys.argv[6]))"
-            )
-            argv = [sys.executable, "-c", code, LOOPBACK, str(self.port), self.url,
-                    str(self.keys_dir), str(self.clients_file), str(self.rate_limit)]
-        self.process = Process("issuer", argv, self.workdir / "issuer.log", env=child_env(),
-                               cwd=self.workdir).start()
-        assert self.process.proc is not None
-        try:
-            wait_until_up(self.url + "/healthz", self.process.proc)
-        except RuntimeError as exc:
-            tail = self.process.log_tail()
-            self.stop()
-            raise RuntimeError(f"{exc}\n{tail}") from None
+        argv = jwtmcp_argv(
+            "serve", "--host", LOOPBACK, "--port", str(self.port), "--issuer", self.url,
+            "--keys", str(self.keys_dir), "--clients", str(self.clients_file),
+        )
+        if self.rate_limit is not None:
+            argv += ["--rate-limit", str(self.rate_limit)]
+        self.process = Process(
+            "issuer", argv, self.workdir / "issuer.log", env=child_env(), cwd=self.workdir
+        ).start_until_up(self.url + "/healthz")
         return self
 
     def stop(self) -> None:
@@ -261,16 +258,10 @@ class McpServer:
             argv += ["--jwks-cache-file", str(self.jwks_cache_file)]
         if self.jwks_policy is not None:
             argv += ["--jwks-policy", json.dumps(self.jwks_policy)]
-        self.process = Process(self.name, argv, self.workdir / f"{self.name}.log",
-                               env=child_env()).start()
-        assert self.process.proc is not None
-        try:
-            # Any answer (401 with auth, 406 without an Accept header) means it is listening.
-            wait_until_up(self.url, self.process.proc)
-        except RuntimeError as exc:
-            tail = self.process.log_tail()
-            self.stop()
-            raise RuntimeError(f"{exc}\n{tail}") from None
+        # Any answer (401 with auth, 406 without an Accept header) means it is listening.
+        self.process = Process(
+            self.name, argv, self.workdir / f"{self.name}.log", env=child_env()
+        ).start_until_up(self.url)
         return self
 
     def stop(self) -> None:
