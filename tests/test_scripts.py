@@ -70,7 +70,7 @@ def test_bench_table_is_the_default_output() -> None:
 def test_short_soak_with_rotations_and_an_issuer_outage_has_no_failures() -> None:
     done = run_script(
         str(SCRIPTS / "soak.py"), "--seconds", "8", "--rotate-every", "1.5",
-        "--clients", "2", "--json", timeout=120,
+        "--min-rotations", "2", "--clients", "2", "--json", timeout=180,
     )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     result = json.loads(done.stdout)
