@@ -2,7 +2,24 @@
 
 Mint a token in one call (:func:`mint`), check it offline (:class:`Verifier`), and protect
 an MCP server in one call (:func:`protected_server`). The MCP-facing names are imported on
-first use, so the command line and the issuer do not pay for importing the ``mcp`` SDK.
+first use, so the command line and the issuer do not pay for importing the ``mcp`` SDK;
+``dir(jwtmcp)`` and ``help(jwtmcp)`` list them all the same.
+
+The public API (``__all__``); the reference is in the project's ``docs/`` pages:
+
+Tokens (docs/tokens.md)
+    mint, SigningKey, VerifiedClaims, ToolGrants
+Verifying (docs/verifier.md)
+    Verifier, JwksPolicy
+The key ring (docs/keys.md)
+    KeyRing, RingKey, load_ring, init_ring, rotate_ring, prune_ring, revoke_key
+MCP servers (docs/mcp.md; these import the ``mcp`` SDK on first use)
+    protected_server, ProtectedMCPServer, current_caller, get_caller, JwtTokenVerifier,
+    ToolScopeGuard, JwtAuthMiddleware
+Errors (each with a stable ``code``; docs/verifier.md#error-codes)
+    JwtMcpError, ConfigError, KeyRingError, ClientsError, TokenError, MalformedToken,
+    UnsupportedAlgorithm, UnknownKid, BadSignature, TokenExpired, TokenNotYetValid,
+    WrongIssuer, WrongAudience, WrongType, LifetimeTooLong, MissingClaim, KeysUnavailable
 """
 
 from __future__ import annotations
@@ -65,6 +82,11 @@ def __getattr__(name: str) -> Any:
     value = getattr(importlib.import_module(module, __name__), name)
     globals()[name] = value
     return value
+
+
+def __dir__() -> list[str]:
+    # The lazy names too, so dir() and pydoc (help(jwtmcp)) list them; listing imports nothing.
+    return sorted(set(globals()) | set(_LAZY))
 
 
 __all__ = [

@@ -297,7 +297,12 @@ class StaticKeys:
 
 @dataclass(frozen=True)
 class JwksPolicy:
-    """How a :class:`JwksCache` fetches, trusts and keeps keys. Defaults are the safe choice."""
+    """How a :class:`JwksCache` fetches, trusts and keeps keys. Defaults are the safe choice.
+
+    Times are in seconds. Raises :class:`ConfigError` for a negative time, a non-positive
+    ``fetch_timeout``, ``min_max_age`` above ``max_max_age``, ``refresh_ahead`` outside
+    (0, 1], or a limit that is not a positive int.
+    """
 
     fetch_timeout: float = 5.0
     """Seconds for connecting and for the whole download: a hanging issuer costs at most this."""
@@ -318,8 +323,11 @@ class JwksPolicy:
     stale_window: float = 86400.0
     """How long past its max-age the last good set keeps serving while fetches fail."""
     max_body_bytes: int = 256 * 1024
+    """Bytes of a JWKS response read at most; a larger body is a failed fetch."""
     max_keys: int = 100
+    """Keys a JWKS may hold at most; a larger set is a failed fetch (a file: a ConfigError)."""
     max_unknown_kids: int = 1024
+    """How many unknown kids are remembered at once (each for ``unknown_kid_ttl``)."""
 
     def __post_init__(self) -> None:
         _check_policy(self)

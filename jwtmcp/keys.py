@@ -138,6 +138,11 @@ class KeyRing:
 
     @property
     def active(self) -> RingKey:
+        """The one key in state ``active``, the key that signs new tokens.
+
+        Its ``signing_key`` is what :func:`jwtmcp.mint` takes. Raises :class:`KeyRingError`
+        if the ring has no active key (a ring loaded by :func:`load_ring` always has one).
+        """
         for key in self.keys:
             if key.state == "active":
                 return key
@@ -362,7 +367,7 @@ def _read_ring(directory: Path) -> KeyRing:
 
 
 def load_ring(directory: str | os.PathLike[str]) -> KeyRing:
-    """Load the ring in ``directory``.
+    """Load the ring in ``directory`` (str or path); return a frozen :class:`KeyRing`.
 
     Raises :class:`KeyRingError` with a one-line explanation for a missing ring, a corrupt
     state file, a missing or foreign key file, or a key file readable by group or others.
@@ -449,7 +454,14 @@ def init_ring(
     leeway: int = DEFAULT_LEEWAY,
     clock: Clock = time.time,
 ) -> KeyRing:
-    """Create a ring with one ``active`` and one ``next`` key. Refuses to overwrite a ring."""
+    """Create a ring with one ``active`` and one ``next`` key in ``directory``; return it.
+
+    ``bits`` (2048, 3072 or 4096) is the RSA key size; ``max_lifetime`` (seconds, default
+    3600) caps every token minted from the ring; ``leeway`` (seconds, default 60) is added
+    to a retired key's grace; ``clock`` returns epoch seconds. Creates the directory (mode
+    0700) if needed. Raises :class:`KeyRingError` if a ring already exists there, or for a
+    bad size, lifetime or leeway.
+    """
     path = Path(directory)
     _check_bits(bits)
     if isinstance(max_lifetime, bool) or not isinstance(max_lifetime, int) or max_lifetime <= 0:
@@ -473,7 +485,8 @@ def rotate_ring(
 
     Verifiers already hold the new active key (it was published as ``next``), so tokens it
     signs verify without a JWKS refetch. ``bits`` sets the new next key's size (default: the
-    size of the current active key).
+    size of the current active key). Returns the new ring; raises :class:`KeyRingError` as
+    :func:`load_ring` does, or for a bad size.
     """
     path = Path(directory)
     with _locked(path):
@@ -504,7 +517,9 @@ def revoke_key(
     """Remove ``kid`` from the ring (and so from the JWKS) at once.
 
     Revoking the active key promotes ``next`` to active; revoking the ``next`` key (or the
-    one just promoted) makes a new ``next``, so the ring always has one of each.
+    one just promoted) makes a new ``next``, so the ring always has one of each. Returns the
+    new ring; raises :class:`KeyRingError` for a kid not in the ring, or as
+    :func:`load_ring` does.
     """
     path = Path(directory)
     with _locked(path):
@@ -533,7 +548,12 @@ def revoke_key(
 def prune_ring(
     directory: str | os.PathLike[str], *, clock: Clock = time.time
 ) -> tuple[KeyRing, tuple[str, ...]]:
-    """Remove retired keys whose grace period has passed. Returns the ring and removed kids."""
+    """Remove retired keys whose grace period has passed; return (the ring, removed kids).
+
+    A retired key goes once ``clock()`` (epoch seconds) >= retired_at + max_lifetime +
+    leeway, when no token it signed can still be valid. Raises :class:`KeyRingError` as
+    :func:`load_ring` does.
+    """
     path = Path(directory)
     with _locked(path):
         ring = load_ring(path)

@@ -233,7 +233,14 @@ def protected_server(
     ``jwks_url`` (default: the issuer's ``/.well-known/jwks.json``), ``jwks_file`` or
     ``public_key_pem``; ``jwks_cache_file`` keeps the last good JWKS on disk so a restart
     while the issuer is down still verifies. Or pass a ready ``verifier``
-    (:class:`jwtmcp.verifier.Verifier`). Other keyword arguments go to ``MCPServer``.
+    (:class:`jwtmcp.verifier.Verifier`). ``verifier_options`` are more keyword arguments
+    for the :class:`~jwtmcp.verifier.Verifier` built here (e.g. ``{"leeway": 10}``, in
+    seconds); ``clock`` returns epoch seconds for the token time checks. Other keyword
+    arguments go to ``MCPServer``. All URLs are str.
+
+    Returns a :class:`ProtectedMCPServer`. Raises :class:`~jwtmcp.errors.ConfigError` for a
+    bad verifier option, for ``verifier`` together with key-source options, or for ``auth=``
+    or ``token_verifier=`` (the server's auth is jwtmcp's).
     """
     if verifier is None:
         if jwks_url is None and jwks_file is None and public_key_pem is None:

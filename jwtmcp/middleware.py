@@ -69,7 +69,8 @@ _pending: ContextVar[tuple[str, AccessToken] | None] = ContextVar("jwtmcp_pendin
 def get_caller() -> VerifiedClaims | None:
     """The verified claims of the token behind the current MCP request, or ``None``.
 
-    ``None`` outside a request authenticated by jwtmcp (for example on stdio).
+    Returns a :class:`~jwtmcp.tokens.VerifiedClaims`, or ``None`` outside a request
+    authenticated by jwtmcp (for example on stdio). Never raises.
     """
     return _caller.get()
 
@@ -77,8 +78,10 @@ def get_caller() -> VerifiedClaims | None:
 def current_caller() -> VerifiedClaims:
     """The verified claims of the token behind the current MCP request.
 
-    Works in sync and async tools, over Streamable HTTP and SSE: ``.subject``, ``.client_id``,
-    ``.scopes`` and the raw ``.claims``. Raises ``LookupError`` outside an authenticated request.
+    Works in sync and async tools, over Streamable HTTP and SSE. Returns a
+    :class:`~jwtmcp.tokens.VerifiedClaims`: ``.subject``, ``.client_id``, ``.scopes``,
+    ``.tools``, ``.expires_at`` (epoch seconds) and the raw ``.claims``. Raises
+    ``LookupError`` outside an authenticated request (use :func:`get_caller` for ``None``).
     """
     caller = _caller.get()
     if caller is None:

@@ -127,7 +127,22 @@ def scope_grants_scope(granted: str, requested: str) -> bool:
 
 @dataclass(frozen=True, eq=False)
 class VerifiedClaims:
-    """The claims of a token that passed every check. Frozen; ``claims`` is read-only."""
+    """The claims of a token that passed every check. Frozen; ``claims`` is read-only.
+
+    - ``subject`` (str): ``sub``, never empty.
+    - ``client_id`` (str or None): ``client_id`` (RFC 9068 §2.2), None when absent.
+    - ``issuer`` (str): ``iss``, equal to the verifier's issuer.
+    - ``audience`` (tuple of str): ``aud``, always a tuple (one element for a string ``aud``).
+    - ``scopes`` (tuple of str): ``scope`` split on spaces, in order, without duplicates.
+    - ``tools`` (:class:`ToolGrants`): the tools the ``tool:`` scopes grant; see
+      :meth:`may_call`.
+    - ``issued_at`` (int or None): ``iat`` in epoch seconds (always set by the verifier).
+    - ``expires_at`` (int): ``exp`` in epoch seconds.
+    - ``jti`` (str or None): the token id, None when absent.
+    - ``kid`` (str or None): the header's key id, None when absent (a PEM key source).
+    - ``claims`` (read-only mapping): every claim of the payload, including extra ones
+      such as ``tenant`` or ``email``.
+    """
 
     subject: str
     client_id: str | None
@@ -296,10 +311,21 @@ def mint(
     extra_claims: Mapping[str, Any] | None = None,
     clock: Clock = time.time,
 ) -> str:
-    """Mint a signed access token in one call.
+    """Mint a signed access token in one call; returns the compact JWS (str).
 
-    ``tools`` become ``tool:<name>`` scopes; ``scopes`` pass through untouched. The token
-    lives ``lifetime`` seconds (default 300), never more than ``max_lifetime`` (default 3600).
+    The token is an RFC 9068 ``at+jwt`` signed RS256 with ``key`` (a :class:`SigningKey`,
+    e.g. ``ring.active.signing_key``). ``issuer`` (str) becomes ``iss``; ``subject`` (str)
+    ``sub``; ``audience`` (a resource URL, or a sequence of them) ``aud``; ``client_id``
+    (str, default the subject) ``client_id``. ``tools`` (names; ``*`` and ``prefix*``
+    allowed) become ``tool:<name>`` scopes; ``scopes`` (str or iterable) pass through
+    untouched. The token lives ``lifetime`` seconds (int, default 300), never more than
+    ``max_lifetime`` seconds (default 3600; pass the ring's ``max_lifetime``).
+    ``extra_claims`` (plain JSON values) are added but never override a registered claim.
+    ``clock`` returns epoch seconds; ``iat`` = ``nbf`` = ``int(clock())``.
+
+    Raises :class:`ConfigError` for an empty issuer, subject or audience, a lifetime that
+    is not a positive int or is above ``max_lifetime``, an invalid tool name, or an extra
+    claim that is reserved or not plain JSON.
     """
     claims = build_claims(
         issuer=issuer,

@@ -278,7 +278,31 @@ class Verifier:
     Exactly one key source: ``jwks_url`` (fetched and cached in the background, see
     :mod:`jwtmcp.jwks`), ``jwks_file`` (read once at start) or ``public_key_pem`` (one key;
     any ``kid`` in the token is accepted and the signature decides). Every option has a
-    safe default; see the README for each one and why.
+    safe default; docs/verifier.md gives each one and why. All are keyword-only:
+
+    - ``issuer`` (str): the expected ``iss``, compared exactly.
+    - ``audience`` (str or sequence of str): this server's resource URL(s); the token's
+      ``aud`` must contain one of them (RFC 8707, RFC 9068 §4).
+    - ``jwks_url`` (str), ``jwks_file`` (path), ``public_key_pem`` (str or bytes): the key
+      source, exactly one. A plain ``http://`` URL must be loopback unless
+      ``allow_insecure_jwks_url`` (bool) is true.
+    - ``clock`` (() -> float): epoch seconds, for the token time checks; default
+      :func:`time.time`.
+    - ``algorithms`` (iterable of str): the allow-list, default ``("RS256",)``; only RSA
+      ``RS*``/``PS*`` algorithms exist (RFC 8725 §3.1).
+    - ``leeway`` (seconds, 0-300, default 30): clock skew allowed on ``exp``, ``nbf``, ``iat``.
+    - ``max_lifetime`` (seconds, default 3600): ``exp - iat`` above it is refused.
+    - ``required_type`` (str, default ``"at+jwt"``): the ``typ`` header, as a media type.
+    - ``max_token_bytes`` (int, at least 256, default 8192): refused before decoding.
+    - ``verified_cache_size`` (int, default 10000 tokens; 0 disables the cache).
+    - ``fetch_timeout`` (seconds, default 5), ``stale_window`` (seconds, default 86400),
+      ``refetch_cooldown`` (seconds, default 30), or a whole ``jwks_policy``
+      (:class:`~jwtmcp.jwks.JwksPolicy`, which then replaces those three).
+    - ``cache_file`` (path or None): where the last good JWKS is kept across restarts.
+
+    Raises :class:`~jwtmcp.errors.ConfigError` for a bad option (an empty issuer or audience,
+    not exactly one key source, an algorithm outside the RSA set, a value out of range, an
+    unreadable ``jwks_file`` or ``public_key_pem``, an insecure ``jwks_url``).
     """
 
     def __init__(
@@ -384,11 +408,17 @@ class Verifier:
     # -- public API -----------------------------------------------------------------
 
     def verify(self, token: str) -> VerifiedClaims:
-        """Check ``token``; return its claims or raise a :class:`TokenError` subclass.
+        """Check ``token`` (a compact JWS, str); return its :class:`VerifiedClaims`.
 
         Never does network I/O for a known, fresh key. May wait (at most about
-        ``fetch_timeout``) for a key fetch the token needs: an unknown kid, or a key set
-        past its max-age.
+        ``fetch_timeout`` + 1 seconds) for a key fetch the token needs: an unknown kid, or a
+        key set past its max-age.
+
+        Raises a :class:`~jwtmcp.errors.TokenError` subclass and nothing else; its ``code``
+        names the reason (``malformed``, ``unsupported_alg``, ``unknown_kid``,
+        ``bad_signature``, ``expired``, ``not_yet_valid``, ``wrong_issuer``,
+        ``wrong_audience``, ``wrong_type``, ``lifetime_too_long``, ``missing_claim``,
+        ``keys_unavailable``) and its message is safe to return to the client.
         """
         try:
             now, entry, found = self._start(token)
@@ -404,7 +434,11 @@ class Verifier:
             raise self._unexpected() from None
 
     async def verify_async(self, token: str) -> VerifiedClaims:
-        """Like :meth:`verify`, for event loops: waiting for a key fetch never blocks it."""
+        """Like :meth:`verify`, for event loops: waiting for a key fetch never blocks it.
+
+        Returns :class:`VerifiedClaims`; raises the same :class:`~jwtmcp.errors.TokenError`
+        subclasses. Cancelling the caller never cancels a key fetch other requests share.
+        """
         try:
             now, entry, found = self._start(token)
             if type(found) is not PublicKey:
