@@ -25,6 +25,7 @@ reached the handler without the HTTP layer).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -37,7 +38,7 @@ from mcp.shared.exceptions import MCPError
 from mcp_types import INVALID_PARAMS, INVALID_REQUEST, ListToolsResult
 from starlette.applications import Starlette
 
-from .errors import ConfigError, TokenError
+from .errors import ConfigError, KeysUnavailable, TokenError
 from .middleware import (
     DEFAULT_MAX_BODY_BYTES,
     ClaimsVerifier,
@@ -53,6 +54,8 @@ from .middleware import (
 )
 from .tokens import TOOL_SCOPE_PREFIX, Clock, VerifiedClaims
 from .verifier import Verifier
+
+logger = logging.getLogger("jwtmcp.mcp")
 
 __all__ = [
     "JwtTokenVerifier",
@@ -70,6 +73,11 @@ class JwtTokenVerifier:
     Fills ``AccessToken.subject``, ``client_id``, ``scopes``, ``expires_at``, ``resource`` (this
     server) and ``claims`` (with ``iss``), so the SDK binds each session to the principal
     (client id, issuer, subject) that opened it.
+
+    The SDK's protocol can only answer "no token" (``None``, which the SDK turns into 401), so
+    on its own this cannot tell a client that the issuer's keys are unavailable; servers built
+    by :func:`protected_server` (or with :class:`jwtmcp.middleware.JwtAuthMiddleware` in
+    front) answer 503 with ``Retry-After`` before this is asked.
     """
 
     def __init__(self, verifier: ClaimsVerifier, resource: str) -> None:
@@ -83,6 +91,9 @@ class JwtTokenVerifier:
             return already
         try:
             claims = await self.verifier.verify_async(token.strip())
+        except KeysUnavailable as exc:
+            logger.warning("a token could not be checked, answering 401: %s", exc.message)
+            return None
         except TokenError:
             return None
         return access_token_for(claims, token.strip(), self.resource)

@@ -8,6 +8,8 @@ Streamable HTTP and SSE apps, or a hand-built Starlette app with ``Route("/sse")
 - answers 401 with ``WWW-Authenticate: Bearer resource_metadata="..."`` when no bearer token
   was sent, and 401 ``error="invalid_token"`` when one was sent but failed verification
   (RFC 6750 §3.1);
+- answers 503 ``temporarily_unavailable`` with ``Retry-After`` when the issuer's keys cannot be
+  had (issuer down and no usable cached keys): an outage is not a bad token;
 - reads the JSON-RPC body of a POST (bounded, replayed downstream untouched) and refuses a
   ``tools/call`` of a tool the token does not grant with 403
   ``error="insufficient_scope", scope="tool:<name>"`` - the tool never runs;
@@ -33,7 +35,7 @@ from mcp.server.auth.provider import AccessToken
 from starlette.authentication import AuthCredentials
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .errors import ConfigError, TokenError
+from .errors import ConfigError, KeysUnavailable, TokenError
 from .tokens import TOOL_SCOPE_PREFIX, VerifiedClaims
 
 logger = logging.getLogger("jwtmcp.middleware")
@@ -45,6 +47,9 @@ CALLER_SCOPE_KEY = "jwtmcp.caller"
 """ASGI scope key holding the :class:`VerifiedClaims` of an authenticated request."""
 
 WELL_KNOWN_RESOURCE = "/.well-known/oauth-protected-resource"
+
+KEYS_UNAVAILABLE_RETRY_AFTER = 5
+"""``Retry-After`` (seconds) of the 503 answered while the issuer's keys cannot be had."""
 
 ToolNames = Iterable[str] | Callable[[], Awaitable[Iterable[str]]]
 """Tool names for ``scopes_supported``: a fixed list, or an async callable asked per request."""
@@ -332,6 +337,17 @@ class JwtAuthMiddleware:
             return
         try:
             claims = await self.verifier.verify_async(token)
+        except KeysUnavailable as exc:
+            # An outage, not a bad token: a 401 would make an OAuth client throw away a good
+            # token and run its flow against an issuer that is down (RFC 9110 §15.6.4).
+            logger.warning("answered 503: %s", exc.message)
+            await _send_json(
+                send,
+                503,
+                {"error": "temporarily_unavailable", "error_description": exc.message},
+                [(b"retry-after", str(KEYS_UNAVAILABLE_RETRY_AFTER).encode())],
+            )
+            return
         except TokenError as exc:
             logger.info("refused a bearer token: %s", exc.code)
             await self._refuse(send, 401, "invalid_token", exc.message)
