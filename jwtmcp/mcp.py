@@ -51,6 +51,7 @@ from .middleware import (
     reset_caller,
     resource_metadata_url,
     set_caller,
+    verifier_leeway,
 )
 from .tokens import TOOL_SCOPE_PREFIX, Clock, VerifiedClaims
 from .verifier import Verifier
@@ -83,6 +84,7 @@ class JwtTokenVerifier:
     def __init__(self, verifier: ClaimsVerifier, resource: str) -> None:
         self.verifier = verifier
         self.resource = resource
+        self._leeway = verifier_leeway(verifier)
 
     async def verify_token(self, token: str) -> AccessToken | None:
         # Inside JwtAuthMiddleware the token was verified a moment ago in this very request.
@@ -96,7 +98,7 @@ class JwtTokenVerifier:
             return None
         except TokenError:
             return None
-        return access_token_for(claims, token.strip(), self.resource)
+        return access_token_for(claims, token.strip(), self.resource, self._leeway)
 
 
 def _denied(name: str) -> MCPError:

@@ -123,22 +123,39 @@ def resource_metadata_url(resource: str) -> str:
     return f"{parts.scheme}://{parts.netloc}{WELL_KNOWN_RESOURCE}{path}"
 
 
-def access_token_for(claims: VerifiedClaims, token: str, resource: str) -> AccessToken:
+def access_token_for(
+    claims: VerifiedClaims, token: str, resource: str, leeway: float = 0.0
+) -> AccessToken:
     """The SDK's view of a verified token.
 
     ``client_id``, ``subject`` and ``claims["iss"]`` are what the SDK binds sessions to;
     ``resource`` is this server (the verifier already checked that ``aud`` contains it).
+    ``expires_at`` (epoch seconds) is ``exp`` plus the verifier's ``leeway`` (seconds): the
+    moment this server stops accepting the token. The SDK's bearer layer compares it with the
+    wall clock and no leeway, so with plain ``exp`` it would refuse a token jwtmcp still
+    accepts; with the leeway added, jwtmcp's own check is the one that decides.
     """
     # model_construct: every value is already checked; skip pydantic validation on the hot path.
     return AccessToken.model_construct(
         token=token,
         client_id=claims.client_id or claims.subject,
         scopes=list(claims.scopes),
-        expires_at=claims.expires_at,
+        expires_at=int(claims.expires_at + leeway),
         resource=resource,
         subject=claims.subject,
         claims=dict(claims.claims),
     )
+
+
+def verifier_leeway(verifier: object) -> float:
+    """The clock leeway (seconds) of ``verifier``; 0 for one that does not say."""
+    leeway = getattr(verifier, "leeway", 0.0)
+    return float(leeway) if isinstance(leeway, int | float) else 0.0
+
+
+def refusal_reason(exc: TokenError) -> str:
+    """How a refused token is described: the words ``jwtmcp verify`` prints for it, too."""
+    return f"token refused ({exc.code}): {exc.message}"
 
 
 def caller_from_scope(scope: Scope) -> VerifiedClaims | None:
@@ -273,6 +290,7 @@ class JwtAuthMiddleware:
     ) -> None:
         self.app = app
         self.verifier = verifier
+        self._leeway = verifier_leeway(verifier)
         self.resource = resource
         self.issuer = issuer
         self.metadata_url = resource_metadata_url(resource)
@@ -350,7 +368,7 @@ class JwtAuthMiddleware:
             return
         except TokenError as exc:
             logger.info("refused a bearer token: %s", exc.code)
-            await self._refuse(send, 401, "invalid_token", exc.message)
+            await self._refuse(send, 401, "invalid_token", refusal_reason(exc))
             return
 
         if scope["method"] == "POST":
@@ -377,7 +395,7 @@ class JwtAuthMiddleware:
                 return
             receive = _replay(body, receive)
 
-        access = access_token_for(claims, token, self.resource)
+        access = access_token_for(claims, token, self.resource, self._leeway)
         user = AuthenticatedUser(access)
         scope[CALLER_SCOPE_KEY] = claims
         scope["user"] = user
