@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from contextvars import ContextVar
 from typing import Any, Protocol
@@ -172,6 +173,32 @@ def caller_from_scope(scope: Scope) -> VerifiedClaims | None:
     return None
 
 
+# RFC 6749 §3.3: scope-token = 1*( %x21 / %x23-5B / %x5D-7E ).
+_SCOPE_TOKEN = re.compile(r"[\x21\x23-\x5b\x5d-\x7e]+")
+
+
+def is_scope_tool_name(name: str) -> bool:
+    """Whether ``tool:<name>`` is a scope token (RFC 6749 §3.3), so it can be granted and named.
+
+    Such a name is printable ASCII with no space, quote or backslash: safe inside a quoted
+    string of a ``WWW-Authenticate`` challenge (RFC 9110 §5.6.4) as it is.
+    """
+    return _SCOPE_TOKEN.fullmatch(name) is not None
+
+
+def for_log(value: object) -> str:
+    """An untrusted value for a log line: ASCII-escaped (no CR/LF/control/non-ASCII), bounded."""
+    text = ascii(value)
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+def _quoted(value: str) -> str:
+    # RFC 9110 §5.6.4 quoted-string: escape '"' and '\'; drop what a header cannot carry
+    # (controls, and non-ASCII, which this module never sends).
+    kept = "".join(c for c in value if 0x20 <= ord(c) <= 0x7E)
+    return '"' + kept.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
 def _challenge_value(
     metadata_url: str,
     *,
@@ -181,12 +208,12 @@ def _challenge_value(
 ) -> bytes:
     parts: list[str] = []
     if error is not None:
-        parts.append(f'error="{error}"')
+        parts.append(f"error={_quoted(error)}")
     if scope is not None:
-        parts.append(f'scope="{scope}"')
+        parts.append(f"scope={_quoted(scope)}")
     if description is not None:
         parts.append(f'error_description="{_safe_description(description)}"')
-    parts.append(f'resource_metadata="{metadata_url}"')
+    parts.append(f"resource_metadata={_quoted(metadata_url)}")
     return ("Bearer " + ", ".join(parts)).encode("ascii", "replace")
 
 
@@ -390,6 +417,10 @@ class JwtAuthMiddleware:
                 )
                 return
             denied = [(rid, name) for rid, name in calls if not claims.may_call(name)]
+            unnamable = [(rid, name) for rid, name in denied if not is_scope_tool_name(name)]
+            if unnamable:
+                await self._invalid_tool_name(send, claims, unnamable)
+                return
             if denied:
                 await self._forbidden(send, claims, denied)
                 return
@@ -436,7 +467,9 @@ class JwtAuthMiddleware:
         names = list(dict.fromkeys(name for _, name in denied))
         needed = " ".join(TOOL_SCOPE_PREFIX + name for name in names)
         description = f"this token does not grant {needed}"
-        logger.info("refused tools/call of %s for sub %s", ",".join(names), claims.subject)
+        logger.info(
+            "refused tools/call of %s for sub %s", for_log(",".join(names)), for_log(claims.subject)
+        )
         challenge = _challenge_value(
             self.metadata_url, error="insufficient_scope", description=description, scope=needed
         )
@@ -454,6 +487,31 @@ class JwtAuthMiddleware:
             },
         }
         await _send_json(send, 403, body, [(b"www-authenticate", challenge)])
+
+    async def _invalid_tool_name(
+        self, send: Send, claims: VerifiedClaims, calls: list[tuple[Any, str]]
+    ) -> None:
+        # No scope can grant such a name, and echoing it would break the challenge (CR/LF,
+        # quotes) or change its meaning (a space splits scopes): refuse the request instead.
+        logger.info(
+            "refused tools/call of an invalid tool name %s for sub %s",
+            for_log(calls[0][1]),
+            for_log(claims.subject),
+        )
+        description = "a tool name must be printable ASCII without spaces, quotes or backslashes"
+        challenge = _challenge_value(
+            self.metadata_url, error="invalid_request", description=description
+        )
+        body = {
+            "jsonrpc": "2.0",
+            "id": calls[0][0] if len(calls) == 1 else None,
+            "error": {
+                "code": -32602,
+                "message": f"invalid tool name {ascii(calls[0][1])[:80]}: {description}",
+                "data": {"error": "invalid_request"},
+            },
+        }
+        await _send_json(send, 400, body, [(b"www-authenticate", challenge)])
 
     # --- RFC 9728 metadata ----------------------------------------------------------------
 
