@@ -170,6 +170,7 @@ class ProtectedMCPServer(MCPServer[LifespanResultT]):
         verifier: ClaimsVerifier,
         issuer: str,
         resource: str,
+        advertise_tools: bool = True,
         **server_options: Any,
     ) -> None:
         if "auth" in server_options or "token_verifier" in server_options:
@@ -180,6 +181,7 @@ class ProtectedMCPServer(MCPServer[LifespanResultT]):
         self.issuer_url = issuer
         self.resource_url = resource
         self.resource_metadata_url = resource_metadata_url(resource)
+        self.advertise_tools = advertise_tools
         middleware: Sequence[Any] = server_options.pop("middleware", None) or ()
         super().__init__(
             name,
@@ -207,6 +209,7 @@ class ProtectedMCPServer(MCPServer[LifespanResultT]):
             paths=paths,
             max_body_bytes=max_body_bytes,
             resource_name=self.name,
+            advertise_tools=self.advertise_tools,
         )
         return app
 
@@ -237,6 +240,7 @@ def protected_server(
     verifier: ClaimsVerifier | None = None,
     clock: Clock | None = None,
     verifier_options: Mapping[str, Any] | None = None,
+    advertise_tools: bool = True,
     **server_options: Any,
 ) -> ProtectedMCPServer[Any]:
     """An ``MCPServer`` protected by jwtmcp tokens, in one call.
@@ -247,6 +251,13 @@ def protected_server(
     ``public_key_pem``; ``jwks_cache_file`` keeps the last good JWKS on disk so a restart
     while the issuer is down still verifies. Or pass a ready ``verifier``
     (:class:`jwtmcp.verifier.Verifier`). Other keyword arguments go to ``MCPServer``.
+
+    The public metadata (``scopes_supported``, RFC 9728) and every 401 challenge (``scope``)
+    list ``tool:<name>`` for each tool, so an OAuth client asks for them all and the issuer
+    grants the part it allows. ``advertise_tools=False`` lists only ``tool:*`` instead: nobody
+    learns the tool names without a token, and a jwtmcp issuer still narrows ``tool:*`` to the
+    client's allowance; but an authorization server that grants ``tool:*`` literally would
+    give a token for every tool, and clients can no longer ask for less by reading the names.
     """
     if verifier is None:
         if jwks_url is None and jwks_file is None and public_key_pem is None:
@@ -267,5 +278,10 @@ def protected_server(
     elif jwks_url or jwks_file or public_key_pem or jwks_cache_file or clock or verifier_options:
         raise ConfigError("pass either a verifier or key-source options, not both")
     return ProtectedMCPServer(
-        name, verifier=verifier, issuer=issuer, resource=resource, **server_options
+        name,
+        verifier=verifier,
+        issuer=issuer,
+        resource=resource,
+        advertise_tools=advertise_tools,
+        **server_options,
     )

@@ -55,6 +55,9 @@ KEYS_UNAVAILABLE_RETRY_AFTER = 5
 ToolNames = Iterable[str] | Callable[[], Awaitable[Iterable[str]]]
 """Tool names for ``scopes_supported``: a fixed list, or an async callable asked per request."""
 
+ANY_TOOL_SCOPE = TOOL_SCOPE_PREFIX + "*"
+"""What a server that keeps its tool names private advertises: "ask for every tool"."""
+
 
 class ClaimsVerifier(Protocol):
     """What the middleware needs from :class:`jwtmcp.verifier.Verifier`."""
@@ -298,9 +301,12 @@ class JwtAuthMiddleware:
     ``verifier`` checks tokens (a :class:`jwtmcp.verifier.Verifier` whose audience is
     ``resource``); ``resource`` is this server's URL (the token audience, RFC 8707) and
     ``issuer`` the authorization server the metadata points clients to. ``tools`` (names, or an
-    async callable returning them) fills ``scopes_supported``. ``paths`` limits protection to
-    those path prefixes (default: every path but the metadata document). ``max_body_bytes``
-    bounds the POST bodies read for authorisation; larger ones get 413.
+    async callable returning them) fills ``scopes_supported`` and the ``scope`` of every 401
+    challenge: what a first token should ask for (MCP authorization, 2025-11-25).
+    ``advertise_tools=False`` puts only ``tool:*`` there, so the public metadata and challenges
+    name no tool; see :func:`jwtmcp.mcp.protected_server` for the trade-off. ``paths`` limits
+    protection to those path prefixes (default: every path but the metadata document).
+    ``max_body_bytes`` bounds the POST bodies read for authorisation; larger ones get 413.
     """
 
     def __init__(
@@ -314,6 +320,7 @@ class JwtAuthMiddleware:
         paths: Iterable[str] | None = None,
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
         resource_name: str | None = None,
+        advertise_tools: bool = True,
     ) -> None:
         self.app = app
         self.verifier = verifier
@@ -326,6 +333,7 @@ class JwtAuthMiddleware:
         self._paths = tuple(paths) if paths is not None else None
         self.max_body_bytes = max_body_bytes
         self.resource_name = resource_name
+        self.advertise_tools = advertise_tools
         self._metadata_cache: tuple[tuple[str, ...], bytes] | None = None
 
     # --- dispatch -----------------------------------------------------------------------
@@ -378,7 +386,8 @@ class JwtAuthMiddleware:
             return
         token = raw.strip()
         if not token:
-            await self._refuse(send, 401, "invalid_token", "empty bearer token")
+            scope_needed = await self._scope()
+            await self._refuse(send, 401, "invalid_token", "empty bearer token", scope_needed)
             return
         try:
             claims = await self.verifier.verify_async(token)
@@ -395,7 +404,9 @@ class JwtAuthMiddleware:
             return
         except TokenError as exc:
             logger.info("refused a bearer token: %s", exc.code)
-            await self._refuse(send, 401, "invalid_token", refusal_reason(exc))
+            await self._refuse(
+                send, 401, "invalid_token", refusal_reason(exc), await self._scope()
+            )
             return
 
         if scope["method"] == "POST":
@@ -445,15 +456,27 @@ class JwtAuthMiddleware:
 
     async def _unauthenticated(self, send: Send) -> None:
         # RFC 6750 §3.1: no error code when the request carried no authentication.
+        challenge = _challenge_value(self.metadata_url, scope=await self._scope())
         await _send_json(
             send,
             401,
-            {"error": "unauthorized", "error_description": "bearer token required"},
-            [(b"www-authenticate", _challenge_value(self.metadata_url))],
+            {"error_description": "a bearer token is required"},
+            [(b"www-authenticate", challenge)],
         )
 
-    async def _refuse(self, send: Send, status: int, error: str, description: str) -> None:
-        challenge = _challenge_value(self.metadata_url, error=error, description=description)
+    async def _scope(self) -> str | None:
+        # The challenge's scope: what a first token should ask for (the advertised scopes).
+        scopes = await self.advertised_scopes()
+        if not scopes:
+            return None
+        return " ".join(s for s in scopes if is_scope_tool_name(s)) or None
+
+    async def _refuse(
+        self, send: Send, status: int, error: str, description: str, scope: str | None = None
+    ) -> None:
+        challenge = _challenge_value(
+            self.metadata_url, error=error, description=description, scope=scope
+        )
         await _send_json(
             send,
             status,
@@ -560,10 +583,22 @@ class JwtAuthMiddleware:
             names = self._tools
         return tuple(dict.fromkeys(names))
 
+    async def advertised_scopes(self) -> tuple[str, ...] | None:
+        """The scopes of ``scopes_supported`` and of the 401 ``scope``; ``None`` for none.
+
+        ``tool:<name>`` for every tool, or only ``tool:*`` when ``advertise_tools`` is off.
+        """
+        if not self.advertise_tools:
+            return (ANY_TOOL_SCOPE,)
+        names = await self.tool_names()
+        if names is None:
+            return None
+        return tuple(TOOL_SCOPE_PREFIX + n for n in names)
+
     async def metadata_document(self) -> bytes:
         """The RFC 9728 protected-resource metadata of this server, as JSON bytes."""
-        names = await self.tool_names()
-        key = names if names is not None else ("\x00none",)
+        scopes = await self.advertised_scopes()
+        key = scopes if scopes is not None else ("\x00none",)
         cached = self._metadata_cache
         if cached is not None and cached[0] == key:
             return cached[1]
@@ -572,10 +607,10 @@ class JwtAuthMiddleware:
             "authorization_servers": [self.issuer],
             "bearer_methods_supported": ["header"],
         }
-        if names is not None:
+        if scopes is not None:
             # What the SDK's OAuth client asks the issuer for: every tool of this server.
             # The issuer grants the part this client is allowed, so one token covers it all.
-            document["scopes_supported"] = [TOOL_SCOPE_PREFIX + n for n in names]
+            document["scopes_supported"] = list(scopes)
         if self.resource_name:
             document["resource_name"] = self.resource_name
         data = json.dumps(document, separators=(",", ":")).encode()
