@@ -5,14 +5,16 @@ Streamable HTTP and SSE apps, or a hand-built Starlette app with ``Route("/sse")
 ``Mount("/messages/")`` around ``SseServerTransport``. For every protected request it:
 
 - refuses a token in the URL (``?access_token=``, RFC 6750 §2.3) with 400 ``invalid_request``;
-- answers 401 with ``WWW-Authenticate: Bearer resource_metadata="..."`` when no bearer token
-  was sent, and 401 ``error="invalid_token"`` when one was sent but failed verification
-  (RFC 6750 §3.1);
+- answers 401 with ``WWW-Authenticate: Bearer scope="tool:...", resource_metadata="..."`` when
+  no bearer token was sent, and 401 ``error="invalid_token"`` when one was sent but failed
+  verification (RFC 6750 §3.1); ``scope`` is what a first token should ask for;
 - answers 503 ``temporarily_unavailable`` with ``Retry-After`` when the issuer's keys cannot be
   had (issuer down and no usable cached keys): an outage is not a bad token;
 - reads the JSON-RPC body of a POST (bounded, replayed downstream untouched) and refuses a
   ``tools/call`` of a tool the token does not grant with 403
-  ``error="insufficient_scope", scope="tool:<name>"`` - the tool never runs;
+  ``error="insufficient_scope", scope="tool:<a> tool:<b>"`` naming every missing scope - the
+  tool never runs; a name that cannot be a scope token (RFC 6749 §3.3) gets 400
+  ``invalid_request`` instead of being echoed into a header;
 - hands the verified caller downstream: ``scope["user"]`` / ``scope["auth"]`` as the SDK's
   transports expect (so sessions stay bound to the principal that opened them), the SDK's
   ``get_access_token()``, and :func:`current_caller` for tools.
