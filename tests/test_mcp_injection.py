@@ -7,6 +7,7 @@ non-ASCII letters.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -17,10 +18,15 @@ from typing import Any
 
 import httpx2
 import pytest
+from mcp import Client, MCPError
+from mcp.client.streamable_http import streamable_http_client
+from mcp.server.auth.settings import AuthSettings
+from mcp.server.mcpserver import MCPServer
 
 from jwtmcp.keys import KeyRing, init_ring
-from jwtmcp.mcp import protected_server
+from jwtmcp.mcp import JwtTokenVerifier, ToolScopeGuard, protected_server
 from jwtmcp.tokens import mint
+from jwtmcp.verifier import Verifier
 from tests.jwks_support import claims, header, jws
 from tests.support import free_port, serve_app
 
@@ -53,14 +59,15 @@ UNPRINTABLE = {k: v for k, v in BAD_NAMES.items() if not all(0x20 <= ord(c) <= 0
 class Injection:
     ring: KeyRing
     url: str
+    sdk_only: str  # MCPServer + JwtTokenVerifier + ToolScopeGuard, no jwtmcp HTTP layer
 
-    def token(self, subject: str = "alice", tools: tuple[str, ...] = ("add",)) -> str:
+    def token(self, subject: str = "alice", audience: str | None = None) -> str:
         return mint(
             self.ring.active.signing_key,
             issuer=ISSUER,
             subject=subject,
-            audience=self.url,
-            tools=tools,
+            audience=audience or self.url,
+            tools=["add"],
         )
 
 
@@ -70,17 +77,34 @@ def injection(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Injection]:
     ring = init_ring(directory / "keys")
     jwks = directory / "jwks.json"
     jwks.write_text(json.dumps(ring.jwks()))
-    port = free_port()
+    port, g_port = free_port(), free_port()
     url = f"http://127.0.0.1:{port}/mcp"
+    sdk_only = f"http://127.0.0.1:{g_port}/mcp"
     server = protected_server("inj", issuer=ISSUER, resource=url, jwks_file=str(jwks))
+    verifier = Verifier(issuer=ISSUER, audience=sdk_only, jwks_file=str(jwks))
+    guarded: MCPServer[Any] = MCPServer(
+        "inj-guarded",
+        token_verifier=JwtTokenVerifier(verifier, sdk_only),
+        auth=AuthSettings(
+            issuer_url=ISSUER,  # type: ignore[arg-type]
+            resource_server_url=sdk_only,  # type: ignore[arg-type]
+            validate_token_resource=True,
+        ),
+        middleware=[ToolScopeGuard()],
+    )
+    for each in (server, guarded):
 
-    @server.tool()
-    def add(a: float, b: float) -> float:
-        return a + b
+        @each.tool()
+        def add(a: float, b: float) -> float:
+            return a + b
 
-    with serve_app(server.streamable_http_app(), port=port):
-        yield Injection(ring, url)
+    with (
+        serve_app(server.streamable_http_app(), port=port),
+        serve_app(guarded.streamable_http_app(), port=g_port),
+    ):
+        yield Injection(ring, url, sdk_only)
     server.jwt_verifier.close()  # type: ignore[attr-defined]
+    verifier.close()
 
 
 def call(url: str, token: str, body: Any) -> httpx2.Response:
@@ -180,3 +204,28 @@ def test_token_with_a_crlf_kid_signed_by_a_real_key_is_401_with_clean_header_and
     assert answer.status_code == 401
     assert_clean_headers(answer)
     assert_clean_log(caplog.records)
+
+
+@pytest.mark.parametrize("name", BAD_NAMES.values(), ids=BAD_NAMES.keys())
+def test_guard_alone_refuses_a_bad_tool_name_with_an_mcp_error_that_does_not_echo_it_raw(
+    injection: Injection, name: str
+) -> None:
+    token = injection.token(audience=injection.sdk_only)
+
+    async def go() -> None:
+        http = httpx2.AsyncClient(headers={"Authorization": f"Bearer {token}"}, timeout=10)
+        transport = streamable_http_client(injection.sdk_only, http_client=http)
+        async with Client(transport, read_timeout_seconds=10) as client:
+            await client.call_tool(name, {"a": 1, "b": 2})
+
+    try:
+        asyncio.run(asyncio.wait_for(go(), 30))
+    except Exception as exc:
+        error: BaseException = exc
+        while isinstance(error, BaseExceptionGroup) and len(error.exceptions) == 1:
+            error = error.exceptions[0]
+    else:
+        raise AssertionError("the call was not refused")
+    assert isinstance(error, MCPError), repr(error)
+    assert error.message.startswith("invalid tool name"), error.message
+    assert all(0x20 <= ord(c) <= 0x7E for c in error.message), repr(error.message)
