@@ -41,12 +41,14 @@ from starlette.applications import Starlette
 from .errors import ConfigError, KeysUnavailable, TokenError
 from .middleware import (
     DEFAULT_MAX_BODY_BYTES,
+    TOOL_NAME_RULE,
     ClaimsVerifier,
     JwtAuthMiddleware,
     access_token_for,
     caller_from_scope,
     current_caller,
     get_caller,
+    is_scope_tool_name,
     pending_access_token,
     reset_caller,
     resource_metadata_url,
@@ -102,6 +104,13 @@ class JwtTokenVerifier:
 
 
 def _denied(name: str) -> MCPError:
+    if not is_scope_tool_name(name):
+        # No scope can grant it; an MCP client may print or log the message, so no raw echo.
+        return MCPError(
+            code=INVALID_PARAMS,
+            message=f"invalid tool name {ascii(name)[:80]}: {TOOL_NAME_RULE}",
+            data={"error": "invalid_request"},
+        )
     scope = TOOL_SCOPE_PREFIX + name
     return MCPError(
         code=INVALID_PARAMS,

@@ -182,6 +182,9 @@ def caller_from_scope(scope: Scope) -> VerifiedClaims | None:
 _SCOPE_TOKEN = re.compile(r"[\x21\x23-\x5b\x5d-\x7e]+")
 
 
+TOOL_NAME_RULE = "a tool name must be printable ASCII without spaces, quotes or backslashes"
+
+
 def is_scope_tool_name(name: str) -> bool:
     """Whether ``tool:<name>`` is a scope token (RFC 6749 §3.3), so it can be granted and named.
 
@@ -523,7 +526,7 @@ class JwtAuthMiddleware:
             for_log(calls[0][1]),
             for_log(claims.subject),
         )
-        description = "a tool name must be printable ASCII without spaces, quotes or backslashes"
+        description = TOOL_NAME_RULE
         challenge = _challenge_value(
             self.metadata_url, error="invalid_request", description=description
         )
