@@ -25,6 +25,7 @@ reached the handler without the HTTP layer).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -37,22 +38,27 @@ from mcp.shared.exceptions import MCPError
 from mcp_types import INVALID_PARAMS, INVALID_REQUEST, ListToolsResult
 from starlette.applications import Starlette
 
-from .errors import ConfigError, TokenError
+from .errors import ConfigError, KeysUnavailable, TokenError
 from .middleware import (
     DEFAULT_MAX_BODY_BYTES,
+    TOOL_NAME_RULE,
     ClaimsVerifier,
     JwtAuthMiddleware,
     access_token_for,
     caller_from_scope,
     current_caller,
     get_caller,
+    is_scope_tool_name,
     pending_access_token,
     reset_caller,
     resource_metadata_url,
     set_caller,
+    verifier_leeway,
 )
 from .tokens import TOOL_SCOPE_PREFIX, Clock, VerifiedClaims
 from .verifier import Verifier
+
+logger = logging.getLogger("jwtmcp.mcp")
 
 __all__ = [
     "JwtTokenVerifier",
@@ -70,11 +76,17 @@ class JwtTokenVerifier:
     Fills ``AccessToken.subject``, ``client_id``, ``scopes``, ``expires_at``, ``resource`` (this
     server) and ``claims`` (with ``iss``), so the SDK binds each session to the principal
     (client id, issuer, subject) that opened it.
+
+    The SDK's protocol can only answer "no token" (``None``, which the SDK turns into 401), so
+    on its own this cannot tell a client that the issuer's keys are unavailable; servers built
+    by :func:`protected_server` (or with :class:`jwtmcp.middleware.JwtAuthMiddleware` in
+    front) answer 503 with ``Retry-After`` before this is asked.
     """
 
     def __init__(self, verifier: ClaimsVerifier, resource: str) -> None:
         self.verifier = verifier
         self.resource = resource
+        self._leeway = verifier_leeway(verifier)
 
     async def verify_token(self, token: str) -> AccessToken | None:
         # Inside JwtAuthMiddleware the token was verified a moment ago in this very request.
@@ -83,12 +95,22 @@ class JwtTokenVerifier:
             return already
         try:
             claims = await self.verifier.verify_async(token.strip())
+        except KeysUnavailable as exc:
+            logger.warning("a token could not be checked, answering 401: %s", exc.message)
+            return None
         except TokenError:
             return None
-        return access_token_for(claims, token.strip(), self.resource)
+        return access_token_for(claims, token.strip(), self.resource, self._leeway)
 
 
 def _denied(name: str) -> MCPError:
+    if not is_scope_tool_name(name):
+        # No scope can grant it; an MCP client may print or log the message, so no raw echo.
+        return MCPError(
+            code=INVALID_PARAMS,
+            message=f"invalid tool name {ascii(name)[:80]}: {TOOL_NAME_RULE}",
+            data={"error": "invalid_request"},
+        )
     scope = TOOL_SCOPE_PREFIX + name
     return MCPError(
         code=INVALID_PARAMS,
@@ -157,6 +179,7 @@ class ProtectedMCPServer(MCPServer[LifespanResultT]):
         verifier: ClaimsVerifier,
         issuer: str,
         resource: str,
+        advertise_tools: bool = True,
         **server_options: Any,
     ) -> None:
         if "auth" in server_options or "token_verifier" in server_options:
@@ -167,6 +190,7 @@ class ProtectedMCPServer(MCPServer[LifespanResultT]):
         self.issuer_url = issuer
         self.resource_url = resource
         self.resource_metadata_url = resource_metadata_url(resource)
+        self.advertise_tools = advertise_tools
         middleware: Sequence[Any] = server_options.pop("middleware", None) or ()
         super().__init__(
             name,
@@ -194,6 +218,7 @@ class ProtectedMCPServer(MCPServer[LifespanResultT]):
             paths=paths,
             max_body_bytes=max_body_bytes,
             resource_name=self.name,
+            advertise_tools=self.advertise_tools,
         )
         return app
 
@@ -224,6 +249,7 @@ def protected_server(
     verifier: ClaimsVerifier | None = None,
     clock: Clock | None = None,
     verifier_options: Mapping[str, Any] | None = None,
+    advertise_tools: bool = True,
     **server_options: Any,
 ) -> ProtectedMCPServer[Any]:
     """An ``MCPServer`` protected by jwtmcp tokens, in one call.
@@ -241,6 +267,13 @@ def protected_server(
     Returns a :class:`ProtectedMCPServer`. Raises :class:`~jwtmcp.errors.ConfigError` for a
     bad verifier option, for ``verifier`` together with key-source options, or for ``auth=``
     or ``token_verifier=`` (the server's auth is jwtmcp's).
+
+    The public metadata (``scopes_supported``, RFC 9728) and every 401 challenge (``scope``)
+    list ``tool:<name>`` for each tool, so an OAuth client asks for them all and the issuer
+    grants the part it allows. ``advertise_tools=False`` lists only ``tool:*`` instead: nobody
+    learns the tool names without a token, and a jwtmcp issuer still narrows ``tool:*`` to the
+    client's allowance; but an authorization server that grants ``tool:*`` literally would
+    give a token for every tool, and clients can no longer ask for less by reading the names.
     """
     if verifier is None:
         if jwks_url is None and jwks_file is None and public_key_pem is None:
@@ -261,5 +294,10 @@ def protected_server(
     elif jwks_url or jwks_file or public_key_pem or jwks_cache_file or clock or verifier_options:
         raise ConfigError("pass either a verifier or key-source options, not both")
     return ProtectedMCPServer(
-        name, verifier=verifier, issuer=issuer, resource=resource, **server_options
+        name,
+        verifier=verifier,
+        issuer=issuer,
+        resource=resource,
+        advertise_tools=advertise_tools,
+        **server_options,
     )

@@ -5,12 +5,16 @@ Streamable HTTP and SSE apps, or a hand-built Starlette app with ``Route("/sse")
 ``Mount("/messages/")`` around ``SseServerTransport``. For every protected request it:
 
 - refuses a token in the URL (``?access_token=``, RFC 6750 §2.3) with 400 ``invalid_request``;
-- answers 401 with ``WWW-Authenticate: Bearer resource_metadata="..."`` when no bearer token
-  was sent, and 401 ``error="invalid_token"`` when one was sent but failed verification
-  (RFC 6750 §3.1);
+- answers 401 with ``WWW-Authenticate: Bearer scope="tool:...", resource_metadata="..."`` when
+  no bearer token was sent, and 401 ``error="invalid_token"`` when one was sent but failed
+  verification (RFC 6750 §3.1); ``scope`` is what a first token should ask for;
+- answers 503 ``temporarily_unavailable`` with ``Retry-After`` when the issuer's keys cannot be
+  had (issuer down and no usable cached keys): an outage is not a bad token;
 - reads the JSON-RPC body of a POST (bounded, replayed downstream untouched) and refuses a
   ``tools/call`` of a tool the token does not grant with 403
-  ``error="insufficient_scope", scope="tool:<name>"`` - the tool never runs;
+  ``error="insufficient_scope", scope="tool:<a> tool:<b>"`` naming every missing scope - the
+  tool never runs; a name that cannot be a scope token (RFC 6749 §3.3) gets 400
+  ``invalid_request`` instead of being echoed into a header;
 - hands the verified caller downstream: ``scope["user"]`` / ``scope["auth"]`` as the SDK's
   transports expect (so sessions stay bound to the principal that opened them), the SDK's
   ``get_access_token()``, and :func:`current_caller` for tools.
@@ -22,6 +26,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from contextvars import ContextVar
 from typing import Any, Protocol
@@ -33,7 +38,7 @@ from mcp.server.auth.provider import AccessToken
 from starlette.authentication import AuthCredentials
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .errors import ConfigError, TokenError
+from .errors import ConfigError, KeysUnavailable, TokenError
 from .tokens import TOOL_SCOPE_PREFIX, VerifiedClaims
 
 logger = logging.getLogger("jwtmcp.middleware")
@@ -46,8 +51,14 @@ CALLER_SCOPE_KEY = "jwtmcp.caller"
 
 WELL_KNOWN_RESOURCE = "/.well-known/oauth-protected-resource"
 
+KEYS_UNAVAILABLE_RETRY_AFTER = 5
+"""``Retry-After`` (seconds) of the 503 answered while the issuer's keys cannot be had."""
+
 ToolNames = Iterable[str] | Callable[[], Awaitable[Iterable[str]]]
 """Tool names for ``scopes_supported``: a fixed list, or an async callable asked per request."""
+
+ANY_TOOL_SCOPE = TOOL_SCOPE_PREFIX + "*"
+"""What a server that keeps its tool names private advertises: "ask for every tool"."""
 
 
 class ClaimsVerifier(Protocol):
@@ -121,22 +132,39 @@ def resource_metadata_url(resource: str) -> str:
     return f"{parts.scheme}://{parts.netloc}{WELL_KNOWN_RESOURCE}{path}"
 
 
-def access_token_for(claims: VerifiedClaims, token: str, resource: str) -> AccessToken:
+def access_token_for(
+    claims: VerifiedClaims, token: str, resource: str, leeway: float = 0.0
+) -> AccessToken:
     """The SDK's view of a verified token.
 
     ``client_id``, ``subject`` and ``claims["iss"]`` are what the SDK binds sessions to;
     ``resource`` is this server (the verifier already checked that ``aud`` contains it).
+    ``expires_at`` (epoch seconds) is ``exp`` plus the verifier's ``leeway`` (seconds): the
+    moment this server stops accepting the token. The SDK's bearer layer compares it with the
+    wall clock and no leeway, so with plain ``exp`` it would refuse a token jwtmcp still
+    accepts; with the leeway added, jwtmcp's own check is the one that decides.
     """
     # model_construct: every value is already checked; skip pydantic validation on the hot path.
     return AccessToken.model_construct(
         token=token,
         client_id=claims.client_id or claims.subject,
         scopes=list(claims.scopes),
-        expires_at=claims.expires_at,
+        expires_at=int(claims.expires_at + leeway),
         resource=resource,
         subject=claims.subject,
         claims=dict(claims.claims),
     )
+
+
+def verifier_leeway(verifier: object) -> float:
+    """The clock leeway (seconds) of ``verifier``; 0 for one that does not say."""
+    leeway = getattr(verifier, "leeway", 0.0)
+    return float(leeway) if isinstance(leeway, int | float) else 0.0
+
+
+def refusal_reason(exc: TokenError) -> str:
+    """How a refused token is described: the words ``jwtmcp verify`` prints for it, too."""
+    return f"token refused ({exc.code}): {exc.message}"
 
 
 def caller_from_scope(scope: Scope) -> VerifiedClaims | None:
@@ -153,6 +181,35 @@ def caller_from_scope(scope: Scope) -> VerifiedClaims | None:
     return None
 
 
+# RFC 6749 §3.3: scope-token = 1*( %x21 / %x23-5B / %x5D-7E ).
+_SCOPE_TOKEN = re.compile(r"[\x21\x23-\x5b\x5d-\x7e]+")
+
+
+TOOL_NAME_RULE = "a tool name must be printable ASCII without spaces, quotes or backslashes"
+
+
+def is_scope_tool_name(name: str) -> bool:
+    """Whether ``tool:<name>`` is a scope token (RFC 6749 §3.3), so it can be granted and named.
+
+    Such a name is printable ASCII with no space, quote or backslash: safe inside a quoted
+    string of a ``WWW-Authenticate`` challenge (RFC 9110 §5.6.4) as it is.
+    """
+    return _SCOPE_TOKEN.fullmatch(name) is not None
+
+
+def for_log(value: object) -> str:
+    """An untrusted value for a log line: ASCII-escaped (no CR/LF/control/non-ASCII), bounded."""
+    text = ascii(value)
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+def _quoted(value: str) -> str:
+    # RFC 9110 §5.6.4 quoted-string: escape '"' and '\'; drop what a header cannot carry
+    # (controls, and non-ASCII, which this module never sends).
+    kept = "".join(c for c in value if 0x20 <= ord(c) <= 0x7E)
+    return '"' + kept.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
 def _challenge_value(
     metadata_url: str,
     *,
@@ -162,12 +219,12 @@ def _challenge_value(
 ) -> bytes:
     parts: list[str] = []
     if error is not None:
-        parts.append(f'error="{error}"')
+        parts.append(f"error={_quoted(error)}")
     if scope is not None:
-        parts.append(f'scope="{scope}"')
+        parts.append(f"scope={_quoted(scope)}")
     if description is not None:
         parts.append(f'error_description="{_safe_description(description)}"')
-    parts.append(f'resource_metadata="{metadata_url}"')
+    parts.append(f"resource_metadata={_quoted(metadata_url)}")
     return ("Bearer " + ", ".join(parts)).encode("ascii", "replace")
 
 
@@ -252,9 +309,12 @@ class JwtAuthMiddleware:
     ``verifier`` checks tokens (a :class:`jwtmcp.verifier.Verifier` whose audience is
     ``resource``); ``resource`` is this server's URL (the token audience, RFC 8707) and
     ``issuer`` the authorization server the metadata points clients to. ``tools`` (names, or an
-    async callable returning them) fills ``scopes_supported``. ``paths`` limits protection to
-    those path prefixes (default: every path but the metadata document). ``max_body_bytes``
-    bounds the POST bodies read for authorisation; larger ones get 413.
+    async callable returning them) fills ``scopes_supported`` and the ``scope`` of every 401
+    challenge: what a first token should ask for (MCP authorization, 2025-11-25).
+    ``advertise_tools=False`` puts only ``tool:*`` there, so the public metadata and challenges
+    name no tool; see :func:`jwtmcp.mcp.protected_server` for the trade-off. ``paths`` limits
+    protection to those path prefixes (default: every path but the metadata document).
+    ``max_body_bytes`` bounds the POST bodies read for authorisation; larger ones get 413.
     """
 
     def __init__(
@@ -268,9 +328,11 @@ class JwtAuthMiddleware:
         paths: Iterable[str] | None = None,
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
         resource_name: str | None = None,
+        advertise_tools: bool = True,
     ) -> None:
         self.app = app
         self.verifier = verifier
+        self._leeway = verifier_leeway(verifier)
         self.resource = resource
         self.issuer = issuer
         self.metadata_url = resource_metadata_url(resource)
@@ -279,6 +341,7 @@ class JwtAuthMiddleware:
         self._paths = tuple(paths) if paths is not None else None
         self.max_body_bytes = max_body_bytes
         self.resource_name = resource_name
+        self.advertise_tools = advertise_tools
         self._metadata_cache: tuple[tuple[str, ...], bytes] | None = None
 
     # --- dispatch -----------------------------------------------------------------------
@@ -331,13 +394,27 @@ class JwtAuthMiddleware:
             return
         token = raw.strip()
         if not token:
-            await self._refuse(send, 401, "invalid_token", "empty bearer token")
+            scope_needed = await self._scope()
+            await self._refuse(send, 401, "invalid_token", "empty bearer token", scope_needed)
             return
         try:
             claims = await self.verifier.verify_async(token)
+        except KeysUnavailable as exc:
+            # An outage, not a bad token: a 401 would make an OAuth client throw away a good
+            # token and run its flow against an issuer that is down (RFC 9110 §15.6.4).
+            logger.warning("answered 503: %s", exc.message)
+            await _send_json(
+                send,
+                503,
+                {"error": "temporarily_unavailable", "error_description": exc.message},
+                [(b"retry-after", str(KEYS_UNAVAILABLE_RETRY_AFTER).encode())],
+            )
+            return
         except TokenError as exc:
             logger.info("refused a bearer token: %s", exc.code)
-            await self._refuse(send, 401, "invalid_token", exc.message)
+            await self._refuse(
+                send, 401, "invalid_token", refusal_reason(exc), await self._scope()
+            )
             return
 
         if scope["method"] == "POST":
@@ -359,12 +436,16 @@ class JwtAuthMiddleware:
                 )
                 return
             denied = [(rid, name) for rid, name in calls if not claims.may_call(name)]
+            unnamable = [(rid, name) for rid, name in denied if not is_scope_tool_name(name)]
+            if unnamable:
+                await self._invalid_tool_name(send, claims, unnamable)
+                return
             if denied:
                 await self._forbidden(send, claims, denied)
                 return
             receive = _replay(body, receive)
 
-        access = access_token_for(claims, token, self.resource)
+        access = access_token_for(claims, token, self.resource, self._leeway)
         user = AuthenticatedUser(access)
         scope[CALLER_SCOPE_KEY] = claims
         scope["user"] = user
@@ -383,15 +464,27 @@ class JwtAuthMiddleware:
 
     async def _unauthenticated(self, send: Send) -> None:
         # RFC 6750 §3.1: no error code when the request carried no authentication.
+        challenge = _challenge_value(self.metadata_url, scope=await self._scope())
         await _send_json(
             send,
             401,
-            {"error": "unauthorized", "error_description": "bearer token required"},
-            [(b"www-authenticate", _challenge_value(self.metadata_url))],
+            {"error_description": "a bearer token is required"},
+            [(b"www-authenticate", challenge)],
         )
 
-    async def _refuse(self, send: Send, status: int, error: str, description: str) -> None:
-        challenge = _challenge_value(self.metadata_url, error=error, description=description)
+    async def _scope(self) -> str | None:
+        # The challenge's scope: what a first token should ask for (the advertised scopes).
+        scopes = await self.advertised_scopes()
+        if not scopes:
+            return None
+        return " ".join(s for s in scopes if is_scope_tool_name(s)) or None
+
+    async def _refuse(
+        self, send: Send, status: int, error: str, description: str, scope: str | None = None
+    ) -> None:
+        challenge = _challenge_value(
+            self.metadata_url, error=error, description=description, scope=scope
+        )
         await _send_json(
             send,
             status,
@@ -405,7 +498,9 @@ class JwtAuthMiddleware:
         names = list(dict.fromkeys(name for _, name in denied))
         needed = " ".join(TOOL_SCOPE_PREFIX + name for name in names)
         description = f"this token does not grant {needed}"
-        logger.info("refused tools/call of %s for sub %s", ",".join(names), claims.subject)
+        logger.info(
+            "refused tools/call of %s for sub %s", for_log(",".join(names)), for_log(claims.subject)
+        )
         challenge = _challenge_value(
             self.metadata_url, error="insufficient_scope", description=description, scope=needed
         )
@@ -423,6 +518,31 @@ class JwtAuthMiddleware:
             },
         }
         await _send_json(send, 403, body, [(b"www-authenticate", challenge)])
+
+    async def _invalid_tool_name(
+        self, send: Send, claims: VerifiedClaims, calls: list[tuple[Any, str]]
+    ) -> None:
+        # No scope can grant such a name, and echoing it would break the challenge (CR/LF,
+        # quotes) or change its meaning (a space splits scopes): refuse the request instead.
+        logger.info(
+            "refused tools/call of an invalid tool name %s for sub %s",
+            for_log(calls[0][1]),
+            for_log(claims.subject),
+        )
+        description = TOOL_NAME_RULE
+        challenge = _challenge_value(
+            self.metadata_url, error="invalid_request", description=description
+        )
+        body = {
+            "jsonrpc": "2.0",
+            "id": calls[0][0] if len(calls) == 1 else None,
+            "error": {
+                "code": -32602,
+                "message": f"invalid tool name {ascii(calls[0][1])[:80]}: {description}",
+                "data": {"error": "invalid_request"},
+            },
+        }
+        await _send_json(send, 400, body, [(b"www-authenticate", challenge)])
 
     # --- RFC 9728 metadata ----------------------------------------------------------------
 
@@ -471,10 +591,22 @@ class JwtAuthMiddleware:
             names = self._tools
         return tuple(dict.fromkeys(names))
 
+    async def advertised_scopes(self) -> tuple[str, ...] | None:
+        """The scopes of ``scopes_supported`` and of the 401 ``scope``; ``None`` for none.
+
+        ``tool:<name>`` for every tool, or only ``tool:*`` when ``advertise_tools`` is off.
+        """
+        if not self.advertise_tools:
+            return (ANY_TOOL_SCOPE,)
+        names = await self.tool_names()
+        if names is None:
+            return None
+        return tuple(TOOL_SCOPE_PREFIX + n for n in names)
+
     async def metadata_document(self) -> bytes:
         """The RFC 9728 protected-resource metadata of this server, as JSON bytes."""
-        names = await self.tool_names()
-        key = names if names is not None else ("\x00none",)
+        scopes = await self.advertised_scopes()
+        key = scopes if scopes is not None else ("\x00none",)
         cached = self._metadata_cache
         if cached is not None and cached[0] == key:
             return cached[1]
@@ -483,10 +615,10 @@ class JwtAuthMiddleware:
             "authorization_servers": [self.issuer],
             "bearer_methods_supported": ["header"],
         }
-        if names is not None:
+        if scopes is not None:
             # What the SDK's OAuth client asks the issuer for: every tool of this server.
             # The issuer grants the part this client is allowed, so one token covers it all.
-            document["scopes_supported"] = [TOOL_SCOPE_PREFIX + n for n in names]
+            document["scopes_supported"] = list(scopes)
         if self.resource_name:
             document["resource_name"] = self.resource_name
         data = json.dumps(document, separators=(",", ":")).encode()

@@ -119,6 +119,88 @@ def test_call_tool_reports_a_forbidden_tool_in_one_line(setup: Setup) -> None:
     )
 
 
+def test_call_tool_prints_the_servers_reason_for_a_token_for_another_server(
+    setup: Setup,
+) -> None:
+    token = mint(
+        setup.ring.active.signing_key,
+        issuer=setup.issuer,
+        subject="alice",
+        audience="http://127.0.0.1:9/mcp",
+        tools=["add"],
+    )
+    done = script("call_tool.py", "--url", setup.url, "--token", token, "add", "a=2", "b=3")
+    assert done.returncode == 1
+    assert done.stderr.startswith("call_tool: error: token refused (wrong_audience): ")
+    assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+
+
+@pytest.fixture(scope="module")
+def sse_url(setup: Setup, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """math_server.py over legacy SSE, against the same issuer."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/sse"
+    log = tmp_path_factory.mktemp("sse-server") / "server.log"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("JWTMCP_", "MCP_"))}
+    env.update({"JWTMCP_ISSUER": setup.issuer, "MCP_PORT": str(port), "MCP_TRANSPORT": "sse"})
+    with log.open("w") as out:
+        server = subprocess.Popen(
+            [sys.executable, str(SCRIPTS / "math_server.py")],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if httpx2.get(url, timeout=1).status_code == 401:
+                    break
+            except httpx2.HTTPError:
+                pass
+            if server.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("math_server.py did not start:\n" + log.read_text())
+            time.sleep(0.05)
+        yield url
+    finally:
+        server.terminate()
+        server.wait(10)
+
+
+def test_call_tool_over_sse_reports_a_forbidden_tool_in_one_line_not_a_timeout(
+    setup: Setup, sse_url: str
+) -> None:
+    token = mint(
+        setup.ring.active.signing_key,
+        issuer=setup.issuer,
+        subject="alice",
+        audience=sse_url,
+        tools=["add"],
+    )
+    done = script("call_tool.py", "--url", sse_url, "--token", token, "multiply", "a=2", "b=3")
+    assert done.returncode == 1
+    assert done.stderr.strip() == (
+        "call_tool: error: forbidden: calling multiply needs scope tool:multiply, "
+        "which this token does not grant"
+    )
+
+
+def test_call_tool_over_sse_prints_the_servers_reason_for_a_refused_token(
+    setup: Setup, sse_url: str
+) -> None:
+    token = mint(
+        setup.ring.active.signing_key,
+        issuer=setup.issuer,
+        subject="alice",
+        audience=setup.url,  # the Streamable HTTP server's, not this one's
+        tools=["add"],
+    )
+    done = script("call_tool.py", "--url", sse_url, "--token", token, "add", "a=2", "b=3")
+    assert done.returncode == 1
+    assert done.stderr.startswith("call_tool: error: token refused (wrong_audience): ")
+    assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+
+
 def test_call_tool_oauth_discovers_everything(setup: Setup) -> None:
     done = script(
         "call_tool_oauth.py",

@@ -144,7 +144,8 @@ def test_sse_stream_without_token_is_401_without_error(world: SseWorld) -> None:
     answer = httpx2.get(world.sse, timeout=10)
     assert answer.status_code == 401
     assert answer.headers["www-authenticate"] == (
-        f'Bearer resource_metadata="{world.metadata_url}"'
+        f'Bearer scope="tool:add tool:subtract tool:whoami", '
+        f'resource_metadata="{world.metadata_url}"'
     )
 
 

@@ -343,8 +343,9 @@ def test_oversized_body_is_refused_413(world: World) -> None:
 def test_no_token_is_401_without_error_attribute(world: World) -> None:
     answer = raw_call(world.a, None, "add")
     assert answer.status_code == 401
+    scope = " ".join(f"tool:{name}" for name in TOOLS)
     assert answer.headers["www-authenticate"] == (
-        f'Bearer resource_metadata="{metadata_url(world.a)}"'
+        f'Bearer scope="{scope}", resource_metadata="{metadata_url(world.a)}"'
     )
 
 

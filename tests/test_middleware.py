@@ -175,7 +175,8 @@ def test_sse_without_token_is_401_with_resource_metadata(seed: Seed) -> None:
     answer = httpx2.get(f"{seed.plain}/sse", timeout=10)
     assert answer.status_code == 401
     assert answer.headers["www-authenticate"] == (
-        f'Bearer resource_metadata="{seed.plain}/.well-known/oauth-protected-resource/sse"'
+        'Bearer scope="tool:add tool:subtract tool:whoami", '
+        f'resource_metadata="{seed.plain}/.well-known/oauth-protected-resource/sse"'
     )
 
 
