@@ -107,6 +107,32 @@ def test_a_tiny_max_age_is_raised_to_the_minimum(ring: KeyRing, clock: FakeClock
         assert v.keys.wait_idle(5) and srv.fetches == 2  # type: ignore[attr-defined]
 
 
+# --- clocks: key-set age runs on the monotonic clock ------------------------------------------
+
+
+def test_a_key_set_fetched_while_the_wall_clock_was_a_day_fast_expires_after_max_age(
+    ring: KeyRing, server: JwksServer, clock: FakeClock
+):
+    mono = FakeClock(1000.0)  # the monotonic clock: only differences matter
+
+    def elapse(seconds: float) -> None:  # real time passes: both clocks move
+        clock.advance(seconds)
+        mono.advance(seconds)
+
+    with make_verifier(server.url, clock, monotonic=mono) as v:
+        doomed = ring.active.signing_key
+        clock.advance(86400)  # the wall clock steps a day ahead (a bad NTP source) ...
+        elapse(31)
+        new_key = _publish_new_key(ring, server, clock)
+        assert v.verify(token(new_key, clock)).subject == "alice"  # ... during this fetch
+        assert server.fetches == 2
+        server.doc = {"keys": [server.doc["keys"][-1]]}  # the issuer revokes the old key
+        clock.advance(-86400)  # the wall clock is corrected
+        elapse(MAX_AGE + 1)  # one max-age of real time later, the old key must be gone
+        assert code_of(v, token(doomed, clock)) == "unknown_kid"
+        assert server.fetches == 3
+
+
 # --- acceptance 3: a misbehaving JWKS server -------------------------------------------------
 
 
