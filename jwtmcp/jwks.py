@@ -12,7 +12,11 @@ happens around that lookup:
 * **Freshness** follows ``Cache-Control: max-age`` clamped to ``[min_max_age, max_max_age]``
   (``default_max_age`` when absent). A lookup after ``refresh_ahead`` (80 %) of the max-age
   starts a refresh in the background and answers at once; no timers, all time comes from
-  the injected clock.
+  the injected clocks.
+* **Clocks**: the age of a key set is measured on a monotonic clock (``monotonic``,
+  default :func:`time.monotonic`), so a wall clock that steps (a bad NTP source, a VM
+  resumed) neither keeps a revoked key past its max-age nor expires a good set early. The
+  wall clock (``clock``) is used only where an absolute time is needed: the cache file.
 * **Unknown kids** cause a refetch, at most one fetch per ``refetch_cooldown`` seconds
   (all fetches share this budget, so a flood of random kids costs one fetch per cooldown);
   a kid still missing after a fetch is remembered for ``unknown_kid_ttl`` seconds.
@@ -245,7 +249,9 @@ class KeySource(Protocol):
         self, kid: str | None, now: float, *, may_wait: bool = True
     ) -> PublicKey | Future[bool]:
         """The key ``kid`` names, or a future to wait on before asking again (with
-        ``may_wait=False``). Raises UnknownKid or KeysUnavailable."""
+        ``may_wait=False``). ``now`` is the request's wall-clock time (epoch seconds);
+        a source that ages its keys measures that age on its own monotonic clock.
+        Raises UnknownKid or KeysUnavailable."""
         ...
 
     def close(self) -> None: ...
@@ -380,9 +386,11 @@ def parse_max_age(cache_control: str | None, policy: JwksPolicy) -> float:
 
 @dataclass(frozen=True)
 class _Snapshot:
-    """One good key set and the times that govern it (all from the injected clock)."""
+    """One good key set and the times that govern it: ``fetched_wall`` is epoch seconds
+    (for the cache file), every other time is on the cache's monotonic clock."""
 
     keys: Mapping[str, PublicKey]
+    fetched_wall: float
     fetched_at: float
     max_age: float
     refresh_at: float
@@ -391,7 +399,12 @@ class _Snapshot:
 
 
 class JwksCache:
-    """Keys from a JWKS URL, cached and refreshed as the module docstring describes."""
+    """Keys from a JWKS URL, cached and refreshed as the module docstring describes.
+
+    ``clock`` is the wall clock (epoch seconds, used for the cache file's timestamps);
+    ``monotonic`` measures the age of key sets, cooldowns and every other duration
+    (seconds from any origin). Both are injectable for tests.
+    """
 
     def __init__(
         self,
@@ -400,6 +413,7 @@ class JwksCache:
         algorithms: Iterable[str] = ("RS256",),
         policy: JwksPolicy | None = None,
         clock: Clock = time.time,
+        monotonic: Clock = time.monotonic,
         cache_file: str | os.PathLike[str] | None = None,
         allow_insecure_http: bool = False,
     ) -> None:
@@ -415,6 +429,7 @@ class JwksCache:
         self.policy = policy or JwksPolicy()
         self._algorithms = frozenset(algorithms)
         self._clock = clock
+        self._monotonic = monotonic
         self._cache_file = Path(cache_file) if cache_file is not None else None
         self._lock = threading.Lock()
         self._snapshot: _Snapshot | None = None
@@ -442,7 +457,7 @@ class JwksCache:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="jwtmcp-jwks")
         self._load_cache_file()
         with self._lock:
-            self._start_fetch(self._clock())
+            self._start_fetch(self._monotonic())
 
     # -- the hot path -----------------------------------------------------------------
 
@@ -450,13 +465,14 @@ class JwksCache:
         self, kid: str | None, now: float, *, may_wait: bool = True
     ) -> PublicKey | Future[bool]:
         snap = self._snapshot
-        if snap is not None and kid is not None and now < snap.refresh_at:
+        if snap is not None and kid is not None and self._monotonic() < snap.refresh_at:
             key = snap.keys.get(kid)
             if key is not None:
                 return key
-        return self._find_slow(kid, now, may_wait)
+        return self._find_slow(kid, may_wait)
 
-    def _find_slow(self, kid: str | None, now: float, may_wait: bool) -> PublicKey | Future[bool]:
+    def _find_slow(self, kid: str | None, may_wait: bool) -> PublicKey | Future[bool]:
+        now = self._monotonic()
         if kid is None:
             raise UnknownKid("the token names no signing key (kid)")
         if self._closed:
@@ -567,7 +583,7 @@ class JwksCache:
             log.warning("JWKS fetch from %s failed: %s; keeping the last good keys", self.url, exc)
             return False
         max_age = parse_max_age(cache_control, self.policy)
-        snap = self._make_snapshot(keys, started, max_age)
+        snap = self._make_snapshot(keys, started, max_age, self._clock())
         with self._lock:
             self._snapshot = snap
         self.last_error = None
@@ -608,11 +624,12 @@ class JwksCache:
             raise JwksError(f"{type(exc).__name__}: {exc}") from None
 
     def _make_snapshot(
-        self, keys: Mapping[str, PublicKey], fetched_at: float, max_age: float
+        self, keys: Mapping[str, PublicKey], fetched_at: float, max_age: float, wall: float
     ) -> _Snapshot:
         expires = fetched_at + max_age
         return _Snapshot(
             keys=keys,
+            fetched_wall=wall,
             fetched_at=fetched_at,
             max_age=max_age,
             refresh_at=fetched_at + max_age * self.policy.refresh_ahead,
@@ -628,7 +645,7 @@ class JwksCache:
         doc = {
             "version": CACHE_FILE_VERSION,
             "url": self.url,
-            "fetched_at": snap.fetched_at,
+            "fetched_at": snap.fetched_wall,
             "max_age": snap.max_age,
             "jwks": json.loads(body),
         }
@@ -676,9 +693,11 @@ class JwksCache:
         except (JwksError, ValueError, RecursionError) as exc:
             log.warning("ignoring the JWKS cache file %s: %s", path, exc)
             return
-        now = self._clock()
+        wall = self._clock()
+        fetched_wall = min(float(fetched_at), wall)  # a time in the future: as if just now
+        now = self._monotonic()
         max_age = min(max(float(max_age), self.policy.min_max_age), self.policy.max_max_age)
-        snap = self._make_snapshot(keys, min(float(fetched_at), now), max_age)
+        snap = self._make_snapshot(keys, now - (wall - fetched_wall), max_age, fetched_wall)
         if now >= snap.stale_until:
             log.warning("ignoring the JWKS cache file %s: older than the stale window", path)
             return

@@ -278,7 +278,9 @@ class Verifier:
     Exactly one key source: ``jwks_url`` (fetched and cached in the background, see
     :mod:`jwtmcp.jwks`), ``jwks_file`` (read once at start) or ``public_key_pem`` (one key;
     any ``kid`` in the token is accepted and the signature decides). Every option has a
-    safe default; see the README for each one and why.
+    safe default; see the README for each one and why. ``clock`` (epoch seconds) is the
+    wall clock for the token's time claims; ``monotonic`` (seconds from any origin) measures
+    how old the fetched keys are, so a wall clock that steps cannot keep a revoked key.
     """
 
     def __init__(
@@ -290,6 +292,7 @@ class Verifier:
         jwks_file: str | Any | None = None,
         public_key_pem: str | bytes | None = None,
         clock: Clock = time.time,
+        monotonic: Clock = time.monotonic,
         algorithms: Iterable[str] = ("RS256",),
         leeway: float = DEFAULT_LEEWAY,
         max_lifetime: float = DEFAULT_MAX_LIFETIME,
@@ -372,6 +375,7 @@ class Verifier:
                 algorithms=algs,
                 policy=policy,
                 clock=clock,
+                monotonic=monotonic,
                 cache_file=cache_file,
                 allow_insecure_http=allow_insecure_jwks_url,
             )

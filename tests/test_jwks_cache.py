@@ -37,6 +37,9 @@ def server(ring: KeyRing) -> Iterator[JwksServer]:
 
 def make_verifier(url: str, clock: FakeClock, **options: Any) -> Verifier:
     options.setdefault("fetch_timeout", 2.0)
+    # One fake clock for both: the tests below move time by hand, and real time moves the
+    # wall clock and the monotonic clock alike (the clock-step test gives its own).
+    options.setdefault("monotonic", clock)
     verifier = Verifier(issuer=ISSUER, audience=AUDIENCE, jwks_url=url, clock=clock, **options)
     assert verifier.keys.wait_idle(10)  # type: ignore[attr-defined]
     return verifier
