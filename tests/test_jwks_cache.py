@@ -7,6 +7,7 @@ hand, and a test waits only for a background fetch to finish (``wait_idle``).
 from __future__ import annotations
 
 import asyncio
+import email.utils
 import json
 import threading
 import time
@@ -91,12 +92,102 @@ def test_refresh_ahead_starts_after_80_percent_of_max_age_in_background(
         ("no-store", 60),
         ("no-cache, max-age=900", 60),
         ("max-age=999999999", 86400),
-        ("max-age=abc", 300),
+        ("max-age=99999999999999999999999999", 86400),
         ("private", 300),
+        ('max-age="120"', 120),  # RFC 9111 5.2: accept the quoted-string form too
+        ("MAX-AGE=600", 600),  # directive names are case-insensitive
+        ("s-maxage=30, max-age=600", 600),  # s-maxage is for shared caches only
+        ('no-cache="set-cookie", max-age=600', 600),  # qualified no-cache: fields only
+        ('private, no-cache="a, b", max-age=600', 600),  # a comma inside a quoted argument
+        # RFC 9111 4.2.1: invalid or conflicting freshness information means stale
+        ("max-age=abc", 60),
+        ("max-age=-5", 60),
+        ("max-age=+600", 60),
+        ("max-age=6e2", 60),
+        ("max-age=\u0666\u0660\u0660", 60),  # Arabic-Indic digits are not delta-seconds
+        ("max-age=600, max-age=900", 60),
+        ("max-age=600, no-store", 60),
     ],
 )
 def test_max_age_is_clamped(header_value: str | None, seconds: float) -> None:
     assert parse_max_age(header_value, JwksPolicy()) == seconds
+
+
+def _http_date(epoch: float) -> str:
+    return email.utils.formatdate(epoch, usegmt=True)
+
+
+# (extra header lines, the freshness RFC 9111 4.2 gives them); "D" stands for the verifier's
+# clock when the response arrives.
+FRESHNESS_CASES: list[tuple[str, list[tuple[str, str]], float]] = [
+    ("age-subtracted", [("Cache-Control", "max-age=300"), ("Age", "290")], 10),
+    ("age-over-max-age", [("Cache-Control", "max-age=300"), ("Age", "400")], 1),
+    ("age-invalid-ignored", [("Cache-Control", "max-age=300"), ("Age", "abc")], 300),
+    ("age-negative-ignored", [("Cache-Control", "max-age=300"), ("Age", "-5")], 300),
+    ("age-non-ascii-ignored", [("Cache-Control", "max-age=300"), ("Age", "\u0662\u0669\u0660")],
+     300),
+    ("age-list-first-member", [("Cache-Control", "max-age=300"), ("Age", "100, 200")], 200),
+    ("age-two-lines-first", [("Cache-Control", "max-age=300"), ("Age", "100"), ("Age", "200")],
+     200),
+    ("date-in-the-past", [("Cache-Control", "max-age=300"), ("Date", "D-100")], 200),
+    ("date-in-the-future", [("Cache-Control", "max-age=300"), ("Date", "D+100")], 300),
+    ("date-and-age-larger-wins",
+     [("Cache-Control", "max-age=300"), ("Date", "D-100"), ("Age", "50")], 200),
+    ("date-invalid", [("Cache-Control", "max-age=300"), ("Date", "yesterday")], 300),
+    ("expires-minus-date", [("Expires", "D+600"), ("Date", "D")], 600),
+    ("expires-without-date", [("Expires", "D+600")], 600),
+    ("expires-with-old-date", [("Expires", "D+400"), ("Date", "D-100")], 400),
+    ("expires-zero-is-past", [("Expires", "0")], 1),
+    ("expires-twice-is-stale", [("Expires", "D+600"), ("Expires", "D+900")], 1),
+    ("max-age-beats-expires", [("Cache-Control", "max-age=300"), ("Expires", "D+10")], 300),
+    ("s-maxage-ignored", [("Cache-Control", "s-maxage=30, max-age=300")], 300),
+    ("no-cache", [("Cache-Control", "no-cache")], 1),
+    ("two-cache-control-lines", [("Cache-Control", "public"), ("Cache-Control", "max-age=120")],
+     120),
+]
+
+
+@pytest.mark.parametrize(
+    ("lines", "seconds"),
+    [(c[1], c[2]) for c in FRESHNESS_CASES],
+    ids=[c[0] for c in FRESHNESS_CASES],
+)
+def test_freshness_follows_rfc_9111_age_date_and_expires(
+    ring: KeyRing, clock: FakeClock, lines: list[tuple[str, str]], seconds: float
+) -> None:
+    """A floor of 1 s and refresh at 100 % expose the exact freshness: no fetch half a second
+    before it ends, a fetch half a second after."""
+
+    def value(text: str) -> str:
+        if not text.startswith("D"):
+            return text
+        return _http_date(clock.now + float(text[1:] or 0))
+
+    srv = JwksServer(ring.jwks(), cache_control=None)
+    srv.extra_headers = [(name, value(text)) for name, text in lines]
+    policy = JwksPolicy(fetch_timeout=2.0, min_max_age=1.0, refresh_ahead=1.0, refetch_cooldown=0)
+    key = ring.active.signing_key
+    with srv.running(), make_verifier(srv.url, clock, jwks_policy=policy) as v:
+        clock.advance(seconds - 0.5)
+        v.verify(token(key, clock))
+        assert v.keys.wait_idle(5) and srv.fetches == 1  # type: ignore[attr-defined]
+        clock.advance(1.0)
+        v.verify(token(key, clock))
+        assert v.keys.wait_idle(5) and srv.fetches == 2  # type: ignore[attr-defined]
+
+
+def test_an_age_of_290_of_max_age_300_leaves_the_60_second_floor(
+    ring: KeyRing, clock: FakeClock
+) -> None:
+    srv = JwksServer(ring.jwks(), cache_control="max-age=300")
+    srv.extra_headers = [("Age", "290")]
+    with srv.running(), make_verifier(srv.url, clock) as v:
+        clock.advance(47)  # before 80 % of the 60 s floor: no refresh yet
+        v.verify(token(ring.active.signing_key, clock))
+        assert v.keys.wait_idle(5) and srv.fetches == 1  # type: ignore[attr-defined]
+        clock.advance(2)  # 49 s > 48 s: refresh ahead (it would be 241 s if Age were ignored)
+        v.verify(token(ring.active.signing_key, clock))
+        assert v.keys.wait_idle(5) and srv.fetches == 2  # type: ignore[attr-defined]
 
 
 def test_a_tiny_max_age_is_raised_to_the_minimum(ring: KeyRing, clock: FakeClock) -> None:
