@@ -9,14 +9,17 @@ happens around that lookup:
   At most one fetch is in flight; every request that must wait for it (sync or async)
   waits on the same :class:`concurrent.futures.Future` (sync code with ``.result(timeout)``,
   async code with ``asyncio.wrap_future``), so the event loop is never blocked.
-* **Freshness** follows ``Cache-Control: max-age`` clamped to ``[min_max_age, max_max_age]``
-  (``default_max_age`` when absent). A lookup after ``refresh_ahead`` (80 %) of the max-age
-  starts a refresh in the background and answers at once; no timers, all time comes from
-  the injected clocks.
+* **Freshness** follows HTTP caching (RFC 9111 4.2, as a private cache): ``max-age``, else
+  ``Expires`` minus ``Date``, else ``default_max_age``, less the response's age on arrival
+  (``Age`` plus the request's round trip, or ``Date``'s apparent age), then clamped to
+  ``[min_max_age, max_max_age]`` (see :func:`fresh_for`). A lookup after ``refresh_ahead``
+  (80 %) of that time starts a refresh in the background and answers at once; no timers,
+  all time comes from the injected clocks.
 * **Clocks**: the age of a key set is measured on a monotonic clock (``monotonic``,
   default :func:`time.monotonic`), so a wall clock that steps (a bad NTP source, a VM
   resumed) neither keeps a revoked key past its max-age nor expires a good set early. The
-  wall clock (``clock``) is used only where an absolute time is needed: the cache file.
+  wall clock (``clock``) is used only where an absolute time is needed: the response's
+  ``Date`` (RFC 9111's apparent age, which a fast clock can only shorten) and the cache file.
 * **Unknown kids** cause a refetch, at most one fetch per ``refetch_cooldown`` seconds
   (all fetches share this budget, so a flood of random kids costs one fetch per cooldown);
   a kid still missing after a fetch is remembered for ``unknown_kid_ttl`` seconds.
@@ -38,11 +41,13 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
+import email.utils
 import ipaddress
 import json
 import logging
 import math
 import os
+import re
 import threading
 import time
 from collections.abc import Iterable, Mapping
@@ -308,7 +313,8 @@ class JwksPolicy:
     fetch_timeout: float = 5.0
     """Seconds for connecting and for the whole download: a hanging issuer costs at most this."""
     default_max_age: float = 300.0
-    """Freshness when the response has no ``Cache-Control: max-age`` (as PyJWT, jose)."""
+    """Freshness when the response has neither ``Cache-Control: max-age`` nor ``Expires``
+    (as PyJWT, jose)."""
     min_max_age: float = 60.0
     """Lower clamp: a ``max-age=0`` issuer must not turn every request into a fetch."""
     max_max_age: float = 86400.0
@@ -366,22 +372,124 @@ def is_loopback_url(url: str) -> bool:
         return False
 
 
+_DELTA_SECONDS = re.compile(r"[0-9]+")
+"""RFC 9111 1.2.2 ``delta-seconds``: ASCII digits only (``int()`` would also take ``+5``,
+`` 5`` or Arabic-Indic digits)."""
+_DELTA_SECONDS_MAX = 2**31
+"""RFC 9111 1.2.2: a larger delta-seconds value is taken as 2^31."""
+_CACHE_DIRECTIVE = re.compile(
+    r"""\s*([^\s=,"]+)\s*(?:=\s*("(?:[^"\\]|\\.)*"|[^,]*))?\s*(?:,|$)"""
+)
+
+
+def _delta_seconds(text: str) -> int | None:
+    text = text.strip()
+    if not _DELTA_SECONDS.fullmatch(text):
+        return None
+    return min(int(text), _DELTA_SECONDS_MAX)
+
+
+def _http_date(text: str) -> float | None:
+    """An HTTP-date (RFC 9110 5.6.7, all three formats) as epoch seconds, None if invalid."""
+    parsed = email.utils.parsedate_tz(text)
+    if parsed is None:
+        return None
+    try:
+        return float(email.utils.mktime_tz(parsed))
+    except (OverflowError, ValueError):
+        return None
+
+
+def _cache_directives(lines: Iterable[str]) -> dict[str, list[str | None]]:
+    """Cache-Control directives of all field lines: lowercased name -> its arguments."""
+    directives: dict[str, list[str | None]] = {}
+    for line in lines:
+        for match in _CACHE_DIRECTIVE.finditer(line):
+            name, argument = match.group(1).lower(), match.group(2)
+            if argument is not None and argument.startswith('"'):
+                argument = re.sub(r"\\(.)", r"\1", argument[1:-1])
+            directives.setdefault(name, []).append(argument)
+    return directives
+
+
+def _freshness_lifetime(
+    fields: Mapping[str, list[str]], response_time: float, policy: JwksPolicy
+) -> float:
+    """RFC 9111 4.2.1 for a private cache; invalid or conflicting information is stale (0)."""
+    directives = _cache_directives(fields.get("cache-control", ()))
+    if "no-store" in directives or None in directives.get("no-cache", ()):
+        # Keys must still serve this request: 0 means "as short as the policy allows".
+        # (A qualified no-cache="field" only restricts those fields, RFC 9111 5.2.2.4.)
+        return 0.0
+    max_age = directives.get("max-age")
+    if max_age is not None:  # s-maxage is for shared caches only, RFC 9111 5.2.2.10
+        if len(set(max_age)) != 1 or max_age[0] is None:
+            return 0.0
+        seconds = _delta_seconds(max_age[0])
+        return 0.0 if seconds is None else float(seconds)
+    expires = fields.get("expires")
+    if expires is not None:
+        expires_at = _http_date(expires[0]) if len(expires) == 1 else None
+        if expires_at is None:  # RFC 9111 5.3: invalid (e.g. "0") means already expired
+            return 0.0
+        return expires_at - _date_value(fields, response_time)
+    return policy.default_max_age  # no explicit freshness: our heuristic (RFC 9111 4.2.2)
+
+
+def _date_value(fields: Mapping[str, list[str]], response_time: float) -> float:
+    """The response's Date; without a valid one, the time it arrived (RFC 9110 6.6.1)."""
+    dates = fields.get("date", ())
+    date = _http_date(dates[0]) if len(dates) == 1 else None
+    return response_time if date is None else date
+
+
+def _initial_age(
+    fields: Mapping[str, list[str]], response_time: float, response_delay: float
+) -> float:
+    """RFC 9111 4.2.3 ``corrected_initial_age``: how old the response already was on arrival."""
+    age_value = 0
+    ages = fields.get("age")
+    if ages:
+        # RFC 9111 5.1: use the first member of a list; ignore an invalid value.
+        age_value = _delta_seconds(ages[0].split(",")[0]) or 0
+    apparent_age = max(0.0, response_time - _date_value(fields, response_time))
+    corrected_age_value = age_value + max(0.0, response_delay)
+    return max(apparent_age, corrected_age_value)
+
+
+def fresh_for(
+    headers: Iterable[tuple[str, str]],
+    policy: JwksPolicy,
+    *,
+    response_time: float,
+    response_delay: float = 0.0,
+) -> float:
+    """Seconds a JWKS response stays fresh from its arrival, per RFC 9111 4.2.
+
+    ``headers`` are the response's header field lines as (name, value) pairs (any case,
+    repeats kept); ``response_time`` is the wall-clock time it arrived (epoch seconds, only
+    compared with its ``Date``); ``response_delay`` the seconds between sending the request
+    and receiving the response. The result is the freshness lifetime (``max-age``, else
+    ``Expires`` minus ``Date``, else ``policy.default_max_age``) minus the response's age
+    on arrival (``Age`` corrected by the delay, or ``Date``'s apparent age, whichever is
+    larger), clamped to ``[policy.min_max_age, policy.max_max_age]``. ``no-store`` and
+    unqualified ``no-cache`` count as 0 s; invalid or conflicting ``max-age``/``Expires``
+    as stale (RFC 9111 4.2.1); invalid ``Age`` and ``Date`` are ignored. Never raises.
+    """
+    fields: dict[str, list[str]] = {}
+    for name, value in headers:
+        fields.setdefault(name.lower(), []).append(value)
+    left = _freshness_lifetime(fields, response_time, policy) - _initial_age(
+        fields, response_time, response_delay
+    )
+    return min(max(left, policy.min_max_age), policy.max_max_age)
+
+
 def parse_max_age(cache_control: str | None, policy: JwksPolicy) -> float:
-    """Seconds the response may be used: its ``max-age`` clamped by the policy."""
-    if not cache_control:
-        return min(max(policy.default_max_age, policy.min_max_age), policy.max_max_age)
-    age: float | None = None
-    for directive in cache_control.lower().split(","):
-        name, _, value = directive.strip().partition("=")
-        name = name.strip()
-        if name in ("no-store", "no-cache"):
-            age = 0.0
-        elif name == "max-age" and age is None:
-            with contextlib.suppress(ValueError):
-                age = float(int(value.strip().strip('"')))
-    if age is None:
-        age = policy.default_max_age
-    return min(max(age, policy.min_max_age), policy.max_max_age)
+    """Seconds a response with only this ``Cache-Control`` value stays fresh (see
+    :func:`fresh_for`)."""
+    lines = [("cache-control", cache_control)] if cache_control else []
+    return fresh_for(lines, policy, response_time=0.0)
 
 
 @dataclass(frozen=True)
@@ -401,7 +509,8 @@ class _Snapshot:
 class JwksCache:
     """Keys from a JWKS URL, cached and refreshed as the module docstring describes.
 
-    ``clock`` is the wall clock (epoch seconds, used for the cache file's timestamps);
+    ``clock`` is the wall clock (epoch seconds, compared with the response's ``Date`` and
+    written to the cache file);
     ``monotonic`` measures the age of key sets, cooldowns and every other duration
     (seconds from any origin). Both are injectable for tests.
     """
@@ -544,16 +653,16 @@ class JwksCache:
         self._last_attempt = now
         self.fetch_count += 1
         try:
-            self._executor.submit(self._run_fetch, fut, now)
+            self._executor.submit(self._run_fetch, fut)
         except RuntimeError:  # executor shut down by close()
             self._inflight = None
             fut.set_result(False)
         return fut
 
-    def _run_fetch(self, fut: Future[bool], started: float) -> None:
+    def _run_fetch(self, fut: Future[bool]) -> None:
         ok = False
         try:
-            ok = self._fetch(started)
+            ok = self._fetch()
         except BaseException as exc:  # never let the worker die with waiters hanging
             self.last_error = f"unexpected error: {type(exc).__name__}"
             log.exception("JWKS fetch from %s failed unexpectedly", self.url)
@@ -565,9 +674,9 @@ class JwksCache:
             with contextlib.suppress(InvalidStateError):  # close() may have resolved it
                 fut.set_result(ok)
 
-    def _fetch(self, started: float) -> bool:
+    def _fetch(self) -> bool:
         try:
-            body, cache_control = self._download()
+            body, headers, received, response_time, response_delay = self._download()
             previous = self._snapshot.keys if self._snapshot is not None else None
             keys = parse_jwks(
                 body,
@@ -582,8 +691,10 @@ class JwksCache:
             self.last_error = str(exc)
             log.warning("JWKS fetch from %s failed: %s; keeping the last good keys", self.url, exc)
             return False
-        max_age = parse_max_age(cache_control, self.policy)
-        snap = self._make_snapshot(keys, started, max_age, self._clock())
+        max_age = fresh_for(
+            headers, self.policy, response_time=response_time, response_delay=response_delay
+        )
+        snap = self._make_snapshot(keys, received, max_age, response_time)
         with self._lock:
             self._snapshot = snap
         self.last_error = None
@@ -591,13 +702,18 @@ class JwksCache:
         self._persist(body, snap)
         return True
 
-    def _download(self) -> tuple[bytes, str | None]:
+    def _download(self) -> tuple[bytes, list[tuple[str, str]], float, float, float]:
+        """The body, the header lines, when they arrived (monotonic clock, then wall clock)
+        and the round trip until they did (seconds)."""
         import httpx2
 
         policy = self.policy
         deadline = time.monotonic() + policy.fetch_timeout
+        sent = self._monotonic()
         try:
             with self._client.stream("GET", self.url) as response:
+                received = self._monotonic()
+                response_time = self._clock()
                 if response.status_code != 200:
                     raise JwksError(f"HTTP status {response.status_code}")
                 encoding = response.headers.get("content-encoding", "identity").lower()
@@ -617,7 +733,8 @@ class JwksCache:
                     if time.monotonic() > deadline:
                         raise JwksError(f"download took longer than {policy.fetch_timeout} s")
                     chunks.append(chunk)
-                return b"".join(chunks), response.headers.get("cache-control")
+                headers = response.headers.multi_items()
+                return b"".join(chunks), headers, received, response_time, received - sent
         except httpx2.TimeoutException:
             raise JwksError(f"no answer within {policy.fetch_timeout} s") from None
         except httpx2.HTTPError as exc:
