@@ -172,8 +172,8 @@ class JwksServer:
         return response
 
     @contextmanager
-    def running(self) -> Iterator[str]:
-        with serve_app(self.app, date_header=False) as base:
+    def running(self, port: int | None = None) -> Iterator[str]:
+        with serve_app(self.app, port=port, date_header=False) as base:
             self.url = base + "/jwks"
             try:
                 yield self.url

@@ -24,7 +24,7 @@ from jwtmcp.keys import KeyRing, generate_key, load_ring, revoke_key, rotate_rin
 from jwtmcp.tokens import SigningKey, mint
 from jwtmcp.verifier import Verifier
 from tests.jwks_support import AUDIENCE, ISSUER, JwksServer, claims, header, jws, weak_jwk
-from tests.support import FakeClock
+from tests.support import FakeClock, free_port
 
 MAX_AGE = 300
 
@@ -277,6 +277,50 @@ def test_a_set_of_only_weak_keys_is_a_failed_fetch(
     server.mode = "weak"
     with make_verifier(server.url, clock) as v:
         assert "no usable" in (v.keys.last_error or "")  # type: ignore[attr-defined]
+
+
+# --- recovery after failed fetches ----------------------------------------------------------
+
+
+def test_a_down_issuer_is_retried_with_backoff_doubling_from_1_s_to_the_cooldown(
+    ring: KeyRing, clock: FakeClock
+) -> None:
+    url = f"http://127.0.0.1:{free_port()}/jwks"  # nothing listens: connection refused
+    key = ring.active.signing_key
+    with make_verifier(url, clock) as v:
+        cache = v.keys
+        assert cache.last_error and cache.fetch_count == 1  # type: ignore[attr-defined]
+        for attempt, delay in enumerate([1, 2, 4, 8, 16, 30, 30], start=2):
+            clock.advance(delay - 0.2)
+            assert code_of(v, token(key, clock)) == "keys_unavailable"
+            assert cache.fetch_count == attempt - 1, delay  # type: ignore[attr-defined]
+            clock.advance(0.3)
+            assert code_of(v, token(key, clock)) == "keys_unavailable"
+            assert cache.fetch_count == attempt, delay  # type: ignore[attr-defined]
+
+
+def test_an_issuer_that_comes_up_late_is_used_within_seconds_by_one_shared_fetch(
+    ring: KeyRing, clock: FakeClock
+) -> None:
+    port = free_port()
+    key = ring.active.signing_key
+    with make_verifier(f"http://127.0.0.1:{port}/jwks", clock) as v:
+        assert v.keys.last_error  # type: ignore[attr-defined]  # the issuer is not up yet
+        srv = JwksServer(ring.jwks(), cache_control=f"max-age={MAX_AGE}")
+        with srv.running(port=port):
+            srv.delay = 0.3  # every request below arrives while the one fetch is in flight
+            clock.advance(1.1)  # a second after the failure, not the 30 s cooldown
+            with ThreadPoolExecutor(20) as pool:
+                subjects = list(
+                    pool.map(lambda i: v.verify(token(key, clock, sub=f"u{i}")).subject, range(20))
+                )
+            assert subjects == [f"u{i}" for i in range(20)]
+            assert srv.fetches == 1
+            # Once the issuer answers, flood protection is back to the full cooldown.
+            bogus = jws(header("bogus"), claims(clock.now), ring.active.private_key)
+            clock.advance(1.1)
+            assert code_of(v, bogus) == "unknown_kid"
+            assert srv.fetches == 1
 
 
 # --- acceptance 4: floods and concurrency ------------------------------------------------------
