@@ -24,8 +24,11 @@ happens around that lookup:
   (all fetches share this budget, so a flood of random kids costs one fetch per cooldown);
   a kid still missing after a fetch is remembered for ``unknown_kid_ttl`` seconds.
 * **Outages**: a failed fetch never drops keys. The last good set keeps serving for
-  ``stale_window`` seconds past its max-age, with a retry in the background at most once per
-  cooldown; after that, lookups fail closed with :class:`~jwtmcp.errors.KeysUnavailable`.
+  ``stale_window`` seconds past its max-age, with retries in the background; after that,
+  lookups fail closed with :class:`~jwtmcp.errors.KeysUnavailable`. After a failed fetch
+  the next one may start ``retry_backoff`` (1 s) later, doubling with each failure in a
+  row up to ``refetch_cooldown``, so an issuer that comes up late is used within seconds
+  while one that stays down costs one fetch per cooldown. Still one fetch at a time.
 * **Restarts**: with ``cache_file`` the last good JWKS is written atomically (temp file and
   rename) after each successful fetch, and read back at start, so a server restarting while
   the issuer is down still verifies.
@@ -323,6 +326,9 @@ class JwksPolicy:
     """Fraction of the max-age after which a lookup starts a background refresh."""
     refetch_cooldown: float = 30.0
     """At least this long between two fetches started by requests (unknown kids, retries)."""
+    retry_backoff: float = 1.0
+    """After a failed fetch, the wait before the next one may start; it doubles with each
+    failure in a row, up to ``refetch_cooldown``, and a success resets it."""
     unknown_kid_ttl: float = 60.0
     """How long a kid missing from a fresh fetch is refused without another fetch: longer
     than the cooldown, so replaying one bogus kid never costs a fetch, short enough that an
@@ -344,6 +350,7 @@ def _check_policy(policy: JwksPolicy) -> None:
         "min_max_age",
         "max_max_age",
         "refetch_cooldown",
+        "retry_backoff",
         "unknown_kid_ttl",
         "stale_window",
     ):
@@ -545,6 +552,8 @@ class JwksCache:
         self._inflight: Future[bool] | None = None
         self._last_attempt: float | None = None
         self._last_ok = False
+        self._failures = 0
+        """Failed fetches in a row: sets the backoff before the next attempt."""
         self._unknown: dict[str, float] = {}
         self._closed = False
         self.fetch_count = 0
@@ -637,9 +646,17 @@ class JwksCache:
 
     def _start_fetch_if_allowed(self, now: float) -> Future[bool] | None:
         last = self._last_attempt
-        if last is not None and 0 <= now - last < self.policy.refetch_cooldown:
+        if last is not None and now - last < self._retry_delay():
             return None
         return self._start_fetch(now)
+
+    def _retry_delay(self) -> float:
+        """Seconds from one fetch attempt to the next (caller holds the lock)."""
+        policy = self.policy
+        if self._failures == 0:
+            return policy.refetch_cooldown
+        backoff = policy.retry_backoff * 2.0 ** min(self._failures - 1, 60)
+        return min(backoff, policy.refetch_cooldown)
 
     def _start_fetch(self, now: float) -> Future[bool]:
         """Start a fetch (caller holds the lock). The future resolves to True on success."""
@@ -671,6 +688,7 @@ class JwksCache:
                 if self._inflight is fut:
                     self._inflight = None
                 self._last_ok = ok
+                self._failures = 0 if ok else self._failures + 1
             with contextlib.suppress(InvalidStateError):  # close() may have resolved it
                 fut.set_result(ok)
 
