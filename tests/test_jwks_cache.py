@@ -7,11 +7,16 @@ hand, and a test waits only for a background fetch to finish (``wait_idle``).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import email.utils
 import json
+import os
+import select
+import signal
 import threading
 import time
-from collections.abc import Iterator
+import warnings
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -225,6 +230,98 @@ def test_a_key_set_fetched_while_the_wall_clock_was_a_day_fast_expires_after_max
         elapse(MAX_AGE + 1)  # one max-age of real time later, the old key must be gone
         assert code_of(v, token(doomed, clock)) == "unknown_kid"
         assert server.fetches == 3
+
+
+# --- fork safety ------------------------------------------------------------------------------
+
+
+def in_forked_child(
+    work: Callable[[], object],
+    *,
+    in_parent: Callable[[], None] = lambda: None,
+    timeout: float = 30.0,
+) -> object:
+    """Run ``work()`` in a child made by a real ``os.fork()`` and return what it returned
+    (JSON over a pipe); a child that raised re-raises here as AssertionError. ``in_parent``
+    runs in the parent right after the fork. The child always ends with ``os._exit``; one
+    that does not answer within ``timeout`` s is killed by its PID."""
+    read_fd, write_fd = os.pipe()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # 3.12+: fork with threads running
+        pid = os.fork()
+    if pid == 0:  # the child: never return into pytest
+        status = 1
+        try:
+            os.close(read_fd)
+            try:
+                answer: dict[str, object] = {"result": work()}
+            except BaseException as exc:
+                answer = {"error": f"{type(exc).__name__}: {exc}"}
+            os.write(write_fd, json.dumps(answer).encode())
+            status = 0
+        finally:
+            os._exit(status)
+    os.close(write_fd)
+    data = b""
+    try:
+        in_parent()
+        deadline = time.monotonic() + timeout
+        while True:
+            ready, _, _ = select.select([read_fd], [], [], max(0.0, deadline - time.monotonic()))
+            if not ready:
+                raise AssertionError(f"the forked child did not answer within {timeout} s")
+            chunk = os.read(read_fd, 65536)
+            if not chunk:
+                break
+            data += chunk
+    finally:
+        os.close(read_fd)
+        if os.waitpid(pid, os.WNOHANG) == (0, 0):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+    answer = json.loads(data)
+    if "error" in answer:
+        raise AssertionError(f"in the forked child: {answer['error']}")
+    return answer["result"]
+
+
+def test_a_verifier_built_before_fork_fetches_in_the_child(
+    ring: KeyRing, server: JwksServer, clock: FakeClock
+):
+    old_key = ring.active.signing_key
+    with make_verifier(server.url, clock) as v:
+        new_key = _publish_new_key(ring, server, clock)
+
+        def child() -> object:
+            clock.advance(31)  # past the cooldown: a new kid may fetch
+            first = v.verify(token(new_key, clock)).subject
+            clock.advance(MAX_AGE + 1)  # past max-age: the set must be fetched again
+            second = v.verify(token(old_key, clock, sub="bob")).subject
+            return [first, second]
+
+        assert in_forked_child(child) == ["alice", "bob"]
+        assert server.fetches == 3  # the parent's first fetch, then the child's two
+        assert v.verify(token(old_key, clock)).subject == "alice"  # the parent is unharmed
+        assert server.fetches == 3
+
+
+def test_a_fork_while_the_first_fetch_is_in_flight_fetches_again_in_the_child(
+    ring: KeyRing, server: JwksServer, clock: FakeClock
+):
+    key = ring.active.signing_key
+    server.gate.clear()  # the parent's first fetch stays in flight across the fork
+    with Verifier(
+        issuer=ISSUER, audience=AUDIENCE, jwks_url=server.url, clock=clock, monotonic=clock,
+        fetch_timeout=2.0,
+    ) as v:
+        result = in_forked_child(
+            lambda: v.verify(token(key, clock)).subject, in_parent=server.gate.set
+        )
+        assert result == "alice"
+        assert v.keys.wait_idle(10)  # type: ignore[attr-defined]
+        assert v.verify(token(key, clock)).subject == "alice"
+        assert server.fetches == 2
 
 
 # --- acceptance 3: a misbehaving JWKS server -------------------------------------------------
