@@ -29,6 +29,9 @@ happens around that lookup:
   the next one may start ``retry_backoff`` (1 s) later, doubling with each failure in a
   row up to ``refetch_cooldown``, so an issuer that comes up late is used within seconds
   while one that stays down costs one fetch per cooldown. Still one fetch at a time.
+* **Forks**: a cache built before ``os.fork()`` (gunicorn ``--preload``, multiprocessing)
+  fetches in the child: an at-fork hook gives it a new worker, lock and HTTP client, and
+  forgets a fetch that was in flight in the parent.
 * **Restarts**: with ``cache_file`` the last good JWKS is written atomically (temp file and
   rename) after each successful fetch, and read back at start, so a server restarting while
   the issuer is down still verifies.
@@ -53,11 +56,12 @@ import os
 import re
 import threading
 import time
+import weakref
 from collections.abc import Iterable, Mapping
 from concurrent.futures import Future, InvalidStateError, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlsplit
 
 from cryptography.exceptions import UnsupportedAlgorithm as _CryptoUnsupported
@@ -67,6 +71,9 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from .errors import ConfigError, KeysUnavailable, UnknownKid
 from .files import atomic_write
 from .tokens import Clock
+
+if TYPE_CHECKING:
+    import httpx2
 
 log = logging.getLogger("jwtmcp.jwks")
 
@@ -513,6 +520,19 @@ class _Snapshot:
     stale_until: float
 
 
+_LIVE_CACHES: weakref.WeakSet[JwksCache] = weakref.WeakSet()
+"""Every open cache, so a forked child can give each one fresh fetch machinery."""
+
+
+def _after_fork_in_child() -> None:
+    for cache in list(_LIVE_CACHES):
+        if not cache._closed:
+            cache._reset_after_fork()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 class JwksCache:
     """Keys from a JWKS URL, cached and refreshed as the module docstring describes.
 
@@ -561,18 +581,9 @@ class JwksCache:
         self.last_error: str | None = None
         """Why the last fetch failed, or None after a success."""
         self._persisted_body: bytes | None = None
-        import httpx2  # the MCP SDK's HTTP library; imported here so PEM/file users skip it
-
-        self._client = httpx2.Client(
-            timeout=httpx2.Timeout(self.policy.fetch_timeout),
-            follow_redirects=False,
-            headers={
-                "Accept": "application/jwk-set+json, application/json",
-                "Accept-Encoding": "identity",
-                "User-Agent": "jwtmcp-verifier",
-            },
-        )
+        self._client: httpx2.Client | None = None  # made by the worker, at its first fetch
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="jwtmcp-jwks")
+        _LIVE_CACHES.add(self)
         self._load_cache_file()
         with self._lock:
             self._start_fetch(self._monotonic())
@@ -729,7 +740,7 @@ class JwksCache:
         deadline = time.monotonic() + policy.fetch_timeout
         sent = self._monotonic()
         try:
-            with self._client.stream("GET", self.url) as response:
+            with self._http_client().stream("GET", self.url) as response:
                 received = self._monotonic()
                 response_time = self._clock()
                 if response.status_code != 200:
@@ -757,6 +768,25 @@ class JwksCache:
             raise JwksError(f"no answer within {policy.fetch_timeout} s") from None
         except httpx2.HTTPError as exc:
             raise JwksError(f"{type(exc).__name__}: {exc}") from None
+
+    def _http_client(self) -> httpx2.Client:
+        """The HTTP client, made on first use (only the worker thread calls this)."""
+        client = self._client
+        if client is None:
+            import httpx2  # the MCP SDK's HTTP library; imported here so PEM/file users skip it
+
+            if self._closed:
+                raise JwksError("the verifier is closed")
+            client = self._client = httpx2.Client(
+                timeout=httpx2.Timeout(self.policy.fetch_timeout),
+                follow_redirects=False,
+                headers={
+                    "Accept": "application/jwk-set+json, application/json",
+                    "Accept-Encoding": "identity",
+                    "User-Agent": "jwtmcp-verifier",
+                },
+            )
+        return client
 
     def _make_snapshot(
         self, keys: Mapping[str, PublicKey], fetched_at: float, max_age: float, wall: float
@@ -858,12 +888,29 @@ class JwksCache:
         snap = self._snapshot
         return tuple(snap.keys) if snap is not None else ()
 
+    def _reset_after_fork(self) -> None:
+        """In a child made by ``os.fork()``: the worker thread did not survive, a lock may
+        be held by a thread that no longer exists and the HTTP connections are shared with
+        the parent. Start over with new ones (the keys and their times stay valid: the
+        monotonic clock runs on across a fork). The parent's connections are dropped, never
+        closed, so nothing is sent on sockets the parent still uses."""
+        self._lock = threading.Lock()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="jwtmcp-jwks")
+        self._client = None
+        if self._inflight is not None:
+            # That fetch ran in the parent's worker: the child never learns its result, so
+            # it must not wait for it, nor wait out a cooldown counted from its start.
+            self._inflight = None
+            self._last_attempt = None
+
     def close(self) -> None:
         self._closed = True
         self._executor.shutdown(wait=False, cancel_futures=True)
         with self._lock:
             fut, self._inflight = self._inflight, None
-        self._client.close()
+        client, self._client = self._client, None
+        if client is not None:
+            client.close()
         if fut is not None and not fut.done():
             with contextlib.suppress(Exception):
                 fut.set_result(False)
