@@ -13,6 +13,7 @@ import json
 import os
 import select
 import signal
+import stat
 import threading
 import time
 import warnings
@@ -610,7 +611,7 @@ def test_a_key_replaced_under_the_same_kid_invalidates_cached_tokens(
 def test_a_restart_with_the_issuer_down_verifies_from_the_cache_file(
     ring: KeyRing, clock: FakeClock, tmp_path: Path
 ):
-    (tmp_path / "cache").mkdir()
+    (tmp_path / "cache").mkdir(mode=0o700)
     cache = tmp_path / "cache" / "jwks-cache.json"
     srv = JwksServer(ring.jwks())
     with srv.running() as url, make_verifier(url, clock, cache_file=cache) as first:
@@ -651,6 +652,111 @@ def test_a_cache_file_is_ignored_when_foreign_corrupt_or_too_old(
     cache.write_text(good)
     clock.advance(MAX_AGE + 86400 + 1)
     assert fresh_code() == "keys_unavailable"
+
+
+# --- trust in the cache file (as SSH trusts authorized_keys) -----------------------------------
+
+OTHER_UID = 65534  # "nobody"
+
+
+def _written_cache_file(ring: KeyRing, clock: FakeClock, tmp_path: Path) -> tuple[Path, str]:
+    """A cache file written by a verifier, and the URL of its JWKS server, now stopped."""
+    directory = tmp_path / "cache"
+    directory.mkdir(mode=0o700)
+    cache = directory / "jwks-cache.json"
+    srv = JwksServer(ring.jwks())
+    with srv.running() as url, make_verifier(url, clock, cache_file=cache):
+        pass
+    return cache, url
+
+
+def _code_with_the_issuer_down(ring: KeyRing, clock: FakeClock, url: str, cache: Path) -> str:
+    with Verifier(
+        issuer=ISSUER, audience=AUDIENCE, jwks_url=url, clock=clock, cache_file=cache,
+        fetch_timeout=1.0,
+    ) as v:
+        try:
+            return v.verify(token(ring.active.signing_key, clock)).subject
+        except TokenError as exc:
+            return exc.code
+
+
+def test_the_cache_file_is_written_0600(ring: KeyRing, clock: FakeClock, tmp_path: Path) -> None:
+    cache, _url = _written_cache_file(ring, clock, tmp_path)
+    assert stat.S_IMODE(cache.stat().st_mode) == 0o600
+    assert cache.stat().st_uid == os.getuid()
+
+
+@pytest.mark.parametrize(
+    ("mode", "trusted"),
+    [(0o600, True), (0o644, True), (0o620, False), (0o602, False), (0o666, False)],
+    ids=["0600", "0644", "0620", "0602", "0666"],
+)
+def test_a_group_or_world_writable_cache_file_is_refused_with_a_log_line(
+    ring: KeyRing, clock: FakeClock, tmp_path: Path, caplog: pytest.LogCaptureFixture,
+    mode: int, trusted: bool,
+) -> None:
+    cache, url = _written_cache_file(ring, clock, tmp_path)
+    cache.chmod(mode)
+    with caplog.at_level("WARNING", logger="jwtmcp.jwks"):
+        code = _code_with_the_issuer_down(ring, clock, url, cache)
+    refusals = [r.getMessage() for r in caplog.records if "refusing" in r.getMessage()]
+    if trusted:
+        assert (code, refusals) == ("alice", [])
+    else:
+        assert code == "keys_unavailable"
+        assert len(refusals) == 1 and str(cache) in refusals[0], refusals
+        assert "writable by group or others" in refusals[0]
+        assert f"{mode:04o}" in refusals[0]
+
+
+@pytest.mark.parametrize(
+    ("mode", "trusted"),
+    [(0o700, True), (0o1777, True), (0o770, False), (0o777, False)],
+    ids=["0700", "1777", "0770", "0777"],
+)
+def test_a_cache_file_in_a_directory_others_may_write_is_refused(
+    ring: KeyRing, clock: FakeClock, tmp_path: Path, caplog: pytest.LogCaptureFixture,
+    mode: int, trusted: bool,
+) -> None:
+    """Whoever may write the directory may replace the file: refused unless the directory
+    is sticky (like /tmp, where others cannot replace a file they do not own)."""
+    cache, url = _written_cache_file(ring, clock, tmp_path)
+    cache.parent.chmod(mode)
+    with caplog.at_level("WARNING", logger="jwtmcp.jwks"):
+        code = _code_with_the_issuer_down(ring, clock, url, cache)
+    refusals = [r.getMessage() for r in caplog.records if "refusing" in r.getMessage()]
+    if trusted:
+        assert (code, refusals) == ("alice", [])
+    else:
+        assert code == "keys_unavailable"
+        assert len(refusals) == 1 and str(cache.parent) in refusals[0], refusals
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="making a file another user owns needs root")
+@pytest.mark.parametrize("what", ["file", "directory"])
+def test_a_cache_file_owned_by_another_user_is_refused(
+    ring: KeyRing, clock: FakeClock, tmp_path: Path, caplog: pytest.LogCaptureFixture,
+    what: str,
+) -> None:
+    cache, url = _written_cache_file(ring, clock, tmp_path)
+    os.chown(cache if what == "file" else cache.parent, OTHER_UID, OTHER_UID)
+    with caplog.at_level("WARNING", logger="jwtmcp.jwks"):
+        code = _code_with_the_issuer_down(ring, clock, url, cache)
+    assert code == "keys_unavailable"
+    refusals = [r.getMessage() for r in caplog.records if "refusing" in r.getMessage()]
+    assert len(refusals) == 1 and f"uid {OTHER_UID}" in refusals[0], refusals
+
+
+def test_a_cache_file_that_is_a_fifo_is_refused_without_blocking(
+    ring: KeyRing, clock: FakeClock, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    cache, url = _written_cache_file(ring, clock, tmp_path)
+    cache.unlink()
+    os.mkfifo(cache, 0o600)  # reading it would wait for a writer forever
+    with caplog.at_level("WARNING", logger="jwtmcp.jwks"):
+        assert _code_with_the_issuer_down(ring, clock, url, cache) == "keys_unavailable"
+    assert any("not a regular file" in r.getMessage() for r in caplog.records)
 
 
 # --- parsing the set --------------------------------------------------------------------------
