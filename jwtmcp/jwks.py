@@ -33,8 +33,11 @@ happens around that lookup:
   fetches in the child: an at-fork hook gives it a new worker, lock and HTTP client, and
   forgets a fetch that was in flight in the parent.
 * **Restarts**: with ``cache_file`` the last good JWKS is written atomically (temp file and
-  rename) after each successful fetch, and read back at start, so a server restarting while
-  the issuer is down still verifies.
+  rename, mode 0600) after each successful fetch, and read back at start, so a server
+  restarting while the issuer is down still verifies. As OpenSSH treats ``authorized_keys``,
+  the file is refused (with an error in the log) unless only this user or root could have
+  written it: the file and its directory owned by this user or root and not writable by
+  group or others (a sticky directory such as /tmp is fine), and a regular file.
 * **Hostile input**: the response body is read streaming and abandoned past
   ``max_body_bytes``; sets with more than ``max_keys`` keys are refused; keys jwtmcp cannot
   use (not RSA, ``use`` other than ``sig``, under 2048 or over 8192 bits, no kid, an
@@ -54,6 +57,7 @@ import logging
 import math
 import os
 import re
+import stat
 import threading
 import time
 import weakref
@@ -520,6 +524,53 @@ class _Snapshot:
     stale_until: float
 
 
+class _UntrustedFile(Exception):
+    """A local file someone other than this user (or root) could have written."""
+
+
+def _read_trusted_file(path: Path, limit: int) -> bytes:
+    """Up to ``limit + 1`` bytes of ``path``, if only this process's user or root could
+    have written it, as OpenSSH's StrictModes demands of ``authorized_keys``: the file
+    and its directory owned by this user or root, neither writable by group or others
+    (a sticky directory, like /tmp, may be). The file's own checks are made on the open
+    descriptor, so a file swapped in between cannot slip through. Raises
+    :class:`_UntrustedFile` saying why, or OSError (FileNotFoundError when absent)."""
+    uid = os.getuid()
+    # O_NONBLOCK: opening a FIFO planted in its place must not wait for a writer.
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise _UntrustedFile("it is not a regular file")
+        _check_owner_and_mode(info, "it", uid, sticky_ok=False)
+        directory = Path(os.path.realpath(path)).parent
+        _check_owner_and_mode(os.stat(directory), f"its directory {directory}", uid, True)
+        chunks: list[bytes] = []
+        size = 0
+        while size <= limit:
+            chunk = os.read(fd, min(65536, limit + 1 - size))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+def _check_owner_and_mode(info: os.stat_result, what: str, uid: int, sticky_ok: bool) -> None:
+    if info.st_uid not in (uid, 0):
+        raise _UntrustedFile(
+            f"{what} is owned by uid {info.st_uid}, not by this user (uid {uid}) or root"
+        )
+    mode = stat.S_IMODE(info.st_mode)
+    if mode & 0o022 and not (sticky_ok and mode & stat.S_ISVTX):
+        raise _UntrustedFile(
+            f"{what} is writable by group or others (mode {mode:04o}); "
+            "only its owner may write it (chmod go-w)"
+        )
+
+
 _LIVE_CACHES: weakref.WeakSet[JwksCache] = weakref.WeakSet()
 """Every open cache, so a forked child can give each one fresh fetch machinery."""
 
@@ -824,15 +875,19 @@ class JwksCache:
         path = self._cache_file
         if path is None:
             return
+        limit = self.policy.max_body_bytes * 2
         try:
-            raw = path.read_bytes()
+            raw = _read_trusted_file(path, limit)
         except FileNotFoundError:
             return
+        except _UntrustedFile as exc:
+            log.error("refusing the JWKS cache file %s: %s", path, exc)
+            return
         except OSError as exc:
-            log.warning("cannot read the JWKS cache file %s: %s", path, exc)
+            log.warning("cannot read the JWKS cache file %s: %s", path, exc.strerror or exc)
             return
         try:
-            if len(raw) > self.policy.max_body_bytes * 2:
+            if len(raw) > limit:
                 raise JwksError("the file is too large")
             doc = json.loads(raw)
             if not isinstance(doc, dict) or doc.get("version") != CACHE_FILE_VERSION:
