@@ -763,13 +763,15 @@ class JwksCache:
                 algorithms=self._algorithms,
                 max_keys=self.policy.max_keys,
                 previous=previous,
-                where=f"the JWKS from {self.url}",
+                where="the JWKS",  # last_error and the log line name the URL
             )
             if not keys:
                 raise JwksError("the JWKS holds no usable RSA signing key")
         except JwksError as exc:
             self.last_error = str(exc)
-            log.warning("JWKS fetch from %s failed: %s; keeping the last good keys", self.url, exc)
+            if not self._closed:  # nobody is left to care once the verifier is closed
+                kept = "keeping the last good keys" if self._snapshot else "no keys yet"
+                log.warning("JWKS fetch from %s failed: %s; %s", self.url, exc, kept)
             return False
         max_age = fresh_for(
             headers, self.policy, response_time=response_time, response_delay=response_delay
@@ -817,6 +819,8 @@ class JwksCache:
                 return b"".join(chunks), headers, received, response_time, received - sent
         except httpx2.TimeoutException:
             raise JwksError(f"no answer within {policy.fetch_timeout} s") from None
+        except httpx2.ConnectError as exc:
+            raise JwksError(f"cannot connect ({exc})") from None
         except httpx2.HTTPError as exc:
             raise JwksError(f"{type(exc).__name__}: {exc}") from None
 
