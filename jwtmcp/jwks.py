@@ -396,8 +396,9 @@ _DELTA_SECONDS = re.compile(r"[0-9]+")
 _DELTA_SECONDS_MAX = 2**31
 """RFC 9111 1.2.2: a larger delta-seconds value is taken as 2^31."""
 _CACHE_DIRECTIVE = re.compile(
-    r"""\s*([^\s=,"]+)\s*(?:=\s*("(?:[^"\\]|\\.)*"|[^,]*))?\s*(?:,|$)"""
+    r"""\s*([^\s=,"]+)\s*(?:=\s*(?:"((?:[^"\\]|\\.)*)"|([^,]*)))?\s*(?:,|$)"""
 )
+"""One Cache-Control directive: name, then a quoted-string argument or a token one."""
 
 
 def _delta_seconds(text: str) -> int | None:
@@ -423,10 +424,9 @@ def _cache_directives(lines: Iterable[str]) -> dict[str, list[str | None]]:
     directives: dict[str, list[str | None]] = {}
     for line in lines:
         for match in _CACHE_DIRECTIVE.finditer(line):
-            name, argument = match.group(1).lower(), match.group(2)
-            if argument is not None and argument.startswith('"'):
-                argument = re.sub(r"\\(.)", r"\1", argument[1:-1])
-            directives.setdefault(name, []).append(argument)
+            name, quoted, token = match.groups()
+            argument = re.sub(r"\\(.)", r"\1", quoted) if quoted is not None else token
+            directives.setdefault(name.lower(), []).append(argument)
     return directives
 
 
@@ -588,9 +588,8 @@ class JwksCache:
     """Keys from a JWKS URL, cached and refreshed as the module docstring describes.
 
     ``clock`` is the wall clock (epoch seconds, compared with the response's ``Date`` and
-    written to the cache file);
-    ``monotonic`` measures the age of key sets, cooldowns and every other duration
-    (seconds from any origin). Both are injectable for tests.
+    written to the cache file); ``monotonic`` measures the age of key sets, cooldowns and
+    every other duration (seconds from any origin). Both are injectable for tests.
     """
 
     def __init__(

@@ -112,6 +112,7 @@ def test_refresh_ahead_starts_after_80_percent_of_max_age_in_background(
         ("max-age=6e2", 60),
         ("max-age=\u0666\u0660\u0660", 60),  # Arabic-Indic digits are not delta-seconds
         ("max-age=600, max-age=900", 60),
+        ('max-age="600', 60),  # an unterminated quoted-string
         ("max-age=600, no-store", 60),
     ],
 )
