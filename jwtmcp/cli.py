@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import logging
 import os
 import re
 import sys
@@ -21,7 +22,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NoReturn
 
-from .errors import ConfigError, JwtMcpError, TokenError
+from .errors import ConfigError, JwtMcpError, KeysUnavailable, TokenError
 from .keys import (
     DEFAULT_BITS,
     DEFAULT_LEEWAY,
@@ -295,6 +296,7 @@ def _read_token(value: str) -> str:
 
 
 def cmd_verify(args: argparse.Namespace, clock: Clock) -> int:
+    from .jwks import JwksCache
     from .verifier import Verifier
 
     token = _read_token(args.token)
@@ -313,19 +315,36 @@ def cmd_verify(args: argparse.Namespace, clock: Clock) -> int:
         else:
             key_source = {"jwks_file": source}
     audience: str | list[str] = args.aud[0] if len(args.aud) == 1 else list(args.aud)
-    verifier = Verifier(
-        issuer=args.iss or issuer_url(args),
-        audience=audience,
-        clock=clock,
-        max_lifetime=args.max_lifetime,
-        **key_source,
-    )
+    # A one-shot run has no last good keys to keep: the key cache's outage log lines are
+    # for servers. A URL that cannot be used is this command's one error line instead.
+    jwks_log = logging.getLogger("jwtmcp.jwks")
+    level = jwks_log.level
+    jwks_log.setLevel(logging.ERROR)
     try:
-        claims = verifier.verify(token)
-    except TokenError as exc:
-        raise TokenError(f"token refused ({exc.code}): {exc.message}", code=exc.code) from None
+        verifier = Verifier(
+            issuer=args.iss or issuer_url(args),
+            audience=audience,
+            clock=clock,
+            max_lifetime=args.max_lifetime,
+            **key_source,
+        )
+        try:
+            claims = verifier.verify(token)
+        except KeysUnavailable:
+            keys = verifier.keys
+            if not isinstance(keys, JwksCache):
+                raise
+            keys.wait_idle(keys.policy.fetch_timeout + 1.0)
+            reason = keys.last_error or f"no answer within {keys.policy.fetch_timeout} s"
+            raise KeysUnavailable(f"cannot fetch the JWKS from {source}: {reason}") from None
+        except TokenError as exc:
+            raise TokenError(
+                f"token refused ({exc.code}): {exc.message}", code=exc.code
+            ) from None
+        finally:
+            verifier.close()
     finally:
-        verifier.close()
+        jwks_log.setLevel(level)
     _print_json(dict(claims.claims))
     return 0
 

@@ -9,19 +9,35 @@ happens around that lookup:
   At most one fetch is in flight; every request that must wait for it (sync or async)
   waits on the same :class:`concurrent.futures.Future` (sync code with ``.result(timeout)``,
   async code with ``asyncio.wrap_future``), so the event loop is never blocked.
-* **Freshness** follows ``Cache-Control: max-age`` clamped to ``[min_max_age, max_max_age]``
-  (``default_max_age`` when absent). A lookup after ``refresh_ahead`` (80 %) of the max-age
-  starts a refresh in the background and answers at once; no timers, all time comes from
-  the injected clock.
+* **Freshness** follows HTTP caching (RFC 9111 4.2, as a private cache): ``max-age``, else
+  ``Expires`` minus ``Date``, else ``default_max_age``, less the response's age on arrival
+  (``Age`` plus the request's round trip, or ``Date``'s apparent age), then clamped to
+  ``[min_max_age, max_max_age]`` (see :func:`fresh_for`). A lookup after ``refresh_ahead``
+  (80 %) of that time starts a refresh in the background and answers at once; no timers,
+  all time comes from the injected clocks.
+* **Clocks**: the age of a key set is measured on a monotonic clock (``monotonic``,
+  default :func:`time.monotonic`), so a wall clock that steps (a bad NTP source, a VM
+  resumed) neither keeps a revoked key past its max-age nor expires a good set early. The
+  wall clock (``clock``) is used only where an absolute time is needed: the response's
+  ``Date`` (RFC 9111's apparent age, which a fast clock can only shorten) and the cache file.
 * **Unknown kids** cause a refetch, at most one fetch per ``refetch_cooldown`` seconds
   (all fetches share this budget, so a flood of random kids costs one fetch per cooldown);
   a kid still missing after a fetch is remembered for ``unknown_kid_ttl`` seconds.
 * **Outages**: a failed fetch never drops keys. The last good set keeps serving for
-  ``stale_window`` seconds past its max-age, with a retry in the background at most once per
-  cooldown; after that, lookups fail closed with :class:`~jwtmcp.errors.KeysUnavailable`.
+  ``stale_window`` seconds past its max-age, with retries in the background; after that,
+  lookups fail closed with :class:`~jwtmcp.errors.KeysUnavailable`. After a failed fetch
+  the next one may start ``retry_backoff`` (1 s) later, doubling with each failure in a
+  row up to ``refetch_cooldown``, so an issuer that comes up late is used within seconds
+  while one that stays down costs one fetch per cooldown. Still one fetch at a time.
+* **Forks**: a cache built before ``os.fork()`` (gunicorn ``--preload``, multiprocessing)
+  fetches in the child: an at-fork hook gives it a new worker, lock and HTTP client, and
+  forgets a fetch that was in flight in the parent.
 * **Restarts**: with ``cache_file`` the last good JWKS is written atomically (temp file and
-  rename) after each successful fetch, and read back at start, so a server restarting while
-  the issuer is down still verifies.
+  rename, mode 0600) after each successful fetch, and read back at start, so a server
+  restarting while the issuer is down still verifies. As OpenSSH treats ``authorized_keys``,
+  the file is refused (with an error in the log) unless only this user or root could have
+  written it: the file and its directory owned by this user or root and not writable by
+  group or others (a sticky directory such as /tmp is fine), and a regular file.
 * **Hostile input**: the response body is read streaming and abandoned past
   ``max_body_bytes``; sets with more than ``max_keys`` keys are refused; keys jwtmcp cannot
   use (not RSA, ``use`` other than ``sig``, under 2048 or over 8192 bits, no kid, an
@@ -34,18 +50,22 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
+import email.utils
 import ipaddress
 import json
 import logging
 import math
 import os
+import re
+import stat
 import threading
 import time
+import weakref
 from collections.abc import Iterable, Mapping
 from concurrent.futures import Future, InvalidStateError, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlsplit
 
 from cryptography.exceptions import UnsupportedAlgorithm as _CryptoUnsupported
@@ -55,6 +75,9 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from .errors import ConfigError, KeysUnavailable, UnknownKid
 from .files import atomic_write
 from .tokens import Clock
+
+if TYPE_CHECKING:
+    import httpx2
 
 log = logging.getLogger("jwtmcp.jwks")
 
@@ -245,7 +268,9 @@ class KeySource(Protocol):
         self, kid: str | None, now: float, *, may_wait: bool = True
     ) -> PublicKey | Future[bool]:
         """The key ``kid`` names, or a future to wait on before asking again (with
-        ``may_wait=False``). Raises UnknownKid or KeysUnavailable."""
+        ``may_wait=False``). ``now`` is the request's wall-clock time (epoch seconds);
+        a source that ages its keys measures that age on its own monotonic clock.
+        Raises UnknownKid or KeysUnavailable."""
         ...
 
     def close(self) -> None: ...
@@ -307,7 +332,8 @@ class JwksPolicy:
     fetch_timeout: float = 5.0
     """Seconds for connecting and for the whole download: a hanging issuer costs at most this."""
     default_max_age: float = 300.0
-    """Freshness when the response has no ``Cache-Control: max-age`` (as PyJWT, jose)."""
+    """Freshness when the response has neither ``Cache-Control: max-age`` nor ``Expires``
+    (as PyJWT, jose)."""
     min_max_age: float = 60.0
     """Lower clamp: a ``max-age=0`` issuer must not turn every request into a fetch."""
     max_max_age: float = 86400.0
@@ -316,6 +342,9 @@ class JwksPolicy:
     """Fraction of the max-age after which a lookup starts a background refresh."""
     refetch_cooldown: float = 30.0
     """At least this long between two fetches started by requests (unknown kids, retries)."""
+    retry_backoff: float = 1.0
+    """After a failed fetch, the wait before the next one may start; it doubles with each
+    failure in a row, up to ``refetch_cooldown``, and a success resets it."""
     unknown_kid_ttl: float = 60.0
     """How long a kid missing from a fresh fetch is refused without another fetch: longer
     than the cooldown, so replaying one bogus kid never costs a fetch, short enough that an
@@ -340,6 +369,7 @@ def _check_policy(policy: JwksPolicy) -> None:
         "min_max_age",
         "max_max_age",
         "refetch_cooldown",
+        "retry_backoff",
         "unknown_kid_ttl",
         "stale_window",
     ):
@@ -368,29 +398,133 @@ def is_loopback_url(url: str) -> bool:
         return False
 
 
+_DELTA_SECONDS = re.compile(r"[0-9]+")
+"""RFC 9111 1.2.2 ``delta-seconds``: ASCII digits only (``int()`` would also take ``+5``,
+`` 5`` or Arabic-Indic digits)."""
+_DELTA_SECONDS_MAX = 2**31
+"""RFC 9111 1.2.2: a larger delta-seconds value is taken as 2^31."""
+_CACHE_DIRECTIVE = re.compile(
+    r"""\s*([^\s=,"]+)\s*(?:=\s*(?:"((?:[^"\\]|\\.)*)"|([^,]*)))?\s*(?:,|$)"""
+)
+"""One Cache-Control directive: name, then a quoted-string argument or a token one."""
+
+
+def _delta_seconds(text: str) -> int | None:
+    text = text.strip()
+    if not _DELTA_SECONDS.fullmatch(text):
+        return None
+    return min(int(text), _DELTA_SECONDS_MAX)
+
+
+def _http_date(text: str) -> float | None:
+    """An HTTP-date (RFC 9110 5.6.7, all three formats) as epoch seconds, None if invalid."""
+    parsed = email.utils.parsedate_tz(text)
+    if parsed is None:
+        return None
+    try:
+        return float(email.utils.mktime_tz(parsed))
+    except (OverflowError, ValueError):
+        return None
+
+
+def _cache_directives(lines: Iterable[str]) -> dict[str, list[str | None]]:
+    """Cache-Control directives of all field lines: lowercased name -> its arguments."""
+    directives: dict[str, list[str | None]] = {}
+    for line in lines:
+        for match in _CACHE_DIRECTIVE.finditer(line):
+            name, quoted, token = match.groups()
+            argument = re.sub(r"\\(.)", r"\1", quoted) if quoted is not None else token
+            directives.setdefault(name.lower(), []).append(argument)
+    return directives
+
+
+def _freshness_lifetime(
+    fields: Mapping[str, list[str]], response_time: float, policy: JwksPolicy
+) -> float:
+    """RFC 9111 4.2.1 for a private cache; invalid or conflicting information is stale (0)."""
+    directives = _cache_directives(fields.get("cache-control", ()))
+    if "no-store" in directives or None in directives.get("no-cache", ()):
+        # Keys must still serve this request: 0 means "as short as the policy allows".
+        # (A qualified no-cache="field" only restricts those fields, RFC 9111 5.2.2.4.)
+        return 0.0
+    max_age = directives.get("max-age")
+    if max_age is not None:  # s-maxage is for shared caches only, RFC 9111 5.2.2.10
+        if len(set(max_age)) != 1 or max_age[0] is None:
+            return 0.0
+        seconds = _delta_seconds(max_age[0])
+        return 0.0 if seconds is None else float(seconds)
+    expires = fields.get("expires")
+    if expires is not None:
+        expires_at = _http_date(expires[0]) if len(expires) == 1 else None
+        if expires_at is None:  # RFC 9111 5.3: invalid (e.g. "0") means already expired
+            return 0.0
+        return expires_at - _date_value(fields, response_time)
+    return policy.default_max_age  # no explicit freshness: our heuristic (RFC 9111 4.2.2)
+
+
+def _date_value(fields: Mapping[str, list[str]], response_time: float) -> float:
+    """The response's Date; without a valid one, the time it arrived (RFC 9110 6.6.1)."""
+    dates = fields.get("date", ())
+    date = _http_date(dates[0]) if len(dates) == 1 else None
+    return response_time if date is None else date
+
+
+def _initial_age(
+    fields: Mapping[str, list[str]], response_time: float, response_delay: float
+) -> float:
+    """RFC 9111 4.2.3 ``corrected_initial_age``: how old the response already was on arrival."""
+    age_value = 0
+    ages = fields.get("age")
+    if ages:
+        # RFC 9111 5.1: use the first member of a list; ignore an invalid value.
+        age_value = _delta_seconds(ages[0].split(",")[0]) or 0
+    apparent_age = max(0.0, response_time - _date_value(fields, response_time))
+    corrected_age_value = age_value + max(0.0, response_delay)
+    return max(apparent_age, corrected_age_value)
+
+
+def fresh_for(
+    headers: Iterable[tuple[str, str]],
+    policy: JwksPolicy,
+    *,
+    response_time: float,
+    response_delay: float = 0.0,
+) -> float:
+    """Seconds a JWKS response stays fresh from its arrival, per RFC 9111 4.2.
+
+    ``headers`` are the response's header field lines as (name, value) pairs (any case,
+    repeats kept); ``response_time`` is the wall-clock time it arrived (epoch seconds, only
+    compared with its ``Date``); ``response_delay`` the seconds between sending the request
+    and receiving the response. The result is the freshness lifetime (``max-age``, else
+    ``Expires`` minus ``Date``, else ``policy.default_max_age``) minus the response's age
+    on arrival (``Age`` corrected by the delay, or ``Date``'s apparent age, whichever is
+    larger), clamped to ``[policy.min_max_age, policy.max_max_age]``. ``no-store`` and
+    unqualified ``no-cache`` count as 0 s; invalid or conflicting ``max-age``/``Expires``
+    as stale (RFC 9111 4.2.1); invalid ``Age`` and ``Date`` are ignored. Never raises.
+    """
+    fields: dict[str, list[str]] = {}
+    for name, value in headers:
+        fields.setdefault(name.lower(), []).append(value)
+    left = _freshness_lifetime(fields, response_time, policy) - _initial_age(
+        fields, response_time, response_delay
+    )
+    return min(max(left, policy.min_max_age), policy.max_max_age)
+
+
 def parse_max_age(cache_control: str | None, policy: JwksPolicy) -> float:
-    """Seconds the response may be used: its ``max-age`` clamped by the policy."""
-    if not cache_control:
-        return min(max(policy.default_max_age, policy.min_max_age), policy.max_max_age)
-    age: float | None = None
-    for directive in cache_control.lower().split(","):
-        name, _, value = directive.strip().partition("=")
-        name = name.strip()
-        if name in ("no-store", "no-cache"):
-            age = 0.0
-        elif name == "max-age" and age is None:
-            with contextlib.suppress(ValueError):
-                age = float(int(value.strip().strip('"')))
-    if age is None:
-        age = policy.default_max_age
-    return min(max(age, policy.min_max_age), policy.max_max_age)
+    """Seconds a response with only this ``Cache-Control`` value stays fresh (see
+    :func:`fresh_for`)."""
+    lines = [("cache-control", cache_control)] if cache_control else []
+    return fresh_for(lines, policy, response_time=0.0)
 
 
 @dataclass(frozen=True)
 class _Snapshot:
-    """One good key set and the times that govern it (all from the injected clock)."""
+    """One good key set and the times that govern it: ``fetched_wall`` is epoch seconds
+    (for the cache file), every other time is on the cache's monotonic clock."""
 
     keys: Mapping[str, PublicKey]
+    fetched_wall: float
     fetched_at: float
     max_age: float
     refresh_at: float
@@ -398,8 +532,73 @@ class _Snapshot:
     stale_until: float
 
 
+class _UntrustedFile(Exception):
+    """A local file someone other than this user (or root) could have written."""
+
+
+def _read_trusted_file(path: Path, limit: int) -> bytes:
+    """Up to ``limit + 1`` bytes of ``path``, if only this process's user or root could
+    have written it, as OpenSSH's StrictModes demands of ``authorized_keys``: the file
+    and its directory owned by this user or root, neither writable by group or others
+    (a sticky directory, like /tmp, may be). The file's own checks are made on the open
+    descriptor, so a file swapped in between cannot slip through. Raises
+    :class:`_UntrustedFile` saying why, or OSError (FileNotFoundError when absent)."""
+    uid = os.getuid()
+    # O_NONBLOCK: opening a FIFO planted in its place must not wait for a writer.
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise _UntrustedFile("it is not a regular file")
+        _check_owner_and_mode(info, "it", uid, sticky_ok=False)
+        directory = Path(os.path.realpath(path)).parent
+        _check_owner_and_mode(os.stat(directory), f"its directory {directory}", uid, True)
+        chunks: list[bytes] = []
+        size = 0
+        while size <= limit:
+            chunk = os.read(fd, min(65536, limit + 1 - size))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+def _check_owner_and_mode(info: os.stat_result, what: str, uid: int, sticky_ok: bool) -> None:
+    if info.st_uid not in (uid, 0):
+        raise _UntrustedFile(
+            f"{what} is owned by uid {info.st_uid}, not by this user (uid {uid}) or root"
+        )
+    mode = stat.S_IMODE(info.st_mode)
+    if mode & 0o022 and not (sticky_ok and mode & stat.S_ISVTX):
+        raise _UntrustedFile(
+            f"{what} is writable by group or others (mode {mode:04o}); "
+            "only its owner may write it (chmod go-w)"
+        )
+
+
+_LIVE_CACHES: weakref.WeakSet[JwksCache] = weakref.WeakSet()
+"""Every open cache, so a forked child can give each one fresh fetch machinery."""
+
+
+def _after_fork_in_child() -> None:
+    for cache in list(_LIVE_CACHES):
+        if not cache._closed:
+            cache._reset_after_fork()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 class JwksCache:
-    """Keys from a JWKS URL, cached and refreshed as the module docstring describes."""
+    """Keys from a JWKS URL, cached and refreshed as the module docstring describes.
+
+    ``clock`` is the wall clock (epoch seconds, compared with the response's ``Date`` and
+    written to the cache file); ``monotonic`` measures the age of key sets, cooldowns and
+    every other duration (seconds from any origin). Both are injectable for tests.
+    """
 
     def __init__(
         self,
@@ -408,6 +607,7 @@ class JwksCache:
         algorithms: Iterable[str] = ("RS256",),
         policy: JwksPolicy | None = None,
         clock: Clock = time.time,
+        monotonic: Clock = time.monotonic,
         cache_file: str | os.PathLike[str] | None = None,
         allow_insecure_http: bool = False,
     ) -> None:
@@ -423,12 +623,15 @@ class JwksCache:
         self.policy = policy or JwksPolicy()
         self._algorithms = frozenset(algorithms)
         self._clock = clock
+        self._monotonic = monotonic
         self._cache_file = Path(cache_file) if cache_file is not None else None
         self._lock = threading.Lock()
         self._snapshot: _Snapshot | None = None
         self._inflight: Future[bool] | None = None
         self._last_attempt: float | None = None
         self._last_ok = False
+        self._failures = 0
+        """Failed fetches in a row: sets the backoff before the next attempt."""
         self._unknown: dict[str, float] = {}
         self._closed = False
         self.fetch_count = 0
@@ -436,21 +639,12 @@ class JwksCache:
         self.last_error: str | None = None
         """Why the last fetch failed, or None after a success."""
         self._persisted_body: bytes | None = None
-        import httpx2  # the MCP SDK's HTTP library; imported here so PEM/file users skip it
-
-        self._client = httpx2.Client(
-            timeout=httpx2.Timeout(self.policy.fetch_timeout),
-            follow_redirects=False,
-            headers={
-                "Accept": "application/jwk-set+json, application/json",
-                "Accept-Encoding": "identity",
-                "User-Agent": "jwtmcp-verifier",
-            },
-        )
+        self._client: httpx2.Client | None = None  # made by the worker, at its first fetch
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="jwtmcp-jwks")
+        _LIVE_CACHES.add(self)
         self._load_cache_file()
         with self._lock:
-            self._start_fetch(self._clock())
+            self._start_fetch(self._monotonic())
 
     # -- the hot path -----------------------------------------------------------------
 
@@ -458,13 +652,14 @@ class JwksCache:
         self, kid: str | None, now: float, *, may_wait: bool = True
     ) -> PublicKey | Future[bool]:
         snap = self._snapshot
-        if snap is not None and kid is not None and now < snap.refresh_at:
+        if snap is not None and kid is not None and self._monotonic() < snap.refresh_at:
             key = snap.keys.get(kid)
             if key is not None:
                 return key
-        return self._find_slow(kid, now, may_wait)
+        return self._find_slow(kid, may_wait)
 
-    def _find_slow(self, kid: str | None, now: float, may_wait: bool) -> PublicKey | Future[bool]:
+    def _find_slow(self, kid: str | None, may_wait: bool) -> PublicKey | Future[bool]:
+        now = self._monotonic()
         if kid is None:
             raise UnknownKid("the token names no signing key (kid)")
         if self._closed:
@@ -520,9 +715,17 @@ class JwksCache:
 
     def _start_fetch_if_allowed(self, now: float) -> Future[bool] | None:
         last = self._last_attempt
-        if last is not None and 0 <= now - last < self.policy.refetch_cooldown:
+        if last is not None and now - last < self._retry_delay():
             return None
         return self._start_fetch(now)
+
+    def _retry_delay(self) -> float:
+        """Seconds from one fetch attempt to the next (caller holds the lock)."""
+        policy = self.policy
+        if self._failures == 0:
+            return policy.refetch_cooldown
+        backoff = policy.retry_backoff * 2.0 ** min(self._failures - 1, 60)
+        return min(backoff, policy.refetch_cooldown)
 
     def _start_fetch(self, now: float) -> Future[bool]:
         """Start a fetch (caller holds the lock). The future resolves to True on success."""
@@ -536,16 +739,16 @@ class JwksCache:
         self._last_attempt = now
         self.fetch_count += 1
         try:
-            self._executor.submit(self._run_fetch, fut, now)
+            self._executor.submit(self._run_fetch, fut)
         except RuntimeError:  # executor shut down by close()
             self._inflight = None
             fut.set_result(False)
         return fut
 
-    def _run_fetch(self, fut: Future[bool], started: float) -> None:
+    def _run_fetch(self, fut: Future[bool]) -> None:
         ok = False
         try:
-            ok = self._fetch(started)
+            ok = self._fetch()
         except BaseException as exc:  # never let the worker die with waiters hanging
             self.last_error = f"unexpected error: {type(exc).__name__}"
             log.exception("JWKS fetch from %s failed unexpectedly", self.url)
@@ -554,28 +757,33 @@ class JwksCache:
                 if self._inflight is fut:
                     self._inflight = None
                 self._last_ok = ok
+                self._failures = 0 if ok else self._failures + 1
             with contextlib.suppress(InvalidStateError):  # close() may have resolved it
                 fut.set_result(ok)
 
-    def _fetch(self, started: float) -> bool:
+    def _fetch(self) -> bool:
         try:
-            body, cache_control = self._download()
+            body, headers, received, response_time, response_delay = self._download()
             previous = self._snapshot.keys if self._snapshot is not None else None
             keys = parse_jwks(
                 body,
                 algorithms=self._algorithms,
                 max_keys=self.policy.max_keys,
                 previous=previous,
-                where=f"the JWKS from {self.url}",
+                where="the JWKS",  # last_error and the log line name the URL
             )
             if not keys:
                 raise JwksError("the JWKS holds no usable RSA signing key")
         except JwksError as exc:
             self.last_error = str(exc)
-            log.warning("JWKS fetch from %s failed: %s; keeping the last good keys", self.url, exc)
+            if not self._closed:  # nobody is left to care once the verifier is closed
+                kept = "keeping the last good keys" if self._snapshot else "no keys yet"
+                log.warning("JWKS fetch from %s failed: %s; %s", self.url, exc, kept)
             return False
-        max_age = parse_max_age(cache_control, self.policy)
-        snap = self._make_snapshot(keys, started, max_age)
+        max_age = fresh_for(
+            headers, self.policy, response_time=response_time, response_delay=response_delay
+        )
+        snap = self._make_snapshot(keys, received, max_age, response_time)
         with self._lock:
             self._snapshot = snap
         self.last_error = None
@@ -583,13 +791,18 @@ class JwksCache:
         self._persist(body, snap)
         return True
 
-    def _download(self) -> tuple[bytes, str | None]:
+    def _download(self) -> tuple[bytes, list[tuple[str, str]], float, float, float]:
+        """The body, the header lines, when they arrived (monotonic clock, then wall clock)
+        and the round trip until they did (seconds)."""
         import httpx2
 
         policy = self.policy
         deadline = time.monotonic() + policy.fetch_timeout
+        sent = self._monotonic()
         try:
-            with self._client.stream("GET", self.url) as response:
+            with self._http_client().stream("GET", self.url) as response:
+                received = self._monotonic()
+                response_time = self._clock()
                 if response.status_code != 200:
                     raise JwksError(f"HTTP status {response.status_code}")
                 encoding = response.headers.get("content-encoding", "identity").lower()
@@ -609,18 +822,41 @@ class JwksCache:
                     if time.monotonic() > deadline:
                         raise JwksError(f"download took longer than {policy.fetch_timeout} s")
                     chunks.append(chunk)
-                return b"".join(chunks), response.headers.get("cache-control")
+                headers = response.headers.multi_items()
+                return b"".join(chunks), headers, received, response_time, received - sent
         except httpx2.TimeoutException:
             raise JwksError(f"no answer within {policy.fetch_timeout} s") from None
+        except httpx2.ConnectError as exc:
+            raise JwksError(f"cannot connect ({exc})") from None
         except httpx2.HTTPError as exc:
             raise JwksError(f"{type(exc).__name__}: {exc}") from None
 
+    def _http_client(self) -> httpx2.Client:
+        """The HTTP client, made on first use (only the worker thread calls this)."""
+        client = self._client
+        if client is None:
+            import httpx2  # the MCP SDK's HTTP library; imported here so PEM/file users skip it
+
+            if self._closed:
+                raise JwksError("the verifier is closed")
+            client = self._client = httpx2.Client(
+                timeout=httpx2.Timeout(self.policy.fetch_timeout),
+                follow_redirects=False,
+                headers={
+                    "Accept": "application/jwk-set+json, application/json",
+                    "Accept-Encoding": "identity",
+                    "User-Agent": "jwtmcp-verifier",
+                },
+            )
+        return client
+
     def _make_snapshot(
-        self, keys: Mapping[str, PublicKey], fetched_at: float, max_age: float
+        self, keys: Mapping[str, PublicKey], fetched_at: float, max_age: float, wall: float
     ) -> _Snapshot:
         expires = fetched_at + max_age
         return _Snapshot(
             keys=keys,
+            fetched_wall=wall,
             fetched_at=fetched_at,
             max_age=max_age,
             refresh_at=fetched_at + max_age * self.policy.refresh_ahead,
@@ -636,7 +872,7 @@ class JwksCache:
         doc = {
             "version": CACHE_FILE_VERSION,
             "url": self.url,
-            "fetched_at": snap.fetched_at,
+            "fetched_at": snap.fetched_wall,
             "max_age": snap.max_age,
             "jwks": json.loads(body),
         }
@@ -650,15 +886,19 @@ class JwksCache:
         path = self._cache_file
         if path is None:
             return
+        limit = self.policy.max_body_bytes * 2
         try:
-            raw = path.read_bytes()
+            raw = _read_trusted_file(path, limit)
         except FileNotFoundError:
             return
+        except _UntrustedFile as exc:
+            log.error("refusing the JWKS cache file %s: %s", path, exc)
+            return
         except OSError as exc:
-            log.warning("cannot read the JWKS cache file %s: %s", path, exc)
+            log.warning("cannot read the JWKS cache file %s: %s", path, exc.strerror or exc)
             return
         try:
-            if len(raw) > self.policy.max_body_bytes * 2:
+            if len(raw) > limit:
                 raise JwksError("the file is too large")
             doc = json.loads(raw)
             if not isinstance(doc, dict) or doc.get("version") != CACHE_FILE_VERSION:
@@ -684,9 +924,11 @@ class JwksCache:
         except (JwksError, ValueError, RecursionError) as exc:
             log.warning("ignoring the JWKS cache file %s: %s", path, exc)
             return
-        now = self._clock()
+        wall = self._clock()
+        fetched_wall = min(float(fetched_at), wall)  # a time in the future: as if just now
+        now = self._monotonic()
         max_age = min(max(float(max_age), self.policy.min_max_age), self.policy.max_max_age)
-        snap = self._make_snapshot(keys, min(float(fetched_at), now), max_age)
+        snap = self._make_snapshot(keys, now - (wall - fetched_wall), max_age, fetched_wall)
         if now >= snap.stale_until:
             log.warning("ignoring the JWKS cache file %s: older than the stale window", path)
             return
@@ -712,12 +954,29 @@ class JwksCache:
         snap = self._snapshot
         return tuple(snap.keys) if snap is not None else ()
 
+    def _reset_after_fork(self) -> None:
+        """In a child made by ``os.fork()``: the worker thread did not survive, a lock may
+        be held by a thread that no longer exists and the HTTP connections are shared with
+        the parent. Start over with new ones (the keys and their times stay valid: the
+        monotonic clock runs on across a fork). The parent's connections are dropped, never
+        closed, so nothing is sent on sockets the parent still uses."""
+        self._lock = threading.Lock()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="jwtmcp-jwks")
+        self._client = None
+        if self._inflight is not None:
+            # That fetch ran in the parent's worker: the child never learns its result, so
+            # it must not wait for it, nor wait out a cooldown counted from its start.
+            self._inflight = None
+            self._last_attempt = None
+
     def close(self) -> None:
         self._closed = True
         self._executor.shutdown(wait=False, cancel_futures=True)
         with self._lock:
             fut, self._inflight = self._inflight, None
-        self._client.close()
+        client, self._client = self._client, None
+        if client is not None:
+            client.close()
         if fut is not None and not fut.done():
             with contextlib.suppress(Exception):
                 fut.set_result(False)

@@ -288,6 +288,8 @@ class Verifier:
       ``allow_insecure_jwks_url`` (bool) is true.
     - ``clock`` (() -> float): epoch seconds, for the token time checks; default
       :func:`time.time`.
+    - ``monotonic`` (() -> float): seconds from any origin, measuring how old the fetched keys
+      are, so a wall clock that steps cannot keep a revoked key; default :func:`time.monotonic`.
     - ``algorithms`` (iterable of str): the allow-list, default ``("RS256",)``; only RSA
       ``RS*``/``PS*`` algorithms exist (RFC 8725 §3.1).
     - ``leeway`` (seconds, 0-300, default 30): clock skew allowed on ``exp``, ``nbf``, ``iat``.
@@ -314,6 +316,7 @@ class Verifier:
         jwks_file: str | Any | None = None,
         public_key_pem: str | bytes | None = None,
         clock: Clock = time.time,
+        monotonic: Clock = time.monotonic,
         algorithms: Iterable[str] = ("RS256",),
         leeway: float = DEFAULT_LEEWAY,
         max_lifetime: float = DEFAULT_MAX_LIFETIME,
@@ -396,6 +399,7 @@ class Verifier:
                 algorithms=algs,
                 policy=policy,
                 clock=clock,
+                monotonic=monotonic,
                 cache_file=cache_file,
                 allow_insecure_http=allow_insecure_jwks_url,
             )

@@ -116,6 +116,11 @@ class JwksServer:
     Modes: ``ok``, ``500``, ``hang`` (no answer until the test ends), ``garbage``,
     ``huge`` (a 1 MB body), ``weak`` (only a 1024-bit key), ``down`` (connection refused
     is had by stopping the server instead). ``delay`` slows ``ok`` answers down.
+    ``gate`` holds every answer while it is clear (a fetch that stays in flight until the
+    test sets it). ``extra_headers`` are added to ``ok`` answers as given (repeats make
+    repeated field lines). The server sends no ``Date`` of its own: uvicorn's comes from the
+    real clock, which means nothing to a verifier on a FakeClock; a test that needs one
+    sends it.
     """
 
     def __init__(self, doc: dict[str, Any], *, cache_control: str | None = "max-age=300") -> None:
@@ -123,6 +128,9 @@ class JwksServer:
         self.mode = "ok"
         self.cache_control = cache_control
         self.delay = 0.0
+        self.extra_headers: list[tuple[str, str]] = []
+        self.gate = threading.Event()
+        self.gate.set()
         self.fetches = 0
         self.url = ""
         self._closing = threading.Event()
@@ -135,6 +143,11 @@ class JwksServer:
 
     async def _jwks(self, request: Request) -> Response:
         self.fetches += 1
+        deadline = time.monotonic() + 30
+        while not self.gate.is_set() and not self._closing.is_set():
+            if time.monotonic() > deadline:
+                return Response("gate never opened", status_code=503)
+            await asyncio.sleep(0.01)
         mode = self.mode
         if mode == "500":
             return Response("internal error", status_code=500)
@@ -162,11 +175,14 @@ class JwksServer:
 
     def _json(self, doc: dict[str, Any]) -> Response:
         headers = {"Cache-Control": self.cache_control} if self.cache_control else {}
-        return Response(json.dumps(doc), media_type="application/json", headers=headers)
+        response = Response(json.dumps(doc), media_type="application/json", headers=headers)
+        for name, value in self.extra_headers:
+            response.raw_headers.append((name.lower().encode(), value.encode()))
+        return response
 
     @contextmanager
-    def running(self) -> Iterator[str]:
-        with serve_app(self.app) as base:
+    def running(self, port: int | None = None) -> Iterator[str]:
+        with serve_app(self.app, port=port, date_header=False) as base:
             self.url = base + "/jwks"
             try:
                 yield self.url

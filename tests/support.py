@@ -41,8 +41,14 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def serve_app(app: Any, *, port: int | None = None, timeout: float = 10.0) -> Iterator[str]:
-    """Run an ASGI app on a real uvicorn server on 127.0.0.1 in a thread; yield its base URL."""
+def serve_app(
+    app: Any, *, port: int | None = None, timeout: float = 10.0, date_header: bool = True
+) -> Iterator[str]:
+    """Run an ASGI app on a real uvicorn server on 127.0.0.1 in a thread; yield its base URL.
+
+    ``date_header=False`` stops uvicorn adding its own ``Date`` (from the real clock), for
+    an app that sends one from a test's fake clock, or none.
+    """
     # IPPROTO_TCP explicitly: asyncio sets TCP_NODELAY only on sockets whose proto says TCP,
     # and socket.socket() leaves it 0. Without it every response stalls ~40 ms (Nagle plus
     # the client's delayed ACK).
@@ -50,7 +56,9 @@ def serve_app(app: Any, *, port: int | None = None, timeout: float = 10.0) -> It
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", port or 0))
     bound_port = sock.getsockname()[1]
-    config = uvicorn.Config(app, log_level="warning", lifespan="auto", access_log=False)
+    config = uvicorn.Config(
+        app, log_level="warning", lifespan="auto", access_log=False, date_header=date_header
+    )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()

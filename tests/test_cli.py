@@ -23,7 +23,8 @@ from starlette.routing import Route
 
 from jwtmcp.cli import build_parser, main
 from jwtmcp.keys import STATE_FILE, KeyRing, jwk_thumbprint, load_ring, rotate_ring
-from tests.support import FakeClock, serve_app
+from tests.jwks_support import JwksServer
+from tests.support import FakeClock, free_port, serve_app
 
 REPO = Path(__file__).resolve().parent.parent
 ISS = "http://127.0.0.1:8000"
@@ -593,6 +594,43 @@ def test_verify_against_a_jwks_url(keys: str, jwks_server: str) -> None:
     result = run("verify", token, "--jwks", jwks_server, "--aud", AUD)
     assert result.code == 0, result.err
     assert json.loads(result.out)["sub"] == "alice"
+
+
+def _unreachable_jwks_error(result: Result, url: str) -> str:
+    """One line, exit 1, naming the URL; nothing about keys a one-shot run never had."""
+    err = result.one_line_error()
+    assert url in err, err
+    assert "last good" not in err and "try again later" not in err, err
+    return err
+
+
+def test_verify_says_a_jwks_url_on_a_closed_port_could_not_be_reached(keys: str) -> None:
+    url = f"http://127.0.0.1:{free_port()}/.well-known/jwks.json"  # nothing listens there
+    err = _unreachable_jwks_error(run("verify", _mint(keys), "--jwks", url, "--aud", AUD), url)
+    assert "cannot fetch the JWKS from" in err and "connection refused" in err.lower(), err
+
+
+@pytest.mark.parametrize(
+    ("mode", "reason"),
+    [
+        ("500", "HTTP status 500"),
+        ("garbage", "not valid JSON"),
+        ("weak", "no usable RSA signing key"),
+        ("hang", "no answer within 5"),  # the default fetch timeout, 5 s
+    ],
+)
+def test_verify_says_why_a_jwks_url_could_not_be_used(keys: str, mode: str, reason: str) -> None:
+    server = JwksServer(load_ring(keys).jwks())
+    server.mode = mode
+    with server.running() as url:
+        err = _unreachable_jwks_error(run("verify", _mint(keys), "--jwks", url, "--aud", AUD), url)
+    assert "cannot fetch the JWKS from" in err and reason in err, err
+
+
+def test_verify_with_a_bad_token_and_an_unreachable_jwks_url_prints_one_line(keys: str) -> None:
+    url = f"http://127.0.0.1:{free_port()}/jwks"
+    err = run("verify", "not.a.token", "--jwks", url, "--aud", AUD).one_line_error()
+    assert "token refused (malformed)" in err
 
 
 @pytest.mark.parametrize(
