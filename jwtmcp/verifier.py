@@ -69,14 +69,23 @@ from .jwks import (
     PublicKey,
     StaticKeys,
 )
-from .tokens import DEFAULT_MAX_LIFETIME, TOKEN_TYPE, Clock, ToolGrants, VerifiedClaims, split_scope
+from .tokens import (
+    DEFAULT_MAX_LIFETIME,
+    MAX_NUMERIC_DATE,
+    MAX_TOKEN_BYTES,
+    TOKEN_TYPE,
+    Clock,
+    ToolGrants,
+    VerifiedClaims,
+    split_scope,
+)
 
 __all__ = ["Verifier"]
 
 log = logging.getLogger("jwtmcp.verifier")
 
 DEFAULT_LEEWAY = 30
-DEFAULT_MAX_TOKEN_BYTES = 8192
+DEFAULT_MAX_TOKEN_BYTES = MAX_TOKEN_BYTES  # what mint() signs at most
 DEFAULT_VERIFIED_CACHE_SIZE = 10_000
 MAX_LEEWAY = 300
 _HEADER_CACHE_SIZE = 256
@@ -187,12 +196,6 @@ def _strict_json_object(raw: bytes, what: str) -> dict[str, Any]:
         raise MalformedToken(f"the token's {what} is not a JSON object")
     return value
 
-
-MAX_NUMERIC_DATE = 2**53 - 1
-"""The largest NumericDate (seconds) accepted, and the most negative is its opposite.
-
-RFC 7493 2.2 (I-JSON): integers outside +-(2**53 - 1) are not interoperable; inside, a
-number converts to a float exactly, so time arithmetic never overflows or rounds."""
 
 _OPTIONAL_STRINGS = ("client_id", "jti", "scope")
 
