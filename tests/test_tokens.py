@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from jwtmcp.clients import add_client
 from jwtmcp.errors import ClientsError, ConfigError
-from jwtmcp.keys import KeyRing, init_ring
+from jwtmcp.keys import KeyRing, init_ring, load_ring, rotate_ring
 from jwtmcp.tokens import (
     REGISTERED_CLAIMS,
     RESERVED_CLAIMS,
@@ -176,6 +176,47 @@ def test_lifetime_above_the_maximum_is_refused(
 ) -> None:
     with pytest.raises(ConfigError, match="above the maximum of 3600"):
         _mint(ring, clock, lifetime=lifetime)
+
+
+@pytest.fixture(scope="module")
+def short_ring(tmp_path_factory: pytest.TempPathFactory) -> KeyRing:
+    """A ring whose tokens live at most 900 s ('jwtmcp keys init --max-lifetime 900')."""
+    return init_ring(tmp_path_factory.mktemp("short") / "keys", max_lifetime=900,
+                     clock=FakeClock())
+
+
+@pytest.mark.parametrize("explicit_maximum", [None, 3600], ids=["default", "explicit-3600"])
+def test_mint_refuses_a_lifetime_above_the_rings_maximum(
+    short_ring: KeyRing, clock: FakeClock, explicit_maximum: int | None
+) -> None:
+    more: dict[str, Any] = {} if explicit_maximum is None else {"max_lifetime": explicit_maximum}
+    with pytest.raises(ConfigError, match="above the maximum of 900 s"):
+        _mint(short_ring, clock, lifetime=1800, **more)
+
+
+def test_mint_with_the_ring_itself_refuses_a_lifetime_above_its_maximum(
+    short_ring: KeyRing, clock: FakeClock
+) -> None:
+    with pytest.raises(ConfigError, match="above the maximum of 900 s"):
+        mint(short_ring, issuer=ISS, subject="alice", audience=AUD, lifetime=901, clock=clock)
+
+
+def test_a_lifetime_at_the_rings_maximum_is_signed(short_ring: KeyRing, clock: FakeClock) -> None:
+    claims = _decode(_mint(short_ring, clock, lifetime=900), short_ring)
+    assert claims["exp"] - claims["iat"] == 900
+
+
+def test_a_smaller_explicit_maximum_still_applies(short_ring: KeyRing, clock: FakeClock) -> None:
+    with pytest.raises(ConfigError, match="above the maximum of 600 s"):
+        _mint(short_ring, clock, lifetime=700, max_lifetime=600)
+
+
+def test_signing_keys_carry_their_rings_maximum_through_load_and_rotate(tmp_path: Path) -> None:
+    created = init_ring(tmp_path / "keys", max_lifetime=900, clock=FakeClock())
+    assert created.active.signing_key.max_lifetime == 900
+    assert load_ring(tmp_path / "keys").active.signing_key.max_lifetime == 900
+    rotated = rotate_ring(tmp_path / "keys", clock=FakeClock())
+    assert {k.signing_key.max_lifetime for k in rotated.keys} == {900}
 
 
 @pytest.mark.parametrize("lifetime", [0, -1, True, 1.5, "300"])
