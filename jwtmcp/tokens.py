@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any
+from typing import Any, Protocol
 
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding
@@ -216,10 +216,21 @@ class VerifiedClaims:
 
 @dataclass(frozen=True)
 class SigningKey:
-    """What minting needs from a key: its kid and the RSA private key."""
+    """What minting needs from a key: its kid, the RSA private key, and the longest
+    lifetime (seconds) a token it signs may have — its ring's maximum, which the ring's
+    verifiers enforce (``Verifier(max_lifetime=...)``)."""
 
     kid: str
     private_key: RSAPrivateKey = field(repr=False)
+    max_lifetime: int = DEFAULT_MAX_LIFETIME
+
+
+class HasSigningKey(Protocol):
+    """Anything that holds a signing key: a :class:`~jwtmcp.KeyRing` (its active key) or a
+    :class:`~jwtmcp.RingKey`."""
+
+    @property
+    def signing_key(self) -> SigningKey: ...
 
 
 def new_jti() -> str:
@@ -410,7 +421,7 @@ def sign(claims: Mapping[str, Any], key: SigningKey) -> str:
 
 
 def mint(
-    key: SigningKey,
+    key: SigningKey | HasSigningKey,
     *,
     issuer: str,
     subject: str,
@@ -419,20 +430,33 @@ def mint(
     tools: Iterable[str] = (),
     scopes: Iterable[str] = (),
     lifetime: int = DEFAULT_LIFETIME,
-    max_lifetime: int = DEFAULT_MAX_LIFETIME,
+    max_lifetime: int | None = None,
     extra_claims: Mapping[str, Any] | None = None,
     clock: Clock = time.time,
 ) -> str:
     """Mint a signed access token in one call.
 
-    ``tools`` become ``tool:<name>`` scopes; ``scopes`` (RFC 6749 scope-tokens) pass
-    through untouched. The token lives ``lifetime`` seconds (default 300), never more than
-    ``max_lifetime`` (default 3600).
+    ``key`` is a :class:`SigningKey` (``ring.active.signing_key``) or the
+    :class:`~jwtmcp.KeyRing` itself (its active key). ``tools`` become ``tool:<name>``
+    scopes; ``scopes`` (RFC 6749 scope-tokens) pass through untouched. The token lives
+    ``lifetime`` seconds (default 300), never more than the key's ring maximum
+    (``SigningKey.max_lifetime``, 3600 by default) nor than ``max_lifetime`` when given.
 
     Raises :class:`ConfigError` for any argument that would give a token jwtmcp's
     :class:`~jwtmcp.Verifier` refuses (see :func:`build_claims`), or a token longer than
     :data:`MAX_TOKEN_BYTES`.
     """
+    signing = key if isinstance(key, SigningKey) else getattr(key, "signing_key", None)
+    if not isinstance(signing, SigningKey):
+        raise ConfigError(
+            f"mint needs a SigningKey (ring.active.signing_key) or a KeyRing, "
+            f"not {_shown(key)}"
+        )
+    # The ring's maximum is a ceiling: an explicit max_lifetime may lower it, never raise it.
+    ceiling = signing.max_lifetime
+    if max_lifetime is not None:
+        _check_seconds(max_lifetime, "the maximum lifetime")
+        ceiling = min(ceiling, max_lifetime)
     claims = build_claims(
         issuer=issuer,
         subject=subject,
@@ -441,8 +465,8 @@ def mint(
         scopes=scopes,
         tools=tools,
         lifetime=lifetime,
-        max_lifetime=max_lifetime,
+        max_lifetime=ceiling,
         extra_claims=extra_claims,
         now=clock(),
     )
-    return sign(claims, key)
+    return sign(claims, signing)

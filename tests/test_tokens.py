@@ -19,6 +19,7 @@ from jwtmcp.keys import KeyRing, init_ring, load_ring, rotate_ring
 from jwtmcp.tokens import (
     REGISTERED_CLAIMS,
     RESERVED_CLAIMS,
+    SigningKey,
     ToolGrants,
     VerifiedClaims,
     build_claims,
@@ -335,8 +336,9 @@ def test_mint_refuses_a_clock_that_gives_no_usable_time(ring: KeyRing, now: obje
 
 
 def test_mint_refuses_an_expiry_past_the_numeric_date_range(ring: KeyRing) -> None:
+    key = SigningKey(ring.active.kid, ring.active.private_key, max_lifetime=2**60)
     with pytest.raises(ConfigError, match="expiry"):
-        _mint(ring, FakeClock(), lifetime=2**53, max_lifetime=2**60)
+        mint(key, issuer=ISS, subject="alice", audience=AUD, lifetime=2**53, clock=FakeClock())
 
 
 def test_a_nested_extra_claim_within_the_depth_limit_is_signed(
