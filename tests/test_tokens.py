@@ -354,7 +354,11 @@ def test_client_id_defaults_to_the_subject_only_when_not_given(
     assert _decode(_mint(ring, clock, client_id=None), ring)["client_id"] == "alice"
 
 
-@pytest.mark.parametrize("tool", ["", " ", "two words", "a*b", 'quo"te'])
+@pytest.mark.parametrize(
+    "tool",
+    ["", " ", "two words", "a*b", 'quo"te', "tool:add", "tool:*", "caf\u00e9", "nul\x00",
+     "del\x7f"],
+)
 def test_invalid_tool_names_are_refused(ring: KeyRing, clock: FakeClock, tool: str) -> None:
     with pytest.raises(ConfigError, match="invalid tool name"):
         _mint(ring, clock, tools=[tool])
