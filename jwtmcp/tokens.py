@@ -76,8 +76,11 @@ def check_scope(scope: str) -> str:
 def tool_scope(tool: str) -> str:
     """The scope that grants ``tool``: ``tool:<name>`` (``*`` and ``prefix*`` allowed).
 
-    Raises :class:`ConfigError` for a name that is not a string or not a valid tool name.
-    The clients file and :func:`mint` both check tool names here.
+    Raises :class:`ConfigError` for a name that is not a string, is empty, has characters
+    outside RFC 6749 3.3 scope-tokens (printable ASCII without spaces, ``"`` or ``\\``;
+    MCP tool names are ASCII letters, digits, ``_``, ``-`` and ``.``), starts with the
+    ``tool:`` prefix itself, or has a ``*`` before its end. The clients file and
+    :func:`mint` both check tool names here.
     """
     if not isinstance(tool, str):
         raise ConfigError(f"invalid tool name {_shown(tool)}: a tool name is a string")
@@ -87,8 +90,16 @@ def tool_scope(tool: str) -> str:
 @functools.lru_cache(maxsize=1024)  # the same few tool names are minted again and again
 def _tool_scope(tool: str) -> str:
     name = tool.strip()
-    if not name or any(c.isspace() for c in name) or '"' in name or "\\" in name:
-        raise ConfigError(f"invalid tool name {tool!r}: names are non-empty, with no spaces")
+    if not _SCOPE_TOKEN.fullmatch(name):
+        raise ConfigError(
+            f"invalid tool name {_shown(tool)}: names are printable ASCII without spaces, "
+            "'\"' or '\\' (RFC 6749 3.3 scope characters)"
+        )
+    if name.startswith(TOOL_SCOPE_PREFIX):
+        raise ConfigError(
+            f"invalid tool name {_shown(tool)}: give it without the 'tool:' prefix "
+            f"({name[len(TOOL_SCOPE_PREFIX):]!r}), which jwtmcp adds"
+        )
     if "*" in name[:-1]:
         raise ConfigError(f"invalid tool name {tool!r}: '*' may only end a name")
     return TOOL_SCOPE_PREFIX + name

@@ -413,7 +413,9 @@ def test_usage_errors_are_one_line_with_exit_2(args: list[str]) -> None:
 
 
 def test_unknown_flag_in_a_real_process() -> None:
-    err = run("mint", "--sub", "a", "--aud", AUD, "--frobnicate").one_line_error(code=2)
+    err = run(
+        "mint", "--sub", "a", "--tools", "add", "--aud", AUD, "--frobnicate"
+    ).one_line_error(code=2)
     assert err == (
         "jwtmcp mint: error: unrecognized arguments: --frobnicate (see 'jwtmcp mint --help')\n"
     )
