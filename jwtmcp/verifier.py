@@ -20,7 +20,7 @@ header (JSON object without duplicate names, ``alg`` in the allow-list, ``typ``,
 -> the key's own ``alg`` matches -> signature -> payload (JSON object without duplicate
 names) -> ``iss``, ``aud``, ``exp``, ``nbf``, ``iat``, lifetime, ``sub``, ``client_id``,
 ``jti``, ``scope``. A registered claim that is present must have its JSON type (``null`` is
-not "absent"), else the token is ``malformed``: see :meth:`Verifier._check_claims`.
+not "absent"), else the token is ``malformed``.
 """
 
 from __future__ import annotations
@@ -590,6 +590,15 @@ class Verifier:
     def _check_claims(
         self, claims: dict[str, Any], header: _Header, now: float
     ) -> tuple[VerifiedClaims, float, float]:
+        """The claim checks, in order; returns the claims, ``exp`` and the not-before time.
+
+        Types (RFC 7519 4.1, RFC 9068 2.2): ``iss``, ``sub``, ``client_id``, ``jti`` are
+        non-empty strings, ``scope`` a string, ``aud`` a string or a non-empty list of
+        strings, ``iat``/``nbf``/``exp`` numbers within +-``MAX_NUMERIC_DATE``. A claim
+        that is present with another JSON type (``null`` included) is ``malformed``; an
+        absent required one (``iss``, ``sub``, ``aud``, ``iat``, ``exp``) is
+        ``missing_claim``.
+        """
         leeway = self.leeway
         top = MAX_NUMERIC_DATE
         get = claims.get
