@@ -33,7 +33,7 @@ from .keys import (
     revoke_key,
     rotate_ring,
 )
-from .tokens import DEFAULT_LIFETIME, DEFAULT_MAX_LIFETIME, Clock, mint
+from .tokens import DEFAULT_LIFETIME, DEFAULT_MAX_LIFETIME, Clock, mint, tool_scope
 
 PROG = "jwtmcp"
 DEFAULT_KEYS_DIR = "keys"
@@ -78,6 +78,28 @@ def _split_list(values: Sequence[str] | None) -> list[str]:
     for value in values or ():
         out.extend(part.strip() for part in value.split(",") if part.strip())
     return list(dict.fromkeys(out))
+
+
+def tool_names(values: Sequence[str] | None) -> list[str]:
+    """``--tools`` of ``mint`` and ``clients add``: comma-separated, repeatable tool names.
+
+    Each name is checked as a ``tool:<name>`` scope (:func:`~jwtmcp.tokens.tool_scope`);
+    a ``--tools`` that names no tool at all is refused, so no token or client grants
+    nothing by accident.
+    """
+    names = _split_list(values)
+    if not names:
+        raise CliError("--tools names no tool; give tool names, e.g. --tools add,subtract or '*'")
+    for name in names:
+        tool_scope(name)
+    return names
+
+
+def audience_urls(values: Sequence[str]) -> list[str]:
+    """``--aud`` of ``mint`` and ``clients add``: absolute http(s) resource URLs, deduplicated."""
+    from .clients import check_audience
+
+    return [check_audience(url) for url in dict.fromkeys(values)]
 
 
 def parse_claims(pairs: Sequence[str] | None) -> dict[str, Any]:
@@ -255,9 +277,9 @@ def cmd_keys_revoke(args: argparse.Namespace, clock: Clock) -> int:
 
 def cmd_mint(args: argparse.Namespace, clock: Clock) -> int:
     extra = parse_claims(args.claim)
-    tools = _split_list(args.tools)
+    tools = [] if args.no_tools else tool_names(args.tools)
     scopes = [s for value in args.scope or () for s in value.split()]
-    audiences = list(dict.fromkeys(args.aud))
+    audiences = audience_urls(args.aud)
     ring = load_ring(keys_dir(args))
     if args.ttl > ring.max_lifetime:
         raise CliError(
@@ -358,8 +380,8 @@ def cmd_clients_add(args: argparse.Namespace, clock: Clock) -> int:
     _client, secret = add_client(
         clients_file(args),
         args.name,
-        tools=_split_list(args.tools),
-        audiences=list(dict.fromkeys(args.aud)),
+        tools=tool_names(args.tools),
+        audiences=audience_urls(args.aud),
         max_ttl=args.max_ttl,
         subject=args.subject,
     )
@@ -699,18 +721,27 @@ examples:
       --claim 'groups:=["ops"]'
 
 Tools become 'tool:<name>' scopes ('*' grants every tool, 'read_*' every tool whose name
-starts with 'read_'). Registered claims (iss, sub, aud, client_id, iat, nbf, exp, jti,
-scope) cannot be set with --claim.
+starts with 'read_'); give names without the 'tool:' prefix. A token names its tools
+(--tools) or says it grants none (--no-tools). --tools and --aud are checked as by
+'clients add'. Registered claims (iss, sub, aud, client_id, iat, nbf, exp, jti, scope)
+cannot be set with --claim.
 """,
         formatter_class=_Formatter,
     )
     _add_keys_flag(p)
     p.add_argument("--sub", required=True, metavar="SUBJECT", help="who the token is for")
-    p.add_argument(
+    grants = p.add_mutually_exclusive_group(required=True)
+    grants.add_argument(
         "--tools",
         action="append",
         metavar="A,B",
-        help="tools the token may call, comma-separated; repeatable",
+        help="tools the token may call, comma-separated; repeatable (required, "
+        "unless --no-tools)",
+    )
+    grants.add_argument(
+        "--no-tools",
+        action="store_true",
+        help="mint a token that grants no tool (only the --scope given, if any)",
     )
     p.add_argument(
         "--scope",

@@ -45,7 +45,7 @@ from urllib.parse import urlsplit
 
 from .errors import ClientsError, ConfigError
 from .files import acquire_lock, atomic_write, release_lock
-from .tokens import Clock, split_scope, tool_scope
+from .tokens import Clock, check_scope, split_scope, tool_scope
 
 FORMAT_VERSION = 1
 HASH_SCHEME = "hmac-sha256"
@@ -53,7 +53,6 @@ SECRET_BYTES = 32
 """256 random bits per secret."""
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
-_SCOPE_TOKEN = re.compile(r"[\x21\x23-\x5b\x5d-\x7e]+")  # RFC 6749 3.3 scope-token
 
 
 # --- secrets -----------------------------------------------------------------------------
@@ -228,8 +227,10 @@ def _check_tools(tools: Iterable[str]) -> tuple[str, ...]:
 def _check_scopes(scopes: Iterable[str]) -> tuple[str, ...]:
     out = []
     for scope in scopes:
-        if not _SCOPE_TOKEN.fullmatch(scope):
-            raise ClientsError(f"invalid scope {scope!r}")
+        try:
+            check_scope(scope)
+        except ConfigError as exc:
+            raise ClientsError(exc.message) from None
         out.append(scope)
     return tuple(dict.fromkeys(out))
 

@@ -94,6 +94,8 @@ class RingKey:
     activated_at: float | None = None
     retired_at: float | None = None
     private_key: rsa.RSAPrivateKey = field(repr=False, compare=False, default=None)  # type: ignore[assignment]
+    max_lifetime: int = DEFAULT_MAX_LIFETIME
+    """The ring's maximum token lifetime (seconds); :class:`KeyRing` sets it on its keys."""
 
     @property
     def file_name(self) -> str:
@@ -101,7 +103,8 @@ class RingKey:
 
     @property
     def signing_key(self) -> SigningKey:
-        return SigningKey(self.kid, self.private_key)
+        """This key for :func:`~jwtmcp.mint`, carrying the ring's maximum lifetime."""
+        return SigningKey(self.kid, self.private_key, self.max_lifetime)
 
     def public_jwk(self) -> dict[str, str]:
         """The public JWK (``kty``, ``n``, ``e``, ``kid``, ``use``, ``alg``), no private part."""
@@ -135,6 +138,18 @@ class KeyRing:
     max_lifetime: int = DEFAULT_MAX_LIFETIME
     leeway: int = DEFAULT_LEEWAY
     revision: int = 0
+
+    def __post_init__(self) -> None:
+        # Every key carries the ring's maximum, so a token minted with
+        # ``ring.active.signing_key`` can never outlive what the ring's verifiers accept.
+        if any(k.max_lifetime != self.max_lifetime for k in self.keys):
+            keys = tuple(replace(k, max_lifetime=self.max_lifetime) for k in self.keys)
+            object.__setattr__(self, "keys", keys)
+
+    @property
+    def signing_key(self) -> SigningKey:
+        """The active key for :func:`~jwtmcp.mint`, carrying the ring's maximum lifetime."""
+        return self.active.signing_key
 
     @property
     def active(self) -> RingKey:

@@ -8,12 +8,13 @@ from __future__ import annotations
 import binascii
 import functools
 import json
+import re
 import secrets
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any
+from typing import Any, Protocol
 
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding
@@ -29,6 +30,15 @@ ALGORITHM = "RS256"
 TOOL_SCOPE_PREFIX = "tool:"
 DEFAULT_LIFETIME = 300
 DEFAULT_MAX_LIFETIME = 3600
+MAX_TOKEN_BYTES = 8192
+"""The longest token a :class:`~jwtmcp.Verifier` accepts by default; mint signs none longer."""
+MAX_NUMERIC_DATE = 2**53 - 1
+"""The largest NumericDate (epoch seconds) minted or accepted; the smallest is its opposite.
+
+RFC 7493 2.2 (I-JSON): integers outside +-(2**53 - 1) are not interoperable; inside, a
+number converts to a float exactly, so time arithmetic never overflows or rounds."""
+MAX_CLAIM_DEPTH = 32
+"""How deeply arrays and objects may nest inside an extra claim's value."""
 
 REGISTERED_CLAIMS = frozenset(
     {"iss", "sub", "aud", "client_id", "iat", "nbf", "exp", "jti", "scope"}
@@ -40,13 +50,56 @@ RESERVED_CLAIMS = REGISTERED_CLAIMS | {"cnf", "act", "may_act", "auth_time", "ac
 
 # --- tool scopes -------------------------------------------------------------------------
 
+_SCOPE_TOKEN = re.compile(r"[\x21\x23-\x5b\x5d-\x7e]+")  # RFC 6749 3.3 scope-token
+
+
+def _shown(value: object) -> str:
+    """A value for an error message: its repr (control characters escaped), truncated."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def check_scope(scope: str) -> str:
+    """``scope`` when it is one RFC 6749 3.3 scope-token, else :class:`ConfigError`.
+
+    A scope-token is printable ASCII without spaces, ``"`` or ``\\``. The clients file and
+    :func:`mint` both check scopes here.
+    """
+    if not isinstance(scope, str) or not _SCOPE_TOKEN.fullmatch(scope):
+        raise ConfigError(
+            f"invalid scope {_shown(scope)}: a scope is printable ASCII without spaces, "
+            "'\"' or '\\' (RFC 6749 3.3)"
+        )
+    return scope
+
+
+def tool_scope(tool: str) -> str:
+    """The scope that grants ``tool``: ``tool:<name>`` (``*`` and ``prefix*`` allowed).
+
+    Raises :class:`ConfigError` for a name that is not a string, is empty, has characters
+    outside RFC 6749 3.3 scope-tokens (printable ASCII without spaces, ``"`` or ``\\``;
+    MCP tool names are ASCII letters, digits, ``_``, ``-`` and ``.``), starts with the
+    ``tool:`` prefix itself, or has a ``*`` before its end. The clients file and
+    :func:`mint` both check tool names here.
+    """
+    if not isinstance(tool, str):
+        raise ConfigError(f"invalid tool name {_shown(tool)}: a tool name is a string")
+    return _tool_scope(tool)
+
 
 @functools.lru_cache(maxsize=1024)  # the same few tool names are minted again and again
-def tool_scope(tool: str) -> str:
-    """The scope that grants ``tool``: ``tool:<name>`` (``*`` and ``prefix*`` allowed)."""
+def _tool_scope(tool: str) -> str:
     name = tool.strip()
-    if not name or any(c.isspace() for c in name) or '"' in name or "\\" in name:
-        raise ConfigError(f"invalid tool name {tool!r}: names are non-empty, with no spaces")
+    if not _SCOPE_TOKEN.fullmatch(name):
+        raise ConfigError(
+            f"invalid tool name {_shown(tool)}: names are printable ASCII without spaces, "
+            "'\"' or '\\' (RFC 6749 3.3 scope characters)"
+        )
+    if name.startswith(TOOL_SCOPE_PREFIX):
+        raise ConfigError(
+            f"invalid tool name {_shown(tool)}: give it without the 'tool:' prefix "
+            f"({name[len(TOOL_SCOPE_PREFIX):]!r}), which jwtmcp adds"
+        )
     if "*" in name[:-1]:
         raise ConfigError(f"invalid tool name {tool!r}: '*' may only end a name")
     return TOOL_SCOPE_PREFIX + name
@@ -189,10 +242,21 @@ class VerifiedClaims:
 
 @dataclass(frozen=True)
 class SigningKey:
-    """What minting needs from a key: its kid and the RSA private key."""
+    """What minting needs from a key: its kid, the RSA private key, and the longest
+    lifetime (seconds) a token it signs may have — its ring's maximum, which the ring's
+    verifiers enforce (``Verifier(max_lifetime=...)``)."""
 
     kid: str
     private_key: RSAPrivateKey = field(repr=False)
+    max_lifetime: int = DEFAULT_MAX_LIFETIME
+
+
+class HasSigningKey(Protocol):
+    """Anything that holds a signing key: a :class:`~jwtmcp.KeyRing` (its active key) or a
+    :class:`~jwtmcp.RingKey`."""
+
+    @property
+    def signing_key(self) -> SigningKey: ...
 
 
 def new_jti() -> str:
@@ -216,39 +280,75 @@ def build_claims(
 ) -> dict[str, Any]:
     """The claims of a new access token. Pure: ``now`` and ``jti`` come from the caller.
 
-    Raises :class:`ConfigError` for an empty subject or audience, a lifetime that is not
-    positive or is above ``max_lifetime``, or an extra claim that names a registered one.
+    Refuses, with :class:`ConfigError`, every value that would give a token jwtmcp's
+    :class:`~jwtmcp.Verifier` refuses or reads back differently: an issuer, subject,
+    audience, ``client_id`` or ``jti`` that is not a non-empty string; tools or scopes that
+    are not valid tool names or RFC 6749 scope-tokens; a lifetime that is not a positive
+    whole number of seconds or is above ``max_lifetime``; a ``now`` that is not a time;
+    extra claims that are not a mapping of names to plain JSON values (string member
+    names, nesting up to :data:`MAX_CLAIM_DEPTH`, finite numbers) or that name a
+    registered claim.
     """
-    if not issuer:
-        raise ConfigError("an issuer URL is required")
-    if not subject:
-        raise ConfigError("a subject (sub) is required")
-    auds = [audience] if isinstance(audience, str) else list(dict.fromkeys(audience))
-    if not auds or not all(isinstance(a, str) and a for a in auds):
+    if not isinstance(now, int | float) or isinstance(now, bool) or not (
+        0 <= now <= MAX_NUMERIC_DATE
+    ):
+        raise ConfigError(f"the clock gave {_shown(now)}, not a time in seconds since the epoch")
+    _check_text(issuer, "the issuer (iss)")
+    _check_text(subject, "the subject (sub)")
+    auds: list[object]
+    if isinstance(audience, str):
+        auds = [audience]
+    else:
+        try:
+            auds = list(dict.fromkeys(_items(audience, "the audience")))
+        except TypeError:  # an unhashable member, e.g. a list in the list
+            raise ConfigError(
+                f"the audience must be a list of strings, not {_shown(audience)}"
+            ) from None
+    if not auds:
         raise ConfigError("an audience (the MCP server's resource URL) is required")
-    if isinstance(lifetime, bool) or not isinstance(lifetime, int) or lifetime <= 0:
-        raise ConfigError(f"lifetime must be a positive number of seconds, not {lifetime!r}")
+    for aud in auds:
+        _check_text(aud, "each audience (aud)")
+    if client_id is not None:
+        _check_text(client_id, "the client_id")
+    if jti is not None:
+        _check_text(jti, "the token id (jti)")
+    _check_seconds(max_lifetime, "the maximum lifetime")
+    _check_seconds(lifetime, "lifetime")
     if lifetime > max_lifetime:
         raise ConfigError(
             f"lifetime {lifetime} s is above the maximum of {max_lifetime} s"
         )
+    iat = int(now)
+    if iat + lifetime > MAX_NUMERIC_DATE:
+        raise ConfigError(f"the token's expiry (exp) would be past {MAX_NUMERIC_DATE}")
     if isinstance(tools, str):  # one string: "add" or "add,subtract", never its characters
         tools = [t for t in tools.split(",") if t.strip()]
-    if isinstance(scopes, str):
-        scopes = scopes.split()
-    extra = dict(extra_claims or {})
+    scope_list = [
+        check_scope(s)  # type: ignore[arg-type]
+        for s in (scopes.split() if isinstance(scopes, str) else _items(scopes, "scopes"))
+    ]
+    if extra_claims is None:
+        extra: dict[str, Any] = {}
+    elif isinstance(extra_claims, Mapping):
+        extra = dict(extra_claims)
+    else:
+        raise ConfigError(
+            f"extra claims must be a mapping of claim names to JSON values, "
+            f"not {_shown(extra_claims)}"
+        )
     clash = sorted(set(extra) & RESERVED_CLAIMS)
     if clash:
         raise ConfigError(f"extra claims may not set registered claim(s): {', '.join(clash)}")
     if extra:
+        _check_json_members(extra, 0)
         try:
             json.dumps(extra, allow_nan=False)
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"extra claims must be plain JSON values ({exc})") from None
     # Tool scopes first, then the others, in order and without duplicates.
-    all_scopes = dict.fromkeys(tool_scopes(tools))
-    all_scopes.update(dict.fromkeys(s for s in scopes if s))
-    iat = int(now)
+    all_scopes = dict.fromkeys(tool_scopes(_items(tools, "tools")))  # type: ignore[arg-type]
+    all_scopes.update(dict.fromkeys(scope_list))
     claims: dict[str, Any] = dict(extra)
     claims.update(
         iss=issuer,
@@ -257,11 +357,51 @@ def build_claims(
         iat=iat,
         nbf=iat,
         exp=iat + lifetime,
-        jti=jti or new_jti(),
+        jti=new_jti() if jti is None else jti,
         scope=" ".join(all_scopes),
     )
-    claims["client_id"] = client_id or subject
+    claims["client_id"] = subject if client_id is None else client_id
     return claims
+
+
+def _check_text(value: object, what: str) -> None:
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"{what} must be a non-empty string, not {_shown(value)}")
+
+
+def _check_seconds(value: object, what: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ConfigError(f"{what} must be a positive number of seconds, not {_shown(value)}")
+
+
+def _items(value: object, what: str) -> Iterable[object]:
+    """``value`` as an iterable of items; a string, bytes or a mapping is no list of items."""
+    if isinstance(value, str | bytes | bytearray | Mapping) or not isinstance(value, Iterable):
+        raise ConfigError(f"{what} must be a list of strings, not {_shown(value)}")
+    return value
+
+
+def _check_json_members(value: object, depth: int) -> None:
+    """Refuse what ``json`` would silently change or a verifier could not read back.
+
+    ``json.dumps`` writes a member name that is a number, a boolean or None as a string
+    (so ``{1: "a", "1": "b"}`` would become a duplicate name, which verifiers refuse), and
+    decoders have nesting limits. Other types are left to ``json.dumps``, which refuses them.
+    """
+    if isinstance(value, dict):
+        if depth > MAX_CLAIM_DEPTH:
+            raise ConfigError(f"extra claims nest deeper than {MAX_CLAIM_DEPTH} levels")
+        for name, member in value.items():
+            if not isinstance(name, str):
+                raise ConfigError(
+                    f"extra claims must use strings as member names, not {_shown(name)}"
+                )
+            _check_json_members(member, depth + 1)
+    elif isinstance(value, list | tuple):
+        if depth > MAX_CLAIM_DEPTH:
+            raise ConfigError(f"extra claims nest deeper than {MAX_CLAIM_DEPTH} levels")
+        for member in value:
+            _check_json_members(member, depth + 1)
 
 
 _PKCS1V15 = padding.PKCS1v15()
@@ -290,15 +430,24 @@ def sign(claims: Mapping[str, Any], key: SigningKey) -> str:
     Written out rather than through ``jwt.encode``: an RS256 JWS is two base64url JSON
     segments and one RSA signature, and PyJWT's generic path around that signature costs
     about 10% of a mint. The header of each kid is encoded once.
+
+    Raises :class:`ConfigError` when the token would be longer than
+    :data:`MAX_TOKEN_BYTES`, which verifiers refuse by default.
     """
     payload = _b64url(_COMPACT_JSON.encode(dict(claims)).encode())
     signing_input = _header_segment(key.kid) + payload
     signature = key.private_key.sign(signing_input, _PKCS1V15, _SHA256)
-    return (signing_input + b"." + _b64url(signature)).decode("ascii")
+    token = (signing_input + b"." + _b64url(signature)).decode("ascii")
+    if len(token) > MAX_TOKEN_BYTES:
+        raise ConfigError(
+            f"the token would be {len(token)} bytes, above the {MAX_TOKEN_BYTES} that "
+            "verifiers accept by default; send fewer or shorter extra claims"
+        )
+    return token
 
 
 def mint(
-    key: SigningKey,
+    key: SigningKey | HasSigningKey,
     *,
     issuer: str,
     subject: str,
@@ -307,26 +456,40 @@ def mint(
     tools: Iterable[str] = (),
     scopes: Iterable[str] = (),
     lifetime: int = DEFAULT_LIFETIME,
-    max_lifetime: int = DEFAULT_MAX_LIFETIME,
+    max_lifetime: int | None = None,
     extra_claims: Mapping[str, Any] | None = None,
     clock: Clock = time.time,
 ) -> str:
     """Mint a signed access token in one call; returns the compact JWS (str).
 
-    The token is an RFC 9068 ``at+jwt`` signed RS256 with ``key`` (a :class:`SigningKey`,
-    e.g. ``ring.active.signing_key``). ``issuer`` (str) becomes ``iss``; ``subject`` (str)
-    ``sub``; ``audience`` (a resource URL, or a sequence of them) ``aud``; ``client_id``
-    (str, default the subject) ``client_id``. ``tools`` (names; ``*`` and ``prefix*``
-    allowed) become ``tool:<name>`` scopes; ``scopes`` (str or iterable) pass through
-    untouched. The token lives ``lifetime`` seconds (int, default 300), never more than
-    ``max_lifetime`` seconds (default 3600; pass the ring's ``max_lifetime``).
-    ``extra_claims`` (plain JSON values) are added but never override a registered claim.
-    ``clock`` returns epoch seconds; ``iat`` = ``nbf`` = ``int(clock())``.
+    The token is an RFC 9068 ``at+jwt`` signed RS256 with ``key``: a :class:`SigningKey`
+    (``ring.active.signing_key``) or the :class:`~jwtmcp.KeyRing` itself (its active key).
+    ``issuer`` (str) becomes ``iss``; ``subject`` (str) ``sub``; ``audience`` (a resource
+    URL, or a sequence of them) ``aud``; ``client_id`` (str, default the subject)
+    ``client_id``. ``tools`` (names; ``*`` and ``prefix*`` allowed) become ``tool:<name>``
+    scopes; ``scopes`` (RFC 6749 scope-tokens, str or iterable) pass through untouched. The
+    token lives ``lifetime`` seconds (int, default 300), never more than the key's ring
+    maximum (``SigningKey.max_lifetime``, 3600 by default) nor than ``max_lifetime`` seconds
+    when given. ``extra_claims`` (plain JSON values) are added but never override a
+    registered claim. ``clock`` returns epoch seconds; ``iat`` = ``nbf`` = ``int(clock())``.
 
-    Raises :class:`ConfigError` for an empty issuer, subject or audience, a lifetime that
-    is not a positive int or is above ``max_lifetime``, an invalid tool name, or an extra
-    claim that is reserved or not plain JSON.
+    Raises :class:`ConfigError` for any argument that would give a token jwtmcp's
+    :class:`~jwtmcp.Verifier` refuses (see :func:`build_claims`): an empty or non-string
+    issuer, subject, audience or client id, a lifetime that is not a positive int or is above
+    the maximum, an invalid tool name or scope, an extra claim that is reserved or not plain
+    JSON, or a token longer than :data:`MAX_TOKEN_BYTES`.
     """
+    signing = key if isinstance(key, SigningKey) else getattr(key, "signing_key", None)
+    if not isinstance(signing, SigningKey):
+        raise ConfigError(
+            f"mint needs a SigningKey (ring.active.signing_key) or a KeyRing, "
+            f"not {_shown(key)}"
+        )
+    # The ring's maximum is a ceiling: an explicit max_lifetime may lower it, never raise it.
+    ceiling = signing.max_lifetime
+    if max_lifetime is not None:
+        _check_seconds(max_lifetime, "the maximum lifetime")
+        ceiling = min(ceiling, max_lifetime)
     claims = build_claims(
         issuer=issuer,
         subject=subject,
@@ -335,8 +498,8 @@ def mint(
         scopes=scopes,
         tools=tools,
         lifetime=lifetime,
-        max_lifetime=max_lifetime,
+        max_lifetime=ceiling,
         extra_claims=extra_claims,
         now=clock(),
     )
-    return sign(claims, key)
+    return sign(claims, signing)

@@ -18,7 +18,9 @@ trusted before the signature is): size cap -> three canonical base64url segments
 header (JSON object without duplicate names, ``alg`` in the allow-list, ``typ``, no
 ``crit``) -> key by ``kid`` (never from ``jwk``/``jku``/``x5u``/``x5c``, which are ignored)
 -> the key's own ``alg`` matches -> signature -> payload (JSON object without duplicate
-names) -> ``iss``, ``aud``, ``exp``, ``nbf``, ``iat``, lifetime, ``sub``.
+names) -> ``iss``, ``aud``, ``exp``, ``nbf``, ``iat``, lifetime, ``sub``, ``client_id``,
+``jti``, ``scope``. A registered claim that is present must have its JSON type (``null`` is
+not "absent"), else the token is ``malformed``.
 """
 
 from __future__ import annotations
@@ -67,14 +69,23 @@ from .jwks import (
     PublicKey,
     StaticKeys,
 )
-from .tokens import DEFAULT_MAX_LIFETIME, TOKEN_TYPE, Clock, ToolGrants, VerifiedClaims, split_scope
+from .tokens import (
+    DEFAULT_MAX_LIFETIME,
+    MAX_NUMERIC_DATE,
+    MAX_TOKEN_BYTES,
+    TOKEN_TYPE,
+    Clock,
+    ToolGrants,
+    VerifiedClaims,
+    split_scope,
+)
 
 __all__ = ["Verifier"]
 
 log = logging.getLogger("jwtmcp.verifier")
 
 DEFAULT_LEEWAY = 30
-DEFAULT_MAX_TOKEN_BYTES = 8192
+DEFAULT_MAX_TOKEN_BYTES = MAX_TOKEN_BYTES  # what mint() signs at most
 DEFAULT_VERIFIED_CACHE_SIZE = 10_000
 MAX_LEEWAY = 300
 _HEADER_CACHE_SIZE = 256
@@ -186,12 +197,44 @@ def _strict_json_object(raw: bytes, what: str) -> dict[str, Any]:
     return value
 
 
-def _number(value: object, name: str) -> float | None:
-    if value is None:
+_OPTIONAL_STRINGS = ("client_id", "jti", "scope")
+
+
+def _numeric_date(claims: dict[str, Any], name: str) -> float | None:
+    """The slow path for ``iat``, ``nbf``, ``exp``: None when the claim is absent.
+
+    A present claim must be a JSON number within +-``MAX_NUMERIC_DATE``: ``null``, a
+    boolean, a string, an array, an object or a non-finite value is malformed.
+    """
+    if name not in claims:
         return None
-    if type(value) is int or (type(value) is float and math.isfinite(value)):
+    value = claims[name]
+    # Comparisons are False for NaN, so NaN and the infinities both fail the range check.
+    if (type(value) is int or type(value) is float) and (
+        -MAX_NUMERIC_DATE <= value <= MAX_NUMERIC_DATE
+    ):
         return value
-    raise MalformedToken(f"claim {name!r} is not a number")
+    raise MalformedToken(f"claim {name!r} is not a number (NumericDate)")
+
+
+def _optional_strings(claims: dict[str, Any]) -> list[str | None]:
+    """The slow path for ``client_id``, ``jti``, ``scope``: None for each absent one.
+
+    A present ``client_id`` or ``jti`` must be a non-empty string, a present ``scope`` a
+    string (empty: no scopes); ``null`` is not "absent".
+    """
+    out: list[str | None] = []
+    for name in _OPTIONAL_STRINGS:
+        if name not in claims:
+            out.append(None)
+            continue
+        value = claims[name]
+        if type(value) is not str:
+            raise MalformedToken(f"claim {name!r} is not a string")
+        if not value and name != "scope":
+            raise MalformedToken(f"claim {name!r} is an empty string")
+        out.append(value)
+    return out
 
 
 def _verified_claims_fields() -> frozenset[str]:
@@ -585,39 +628,54 @@ class Verifier:
     def _check_claims(
         self, claims: dict[str, Any], header: _Header, now: float
     ) -> tuple[VerifiedClaims, float, float]:
+        """The claim checks, in order; returns the claims, ``exp`` and the not-before time.
+
+        Types (RFC 7519 4.1, RFC 9068 2.2): ``iss``, ``sub``, ``client_id``, ``jti`` are
+        non-empty strings, ``scope`` a string, ``aud`` a string or a non-empty list of
+        strings, ``iat``/``nbf``/``exp`` numbers within +-``MAX_NUMERIC_DATE``. A claim
+        that is present with another JSON type (``null`` included) is ``malformed``; an
+        absent required one (``iss``, ``sub``, ``aud``, ``iat``, ``exp``) is
+        ``missing_claim``.
+        """
         leeway = self.leeway
+        top = MAX_NUMERIC_DATE
         get = claims.get
+        # Each check has a fast path for the expected type and falls back to a slow path
+        # that tells an absent claim (missing_claim, or None when optional) from a present
+        # one of the wrong JSON type (malformed): "null" is never "absent".
         iss = get("iss")
-        if iss is None:
-            raise MissingClaim("the token has no issuer (iss)")
         if iss != self.issuer:
-            raise WrongIssuer("the token was issued by another issuer")
+            if type(iss) is str:
+                raise WrongIssuer("the token was issued by another issuer")
+            if "iss" not in claims:
+                raise MissingClaim("the token has no issuer (iss)")
+            raise MalformedToken("claim 'iss' is not a string")
         aud = get("aud")
         if type(aud) is str:
             audience: tuple[str, ...] = (aud,)
-        elif aud is None:
-            raise MissingClaim("the token has no audience (aud)")
-        elif type(aud) is list and all(type(a) is str for a in aud):
+        elif type(aud) is list and aud and all(type(a) is str for a in aud):
             audience = tuple(aud)
+        elif "aud" not in claims:
+            raise MissingClaim("the token has no audience (aud)")
         else:
-            raise MalformedToken("claim 'aud' is not a string or a list of strings")
+            raise MalformedToken("claim 'aud' is not a string or a non-empty list of strings")
         if self._audience_set.isdisjoint(audience):
             raise WrongAudience("the token is not meant for this server (aud)")
         exp = get("exp")
-        if type(exp) is not int:
-            exp = _number(exp, "exp")
-        if exp is None:
-            raise MissingClaim("the token has no expiry (exp)")
+        if type(exp) is not int or not -top <= exp <= top:
+            exp = _numeric_date(claims, "exp")
+            if exp is None:
+                raise MissingClaim("the token has no expiry (exp)")
         if now >= exp + leeway:
             raise TokenExpired("the token has expired")
         iat = get("iat")
-        if type(iat) is not int:
-            iat = _number(iat, "iat")
-        if iat is None:
-            raise MissingClaim("the token has no issue time (iat)")
+        if type(iat) is not int or not -top <= iat <= top:
+            iat = _numeric_date(claims, "iat")
+            if iat is None:
+                raise MissingClaim("the token has no issue time (iat)")
         nbf = get("nbf")
-        if type(nbf) is not int:
-            nbf = _number(nbf, "nbf")
+        if type(nbf) is not int or not -top <= nbf <= top:
+            nbf = _numeric_date(claims, "nbf")
         not_before = iat if nbf is None or nbf < iat else nbf
         if not_before > now + leeway:
             raise TokenNotYetValid("the token is not valid yet (nbf/iat in the future)")
@@ -628,18 +686,20 @@ class Verifier:
             )
         sub = get("sub")
         if type(sub) is not str or not sub:
-            if sub is None:
+            if "sub" not in claims:
                 raise MissingClaim("the token has no subject (sub)")
             raise MalformedToken("claim 'sub' is not a non-empty string")
         client_id = get("client_id")
         jti = get("jti")
         scope = get("scope")
         if (
-            (client_id is not None and type(client_id) is not str)
-            or (jti is not None and type(jti) is not str)
-            or (scope is not None and type(scope) is not str)
+            type(client_id) is not str
+            or type(jti) is not str
+            or type(scope) is not str
+            or not client_id
+            or not jti
         ):
-            raise MalformedToken("claim 'client_id', 'jti' or 'scope' is not a string")
+            client_id, jti, scope = _optional_strings(claims)
         grants = self._grants.get(scope)
         if grants is None:
             scopes = split_scope(scope)

@@ -134,7 +134,8 @@ COMMANDS: list[tuple[list[str], list[str]]] = [
     (["keys", "revoke"], ["KID", "--keys"]),
     (
         ["mint"],
-        ["--sub", "--tools", "--scope", "--aud", "--ttl", "--claim", "--client-id", "--issuer"],
+        ["--sub", "--tools", "--no-tools", "--scope", "--aud", "--ttl", "--claim", "--client-id",
+         "--issuer"],
     ),
     (["jwks"], ["--keys"]),
     (["verify"], ["TOKEN", "--jwks", "--iss", "--aud"]),
@@ -250,7 +251,8 @@ def test_mint_with_every_flag(keys: str) -> None:
 
 def test_mint_issuer_from_environment(keys: str) -> None:
     result = run(
-        "mint", "--keys", keys, "--sub", "a", "--aud", AUD, JWTMCP_ISSUER="https://env.example"
+        "mint", "--keys", keys, "--sub", "a", "--tools", "add", "--aud", AUD,
+        JWTMCP_ISSUER="https://env.example",
     )
     assert _parts(result.out.strip())[1]["iss"] == "https://env.example"
 
@@ -341,7 +343,7 @@ def test_keys_revoke(
 def test_missing_ring(tmp_path: Path, args: list[str]) -> None:
     missing = str(tmp_path / "nope")
     err = cli(
-        *args, "--keys", missing, *(["--aud", AUD] if args[0] == "mint" else [])
+        *args, "--keys", missing, *(["--tools", "add", "--aud", AUD] if args[0] == "mint" else [])
     ).one_line_error()
     assert f"no key ring at {missing}" in err and "jwtmcp keys init" in err
 
@@ -366,7 +368,7 @@ def test_corrupted_or_truncated_state_file(keys: str, content: bytes) -> None:
 def test_world_readable_key_file(ring: KeyRing, keys: str) -> None:
     pem = Path(keys) / ring.active.file_name
     pem.chmod(0o644)
-    err = run("mint", "--keys", keys, "--sub", "a", "--aud", AUD).one_line_error()
+    err = run("mint", "--keys", keys, "--sub", "a", "--tools", "add", "--aud", AUD).one_line_error()
     assert "readable by group or others" in err and f"chmod 600 {pem}" in err
 
 
@@ -390,16 +392,18 @@ def test_stray_non_key_files_are_ignored(ring: KeyRing, keys: str) -> None:
         ["keys", "rotate", "--nope"],
         ["keys", "explode"],
         ["mint", "--sub", "a", "--aud", AUD, "--tools-typo", "x"],
-        ["mint", "--aud", AUD],  # --sub missing
-        ["mint", "--sub", "a"],  # --aud missing
-        ["mint", "--sub", "a", "--aud", AUD, "--ttl", "abc"],
-        ["mint", "--sub", "a", "--aud", AUD, "--ttl", "0"],
-        ["mint", "--sub", "a", "--aud", AUD, "--ttl", "-5"],
+        ["mint", "--tools", "add", "--aud", AUD],  # --sub missing
+        ["mint", "--tools", "add", "--sub", "a"],  # --aud missing
+        ["mint", "--sub", "a", "--aud", AUD],  # --tools (or --no-tools) missing
+        ["mint", "--sub", "a", "--aud", AUD, "--tools", "add", "--no-tools"],
+        ["mint", "--sub", "a", "--tools", "add", "--aud", AUD, "--ttl", "abc"],
+        ["mint", "--sub", "a", "--tools", "add", "--aud", AUD, "--ttl", "0"],
+        ["mint", "--sub", "a", "--tools", "add", "--aud", AUD, "--ttl", "-5"],
         ["keys", "revoke"],  # KID missing
         ["verify", "tok", "--aud", AUD],  # --jwks missing
         ["serve", "--port", "70000"],
         ["keys", "init", "--bits", "big"],
-        ["mint", "--sub", "a", "--aud", AUD, "--iss", "https://x"],  # no abbreviations
+        ["mint", "--sub", "a", "--tools", "add", "--aud", AUD, "--iss", "https://x"],  # no abbrev.
         ["keys", "init", "--max", "60"],
     ],
     ids=lambda a: " ".join(a),
@@ -410,7 +414,9 @@ def test_usage_errors_are_one_line_with_exit_2(args: list[str]) -> None:
 
 
 def test_unknown_flag_in_a_real_process() -> None:
-    err = run("mint", "--sub", "a", "--aud", AUD, "--frobnicate").one_line_error(code=2)
+    err = run(
+        "mint", "--sub", "a", "--tools", "add", "--aud", AUD, "--frobnicate"
+    ).one_line_error(code=2)
     assert err == (
         "jwtmcp mint: error: unrecognized arguments: --frobnicate (see 'jwtmcp mint --help')\n"
     )
@@ -422,20 +428,26 @@ def test_missing_ring_in_a_real_process(tmp_path: Path) -> None:
 
 
 def test_lifetime_above_the_maximum(keys: str) -> None:
-    err = run("mint", "--keys", keys, "--sub", "a", "--aud", AUD, "--ttl", "3601").one_line_error()
+    err = run(
+        "mint", "--keys", keys, "--sub", "a", "--tools", "add", "--aud", AUD, "--ttl", "3601"
+    ).one_line_error()
     assert "above the maximum token lifetime" in err and "3600 s" in err
 
 
 def test_lifetime_above_a_custom_maximum(tmp_path: Path) -> None:
     keys = str(tmp_path / "k")
     assert run("keys", "init", "--keys", keys, "--max-lifetime", "600").code == 0
-    err = run("mint", "--keys", keys, "--sub", "a", "--aud", AUD, "--ttl", "601").one_line_error()
+    err = run(
+        "mint", "--keys", keys, "--sub", "a", "--tools", "add", "--aud", AUD, "--ttl", "601"
+    ).one_line_error()
     assert "600 s" in err
 
 
 @pytest.mark.parametrize("claim", ["sub=mallory", "exp:=9999999999", "scope=tool:*", "aud=x"])
 def test_claim_cannot_override_a_registered_claim(keys: str, claim: str) -> None:
-    err = run("mint", "--keys", keys, "--sub", "a", "--aud", AUD, "--claim", claim).one_line_error()
+    err = run(
+        "mint", "--keys", keys, "--sub", "a", "--tools", "add", "--aud", AUD, "--claim", claim
+    ).one_line_error()
     assert "registered claim" in err and claim.split("=")[0].rstrip(":") in err
 
 
@@ -449,7 +461,9 @@ def test_claim_cannot_override_a_registered_claim(keys: str, claim: str) -> None
     ],
 )
 def test_malformed_claim(keys: str, claim: str, message: str) -> None:
-    err = run("mint", "--keys", keys, "--sub", "a", "--aud", AUD, "--claim", claim).one_line_error()
+    err = run(
+        "mint", "--keys", keys, "--sub", "a", "--tools", "add", "--aud", AUD, "--claim", claim
+    ).one_line_error()
     assert message in err
 
 
@@ -457,6 +471,66 @@ def test_malformed_claim(keys: str, claim: str, message: str) -> None:
 def test_invalid_tool_name(keys: str, tools: str) -> None:
     err = cli("mint", "--keys", keys, "--sub", "a", "--aud", AUD, "--tools", tools).one_line_error()
     assert "invalid tool name" in err
+
+
+# mint validates --tools and --aud exactly as 'clients add' does (the same code), and a
+# token that grants no tool must be asked for.
+
+
+def _clients_add_error(tmp_path: Path, *args: str) -> str:
+    err = cli(
+        "clients", "add", "bot", *args, "--clients", str(tmp_path / "clients.json")
+    ).one_line_error()
+    return err.split("error: ", 1)[1]
+
+
+def _mint_error(keys: str, *args: str) -> str:
+    return cli("mint", "--keys", keys, "--sub", "a", *args).one_line_error().split("error: ", 1)[1]
+
+
+@pytest.mark.parametrize(
+    ("tools", "message"),
+    [
+        ("tool:add", "without the 'tool:' prefix"),
+        ("add,tool:read_*", "without the 'tool:' prefix"),
+        ("caf\u00e9", "invalid tool name"),
+        ("nul\x7f", "invalid tool name"),
+        ("", "names no tool"),
+        (" , ", "names no tool"),
+    ],
+)
+def test_mint_refuses_tools_as_clients_add_does(
+    keys: str, tmp_path: Path, tools: str, message: str
+) -> None:
+    from_mint = _mint_error(keys, "--tools", tools, "--aud", AUD)
+    assert message in from_mint
+    assert from_mint == _clients_add_error(tmp_path, "--tools", tools, "--aud", AUD)
+
+
+@pytest.mark.parametrize(
+    "aud", ["add", "127.0.0.1:9000/mcp", "ftp://mcp.example.com/mcp", "http://", f"{AUD}#x"]
+)
+def test_mint_refuses_an_audience_that_is_not_a_url_as_clients_add_does(
+    keys: str, tmp_path: Path, aud: str
+) -> None:
+    from_mint = _mint_error(keys, "--tools", "add", "--aud", aud)
+    assert "invalid audience" in from_mint
+    assert from_mint == _clients_add_error(tmp_path, "--tools", "add", "--aud", aud)
+
+
+def test_mint_without_tools_is_a_usage_error_naming_both_flags(keys: str) -> None:
+    err = run("mint", "--keys", keys, "--sub", "a", "--aud", AUD).one_line_error(code=2)
+    assert "--tools" in err and "--no-tools" in err
+
+
+def test_mint_no_tools_gives_a_token_without_tool_scopes(keys: str) -> None:
+    result = cli("mint", "--keys", keys, "--sub", "a", "--aud", AUD, "--no-tools")
+    assert result.code == 0, result.err
+    assert _parts(result.out.strip())[1]["scope"] == ""
+    result = cli(
+        "mint", "--keys", keys, "--sub", "a", "--aud", AUD, "--no-tools", "--scope", "openid"
+    )
+    assert _parts(result.out.strip())[1]["scope"] == "openid"
 
 
 @pytest.mark.parametrize("bits", ["1024", "2047", "3000"])

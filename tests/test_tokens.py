@@ -3,18 +3,23 @@
 from __future__ import annotations
 
 import base64
+import json
+from pathlib import Path
 from typing import Any
 
 import jwt
 import pytest
-from hypothesis import given, settings
+from cryptography.hazmat.primitives import serialization
+from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
-from jwtmcp.errors import ConfigError
-from jwtmcp.keys import KeyRing, init_ring
+from jwtmcp.clients import add_client
+from jwtmcp.errors import ClientsError, ConfigError
+from jwtmcp.keys import KeyRing, init_ring, load_ring, rotate_ring
 from jwtmcp.tokens import (
     REGISTERED_CLAIMS,
     RESERVED_CLAIMS,
+    SigningKey,
     ToolGrants,
     VerifiedClaims,
     build_claims,
@@ -24,6 +29,7 @@ from jwtmcp.tokens import (
     split_scope,
     tool_scopes,
 )
+from jwtmcp.verifier import Verifier
 from tests.support import FakeClock
 
 ISS = "https://auth.example.com"
@@ -173,6 +179,47 @@ def test_lifetime_above_the_maximum_is_refused(
         _mint(ring, clock, lifetime=lifetime)
 
 
+@pytest.fixture(scope="module")
+def short_ring(tmp_path_factory: pytest.TempPathFactory) -> KeyRing:
+    """A ring whose tokens live at most 900 s ('jwtmcp keys init --max-lifetime 900')."""
+    return init_ring(tmp_path_factory.mktemp("short") / "keys", max_lifetime=900,
+                     clock=FakeClock())
+
+
+@pytest.mark.parametrize("explicit_maximum", [None, 3600], ids=["default", "explicit-3600"])
+def test_mint_refuses_a_lifetime_above_the_rings_maximum(
+    short_ring: KeyRing, clock: FakeClock, explicit_maximum: int | None
+) -> None:
+    more: dict[str, Any] = {} if explicit_maximum is None else {"max_lifetime": explicit_maximum}
+    with pytest.raises(ConfigError, match="above the maximum of 900 s"):
+        _mint(short_ring, clock, lifetime=1800, **more)
+
+
+def test_mint_with_the_ring_itself_refuses_a_lifetime_above_its_maximum(
+    short_ring: KeyRing, clock: FakeClock
+) -> None:
+    with pytest.raises(ConfigError, match="above the maximum of 900 s"):
+        mint(short_ring, issuer=ISS, subject="alice", audience=AUD, lifetime=901, clock=clock)
+
+
+def test_a_lifetime_at_the_rings_maximum_is_signed(short_ring: KeyRing, clock: FakeClock) -> None:
+    claims = _decode(_mint(short_ring, clock, lifetime=900), short_ring)
+    assert claims["exp"] - claims["iat"] == 900
+
+
+def test_a_smaller_explicit_maximum_still_applies(short_ring: KeyRing, clock: FakeClock) -> None:
+    with pytest.raises(ConfigError, match="above the maximum of 600 s"):
+        _mint(short_ring, clock, lifetime=700, max_lifetime=600)
+
+
+def test_signing_keys_carry_their_rings_maximum_through_load_and_rotate(tmp_path: Path) -> None:
+    created = init_ring(tmp_path / "keys", max_lifetime=900, clock=FakeClock())
+    assert created.active.signing_key.max_lifetime == 900
+    assert load_ring(tmp_path / "keys").active.signing_key.max_lifetime == 900
+    rotated = rotate_ring(tmp_path / "keys", clock=FakeClock())
+    assert {k.signing_key.max_lifetime for k in rotated.keys} == {900}
+
+
 @pytest.mark.parametrize("lifetime", [0, -1, True, 1.5, "300"])
 def test_lifetime_must_be_a_positive_whole_number(
     ring: KeyRing, clock: FakeClock, lifetime: object
@@ -197,7 +244,121 @@ def test_required_claims_must_be_given(
         _mint(ring, clock, **{field: value})
 
 
-@pytest.mark.parametrize("tool", ["", " ", "two words", "a*b", 'quo"te'])
+# --- mint refuses what the verifier would refuse ---------------------------------------------
+#
+# Every argument of mint(), swept: a value that would give a token jwtmcp's own Verifier
+# refuses (or one whose claims differ from what was asked) is a ConfigError at mint time,
+# never a token, and never another exception.
+
+
+def _nested(depth: int) -> object:
+    value: object = "leaf"
+    for _ in range(depth):
+        value = {"n": value}
+    return value
+
+
+_NOT_NON_EMPTY_STRINGS: list[object] = [1234, 0, True, False, 1.5, b"alice", ["alice"], {}, ""]
+_MINT_REFUSALS: list[tuple[str, str, object]] = (
+    [("subject", repr(v), v) for v in [*_NOT_NON_EMPTY_STRINGS, None]]
+    + [("client_id", repr(v), v) for v in _NOT_NON_EMPTY_STRINGS]
+    + [("issuer", repr(v), v) for v in [*_NOT_NON_EMPTY_STRINGS, None]]
+    + [
+        ("audience", repr(v), v)
+        for v in [42, True, None, b"https://mcp.example.com", [AUD, None], [AUD, 1], [AUD, ""],
+                  [[AUD]], {AUD: 1}.values()]
+    ]
+    + [
+        ("tools", repr(v), v)
+        for v in [5, True, [1], [None], [b"add"], [["add"]], ["add", 7]]
+    ]
+    + [
+        ("scopes", repr(v), v)
+        for v in [5, [1], [None], [""], ["two words"], ["a\tb"], ["line\nbreak"], [b"openid"]]
+    ]
+    + [("lifetime", repr(v), v) for v in [None, 10**400, float("inf"), float("nan")]]
+    + [
+        ("max_lifetime", repr(v), v)
+        for v in ["3600", 0, -1, True, 1.5, float("inf"), float("nan")]
+    ]
+    + [
+        ("extra_claims", name, v)
+        for name, v in [
+            ("not-a-mapping", 5),
+            ("pairs-list", [("email", "a@example.com")]),
+            ("integer-key", {1: "x"}),
+            ("colliding-keys", {1: "a", "1": "b"}),
+            ("nested-integer-key", {"ctx": {2: "x"}}),
+            ("none-key", {None: "x"}),
+            ("bool-key-in-list", {"l": [{True: 1}]}),
+            ("infinity", {"x": float("inf")}),
+            ("nan-in-list", {"x": [float("nan")]}),
+            ("bytes", {"x": b"raw"}),
+            ("set", {"x": {1, 2}}),
+            ("object", {"x": object()}),
+            ("integer-past-json-limits", {"x": 10**5000}),
+            ("nested-too-deep", {"x": _nested(100)}),
+            ("larger-than-verifiers-accept", {"pad": "x" * 9000}),
+        ]
+    ]
+)
+
+
+@pytest.mark.parametrize(
+    ("argument", "value"),
+    [(a, v) for a, _, v in _MINT_REFUSALS],
+    ids=[f"{a}-{label}" for a, label, _ in _MINT_REFUSALS],
+)
+def test_mint_refuses_what_the_verifier_would_refuse(
+    ring: KeyRing, clock: FakeClock, argument: str, value: object
+) -> None:
+    with pytest.raises(ConfigError):
+        _mint(ring, clock, **{argument: value})
+
+
+@pytest.mark.parametrize("scope", ['quo"te', "back\\slash", "nul\x00", "caf\u00e9", "del\x7f"])
+def test_scopes_are_rfc_6749_scope_tokens_as_for_clients(
+    ring: KeyRing, clock: FakeClock, tmp_path: Path, scope: str
+) -> None:
+    with pytest.raises(ConfigError, match="invalid scope"):
+        _mint(ring, clock, scopes=[scope])
+    with pytest.raises(ClientsError, match="invalid scope"):
+        add_client(tmp_path / "clients.json", "bot", tools=["add"], audiences=[AUD],
+                   scopes=[scope])
+
+
+@pytest.mark.parametrize(
+    "now", [float("nan"), float("inf"), "1800000000", None, float(2**53)], ids=repr
+)
+def test_mint_refuses_a_clock_that_gives_no_usable_time(ring: KeyRing, now: object) -> None:
+    with pytest.raises(ConfigError, match="clock"):
+        _mint(ring, lambda: now)  # type: ignore[arg-type]
+
+
+def test_mint_refuses_an_expiry_past_the_numeric_date_range(ring: KeyRing) -> None:
+    key = SigningKey(ring.active.kid, ring.active.private_key, max_lifetime=2**60)
+    with pytest.raises(ConfigError, match="expiry"):
+        mint(key, issuer=ISS, subject="alice", audience=AUD, lifetime=2**53, clock=FakeClock())
+
+
+def test_a_nested_extra_claim_within_the_depth_limit_is_signed(
+    ring: KeyRing, clock: FakeClock
+) -> None:
+    claims = _decode(_mint(ring, clock, extra_claims={"x": _nested(30)}), ring)
+    assert claims["x"] == _nested(30)
+
+
+def test_client_id_defaults_to_the_subject_only_when_not_given(
+    ring: KeyRing, clock: FakeClock
+) -> None:
+    assert _decode(_mint(ring, clock, client_id=None), ring)["client_id"] == "alice"
+
+
+@pytest.mark.parametrize(
+    "tool",
+    ["", " ", "two words", "a*b", 'quo"te', "tool:add", "tool:*", "caf\u00e9", "nul\x00",
+     "del\x7f"],
+)
 def test_invalid_tool_names_are_refused(ring: KeyRing, clock: FakeClock, tool: str) -> None:
     with pytest.raises(ConfigError, match="invalid tool name"):
         _mint(ring, clock, tools=[tool])
@@ -277,3 +438,99 @@ def test_verified_claims_from_a_minted_token(ring: KeyRing, clock: FakeClock) ->
     assert verified.expires_at - (verified.issued_at or 0) == 300
     with pytest.raises(TypeError):
         verified.claims["sub"] = "mallory"  # type: ignore[index]
+
+
+# --- property: mint signs exactly what the default Verifier accepts --------------------------
+
+_SPECIAL = st.sampled_from(["\ud800", "\x00", "\u2028", " ", "\x1c", "\t", "*", ",", '"', "é"])
+_TEXT = st.text(st.characters() | _SPECIAL, max_size=8)
+_WORD = st.text(st.characters(min_codepoint=0x21, max_codepoint=0x7E) | _SPECIAL, max_size=8)
+_SCOPE = st.from_regex(r"[\x21\x23-\x5b\x5d-\x7e]{1,8}", fullmatch=True)
+_TOOL = st.from_regex(r"[A-Za-z0-9_.-]{1,8}\*?|\*", fullmatch=True)
+_OTHER = (
+    st.none() | st.booleans() | st.integers() | st.floats() | st.binary(max_size=4)
+    | st.lists(st.integers(), max_size=2) | st.dictionaries(st.text(max_size=2), st.none())
+)
+_URLS = st.sampled_from([ISS, AUD, "http://127.0.0.1:8000", "https://a.example/mcp/x"])
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False)
+    | _TEXT,
+    lambda inner: st.lists(inner, max_size=3) | st.tuples(inner)
+    | st.dictionaries(_TEXT, inner, max_size=3),
+    max_leaves=8,
+)
+_NOT_JSON = st.recursive(
+    _OTHER | st.floats(allow_nan=True, allow_infinity=True) | st.sets(st.integers(), max_size=1),
+    lambda inner: st.lists(inner, max_size=2)
+    | st.dictionaries(st.integers() | st.none() | st.booleans() | _TEXT, inner, max_size=2),
+    max_leaves=4,
+)
+# Each argument is drawn from a mostly valid strategy, or (one time in eight) from one of
+# values mint must refuse; so about a third of the examples reach the verifier.
+_ARGUMENTS: dict[str, tuple[st.SearchStrategy[Any], st.SearchStrategy[Any]]] = {
+    "issuer": (_URLS | st.text(min_size=1, max_size=8), _OTHER | st.just("")),
+    "subject": (st.text(min_size=1, max_size=8) | _WORD, _OTHER),
+    "client_id": (st.none() | st.text(min_size=1, max_size=8) | _WORD, _OTHER),
+    "audience": (
+        _URLS | st.lists(_URLS | st.text(min_size=1, max_size=8), min_size=1, max_size=3),
+        _OTHER | st.lists(_URLS | _TEXT | _OTHER, max_size=3),
+    ),
+    "tools": (
+        st.lists(_TOOL, max_size=3) | _TOOL,
+        st.lists(_WORD | _OTHER, min_size=1, max_size=3) | _WORD | _OTHER,
+    ),
+    "scopes": (
+        st.lists(_SCOPE, max_size=3) | _SCOPE,
+        st.lists(_WORD | _OTHER, min_size=1, max_size=3) | _WORD | _OTHER,
+    ),
+    "lifetime": (st.integers(1, 3600), st.integers(-2, 0) | st.integers(3601, 10**6) | _OTHER),
+    "extra_claims": (
+        st.none() | st.dictionaries(_TEXT, _JSON, max_size=3),
+        _OTHER | st.dictionaries(_TEXT | st.integers(), _NOT_JSON, min_size=1, max_size=2),
+    ),
+}
+
+
+_ONE_IN_EIGHT = st.sampled_from([False] * 7 + [True])
+
+
+def _as_list(value: object) -> list[Any]:
+    return [value] if isinstance(value, str) else list(value)  # type: ignore[call-overload]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.data())
+def test_mint_raises_config_error_or_signs_what_the_verifier_accepts(
+    ring: KeyRing, data: st.DataObject
+) -> None:
+    args = {
+        name: data.draw(wrong if data.draw(_ONE_IN_EIGHT, label="wrong?") else valid, label=name)
+        for name, (valid, wrong) in _ARGUMENTS.items()
+    }
+    clock = FakeClock()
+    try:
+        token = mint(ring.active.signing_key, clock=clock, **args)
+    except ConfigError:
+        event("refused")
+        return
+    event("minted")
+    subject, client_id, extra = args["subject"], args["client_id"], args["extra_claims"]
+    pem = ring.active.private_key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    audiences = list(dict.fromkeys(_as_list(args["audience"])))
+    with Verifier(issuer=args["issuer"], audience=audiences, public_key_pem=pem,
+                  clock=clock) as v:
+        got = v.verify(token)
+    assert got.issuer == v.issuer and got.audience == tuple(audiences) == v.audiences
+    assert got.subject == subject
+    assert got.client_id == (subject if client_id is None else client_id)
+    assert got.expires_at - got.issued_at == args["lifetime"]  # type: ignore[operator]
+    tools, scopes = args["tools"], args["scopes"]
+    tool_list = [t for t in tools.split(",") if t.strip()] if isinstance(tools, str) else tools
+    scope_list = scopes.split() if isinstance(scopes, str) else scopes
+    wanted = ["tool:" + t.strip() for t in tool_list] + list(scope_list)
+    assert got.scopes == tuple(dict.fromkeys(wanted))
+    for name, value in (extra or {}).items():
+        assert got.claims[name] == json.loads(json.dumps(value))
+    assert set(got.claims) == REGISTERED_CLAIMS | set(extra or {})

@@ -248,6 +248,100 @@ def test_a_key_bound_to_one_alg_refuses_another(
     assert _code(v, _mint(ring, clock)) == "unsupported_alg"
 
 
+# --- registered claims of the wrong JSON type ------------------------------------------------
+#
+# A registered claim that is present must have its JSON type: a NumericDate is a JSON number
+# (not null, a boolean, a string, an array or an object) within the I-JSON range (RFC 7493
+# 2.2, so it converts to a float exactly); iss, sub, client_id and jti are non-empty strings,
+# scope a string; aud a string or a non-empty list of strings. ``null`` is not "absent".
+
+_STRING_CLAIMS = ("iss", "sub", "client_id", "jti", "scope")
+_NUMERIC_DATES = ("iat", "nbf", "exp")
+_NOT_STRINGS: list[tuple[str, str]] = [
+    ("null", "null"), ("true", "true"), ("false", "false"), ("zero", "0"), ("float", "1.5"),
+    ("empty-array", "[]"), ("array", '["alice"]'), ("empty-object", "{}"),
+    ("object", '{"v":"alice"}'),
+]
+_NOT_NUMBERS: list[tuple[str, str]] = [
+    ("null", "null"), ("true", "true"), ("false", "false"), ("string", '"1800000000"'),
+    ("empty-string", '""'), ("empty-array", "[]"), ("array", "[1800000000]"),
+    ("object", '{"t":1800000000}'), ("infinite", "1e400"), ("minus-infinite", "-1e400"),
+    ("huge-integer", "1" + "0" * 400), ("minus-huge-integer", "-1" + "0" * 400),
+    ("past-2**53", str(2**53)), ("float-past-2**53", "9.1e15"),
+]
+_NOT_AUDIENCES: list[tuple[str, str]] = [
+    ("null", "null"), ("true", "true"), ("number", "1"), ("object", "{}"),
+    ("empty-array", "[]"), ("array-with-number", f'["{AUDIENCE}",1]'),
+    ("array-with-null", f'["{AUDIENCE}",null]'), ("array-with-array", f'["{AUDIENCE}",[]]'),
+]
+_WRONG_TYPES: list[tuple[str, str, str]] = (
+    [(c, label, raw) for c in _STRING_CLAIMS for label, raw in _NOT_STRINGS if
+     not (c == "scope" and label == "empty-string")]
+    + [("client_id", "empty-string", '""'), ("jti", "empty-string", '""')]
+    + [(c, label, raw) for c in _NUMERIC_DATES for label, raw in _NOT_NUMBERS]
+    + [("aud", label, raw) for label, raw in _NOT_AUDIENCES]
+)
+
+
+def _signed_with_raw_claim(ring: KeyRing, name: str, raw: str) -> str:
+    """A token whose claim ``name`` is the JSON text ``raw`` (all other claims valid)."""
+    payload = claims(NOW)
+    payload[name] = "\x00placeholder"
+    text = json.dumps(payload, separators=(",", ":")).replace('"\\u0000placeholder"', raw)
+    return jws(header(ring.active.kid), text.encode(), ring.active.private_key)
+
+
+@pytest.mark.parametrize(
+    ("name", "raw"),
+    [(n, r) for n, _, r in _WRONG_TYPES],
+    ids=[f"{n}-{label}" for n, label, _ in _WRONG_TYPES],
+)
+def test_a_present_registered_claim_of_the_wrong_type_is_malformed(
+    verifier: Verifier, ring: KeyRing, caplog: pytest.LogCaptureFixture, name: str, raw: str
+) -> None:
+    token = _signed_with_raw_claim(ring, name, raw)
+    with caplog.at_level(logging.ERROR, logger="jwtmcp"):
+        assert _code(verifier, token) == "malformed"
+        assert asyncio.run(_async_code(verifier, token)) == "malformed"
+    # Refused by a check, not by an unexpected exception (which logs a traceback).
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+async def _async_code(v: Verifier, token: str) -> str:
+    with pytest.raises(TokenError) as info:
+        await v.verify_async(token)
+    return info.value.code
+
+
+@pytest.mark.parametrize("name", ["nbf", "client_id", "jti", "scope"])
+def test_an_absent_optional_claim_is_still_accepted(
+    verifier: Verifier, ring: KeyRing, name: str
+) -> None:
+    token = jws(header(ring.active.kid), claims(NOW, **{name: None}), ring.active.private_key)
+    assert name not in verifier.verify(token).claims
+
+
+@pytest.mark.parametrize("name", ["iss", "sub", "aud", "iat", "exp"])
+def test_an_absent_required_claim_is_missing_not_malformed(
+    verifier: Verifier, ring: KeyRing, name: str
+) -> None:
+    token = jws(header(ring.active.kid), claims(NOW, **{name: None}), ring.active.private_key)
+    assert _code(verifier, token) == "missing_claim"
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [("iat", float(int(NOW))), ("nbf", NOW - 0.5), ("exp", NOW + 299.5), ("exp", 2**53 - 1)],
+)
+def test_numeric_dates_in_range_are_accepted_as_numbers(
+    jwks_path: Path, ring: KeyRing, clock: FakeClock, name: str, value: float
+) -> None:
+    v = Verifier(issuer=ISSUER, audience=AUDIENCE, jwks_file=jwks_path, clock=clock,
+                 max_lifetime=2**53)
+    token = jws(header(ring.active.kid), claims(NOW, **{name: value}), ring.active.private_key)
+    assert v.verify(token).claims[name] == value
+
+
 # --- the verified-token cache --------------------------------------------------------------
 
 
