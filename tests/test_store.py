@@ -7,9 +7,11 @@ backend (Redis) runs the same tests by adding itself there.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import sqlite3
 import stat
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -432,9 +434,34 @@ def test_store_made_by_a_newer_version_is_refused(tmp_path: Path) -> None:
 WORKERS = 6
 
 
-def _race(path: str, start: float, job: str, argument: str, barrier: Any, results: Any) -> None:
-    store = SqliteStore(path, clock=FakeClock(start))
-    barrier.wait(timeout=60)
+class _RendezvousClock(FakeClock):
+    """A fixed clock whose first reading waits (at most ``patience`` s) for the other racers.
+
+    The store reads its clock inside the transaction, after taking (or trying to take) the
+    lock. Without a real lock every racer meets the others here and they all read the row
+    before anyone writes it, so a non-atomic store fails these tests every time. With the
+    lock only one racer is inside: it waits ``patience`` s, the barrier breaks, the rest
+    pass straight through. A slow machine changes only how long the first racer waits.
+    """
+
+    def __init__(self, start: float, barrier: Any, patience: float = 1.0) -> None:
+        super().__init__(start)
+        self._barrier: Any = barrier
+        self._patience = patience
+
+    def __call__(self) -> float:
+        if self._barrier is not None:
+            barrier, self._barrier = self._barrier, None
+            with contextlib.suppress(threading.BrokenBarrierError):
+                barrier.wait(timeout=self._patience)
+        return self.now
+
+
+def _race(
+    path: str, start: float, job: str, argument: str, ready: Any, inside: Any, results: Any
+) -> None:
+    store = SqliteStore(path, clock=_RendezvousClock(start, inside), busy_timeout=60)
+    ready.wait(timeout=60)
     if job == "take":
         taken = store.take_code(argument)
         results.put("none" if taken is None else "reused" if taken.reused else "won")
@@ -450,10 +477,12 @@ def _race(path: str, start: float, job: str, argument: str, barrier: Any, result
 
 def _run_race(path: Path, clock: FakeClock, job: str, argument: str) -> list[Any]:
     ctx = multiprocessing.get_context("spawn")
-    barrier = ctx.Barrier(WORKERS)
+    ready, inside = ctx.Barrier(WORKERS), ctx.Barrier(WORKERS)
     results = ctx.Queue()
     procs = [
-        ctx.Process(target=_race, args=(str(path), clock(), job, argument, barrier, results))
+        ctx.Process(
+            target=_race, args=(str(path), clock(), job, argument, ready, inside, results)
+        )
         for _ in range(WORKERS)
     ]
     for proc in procs:
