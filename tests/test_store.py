@@ -35,7 +35,7 @@ MakeStore = Callable[..., Store]
 GRANT = {
     "client_id": "https://app.example/client.json",
     "redirect_uri": "http://127.0.0.1:5000/cb",
-    "code_challenge": "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGcSstw-cM",
+    "code_challenge": "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM",
     "resource": ["http://127.0.0.1:8001/mcp"],
     "scope": ["tool:add"],
     "sub": "alice",
