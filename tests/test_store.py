@@ -133,7 +133,7 @@ def test_code_reuse_revokes_the_family_started_from_its_first_use(store: Store) 
     again = store.take_code(code)
     assert again is not None and again.reused
     assert store.list_families(subject="alice") == ()
-    rotation = store.rotate_refresh(refresh, new_opaque_token())
+    rotation = store.rotate_refresh(refresh, new_opaque_token(), client_id="app")
     assert rotation is not None and rotation.status == "revoked"
     assert rotation.family.family_id == family_id
     assert rotation.family.revoked_reason == "authorization code reused"
@@ -172,7 +172,7 @@ def test_codes_and_refresh_tokens_are_stored_only_as_digests(
 ) -> None:
     code, refresh, rotated = new_opaque_token(), new_opaque_token(), new_opaque_token()
     _family_from_code(store, code, refresh)
-    store.rotate_refresh(refresh, rotated)
+    store.rotate_refresh(refresh, rotated, client_id="app")
     files = [p for p in tmp_path.iterdir() if p.name.startswith("state.db")]
     raw = b"".join(p.read_bytes() for p in files)
     assert b"-wal" in b"".join(p.name.encode() for p in files)  # the WAL was read too
@@ -187,33 +187,43 @@ def test_codes_and_refresh_tokens_are_stored_only_as_digests(
 def test_rotation_exchanges_the_current_token_for_a_new_one(store: Store) -> None:
     old, new = new_opaque_token(), new_opaque_token()
     _family_from_code(store, new_opaque_token(), old)
-    rotation = store.rotate_refresh(old, new)
+    rotation = store.rotate_refresh(old, new, client_id="app")
     assert rotation is not None and rotation.ok and rotation.family.generation == 1
     assert dict(rotation.family.grant) == GRANT
-    again = store.rotate_refresh(new, new_opaque_token())
+    again = store.rotate_refresh(new, new_opaque_token(), client_id="app")
     assert again is not None and again.ok and again.family.generation == 2
 
 
 def test_presenting_a_rotated_token_revokes_the_whole_family(store: Store) -> None:
     old, new = new_opaque_token(), new_opaque_token()
     _family_from_code(store, new_opaque_token(), old)
-    store.rotate_refresh(old, new)
-    replay = store.rotate_refresh(old, new_opaque_token())
+    store.rotate_refresh(old, new, client_id="app")
+    replay = store.rotate_refresh(old, new_opaque_token(), client_id="app")
     assert replay is not None and replay.status == "reused"
     assert replay.family.revoked_at is not None
-    current = store.rotate_refresh(new, new_opaque_token())
+    current = store.rotate_refresh(new, new_opaque_token(), client_id="app")
     assert current is not None and current.status == "revoked"
 
 
+def test_a_refresh_token_presented_by_another_client_revokes_its_family(store: Store) -> None:
+    old, new = new_opaque_token(), new_opaque_token()
+    _family_from_code(store, new_opaque_token(), old)  # issued to client "app"
+    stolen = store.rotate_refresh(old, new, client_id="attacker")
+    assert stolen is not None and stolen.status == "wrong_client" and not stolen.ok
+    owner = store.rotate_refresh(old, new_opaque_token(), client_id="app")
+    assert owner is not None and owner.status == "revoked"
+    assert store.rotate_refresh(new, new_opaque_token(), client_id="app") is None  # never issued
+
+
 def test_unknown_refresh_token_is_none(store: Store) -> None:
-    assert store.rotate_refresh(new_opaque_token(), new_opaque_token()) is None
+    assert store.rotate_refresh(new_opaque_token(), new_opaque_token(), client_id="app") is None
 
 
 def test_family_expires_when_idle_too_long(store: Store, clock: FakeClock) -> None:
     old = new_opaque_token()
     _family_from_code(store, new_opaque_token(), old)  # idle 3600 s
     clock.advance(3600)
-    rotation = store.rotate_refresh(old, new_opaque_token())
+    rotation = store.rotate_refresh(old, new_opaque_token(), client_id="app")
     assert rotation is not None and rotation.status == "expired"
 
 
@@ -223,7 +233,7 @@ def test_each_rotation_restarts_the_idle_lifetime(store: Store, clock: FakeClock
     for _ in range(5):  # 5 x 3000 s: past one idle lifetime in total, never idle that long
         clock.advance(3000)
         nxt = new_opaque_token()
-        rotation = store.rotate_refresh(token, nxt)
+        rotation = store.rotate_refresh(token, nxt, client_id="app")
         assert rotation is not None and rotation.ok
         token = nxt
 
@@ -237,7 +247,7 @@ def test_family_ends_at_its_absolute_lifetime_however_often_used(
     for _ in range(30):  # every 3000 s: never idle, 90000 s in all
         clock.advance(3000)
         nxt = new_opaque_token()
-        rotation = store.rotate_refresh(token, nxt)
+        rotation = store.rotate_refresh(token, nxt, client_id="app")
         assert rotation is not None
         statuses.append(rotation.status)
         if not rotation.ok:
@@ -466,7 +476,7 @@ def _race(
         taken = store.take_code(argument)
         results.put("none" if taken is None else "reused" if taken.reused else "won")
     elif job == "rotate":
-        rotation = store.rotate_refresh(argument, new_opaque_token())
+        rotation = store.rotate_refresh(argument, new_opaque_token(), client_id="app")
         results.put("none" if rotation is None else rotation.status)
     elif job == "remember":
         results.put(store.remember_once(argument, start + 60))

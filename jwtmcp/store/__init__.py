@@ -119,7 +119,7 @@ class RefreshFamily:
         return self.revoked_at is None and now < self.expires_at
 
 
-RotationStatus = Literal["rotated", "reused", "revoked", "expired"]
+RotationStatus = Literal["rotated", "reused", "wrong_client", "revoked", "expired"]
 
 
 @dataclass(frozen=True)
@@ -130,6 +130,8 @@ class Rotation:
       it. Issue tokens for ``family.grant``.
     - ``reused``: the presented token was already rotated away. The whole family has just
       been revoked (RFC 9700 4.14.2); refuse with ``invalid_grant``.
+    - ``wrong_client``: another client presented the token (RFC 6749 6 binds it to its
+      client): it leaked, so the family has just been revoked; refuse with ``invalid_grant``.
     - ``revoked``: the family was revoked before; refuse.
     - ``expired``: past the idle or absolute lifetime; refuse.
     """
@@ -190,11 +192,14 @@ class Store(Protocol):
         """
         ...
 
-    def rotate_refresh(self, refresh_token: str, new_refresh_token: str) -> Rotation | None:
+    def rotate_refresh(
+        self, refresh_token: str, new_refresh_token: str, *, client_id: str
+    ) -> Rotation | None:
         """Exchange the family's current ``refresh_token`` for ``new_refresh_token``.
 
-        Returns None for an unknown token; otherwise a :class:`Rotation`. Presenting a token
-        that was already rotated revokes the whole family (``status="reused"``).
+        ``client_id`` is the client presenting it. Returns None for an unknown token;
+        otherwise a :class:`Rotation`. Presenting a token that was already rotated, or one
+        issued to another client, revokes the whole family (``reused``, ``wrong_client``).
         """
         ...
 

@@ -35,6 +35,7 @@ from . import (
     CodeRedemption,
     RefreshFamily,
     Rotation,
+    RotationStatus,
     digest,
     new_opaque_token,
 )
@@ -391,7 +392,9 @@ class SqliteStore:
             )
             return family
 
-    def rotate_refresh(self, refresh_token: str, new_refresh_token: str) -> Rotation | None:
+    def rotate_refresh(
+        self, refresh_token: str, new_refresh_token: str, *, client_id: str
+    ) -> Rotation | None:
         old_hash, new_hash = digest(refresh_token), digest(new_refresh_token)
         if old_hash == new_hash:
             raise StoreError("the new refresh token must differ from the old one")
@@ -406,10 +409,17 @@ class SqliteStore:
             family, current_hash = _family(row), row[11]
             if family.revoked_at is not None:
                 return Rotation("revoked", family)
-            if current_hash != old_hash:
-                reason = "refresh token reused"
+            if family.client_id != client_id or current_hash != old_hash:
+                status: RotationStatus = (
+                    "wrong_client" if family.client_id != client_id else "reused"
+                )
+                reason = (
+                    "refresh token presented by another client"
+                    if status == "wrong_client"
+                    else "refresh token reused"
+                )
                 self._revoke_family_id(conn, now, family.family_id, reason)
-                return Rotation("reused", replace(family, revoked_at=now, revoked_reason=reason))
+                return Rotation(status, replace(family, revoked_at=now, revoked_reason=reason))
             if now >= family.expires_at:
                 return Rotation("expired", family)
             try:
