@@ -7,6 +7,7 @@ The users module (and Argon2) is imported only when a ``users`` command runs.
 from __future__ import annotations
 
 import argparse
+import getpass
 import os
 import sys
 from pathlib import Path
@@ -36,7 +37,15 @@ def users_file(args: argparse.Namespace) -> Path:
 
 
 def _read_password_line() -> str:
-    """One line from stdin, without its line ending (``printf '%s\\n' "$PW" | ...``)."""
+    """One line from stdin, without its line ending (``printf '%s\\n' "$PW" | ...``).
+
+    On a terminal the password is asked for twice without echo instead.
+    """
+    if sys.stdin.isatty():
+        password = getpass.getpass("password: ")
+        if getpass.getpass("again: ") != password:
+            raise CliError("the two passwords differ")
+        return password
     line = sys.stdin.readline()
     password = line[:-1] if line.endswith("\n") else line
     password = password[:-1] if password.endswith("\r") else password

@@ -4,9 +4,14 @@ watching, and the ``jwtmcp users`` commands."""
 from __future__ import annotations
 
 import json
+import os
+import pty
+import select
+import signal
 import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -329,3 +334,52 @@ def test_cli_users_help(path: list[str], words: list[str]) -> None:
     assert result.code == 0
     for word in words:
         assert word in result.out, word
+
+
+def _talk_on_a_terminal(args: list[str], answers: list[bytes]) -> tuple[int, bytes]:
+    """Run ``python -m jwtmcp ARGS`` on a real pseudo-terminal, answering each prompt."""
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: the pty is its controlling terminal, as in a shell
+        try:
+            os.execve(sys.executable, [sys.executable, "-m", "jwtmcp", *args], _env())
+        finally:
+            os._exit(127)  # never run the rest of the test suite in the child
+    seen, deadline = b"", time.monotonic() + 60
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([fd], [], [], 1.0)
+            if not ready:
+                continue
+            try:
+                chunk = os.read(fd, 4096)
+            except OSError:  # EIO: the child closed the terminal
+                break
+            if not chunk:
+                break
+            seen += chunk
+            if answers and seen.rstrip().endswith(b":"):
+                os.write(fd, answers.pop(0) + b"\n")
+    finally:
+        os.close(fd)
+        if time.monotonic() >= deadline:
+            os.kill(pid, signal.SIGKILL)
+        _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status), seen
+
+
+def test_cli_password_stdin_on_a_terminal_asks_twice_without_echo(path: Path) -> None:
+    args = ["users", "add", "eve", "--tools", "add", "--aud", AUD, "--users", str(path)]
+    code, seen = _talk_on_a_terminal([*args, "--password-stdin"], [PASSWORD.encode()] * 2)
+    assert code == 0, seen
+    assert b"password:" in seen and b"again:" in seen
+    assert PASSWORD.encode() not in seen  # not echoed
+    assert load_users(path).authenticate("eve", PASSWORD) is not None
+
+
+def test_cli_password_stdin_on_a_terminal_refuses_two_different_passwords(path: Path) -> None:
+    args = ["users", "add", "eve", "--tools", "add", "--aud", AUD, "--users", str(path)]
+    code, seen = _talk_on_a_terminal(
+        [*args, "--password-stdin"], [PASSWORD.encode(), b"something else entirely"]
+    )
+    assert code == 1 and b"the two passwords differ" in seen
+    assert not path.exists()
