@@ -344,7 +344,7 @@ def _talk_on_a_terminal(args: list[str], answers: list[bytes]) -> tuple[int, byt
             os.execve(sys.executable, [sys.executable, "-m", "jwtmcp", *args], _env())
         finally:
             os._exit(127)  # never run the rest of the test suite in the child
-    seen, deadline = b"", time.monotonic() + 60
+    seen, answered_up_to, deadline = b"", 0, time.monotonic() + 60
     try:
         while time.monotonic() < deadline:
             ready, _, _ = select.select([fd], [], [], 1.0)
@@ -357,8 +357,10 @@ def _talk_on_a_terminal(args: list[str], answers: list[bytes]) -> tuple[int, byt
             if not chunk:
                 break
             seen += chunk
-            if answers and seen.rstrip().endswith(b":"):
+            # Answer each prompt once, even when it arrives in several reads.
+            if answers and seen[answered_up_to:].rstrip().endswith(b":"):
                 os.write(fd, answers.pop(0) + b"\n")
+                answered_up_to = len(seen)
     finally:
         os.close(fd)
         if time.monotonic() >= deadline:
