@@ -916,6 +916,11 @@ examples:
     _add_clients_flag(p)
     p.set_defaults(func=cmd_clients_rotate_secret)
 
+    # users ... (its own module)
+    from .cli_users import add_users_commands
+
+    add_users_commands(commands)
+
     # serve
     p = commands.add_parser(
         "serve",

@@ -33,7 +33,6 @@ import json
 import os
 import re
 import secrets
-import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
@@ -44,7 +43,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from .errors import ClientsError, ConfigError
-from .files import acquire_lock, atomic_write, release_lock
+from .files import WatchedFile, atomic_write, locked
 from .tokens import Clock, check_scope, split_scope, tool_scope
 
 FORMAT_VERSION = 1
@@ -189,10 +188,11 @@ class ClientTable:
 # --- validation --------------------------------------------------------------------------
 
 
-def check_name(name: str) -> str:
+def check_name(name: str, *, what: str = "client") -> str:
+    """``name`` when it may name a client (or a user, ``what="user"``); else ClientsError."""
     if not isinstance(name, str) or not _NAME.fullmatch(name):
         raise ClientsError(
-            f"invalid client name {name!r}: use 1-64 letters, digits, '.', '_' or '-', "
+            f"invalid {what} name {name!r}: use 1-64 letters, digits, '.', '_' or '-', "
             "starting with a letter or digit"
         )
     return name
@@ -213,7 +213,8 @@ def check_audience(url: str) -> str:
     return url
 
 
-def _check_tools(tools: Iterable[str]) -> tuple[str, ...]:
+def check_tools(tools: Iterable[str]) -> tuple[str, ...]:
+    """Tool names (``*`` and ``prefix*`` allowed), stripped and deduplicated; else ClientsError."""
     out = []
     for tool in tools:
         try:
@@ -235,7 +236,8 @@ def _check_scopes(scopes: Iterable[str]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(out))
 
 
-def _check_max_ttl(max_ttl: int | None) -> int | None:
+def check_max_ttl(max_ttl: int | None) -> int | None:
+    """None or a positive whole number of seconds; else ClientsError."""
     if max_ttl is None:
         return None
     if isinstance(max_ttl, bool) or not isinstance(max_ttl, int) or max_ttl <= 0:
@@ -284,10 +286,10 @@ def _parse(path: Path, raw: bytes) -> ClientTable:
             client = Client(
                 client_id=name,
                 subject=subject,
-                tools=_check_tools(tools),
+                tools=check_tools(tools),
                 scopes=_check_scopes(scopes),
                 audiences=tuple(check_audience(a) for a in audiences),
-                max_ttl=_check_max_ttl(max_ttl),
+                max_ttl=check_max_ttl(max_ttl),
                 created_at=float(entry.get("created_at") or 0.0),
                 secret_hash=secret_hash,
             )
@@ -325,20 +327,9 @@ def list_clients(path: str | os.PathLike[str]) -> tuple[Client, ...]:
 # --- writing -----------------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def _locked(path: Path, timeout: float = 30.0) -> Iterator[None]:
+def _locked(path: Path, timeout: float = 30.0) -> contextlib.AbstractContextManager[None]:
     """Hold ``.<name>.lock`` next to the clients file so changes never interleave."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = acquire_lock(path.parent / f".{path.name}.lock", timeout=timeout)
-    except TimeoutError:
-        raise ClientsError(f"the clients file {path} is locked by another change") from None
-    except OSError as exc:
-        raise ClientsError(f"cannot lock the clients file {path}: {exc.strerror}") from None
-    try:
-        yield
-    finally:
-        release_lock(fd)
+    return locked(path, what="the clients file", error=ClientsError, timeout=timeout)
 
 
 def _write(table: ClientTable) -> None:
@@ -377,7 +368,7 @@ def add_client(
     for. Raises :class:`ClientsError` for a duplicate name or an invalid value.
     """
     check_name(name)
-    tool_list = _check_tools([tools] if isinstance(tools, str) else tools)
+    tool_list = check_tools([tools] if isinstance(tools, str) else tools)
     scope_list = _check_scopes([scopes] if isinstance(scopes, str) else scopes)
     aud_list = tuple(
         dict.fromkeys(
@@ -396,7 +387,7 @@ def add_client(
         tools=tool_list,
         scopes=scope_list,
         audiences=aud_list,
-        max_ttl=_check_max_ttl(max_ttl),
+        max_ttl=check_max_ttl(max_ttl),
         created_at=clock(),
         secret_hash=hash_secret(secret),
     )
@@ -464,7 +455,7 @@ def ensure_clients(
 # --- watching ----------------------------------------------------------------------------
 
 
-class ClientsWatcher:
+class ClientsWatcher(WatchedFile[ClientTable]):
     """Serves the current clients table to a long-running process.
 
     ``current()`` costs one ``stat`` of the file at most every ``interval`` seconds; the
@@ -479,38 +470,11 @@ class ClientsWatcher:
         interval: float = 0.25,
         monotonic: Clock = time.monotonic,
     ) -> None:
-        self.path = Path(path)
-        self.interval = interval
-        self._monotonic = monotonic
-        self._lock = threading.Lock()
-        self._signature = self._stat()
-        self._table = load_clients(self.path)
-        self._checked_at = monotonic()
-        self.last_error: str | None = None
-
-    def _stat(self) -> tuple[int, int, int] | None:
-        try:
-            st = os.stat(self.path)
-        except OSError:
-            return None
-        return (st.st_mtime_ns, st.st_ino, st.st_size)
-
-    def current(self) -> ClientTable:
-        now = self._monotonic()
-        if now - self._checked_at < self.interval:
-            return self._table
-        with self._lock:
-            if now - self._checked_at < self.interval:
-                return self._table
-            self._checked_at = now
-            signature = self._stat()
-            if signature is None:
-                self.last_error = f"the clients file {self.path} is missing"
-            elif signature != self._signature:
-                try:
-                    self._table = load_clients(self.path)
-                    self._signature = signature
-                    self.last_error = None
-                except ClientsError as exc:
-                    self.last_error = exc.message
-            return self._table
+        super().__init__(
+            path,
+            load_clients,
+            ClientsError,
+            what="the clients file",
+            interval=interval,
+            monotonic=monotonic,
+        )

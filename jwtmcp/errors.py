@@ -43,6 +43,48 @@ class ClientsError(JwtMcpError):
     code = "clients"
 
 
+class UsersError(JwtMcpError):
+    """The users file is missing, unreadable or invalid, or a user name is unknown."""
+
+    code = "users"
+
+
+# --- the state store (codes, refresh families, replay windows, counters) ------------------
+
+
+class StoreError(JwtMcpError):
+    """The state store refused an operation (a bad argument, or a database too new)."""
+
+    code = "store"
+
+
+class StoreUnavailable(StoreError):
+    """The state store cannot be reached, opened or locked right now.
+
+    The issuer answers 503 with ``Retry-After: <retry_after>`` (seconds) for flows that need
+    the store; stateless flows (``client_credentials``) keep working.
+    """
+
+    code = "store_unavailable"
+
+    def __init__(self, message: str, *, retry_after: int = 1) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+# --- OAuth request checks (PKCE, redirect URIs) -----------------------------------------
+
+
+class OAuthRequestError(JwtMcpError):
+    """An OAuth request or registration is refused.
+
+    ``code`` is the registered OAuth error code to answer with: ``invalid_request``
+    (RFC 6749 4.1.2.1, RFC 7636 4.4.1) or ``invalid_redirect_uri`` (RFC 7591 3.2.2).
+    """
+
+    code = "invalid_request"
+
+
 # --- token verification ----------------------------------------------------------------
 
 

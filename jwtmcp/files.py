@@ -1,4 +1,5 @@
-"""Crash-safe file writes and advisory locks, shared by the key ring, clients file and JWKS cache.
+"""Crash-safe file writes, advisory locks and file watching, shared by the key ring, the
+clients and users files and the JWKS cache.
 
 A write goes to a temp file in the same directory, is fsynced and renamed over the target, so
 a reader sees the old file or the new one, never half of one, whatever happens mid-write.
@@ -11,8 +12,15 @@ import errno
 import fcntl
 import os
 import tempfile
+import threading
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Generic, TypeVar
+
+from .errors import JwtMcpError
+
+T = TypeVar("T")
 
 
 def atomic_write(path: Path, data: bytes, *, mode: int = 0o600) -> None:
@@ -71,3 +79,83 @@ def acquire_lock(path: Path, *, timeout: float = 30.0) -> int:
 def release_lock(fd: int) -> None:
     """Release a lock from :func:`acquire_lock` (closing the descriptor releases it)."""
     os.close(fd)
+
+
+@contextlib.contextmanager
+def locked(
+    path: Path, *, what: str, error: type[JwtMcpError], timeout: float = 30.0
+) -> Iterator[None]:
+    """Hold ``.<name>.lock`` next to ``path`` so read-modify-write changes never interleave.
+
+    ``what`` names the file in messages ("the clients file"); failures raise ``error``.
+    """
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = acquire_lock(path.parent / f".{path.name}.lock", timeout=timeout)
+    except TimeoutError:
+        raise error(f"{what} {path} is locked by another change") from None
+    except OSError as exc:
+        raise error(f"cannot lock {what} {path}: {exc.strerror}") from None
+    try:
+        yield
+    finally:
+        release_lock(fd)
+
+
+class WatchedFile(Generic[T]):
+    """Serves the parsed contents of a file to a long-running process.
+
+    ``current()`` costs one ``stat`` of the file at most every ``interval`` seconds; the
+    file is re-read with ``load`` only when it changed. If a reload fails (``load`` raised
+    ``error``: a hand edit left it invalid, or it was removed) the last good value keeps
+    serving and ``last_error`` says why. The first load's error propagates.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        load: Callable[[Path], T],
+        error: type[JwtMcpError],
+        *,
+        what: str,
+        interval: float = 0.25,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.path = Path(path)
+        self.interval = interval
+        self._load = load
+        self._error = error
+        self._what = what
+        self._monotonic = monotonic
+        self._lock = threading.Lock()
+        self._signature = self._stat()
+        self._value = load(self.path)
+        self._checked_at = monotonic()
+        self.last_error: str | None = None
+
+    def _stat(self) -> tuple[int, int, int] | None:
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            return None
+        return (st.st_mtime_ns, st.st_ino, st.st_size)
+
+    def current(self) -> T:
+        now = self._monotonic()
+        if now - self._checked_at < self.interval:
+            return self._value
+        with self._lock:
+            if now - self._checked_at < self.interval:
+                return self._value
+            self._checked_at = now
+            signature = self._stat()
+            if signature is None:
+                self.last_error = f"{self._what} {self.path} is missing"
+            elif signature != self._signature:
+                try:
+                    self._value = self._load(self.path)
+                    self._signature = signature
+                    self.last_error = None
+                except self._error as exc:
+                    self.last_error = exc.message
+            return self._value

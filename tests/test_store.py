@@ -1,0 +1,544 @@
+"""The state store: single-use codes, refresh families, replay windows, counters.
+
+Every test runs against a real SQLite file in a temporary directory; the races run in real
+separate processes. ``make_store`` is the one place that knows the backend, so another
+backend (Redis) runs the same tests by adding itself there.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing
+import sqlite3
+import stat
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from jwtmcp.errors import ConfigError, JwtMcpError, StoreError, StoreUnavailable
+from jwtmcp.store import (
+    MAX_CODE_TTL,
+    Store,
+    default_store_path,
+    digest,
+    new_opaque_token,
+    open_store,
+)
+from jwtmcp.store.sqlite import SqliteStore
+from tests.support import FakeClock
+
+MakeStore = Callable[..., Store]
+
+GRANT = {
+    "client_id": "https://app.example/client.json",
+    "redirect_uri": "http://127.0.0.1:5000/cb",
+    "code_challenge": "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM",
+    "resource": ["http://127.0.0.1:8001/mcp"],
+    "scope": ["tool:add"],
+    "sub": "alice",
+}
+
+
+@pytest.fixture
+def make_store(tmp_path: Path, clock: FakeClock) -> Iterator[MakeStore]:
+    opened: list[SqliteStore] = []
+
+    def make(**kwargs: Any) -> Store:
+        store = SqliteStore(tmp_path / "state.db", clock=kwargs.pop("clock", clock), **kwargs)
+        opened.append(store)
+        return store
+
+    yield make
+    for store in opened:
+        store.close()
+
+
+@pytest.fixture
+def store(make_store: MakeStore) -> Store:
+    return make_store()
+
+
+def _family_from_code(store: Store, code: str, refresh: str) -> str:
+    store.put_code(code, GRANT, ttl=60)
+    taken = store.take_code(code)
+    assert taken is not None and not taken.reused
+    family = store.start_family(
+        taken.family_id,
+        refresh,
+        client_id="app",
+        subject="alice",
+        grant=taken.grant,
+        idle_ttl=3600,
+        absolute_ttl=86400,
+    )
+    assert family is not None
+    return family.family_id
+
+
+# --- authorization codes -----------------------------------------------------------------
+
+
+def test_take_code_returns_the_grant_once_then_reports_reuse(store: Store) -> None:
+    code = new_opaque_token()
+    store.put_code(code, GRANT, ttl=60)
+    first = store.take_code(code)
+    second = store.take_code(code)
+    assert first is not None and not first.reused and dict(first.grant) == GRANT
+    assert second is not None and second.reused and second.family_id == first.family_id
+
+
+def test_unknown_code_is_none(store: Store) -> None:
+    assert store.take_code(new_opaque_token()) is None
+
+
+def test_code_expires_after_its_ttl(store: Store, clock: FakeClock) -> None:
+    code = new_opaque_token()
+    store.put_code(code, GRANT, ttl=30)
+    clock.advance(30)
+    assert store.take_code(code) is None
+
+
+def test_code_works_until_just_before_its_ttl(store: Store, clock: FakeClock) -> None:
+    code = new_opaque_token()
+    store.put_code(code, GRANT, ttl=30)
+    clock.advance(29.9)
+    taken = store.take_code(code)
+    assert taken is not None and not taken.reused
+
+
+@pytest.mark.parametrize("ttl", [MAX_CODE_TTL + 1, 0, -5])
+def test_code_ttl_must_be_within_60_seconds(store: Store, ttl: float) -> None:
+    with pytest.raises(ConfigError):
+        store.put_code(new_opaque_token(), GRANT, ttl=ttl)
+
+
+def test_the_same_code_cannot_be_put_twice(store: Store) -> None:
+    code = new_opaque_token()
+    store.put_code(code, GRANT, ttl=60)
+    with pytest.raises(StoreError):
+        store.put_code(code, {"other": 1}, ttl=60)
+
+
+def test_grant_must_be_json(store: Store) -> None:
+    with pytest.raises(StoreError, match="JSON"):
+        store.put_code(new_opaque_token(), {"when": object()}, ttl=60)
+
+
+def test_code_reuse_revokes_the_family_started_from_its_first_use(store: Store) -> None:
+    code, refresh = new_opaque_token(), new_opaque_token()
+    family_id = _family_from_code(store, code, refresh)
+    again = store.take_code(code)
+    assert again is not None and again.reused
+    assert store.list_families(subject="alice") == ()
+    rotation = store.rotate_refresh(refresh, new_opaque_token(), client_id="app")
+    assert rotation is not None and rotation.status == "revoked"
+    assert rotation.family.family_id == family_id
+    assert rotation.family.revoked_reason == "authorization code reused"
+
+
+def test_code_reuse_before_the_family_starts_stops_it_from_starting(store: Store) -> None:
+    code = new_opaque_token()
+    store.put_code(code, GRANT, ttl=60)
+    first = store.take_code(code)
+    assert first is not None
+    assert store.take_code(code) is not None  # the replay, while the first is still minting
+    started = store.start_family(
+        first.family_id,
+        new_opaque_token(),
+        client_id="app",
+        subject="alice",
+        grant=first.grant,
+        idle_ttl=60,
+        absolute_ttl=600,
+    )
+    assert started is None
+
+
+def test_code_reuse_is_recognised_long_after_the_code_expired(
+    store: Store, clock: FakeClock
+) -> None:
+    code, refresh = new_opaque_token(), new_opaque_token()
+    _family_from_code(store, code, refresh)
+    clock.advance(3600)
+    again = store.take_code(code)
+    assert again is not None and again.reused
+
+
+def test_codes_and_refresh_tokens_are_stored_only_as_digests(
+    store: Store, tmp_path: Path
+) -> None:
+    code, refresh, rotated = new_opaque_token(), new_opaque_token(), new_opaque_token()
+    _family_from_code(store, code, refresh)
+    store.rotate_refresh(refresh, rotated, client_id="app")
+    files = [p for p in tmp_path.iterdir() if p.name.startswith("state.db")]
+    raw = b"".join(p.read_bytes() for p in files)
+    assert b"-wal" in b"".join(p.name.encode() for p in files)  # the WAL was read too
+    for secret in (code, refresh, rotated):
+        assert secret.encode() not in raw
+    assert digest(code).encode() in raw
+
+
+# --- refresh-token families --------------------------------------------------------------
+
+
+def test_rotation_exchanges_the_current_token_for_a_new_one(store: Store) -> None:
+    old, new = new_opaque_token(), new_opaque_token()
+    _family_from_code(store, new_opaque_token(), old)
+    rotation = store.rotate_refresh(old, new, client_id="app")
+    assert rotation is not None and rotation.ok and rotation.family.generation == 1
+    assert dict(rotation.family.grant) == GRANT
+    again = store.rotate_refresh(new, new_opaque_token(), client_id="app")
+    assert again is not None and again.ok and again.family.generation == 2
+
+
+def test_presenting_a_rotated_token_revokes_the_whole_family(store: Store) -> None:
+    old, new = new_opaque_token(), new_opaque_token()
+    _family_from_code(store, new_opaque_token(), old)
+    store.rotate_refresh(old, new, client_id="app")
+    replay = store.rotate_refresh(old, new_opaque_token(), client_id="app")
+    assert replay is not None and replay.status == "reused"
+    assert replay.family.revoked_at is not None
+    current = store.rotate_refresh(new, new_opaque_token(), client_id="app")
+    assert current is not None and current.status == "revoked"
+
+
+def test_a_refresh_token_presented_by_another_client_revokes_its_family(store: Store) -> None:
+    old, new = new_opaque_token(), new_opaque_token()
+    _family_from_code(store, new_opaque_token(), old)  # issued to client "app"
+    stolen = store.rotate_refresh(old, new, client_id="attacker")
+    assert stolen is not None and stolen.status == "wrong_client" and not stolen.ok
+    owner = store.rotate_refresh(old, new_opaque_token(), client_id="app")
+    assert owner is not None and owner.status == "revoked"
+    assert store.rotate_refresh(new, new_opaque_token(), client_id="app") is None  # never issued
+
+
+def test_unknown_refresh_token_is_none(store: Store) -> None:
+    assert store.rotate_refresh(new_opaque_token(), new_opaque_token(), client_id="app") is None
+
+
+def test_family_expires_when_idle_too_long(store: Store, clock: FakeClock) -> None:
+    old = new_opaque_token()
+    _family_from_code(store, new_opaque_token(), old)  # idle 3600 s
+    clock.advance(3600)
+    rotation = store.rotate_refresh(old, new_opaque_token(), client_id="app")
+    assert rotation is not None and rotation.status == "expired"
+
+
+def test_each_rotation_restarts_the_idle_lifetime(store: Store, clock: FakeClock) -> None:
+    token = new_opaque_token()
+    _family_from_code(store, new_opaque_token(), token)
+    for _ in range(5):  # 5 x 3000 s: past one idle lifetime in total, never idle that long
+        clock.advance(3000)
+        nxt = new_opaque_token()
+        rotation = store.rotate_refresh(token, nxt, client_id="app")
+        assert rotation is not None and rotation.ok
+        token = nxt
+
+
+def test_family_ends_at_its_absolute_lifetime_however_often_used(
+    store: Store, clock: FakeClock
+) -> None:
+    token = new_opaque_token()
+    _family_from_code(store, new_opaque_token(), token)  # absolute 86400 s
+    statuses = []
+    for _ in range(30):  # every 3000 s: never idle, 90000 s in all
+        clock.advance(3000)
+        nxt = new_opaque_token()
+        rotation = store.rotate_refresh(token, nxt, client_id="app")
+        assert rotation is not None
+        statuses.append(rotation.status)
+        if not rotation.ok:
+            break
+        token = nxt
+    assert statuses == ["rotated"] * 28 + ["expired"]  # at 87000 s, the first use past 86400
+
+
+def test_families_are_listed_and_revoked_by_user_and_client(store: Store) -> None:
+    made = {}
+    for subject, client in [("alice", "app"), ("alice", "cli"), ("bob", "app")]:
+        taken = _code_for(store)
+        family = store.start_family(
+            taken,
+            new_opaque_token(),
+            client_id=client,
+            subject=subject,
+            grant={},
+            idle_ttl=60,
+            absolute_ttl=600,
+        )
+        assert family is not None
+        made[(subject, client)] = family.family_id
+    assert {f.client_id for f in store.list_families(subject="alice")} == {"app", "cli"}
+    assert {f.subject for f in store.list_families(client_id="app")} == {"alice", "bob"}
+    assert store.revoke_families(subject="alice", client_id="app") == 1
+    assert [f.family_id for f in store.list_families()] == [
+        made[("alice", "cli")],
+        made[("bob", "app")],
+    ]
+    assert store.revoke_families(family_id=made[("bob", "app")]) == 1
+    assert store.revoke_families(subject="alice") == 1
+    assert store.list_families() == ()
+
+
+def test_revoking_families_needs_a_filter(store: Store) -> None:
+    with pytest.raises(StoreError):
+        store.revoke_families()
+
+
+def test_expired_families_are_not_listed(store: Store, clock: FakeClock) -> None:
+    family = store.start_family(
+        _code_for(store),
+        new_opaque_token(),
+        client_id="app",
+        subject="alice",
+        grant={},
+        idle_ttl=60,
+        absolute_ttl=600,
+    )
+    assert family is not None and store.list_families() == (family,)
+    clock.advance(60)
+    assert store.list_families() == ()
+
+
+def _code_for(store: Store) -> str:
+    code = new_opaque_token()
+    store.put_code(code, {}, ttl=60)
+    taken = store.take_code(code)
+    assert taken is not None
+    return taken.family_id
+
+
+# --- replay windows and counters ---------------------------------------------------------
+
+
+def test_remember_once_refuses_a_jti_seen_before_it_expires(
+    store: Store, clock: FakeClock
+) -> None:
+    until = clock() + 300
+    assert store.remember_once("jti-1", until) is True
+    assert store.remember_once("jti-1", until) is False
+    assert store.remember_once("jti-2", until) is True
+    clock.advance(299)
+    assert store.remember_once("jti-1", until) is False
+
+
+def test_remember_once_forgets_a_jti_after_its_window(store: Store, clock: FakeClock) -> None:
+    assert store.remember_once("jti-1", clock() + 300) is True
+    clock.advance(300)
+    assert store.remember_once("jti-1", clock() + 300) is True
+
+
+def test_counter_counts_within_its_window_then_starts_again(
+    store: Store, clock: FakeClock
+) -> None:
+    assert [store.count("user:alice", window=60) for _ in range(3)] == [1, 2, 3]
+    assert store.peek_count("user:alice") == 3
+    assert store.peek_count("user:bob") == 0
+    clock.advance(60)
+    assert store.peek_count("user:alice") == 0
+    assert store.count("user:alice", window=60) == 1
+
+
+def test_counter_reset_forgets_it(store: Store) -> None:
+    store.count("ip:127.0.0.1", window=60)
+    store.reset_count("ip:127.0.0.1")
+    assert store.peek_count("ip:127.0.0.1") == 0
+
+
+# --- housekeeping ------------------------------------------------------------------------
+
+
+def test_expired_rows_are_purged_on_the_way(make_store: MakeStore, clock: FakeClock) -> None:
+    store = make_store(purge_interval=60)
+    assert isinstance(store, SqliteStore)
+    _family_from_code(store, new_opaque_token(), new_opaque_token())  # tombstone: 1 day
+    store.put_code(new_opaque_token(), GRANT, ttl=60)
+    store.remember_once("jti", clock() + 60)
+    store.count("k", window=60)
+    assert sum(store.row_counts().values()) == 6
+    clock.advance(86400)  # everything has expired, the family at its absolute end
+    store.remember_once("later", clock() + 60)  # any write purges (interval passed)
+    assert store.row_counts() == {
+        "codes": 0,
+        "families": 0,
+        "refresh_tokens": 0,
+        "replay": 1,
+        "counters": 0,
+    }
+
+
+def test_store_file_is_private(store: Store, tmp_path: Path) -> None:
+    assert stat.S_IMODE((tmp_path / "state.db").stat().st_mode) == 0o600
+
+
+def test_store_is_in_wal_mode(store: Store, tmp_path: Path) -> None:
+    with sqlite3.connect(tmp_path / "state.db") as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    conn.close()
+
+
+def test_default_store_sits_beside_the_ring(tmp_path: Path) -> None:
+    assert default_store_path(tmp_path / "keys") == tmp_path / "jwtmcp-state.db"
+
+
+def test_open_store_takes_a_path_or_a_sqlite_url(tmp_path: Path, clock: FakeClock) -> None:
+    for location in (tmp_path / "a.db", f"sqlite://{tmp_path}/b.db"):
+        opened = open_store(location, clock=clock)
+        assert opened.remember_once("x", clock() + 1) is True
+        opened.close()
+    assert (tmp_path / "a.db").exists() and (tmp_path / "b.db").exists()
+
+
+@pytest.mark.parametrize("location", ["redis2://host/0", "sqlite://relative.db"])
+def test_open_store_refuses_an_unknown_location(location: str) -> None:
+    with pytest.raises(ConfigError):
+        open_store(location)
+
+
+# --- unavailable -------------------------------------------------------------------------
+
+
+def test_store_under_a_file_is_unavailable(tmp_path: Path) -> None:
+    (tmp_path / "plain").write_text("x")
+    with pytest.raises(StoreUnavailable) as caught:
+        SqliteStore(tmp_path / "plain" / "state.db")
+    assert isinstance(caught.value, JwtMcpError)
+    assert caught.value.code == "store_unavailable" and caught.value.retry_after > 0
+
+
+def test_store_that_is_not_a_database_is_unavailable(tmp_path: Path) -> None:
+    (tmp_path / "state.db").write_bytes(b"this is not an sqlite file" * 100)
+    with pytest.raises(StoreUnavailable, match="not a database"):
+        SqliteStore(tmp_path / "state.db")
+
+
+def test_store_locked_too_long_by_another_process_is_unavailable(
+    make_store: MakeStore, tmp_path: Path
+) -> None:
+    store = make_store(busy_timeout=0.05)
+    holder = sqlite3.connect(tmp_path / "state.db", isolation_level=None)
+    try:
+        holder.execute("BEGIN EXCLUSIVE")
+        with pytest.raises(StoreUnavailable, match="locked") as caught:
+            store.put_code(new_opaque_token(), GRANT, ttl=60)
+        assert caught.value.retry_after == 1
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    store.put_code(new_opaque_token(), GRANT, ttl=60)  # works again once the lock is gone
+
+
+def test_store_made_by_a_newer_version_is_refused(tmp_path: Path) -> None:
+    with sqlite3.connect(tmp_path / "state.db") as conn:
+        conn.execute("PRAGMA user_version=99")
+    conn.close()
+    with pytest.raises(StoreError, match="newer"):
+        SqliteStore(tmp_path / "state.db")
+
+
+# --- several processes at once -----------------------------------------------------------
+
+WORKERS = 6
+
+
+class _RendezvousClock(FakeClock):
+    """A fixed clock whose first reading waits (at most ``patience`` s) for the other racers.
+
+    The store reads its clock inside the transaction, after taking (or trying to take) the
+    lock. Without a real lock every racer meets the others here and they all read the row
+    before anyone writes it, so a non-atomic store fails these tests every time. With the
+    lock only one racer is inside: it waits ``patience`` s, the barrier breaks, the rest
+    pass straight through. A slow machine changes only how long the first racer waits.
+    """
+
+    def __init__(self, start: float, barrier: Any, patience: float = 1.0) -> None:
+        super().__init__(start)
+        self._barrier: Any = barrier
+        self._patience = patience
+
+    def __call__(self) -> float:
+        if self._barrier is not None:
+            barrier, self._barrier = self._barrier, None
+            with contextlib.suppress(threading.BrokenBarrierError):
+                barrier.wait(timeout=self._patience)
+        return self.now
+
+
+def _race(
+    path: str, start: float, job: str, argument: str, ready: Any, inside: Any, results: Any
+) -> None:
+    store = SqliteStore(path, clock=_RendezvousClock(start, inside), busy_timeout=60)
+    ready.wait(timeout=60)
+    if job == "take":
+        taken = store.take_code(argument)
+        results.put("none" if taken is None else "reused" if taken.reused else "won")
+    elif job == "rotate":
+        rotation = store.rotate_refresh(argument, new_opaque_token(), client_id="app")
+        results.put("none" if rotation is None else rotation.status)
+    elif job == "remember":
+        results.put(store.remember_once(argument, start + 60))
+    elif job == "count":
+        results.put(max(store.count(argument, window=60) for _ in range(20)))
+    store.close()
+
+
+def _run_race(path: Path, clock: FakeClock, job: str, argument: str) -> list[Any]:
+    ctx = multiprocessing.get_context("spawn")
+    ready, inside = ctx.Barrier(WORKERS), ctx.Barrier(WORKERS)
+    results = ctx.Queue()
+    procs = [
+        ctx.Process(
+            target=_race, args=(str(path), clock(), job, argument, ready, inside, results)
+        )
+        for _ in range(WORKERS)
+    ]
+    for proc in procs:
+        proc.start()
+    try:
+        out = [results.get(timeout=120) for _ in procs]
+    finally:
+        for proc in procs:
+            proc.join(timeout=30)
+            if proc.is_alive():
+                proc.kill()
+                proc.join()
+    assert all(proc.exitcode == 0 for proc in procs)
+    return out
+
+
+def test_processes_racing_to_take_one_code_exactly_one_wins(
+    store: Store, tmp_path: Path, clock: FakeClock
+) -> None:
+    code = new_opaque_token()
+    store.put_code(code, GRANT, ttl=60)
+    outcomes = _run_race(tmp_path / "state.db", clock, "take", code)
+    assert sorted(outcomes) == ["reused"] * (WORKERS - 1) + ["won"]
+
+
+def test_processes_racing_to_rotate_one_refresh_token_exactly_one_rotates(
+    store: Store, tmp_path: Path, clock: FakeClock
+) -> None:
+    refresh = new_opaque_token()
+    _family_from_code(store, new_opaque_token(), refresh)
+    outcomes = _run_race(tmp_path / "state.db", clock, "rotate", refresh)
+    assert outcomes.count("rotated") == 1
+    assert outcomes.count("reused") == 1  # the first loser revokes the family...
+    assert outcomes.count("revoked") == WORKERS - 2  # ...and the others find it revoked
+    assert store.list_families() == ()
+
+
+def test_processes_racing_to_remember_one_jti_exactly_one_is_first(
+    store: Store, tmp_path: Path, clock: FakeClock
+) -> None:
+    outcomes = _run_race(tmp_path / "state.db", clock, "remember", "jti-race")
+    assert sorted(outcomes) == [False] * (WORKERS - 1) + [True]
+
+
+def test_processes_counting_at_once_lose_no_count(
+    store: Store, tmp_path: Path, clock: FakeClock
+) -> None:
+    _run_race(tmp_path / "state.db", clock, "count", "user:alice")
+    assert store.peek_count("user:alice") == WORKERS * 20
