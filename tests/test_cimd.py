@@ -484,6 +484,14 @@ def test_loopback_server_is_refused_without_the_development_switch(
     assert docs.hits == {}
 
 
+@pytest.mark.parametrize("host", ["2130706433", "0x7f.1", "127.1", "017700000001"])
+def test_legacy_numeric_hosts_are_judged_by_the_address_they_reach(clock: FakeClock, host: str):
+    # Not IP literals to ipaddress, but the system resolver turns each into 127.0.0.1.
+    fetch = ClientMetadataFetcher(policy=CimdPolicy(timeout=TIMEOUT), clock=clock)
+    assert refusal(fetch, f"https://{host}/meta.json").code == "cimd_address_refused"
+    assert fetch.connect_attempts == 0
+
+
 def test_unresolvable_host_is_unavailable(clock: FakeClock):
     async def resolve(host: str, port: int) -> list[str]:
         raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
