@@ -27,8 +27,9 @@ Fetching a URL that anyone may type is a server-side request forgery risk (draft
 * **Caching**: good documents only (the draft forbids caching errors), for the response's
   ``Cache-Control: max-age`` clamped to ``[min_cache_seconds, max_cache_seconds]``
   (``default_cache_seconds`` without one), at most ``max_cached_documents`` entries (least
-  recently used go first). Concurrent lookups of one URL share one fetch. Time comes from the
-  injected clock.
+  recently used go first). Concurrent lookups of one URL share one fetch, and at most
+  ``max_concurrent_fetches`` URLs are fetched at once (more are refused as ``cimd_busy``).
+  Time comes from the injected clock.
 
 For development, ``allow_loopback_for_development=True`` lets loopback addresses (and plain
 ``http`` on loopback hosts) through; private and link-local addresses stay refused.
@@ -277,7 +278,9 @@ class CimdPolicy:
 
     ``timeout`` bounds a whole fetch (DNS, connect, TLS, headers and body). The draft suggests
     documents stay under 5 KB; ``max_body_bytes`` leaves room above that. Cache lifetimes come
-    from ``Cache-Control: max-age`` clamped to ``[min_cache_seconds, max_cache_seconds]``.
+    from ``Cache-Control: max-age`` clamped to ``[min_cache_seconds, max_cache_seconds]``;
+    at most ``max_cached_documents`` are kept and ``max_concurrent_fetches`` fetched at once.
+    Raises :class:`~jwtmcp.errors.ConfigError` for a value out of range.
     """
 
     timeout: float = 5.0
@@ -286,6 +289,7 @@ class CimdPolicy:
     min_cache_seconds: float = 60.0
     max_cache_seconds: float = 86_400.0
     max_cached_documents: int = 1000
+    max_concurrent_fetches: int = 32
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.timeout) and self.timeout > 0):
@@ -296,6 +300,8 @@ class CimdPolicy:
             raise ConfigError("CIMD cache seconds must satisfy 0 <= min <= max")
         if self.max_cached_documents < 1:
             raise ConfigError("CIMD max_cached_documents must be at least 1")
+        if self.max_concurrent_fetches < 1:
+            raise ConfigError("CIMD max_concurrent_fetches must be at least 1")
 
     def cache_seconds(self, cache_control: str | None) -> float:
         """Seconds a document may be reused: its ``max-age`` (``no-store``/``no-cache``
@@ -377,6 +383,12 @@ class ClientMetadataFetcher:
             return client
         task = self._inflight.get(client_id)
         if task is None:
+            # Anyone may name any URL, so slow hosts must not pile up fetches without end.
+            if len(self._inflight) >= self.policy.max_concurrent_fetches:
+                raise ClientMetadataUnavailable(
+                    "too many client metadata documents are being fetched; try again shortly",
+                    code="cimd_busy",
+                )
             task = asyncio.get_running_loop().create_task(self._fetch_and_cache(client_id))
             self._inflight[client_id] = task
             task.add_done_callback(lambda done: self._fetch_done(client_id, done))

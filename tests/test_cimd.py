@@ -594,6 +594,19 @@ def test_concurrent_lookups_share_one_fetch(docs: DocServer, clock: FakeClock):
     assert fetch.fetch_count == 1
 
 
+def test_fetches_at_once_are_bounded(docs: DocServer, clock: FakeClock):
+    fetch = fetcher(clock, max_concurrent_fetches=2)
+    urls = [f"{docs.base}/silent?n={n}" for n in range(3)]
+
+    async def run() -> list[BaseException | object]:
+        return await asyncio.gather(*(fetch.fetch(u) for u in urls), return_exceptions=True)
+
+    outcomes = asyncio.run(run())
+    codes = [getattr(o, "code", None) for o in outcomes]
+    assert codes == ["cimd_timeout", "cimd_timeout", "cimd_busy"]
+    assert docs.hits["/silent"] == 2
+
+
 # --- TLS: the vetted address is pinned, SNI and the certificate name the host ---------------
 
 
