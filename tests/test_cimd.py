@@ -486,6 +486,27 @@ def test_legacy_numeric_hosts_are_judged_by_the_address_they_reach(clock: FakeCl
     assert fetch.connect_attempts == 0
 
 
+def test_next_vetted_address_is_tried_when_the_first_refuses_the_connection(
+    docs: DocServer, clock: FakeClock
+):
+    # A dual-stack name whose first answer (::1 here, where nothing listens) is unreachable
+    # must still be fetched from its other vetted address, as browsers and curl do.
+    async def resolve(host: str, port: int) -> list[str]:
+        return ["::1", "127.0.0.1"]
+
+    port = docs.base.rsplit(":", 1)[1]
+    fetch = ClientMetadataFetcher(
+        policy=CimdPolicy(timeout=5.0),
+        clock=clock,
+        resolve=resolve,
+        allow_loopback_for_development=True,
+    )
+    docs.base = f"http://localhost:{port}"
+    client = asyncio.run(fetch.fetch(f"{docs.base}/good"))
+    assert client.client_id == f"{docs.base}/good"
+    assert fetch.connect_attempts == 2
+
+
 def test_unresolvable_host_is_unavailable(clock: FakeClock):
     async def resolve(host: str, port: int) -> list[str]:
         raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
