@@ -15,7 +15,8 @@ Fetching a URL that anyone may type is a server-side request forgery risk (draft
   Teredo and NAT64 IPv6 addresses are refused). The request then goes to the vetted IP
   itself, with the original ``Host`` header and TLS SNI and certificate check against the
   host name, so a DNS answer that changes between the check and the connection (DNS
-  rebinding) cannot redirect it. No proxy from the environment is used.
+  rebinding) cannot redirect it. When an address refuses the connection, the next vetted
+  address is tried. No proxy from the environment is used.
 * **The answer**: no redirects at all (a 3xx is refused, same host or not: the draft asks for a
   ``200``), only ``200``, a JSON media type, at most ``max_body_bytes`` (checked against
   ``Content-Length`` and while streaming), all within ``timeout`` seconds in total (DNS,
@@ -430,7 +431,7 @@ class ClientMetadataFetcher:
         client = client_from_document(document, client_id)
         return client, started + self.policy.cache_seconds(cache_control)
 
-    async def _vetted_address(self, host: str, port: int) -> Address:
+    async def _vetted_addresses(self, host: str, port: int) -> list[Address]:
         try:
             literal: Address | None = ipaddress.ip_address(host)
         except ValueError:
@@ -463,7 +464,7 @@ class ClientMetadataFetcher:
                     f"the client metadata host resolves to {reason}; refused",
                     code="cimd_address_refused",
                 )
-        return candidates[0]
+        return list(dict.fromkeys(candidates))  # in resolver order, each once
 
     async def _download(self, client_id: str) -> tuple[bytes, str | None]:
         import httpx2  # the MCP SDK's HTTP library (as jwks.py uses it)
@@ -471,11 +472,8 @@ class ClientMetadataFetcher:
         parts = urlsplit(client_id)
         host = parts.hostname or ""
         port = parts.port or (443 if parts.scheme == "https" else 80)
-        address = await self._vetted_address(host, port)
-        ip_host = f"[{address}]" if address.version == 6 else str(address)
-        target = f"{parts.scheme}://{ip_host}:{port}{parts.path}"
-        if parts.query:
-            target += f"?{parts.query}"
+        addresses = await self._vetted_addresses(host, port)
+        path = parts.path + (f"?{parts.query}" if parts.query else "")
         headers = {
             "Host": parts.netloc,
             "Accept": "application/json",
@@ -492,16 +490,31 @@ class ClientMetadataFetcher:
             follow_redirects=False,
             timeout=httpx2.Timeout(self.policy.timeout),
         ) as http:
-            self.connect_attempts += 1
-            try:
-                request = http.build_request("GET", target, headers=headers, extensions=extensions)
-                response = await http.send(request, stream=True)
-            except httpx2.TimeoutException:
-                raise TimeoutError from None
-            except httpx2.HTTPError:
+            response = None
+            # Each vetted address in turn until one connects (a dual-stack host whose IPv6
+            # is down still answers on IPv4); the total deadline bounds the whole loop.
+            for address in addresses:
+                ip_host = f"[{address}]" if address.version == 6 else str(address)
+                request = http.build_request(
+                    "GET",
+                    f"{parts.scheme}://{ip_host}:{port}{path}",
+                    headers=headers,
+                    extensions=extensions,
+                )
+                self.connect_attempts += 1
+                try:
+                    response = await http.send(request, stream=True)
+                    break
+                except (httpx2.ConnectError, httpx2.ConnectTimeout):
+                    continue
+                except httpx2.TimeoutException:
+                    raise TimeoutError from None
+                except httpx2.HTTPError:
+                    break
+            if response is None:
                 raise ClientMetadataUnavailable(
                     "the client metadata host could not be reached", code="cimd_unreachable"
-                ) from None
+                )
             try:
                 return await self._read(response, limit)
             except httpx2.TimeoutException:
