@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import json
 import logging
 import math
 import re
@@ -404,7 +405,14 @@ class ClientMetadataFetcher:
             task.exception()  # retrieved, so a failure nobody still awaits is not logged
 
     async def _fetch_and_cache(self, client_id: str) -> OAuthClient:
-        client, expires_at = await self._fetch(client_id)
+        try:
+            client, expires_at = await self._fetch(client_id)
+        except ClientMetadataError as exc:
+            # json.dumps escapes whatever the (untrusted) URL holds.
+            log.info(
+                json.dumps({"event": "cimd_refused", "code": exc.code, "client_id": client_id})
+            )
+            raise
         self._cache[client_id] = (client, expires_at)
         self._cache.move_to_end(client_id)
         while len(self._cache) > self.policy.max_cached_documents:
