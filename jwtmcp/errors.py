@@ -142,3 +142,58 @@ class KeysUnavailable(TokenError):
     """No usable keys: the key source failed and the last good keys are too old (or absent)."""
 
     code = "keys_unavailable"
+
+
+# --- OAuth clients: metadata documents, dynamic registration (issue 10) -------------------
+
+
+class OAuthClientError(JwtMcpError):
+    """An OAuth client could not be identified or registered.
+
+    ``code`` is stable and specific (``cimd_address_refused``, ``invalid_redirect_uri`` ...);
+    ``oauth_error`` is the OAuth error code to answer with (RFC 6749 §4.1.2.1 / §5.2,
+    RFC 7591 §3.2.2). Messages are safe to show to the client.
+    """
+
+    code = "invalid_client"
+    oauth_error = "invalid_client"
+
+    def __init__(
+        self, message: str, *, code: str | None = None, oauth_error: str | None = None
+    ) -> None:
+        super().__init__(message, code=code)
+        if oauth_error is not None:
+            self.oauth_error = oauth_error
+
+
+class ClientMetadataError(OAuthClientError):
+    """A Client ID Metadata Document was refused: a bad URL, a refused address, a bad answer
+    or an invalid document (draft-ietf-oauth-client-id-metadata-document)."""
+
+    code = "cimd_invalid"
+
+
+class ClientMetadataUnavailable(ClientMetadataError):
+    """The client's metadata host did not answer usefully in time (timeout, connection
+    refused, HTTP 5xx). Worth retrying later: ``oauth_error`` is ``temporarily_unavailable``."""
+
+    code = "cimd_unavailable"
+    oauth_error = "temporarily_unavailable"
+
+
+class RegistrationError(OAuthClientError):
+    """An RFC 7591 registration request was refused; ``code`` and ``oauth_error`` are the
+    RFC 7591 §3.2.2 error (``invalid_redirect_uri`` or ``invalid_client_metadata``)."""
+
+    code = "invalid_client_metadata"
+    oauth_error = "invalid_client_metadata"
+
+    def __init__(self, message: str, *, code: str | None = None) -> None:
+        super().__init__(message, code=code, oauth_error=code)
+
+
+class UnknownClient(OAuthClientError):
+    """A ``client_id`` is neither known, nor a metadata document URL, nor a registration this
+    issuer signed (or its signature does not verify)."""
+
+    code = "unknown_client"
