@@ -360,6 +360,16 @@ def test_a_resource_the_client_may_not_use_is_invalid_target(
     assert r.status_code == 400 and error_of(r) == "invalid_target"
 
 
+def test_a_server_the_client_may_not_use_is_invalid_target_whatever_scope_it_asks_for(
+    make_issuer: Callable[..., Issuer],
+) -> None:
+    # The SDK's OAuth client asks for the other server's tool scopes (from that server's
+    # metadata): the answer must name the real reason, the resource, not the scopes.
+    iss = make_issuer()
+    r = iss.token(resource="https://evil.example/mcp", scope="tool:delete_everything")
+    assert r.status_code == 400 and error_of(r) == "invalid_target"
+
+
 def test_one_bad_resource_among_good_ones_is_invalid_target(
     make_issuer: Callable[..., Issuer],
 ) -> None:
