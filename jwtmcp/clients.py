@@ -41,10 +41,10 @@ from functools import cached_property
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
-from urllib.parse import urlsplit
 
 from .errors import ClientsError, ConfigError
 from .files import acquire_lock, atomic_write, release_lock
+from .identifiers import canonical_resource
 from .tokens import Clock, split_scope, tool_scope
 
 FORMAT_VERSION = 1
@@ -200,18 +200,14 @@ def check_name(name: str) -> str:
 
 
 def check_audience(url: str) -> str:
-    """An audience is an absolute http(s) URL without a fragment (RFC 8707 resource)."""
+    """An audience is a resource URL (RFC 8707), returned in its canonical form.
+
+    See :mod:`jwtmcp.identifiers`. Raises :class:`ClientsError` naming the URL and the fault.
+    """
     try:
-        parts = urlsplit(url)
-        ok = parts.scheme in ("http", "https") and bool(parts.hostname) and not parts.fragment
-    except ValueError:
-        ok = False
-    if not ok or any(c.isspace() for c in url):
-        raise ClientsError(
-            f"invalid audience {url!r}: use the MCP server's absolute http(s) URL, "
-            "e.g. https://mcp.example.com/mcp"
-        )
-    return url
+        return canonical_resource(url)
+    except ConfigError as exc:
+        raise ClientsError(exc.message) from None
 
 
 def _check_tools(tools: Iterable[str]) -> tuple[str, ...]:
@@ -285,7 +281,7 @@ def _parse(path: Path, raw: bytes) -> ClientTable:
                 subject=subject,
                 tools=_check_tools(tools),
                 scopes=_check_scopes(scopes),
-                audiences=tuple(check_audience(a) for a in audiences),
+                audiences=tuple(dict.fromkeys(check_audience(a) for a in audiences)),
                 max_ttl=_check_max_ttl(max_ttl),
                 created_at=float(entry.get("created_at") or 0.0),
                 secret_hash=secret_hash,

@@ -38,6 +38,7 @@ from mcp_types import INVALID_PARAMS, INVALID_REQUEST, ListToolsResult
 from starlette.applications import Starlette
 
 from .errors import ConfigError, TokenError
+from .identifiers import canonical_issuer, canonical_resource
 from .middleware import (
     DEFAULT_MAX_BODY_BYTES,
     ClaimsVerifier,
@@ -163,6 +164,7 @@ class ProtectedMCPServer(MCPServer[LifespanResultT]):
             raise ConfigError(
                 "a protected server gets its auth from jwtmcp: drop auth= and token_verifier="
             )
+        issuer, resource = canonical_issuer(issuer), canonical_resource(resource)
         self.jwt_verifier = verifier
         self.issuer_url = issuer
         self.resource_url = resource
@@ -234,10 +236,16 @@ def protected_server(
     ``public_key_pem``; ``jwks_cache_file`` keeps the last good JWKS on disk so a restart
     while the issuer is down still verifies. Or pass a ready ``verifier``
     (:class:`jwtmcp.verifier.Verifier`). Other keyword arguments go to ``MCPServer``.
+
+    ``issuer`` and ``resource`` may be spelled any way that names the same identifier
+    (a trailing ``/``, upper-case host, explicit default port); they are used and published
+    (RFC 9728 ``resource``, ``authorization_servers``) in canonical form, see
+    :mod:`jwtmcp.identifiers`. Raises :class:`ConfigError` for a URL that is not one.
     """
+    issuer, resource = canonical_issuer(issuer), canonical_resource(resource)
     if verifier is None:
         if jwks_url is None and jwks_file is None and public_key_pem is None:
-            jwks_url = issuer.rstrip("/") + "/.well-known/jwks.json"
+            jwks_url = issuer + "/.well-known/jwks.json"
         options: dict[str, Any] = dict(verifier_options or {})
         if clock is not None:
             options["clock"] = clock

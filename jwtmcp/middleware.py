@@ -33,7 +33,8 @@ from mcp.server.auth.provider import AccessToken
 from starlette.authentication import AuthCredentials
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .errors import ConfigError, TokenError
+from .errors import TokenError
+from .identifiers import canonical_issuer, canonical_resource
 from .tokens import TOOL_SCOPE_PREFIX, VerifiedClaims
 
 logger = logging.getLogger("jwtmcp.middleware")
@@ -110,12 +111,15 @@ def pending_access_token(token: str) -> AccessToken | None:
 
 
 def resource_metadata_url(resource: str) -> str:
-    """RFC 9728 §3.1 metadata URL of ``resource``: the well-known path inserted before its path."""
-    parts = urlsplit(resource)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise ConfigError(f"resource must be an absolute http(s) URL, got {resource!r}")
-    path = parts.path if parts.path != "/" else ""
-    return f"{parts.scheme}://{parts.netloc}{WELL_KNOWN_RESOURCE}{path}"
+    """RFC 9728 §3.1 metadata URL of ``resource``: the well-known path inserted before its path.
+
+    ``resource`` is put in canonical form first (:mod:`jwtmcp.identifiers`); a query stays
+    at the end, as §3.1 says. Raises :class:`ConfigError` for a URL that is not a resource
+    identifier.
+    """
+    parts = urlsplit(canonical_resource(resource))
+    query = f"?{parts.query}" if parts.query else ""
+    return f"{parts.scheme}://{parts.netloc}{WELL_KNOWN_RESOURCE}{parts.path}{query}"
 
 
 def access_token_for(claims: VerifiedClaims, token: str, resource: str) -> AccessToken:
@@ -248,7 +252,8 @@ class JwtAuthMiddleware:
 
     ``verifier`` checks tokens (a :class:`jwtmcp.verifier.Verifier` whose audience is
     ``resource``); ``resource`` is this server's URL (the token audience, RFC 8707) and
-    ``issuer`` the authorization server the metadata points clients to. ``tools`` (names, or an
+    ``issuer`` the authorization server the metadata points clients to, both kept and
+    published in canonical form (:mod:`jwtmcp.identifiers`). ``tools`` (names, or an
     async callable returning them) fills ``scopes_supported``. ``paths`` limits protection to
     those path prefixes (default: every path but the metadata document). ``max_body_bytes``
     bounds the POST bodies read for authorisation; larger ones get 413.
@@ -268,9 +273,9 @@ class JwtAuthMiddleware:
     ) -> None:
         self.app = app
         self.verifier = verifier
-        self.resource = resource
-        self.issuer = issuer
-        self.metadata_url = resource_metadata_url(resource)
+        self.resource = canonical_resource(resource)
+        self.issuer = canonical_issuer(issuer)
+        self.metadata_url = resource_metadata_url(self.resource)
         self.metadata_path = urlsplit(self.metadata_url).path
         self._tools = tools
         self._paths = tuple(paths) if paths is not None else None

@@ -20,6 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import padding
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 
 from .errors import ConfigError
+from .identifiers import canonical_issuer, canonical_resources
 
 Clock = Callable[[], float]
 """Seconds since the epoch. Injected everywhere time matters, so tests never sleep."""
@@ -201,15 +202,16 @@ def build_claims(
 ) -> dict[str, Any]:
     """The claims of a new access token. Pure: ``now`` and ``jti`` come from the caller.
 
-    Raises :class:`ConfigError` for an empty subject or audience, a lifetime that is not
-    positive or is above ``max_lifetime``, or an extra claim that names a registered one.
+    ``issuer`` and ``audience`` are written in their canonical form (:mod:`jwtmcp.identifiers`).
+    Raises :class:`ConfigError` for an issuer or audience that is not an http(s) identifier,
+    an empty subject or audience, a lifetime that is not positive or is above
+    ``max_lifetime``, or an extra claim that names a registered one.
     """
-    if not issuer:
-        raise ConfigError("an issuer URL is required")
+    issuer = canonical_issuer(issuer)
     if not subject:
         raise ConfigError("a subject (sub) is required")
-    auds = [audience] if isinstance(audience, str) else list(dict.fromkeys(audience))
-    if not auds or not all(isinstance(a, str) and a for a in auds):
+    auds = canonical_resources(audience)
+    if not auds:
         raise ConfigError("an audience (the MCP server's resource URL) is required")
     if isinstance(lifetime, bool) or not isinstance(lifetime, int) or lifetime <= 0:
         raise ConfigError(f"lifetime must be a positive number of seconds, not {lifetime!r}")
@@ -238,7 +240,7 @@ def build_claims(
     claims.update(
         iss=issuer,
         sub=subject,
-        aud=auds[0] if len(auds) == 1 else auds,
+        aud=auds[0] if len(auds) == 1 else list(auds),
         iat=iat,
         nbf=iat,
         exp=iat + lifetime,
@@ -300,6 +302,8 @@ def mint(
 
     ``tools`` become ``tool:<name>`` scopes; ``scopes`` pass through untouched. The token
     lives ``lifetime`` seconds (default 300), never more than ``max_lifetime`` (default 3600).
+    ``iss`` and ``aud`` are written in canonical form (:mod:`jwtmcp.identifiers`); a URL
+    that is not an http(s) identifier raises :class:`ConfigError`.
     """
     claims = build_claims(
         issuer=issuer,

@@ -58,6 +58,7 @@ from .errors import (
     WrongIssuer,
     WrongType,
 )
+from .identifiers import canonical_issuer, canonical_or_none, canonical_resources
 from .jwks import (
     MAX_KID_LENGTH,
     SIGNATURE_SCHEMES,
@@ -279,6 +280,11 @@ class Verifier:
     :mod:`jwtmcp.jwks`), ``jwks_file`` (read once at start) or ``public_key_pem`` (one key;
     any ``kid`` in the token is accepted and the signature decides). Every option has a
     safe default; see the README for each one and why.
+
+    ``issuer`` (the expected ``iss``) and ``audience`` (this server's resource URL, or
+    several) are kept in canonical form (:mod:`jwtmcp.identifiers`), and a token's ``iss``
+    and ``aud`` are compared in that form too, so any spelling of the same identifier
+    matches. Raises :class:`ConfigError` for a URL that is not an http(s) identifier.
     """
 
     def __init__(
@@ -303,10 +309,9 @@ class Verifier:
         jwks_policy: JwksPolicy | None = None,
         allow_insecure_jwks_url: bool = False,
     ) -> None:
-        if not isinstance(issuer, str) or not issuer:
-            raise ConfigError("the verifier needs the expected issuer (iss) URL")
-        audiences = [audience] if isinstance(audience, str) else list(audience)
-        if not audiences or not all(isinstance(a, str) and a for a in audiences):
+        issuer = canonical_issuer(issuer)
+        audiences = canonical_resources(audience)
+        if not audiences:
             raise ConfigError("the verifier needs this server's audience (resource URL)")
         algs = tuple(dict.fromkeys(algorithms if not isinstance(algorithms, str) else [algorithms]))
         bad = [a for a in algs if a not in SIGNATURE_SCHEMES]
@@ -340,7 +345,7 @@ class Verifier:
             raise ConfigError("give exactly one key source: jwks_url, jwks_file or public_key_pem")
 
         self.issuer = issuer
-        self.audiences: tuple[str, ...] = tuple(dict.fromkeys(audiences))
+        self.audiences: tuple[str, ...] = audiences
         self.algorithms: tuple[str, ...] = algs
         self.leeway = float(leeway)
         self.max_lifetime = float(max_lifetime)
@@ -552,7 +557,9 @@ class Verifier:
         iss = get("iss")
         if iss is None:
             raise MissingClaim("the token has no issuer (iss)")
-        if iss != self.issuer:
+        if iss != self.issuer and canonical_or_none(iss, "issuer") != self.issuer:
+            # Both sides compare in canonical form: another spelling of our issuer (an
+            # issuer that writes "https://auth.example.com/") is our issuer.
             raise WrongIssuer("the token was issued by another issuer")
         aud = get("aud")
         if type(aud) is str:
@@ -563,7 +570,9 @@ class Verifier:
             audience = tuple(aud)
         else:
             raise MalformedToken("claim 'aud' is not a string or a list of strings")
-        if self._audience_set.isdisjoint(audience):
+        if self._audience_set.isdisjoint(audience) and not any(
+            canonical_or_none(a, "resource") in self._audience_set for a in audience
+        ):
             raise WrongAudience("the token is not meant for this server (aud)")
         exp = get("exp")
         if type(exp) is not int:

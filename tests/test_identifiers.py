@@ -512,3 +512,42 @@ def test_every_accepted_spelling_verifies_tokens_from_token_and_from_mint(
         for token in (answer.json()["access_token"], minted.strip()):
             claims = verifier.verify(token)
             assert (claims.issuer, claims.audience) == (iss, (aud,))
+
+
+# --- the canonical form itself ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("spelled", "canonical"),
+    [
+        ("HTTPS://Auth.Example.COM:443/", "https://auth.example.com"),
+        ("http://127.0.0.1:80//", "http://127.0.0.1"),
+        ("http://127.0.0.1:08000/", "http://127.0.0.1:8000"),
+        ("http://[0:0:0:0:0:0:0:1]:8000/mcp/", "http://[::1]:8000/mcp"),
+        ("https://m.example/%7euser/%2fx/%c3%a9", "https://m.example/~user/%2Fx/%C3%A9"),
+        ("https://m.example/mcp/?tenant=a", "https://m.example/mcp?tenant=a"),
+        ("https://m.example/mcp?", "https://m.example/mcp"),
+        ("https://m.example:/mcp", "https://m.example/mcp"),
+    ],
+)
+def test_the_canonical_form_of_a_resource(spelled: str, canonical: str) -> None:
+    from jwtmcp import canonical_resource
+
+    assert canonical_resource(spelled) == canonical
+    assert canonical_resource(canonical) == canonical
+
+
+def test_an_issuer_is_canonical_like_a_resource_but_without_a_query() -> None:
+    from jwtmcp import canonical_issuer
+
+    assert canonical_issuer("HTTP://LOCALHOST:80/tenant/") == "http://localhost/tenant"
+    with pytest.raises(JwtMcpError, match="an issuer has none"):
+        canonical_issuer("http://localhost/?")
+
+
+def test_the_metadata_url_of_a_resource_keeps_its_query_after_the_path() -> None:
+    from jwtmcp.middleware import resource_metadata_url
+
+    assert resource_metadata_url("HTTPS://M.example:443/mcp/?tenant=a") == (
+        "https://m.example/.well-known/oauth-protected-resource/mcp?tenant=a"
+    )
