@@ -548,6 +548,10 @@ class IssuerService:
                 "unsupported_grant_type", "only the client_credentials grant is supported"
             )
 
+        # The resource first: a client asking for a server it may not use gets that reason,
+        # not invalid_scope for the other server's tool scopes it was told to ask for.
+        audience = pick_audience(client, form.resources)
+
         allowed = client.allowed_scopes
         requested = params.get("scope")
         if requested is None:
@@ -558,8 +562,6 @@ class IssuerService:
                 raise OAuthError(
                     "invalid_scope", "none of the requested scopes is allowed for this client"
                 )
-
-        audience = pick_audience(client, form.resources)
 
         ring = self.rings.current()
         lifetime = self.settings.default_ttl
