@@ -302,7 +302,7 @@ def load_clients(path: str | os.PathLike[str]) -> ClientTable:
     except FileNotFoundError:
         raise ClientsError(
             f"no clients file at {where}; add a client with: "
-            f"jwtmcp clients add NAME --tools ... --aud URL --clients {where}"
+            f"jwtmcp clients add NAME --tools ... --audience URL --clients {where}"
         ) from None
     except IsADirectoryError:
         raise ClientsError(f"{where} is a directory, not a clients file") from None
@@ -380,7 +380,7 @@ def add_client(
         )
     )
     if not aud_list:
-        raise ClientsError("a client needs at least one audience (--aud URL)")
+        raise ClientsError("a client needs at least one audience (--audience URL)")
     if subject is not None and (not subject or subject != subject.strip()):
         raise ClientsError(f"invalid subject {subject!r}")
     where = Path(path)

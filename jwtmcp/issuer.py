@@ -740,7 +740,7 @@ def first_run_banner(
         "Check it:\n"
         f"  TOKEN=$({curl} | {extract})\n"
         f'  jwtmcp verify "$TOKEN" --jwks {base_url}/.well-known/jwks.json '
-        f"--iss {issuer} --aud {audience}\n"
+        f"--issuer {issuer} --audience {audience}\n"
     )
 
 
