@@ -551,3 +551,31 @@ def test_the_metadata_url_of_a_resource_keeps_its_query_after_the_path() -> None
     assert resource_metadata_url("HTTPS://M.example:443/mcp/?tenant=a") == (
         "https://m.example/.well-known/oauth-protected-resource/mcp?tenant=a"
     )
+
+
+_URL_CHARS = st.sampled_from(list("hHtTpPsS:/[]@?#%.-_~0123456789aAfF!$&'()*+,;= \u00e9\t\"\\<>"))
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    text=st.one_of(
+        st.text(_URL_CHARS, max_size=40),
+        st.builds(lambda tail: "http://" + tail, st.text(_URL_CHARS, max_size=30)),
+        st.builds(lambda tail: "HTTPS://h.example" + tail, st.text(_URL_CHARS, max_size=30)),
+    )
+)
+def test_any_text_is_refused_clearly_or_has_one_stable_canonical_form(text: str) -> None:
+    from jwtmcp import ConfigError, canonical_resource
+    from jwtmcp.identifiers import canonical_or_none
+
+    untrusted = canonical_or_none(text, "resource")  # the /token and token-claim path
+    try:
+        canonical = canonical_resource(text)
+    except ConfigError as exc:
+        assert untrusted is None
+        assert exc.message.startswith(("invalid resource URL", "an audience"))
+        return
+    assert untrusted == canonical
+    assert canonical_resource(canonical) == canonical
+    # Safe inside an RFC 9110 quoted-string (the challenge's resource_metadata) as it is.
+    assert not any(c in canonical for c in '"\\<> ')
