@@ -778,8 +778,8 @@ scope) cannot be set with --claim.
         "verify",
         help="verify a token against a JWKS file or URL; prints its claims as JSON",
         description="Verify TOKEN like an MCP server would: RS256 signature against the JWKS, "
-        "typ at+jwt, exact issuer, audience, expiry. Prints the claims as JSON, or one line "
-        "saying why the token was refused and exit status 1.",
+        "typ at+jwt, issuer and audience (in canonical form), expiry. Prints the claims as "
+        "JSON, or one line saying why the token was refused and exit status 1.",
         epilog=f"""\
 examples:
   {PROG} verify "$TOKEN" --jwks jwks.json --audience http://127.0.0.1:8001/mcp
