@@ -563,7 +563,8 @@ def _add_issuer_flag(
 MAIN_EPILOG = f"""\
 examples (a five-minute tour):
   {PROG} keys init --keys ./keys
-  TOKEN=$({PROG} mint --keys ./keys --subject alice --tools add,subtract --audience http://127.0.0.1:8001/mcp)
+  TOKEN=$({PROG} mint --keys ./keys --subject alice --tools add,subtract \\
+      --audience http://127.0.0.1:8001/mcp)
   {PROG} jwks --keys ./keys > jwks.json
   {PROG} verify "$TOKEN" --jwks jwks.json --audience http://127.0.0.1:8001/mcp
   {PROG} keys rotate --keys ./keys && {PROG} keys list --keys ./keys
@@ -709,7 +710,8 @@ examples:
         epilog=f"""\
 examples:
   {PROG} mint --subject alice --tools add,subtract --audience http://127.0.0.1:8001/mcp
-  {PROG} mint --subject ci --tools 'read_*' --audience https://a.example/mcp --audience https://b.example/mcp
+  {PROG} mint --subject ci --tools 'read_*' --audience https://a.example/mcp \\
+      --audience https://b.example/mcp
   {PROG} mint --subject bob --tools '*' --audience URL --ttl 60 --claim email=bob@example.com \\
       --claim 'groups:=["ops"]'
 
