@@ -46,6 +46,7 @@ from .errors import (
     WrongIssuer,
     WrongType,
 )
+from .identifiers import canonical_issuer, canonical_resource
 from .jwks import JwksPolicy
 from .keys import KeyRing, RingKey, init_ring, load_ring, prune_ring, revoke_key, rotate_ring
 from .tokens import SigningKey, ToolGrants, VerifiedClaims, mint
@@ -118,6 +119,8 @@ __all__ = [
     "WrongAudience",
     "WrongIssuer",
     "WrongType",
+    "canonical_issuer",
+    "canonical_resource",
     "current_caller",
     "get_caller",
     "init_ring",

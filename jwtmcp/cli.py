@@ -96,10 +96,10 @@ def tool_names(values: Sequence[str] | None) -> list[str]:
 
 
 def audience_urls(values: Sequence[str]) -> list[str]:
-    """``--aud`` of ``mint`` and ``clients add``: absolute http(s) resource URLs, deduplicated."""
+    """``--audience`` of ``mint`` and ``clients add``: absolute http(s) resource URLs, deduplicated."""
     from .clients import check_audience
 
-    return [check_audience(url) for url in dict.fromkeys(values)]
+    return list(dict.fromkeys(check_audience(url) for url in values))
 
 
 def parse_claims(pairs: Sequence[str] | None) -> dict[str, Any]:
@@ -279,7 +279,7 @@ def cmd_mint(args: argparse.Namespace, clock: Clock) -> int:
     extra = parse_claims(args.claim)
     tools = [] if args.no_tools else tool_names(args.tools)
     scopes = [s for value in args.scope or () for s in value.split()]
-    audiences = audience_urls(args.aud)
+    audiences = audience_urls(args.audience)
     ring = load_ring(keys_dir(args))
     if args.ttl > ring.max_lifetime:
         raise CliError(
@@ -289,7 +289,7 @@ def cmd_mint(args: argparse.Namespace, clock: Clock) -> int:
     token = mint(
         ring.active.signing_key,
         issuer=issuer_url(args),
-        subject=args.sub,
+        subject=args.subject,
         audience=audiences[0] if len(audiences) == 1 else audiences,
         client_id=args.client_id,
         tools=tools,
@@ -336,7 +336,9 @@ def cmd_verify(args: argparse.Namespace, clock: Clock) -> int:
             key_source = {"public_key_pem": Path(source).read_bytes()}
         else:
             key_source = {"jwks_file": source}
-    audience: str | list[str] = args.aud[0] if len(args.aud) == 1 else list(args.aud)
+    audience: str | list[str] = (
+        args.audience[0] if len(args.audience) == 1 else list(args.audience)
+    )
     # A one-shot run has no last good keys to keep: the key cache's outage log lines are
     # for servers. A URL that cannot be used is this command's one error line instead.
     jwks_log = logging.getLogger("jwtmcp.jwks")
@@ -344,7 +346,7 @@ def cmd_verify(args: argparse.Namespace, clock: Clock) -> int:
     jwks_log.setLevel(logging.ERROR)
     try:
         verifier = Verifier(
-            issuer=args.iss or issuer_url(args),
+            issuer=issuer_url(args),
             audience=audience,
             clock=clock,
             max_lifetime=args.max_lifetime,
@@ -381,7 +383,7 @@ def cmd_clients_add(args: argparse.Namespace, clock: Clock) -> int:
         clients_file(args),
         args.name,
         tools=tool_names(args.tools),
-        audiences=audience_urls(args.aud),
+        audiences=audience_urls(args.audience),
         max_ttl=args.max_ttl,
         subject=args.subject,
     )
@@ -480,13 +482,24 @@ def cmd_serve(args: argparse.Namespace, clock: Clock) -> int:
 class _Parser(argparse.ArgumentParser):
     """argparse, but a usage mistake is one line on stderr (and exit status 2).
 
-    Abbreviated flags are refused: ``--iss`` must not quietly mean ``--issuer`` in one
-    command and ``--iss`` in another.
+    Abbreviated flags are refused: ``--tool`` must not quietly mean ``--tools``. A flag may
+    have a second, hidden spelling (:func:`_add_flag`); a required one is checked here,
+    since argparse's own check would demand one particular spelling.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("allow_abbrev", False)
         super().__init__(*args, **kwargs)
+        self.required_flags: list[tuple[str, str]] = []
+
+    def parse_known_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        parsed, extras = super().parse_known_args(args, namespace)
+        missing = [flag for dest, flag in self.required_flags if getattr(parsed, dest) is None]
+        if missing:
+            self.error(f"the following arguments are required: {', '.join(missing)}")
+        return parsed, extras
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
@@ -561,18 +574,40 @@ def _add_clients_flag(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _add_issuer_flag(parser: argparse.ArgumentParser, default_text: str) -> None:
-    parser.add_argument(
-        "--issuer", metavar="URL", help=f"issuer URL, the 'iss' claim ({default_text})"
+def _add_flag(
+    parser: argparse.ArgumentParser, documented: str, alias: str, **options: Any
+) -> None:
+    """A flag with two spellings: ``documented`` (the word, as in the Python API) is the one
+    the help shows; ``alias`` (the JWT claim name: ``--iss``, ``--aud``, ``--sub``) works
+    the same and is not listed."""
+    assert isinstance(parser, _Parser)
+    dest = documented.removeprefix("--")
+    if options.pop("required", False):
+        parser.required_flags.append((dest, documented))
+    parser.add_argument(documented, dest=dest, **options)
+    options["help"] = argparse.SUPPRESS
+    parser.add_argument(alias, dest=dest, **options)
+
+
+def _add_issuer_flag(
+    parser: argparse.ArgumentParser, default_text: str, help_text: str | None = None
+) -> None:
+    _add_flag(
+        parser,
+        "--issuer",
+        "--iss",
+        metavar="URL",
+        help=help_text or f"issuer URL, the 'iss' claim ({default_text})",
     )
 
 
 MAIN_EPILOG = f"""\
 examples (a five-minute tour):
   {PROG} keys init --keys ./keys
-  TOKEN=$({PROG} mint --keys ./keys --sub alice --tools add,subtract --aud http://127.0.0.1:8001/mcp)
+  TOKEN=$({PROG} mint --keys ./keys --subject alice --tools add,subtract \\
+      --audience http://127.0.0.1:8001/mcp)
   {PROG} jwks --keys ./keys > jwks.json
-  {PROG} verify "$TOKEN" --jwks jwks.json --aud http://127.0.0.1:8001/mcp
+  {PROG} verify "$TOKEN" --jwks jwks.json --audience http://127.0.0.1:8001/mcp
   {PROG} keys rotate --keys ./keys && {PROG} keys list --keys ./keys
 
 environment:
@@ -715,21 +750,24 @@ examples:
         "active key, offline. Prints only the token, so TOKEN=$(jwtmcp mint ...) works.",
         epilog=f"""\
 examples:
-  {PROG} mint --sub alice --tools add,subtract --aud http://127.0.0.1:8001/mcp
-  {PROG} mint --sub ci --tools 'read_*' --aud https://a.example/mcp --aud https://b.example/mcp
-  {PROG} mint --sub bob --tools '*' --aud URL --ttl 60 --claim email=bob@example.com \\
+  {PROG} mint --subject alice --tools add,subtract --audience http://127.0.0.1:8001/mcp
+  {PROG} mint --subject ci --tools 'read_*' --audience https://a.example/mcp \\
+      --audience https://b.example/mcp
+  {PROG} mint --subject bob --tools '*' --audience URL --ttl 60 --claim email=bob@example.com \\
       --claim 'groups:=["ops"]'
 
 Tools become 'tool:<name>' scopes ('*' grants every tool, 'read_*' every tool whose name
 starts with 'read_'); give names without the 'tool:' prefix. A token names its tools
-(--tools) or says it grants none (--no-tools). --tools and --aud are checked as by
+(--tools) or says it grants none (--no-tools). --tools and --audience are checked as by
 'clients add'. Registered claims (iss, sub, aud, client_id, iat, nbf, exp, jti, scope)
 cannot be set with --claim.
 """,
         formatter_class=_Formatter,
     )
     _add_keys_flag(p)
-    p.add_argument("--sub", required=True, metavar="SUBJECT", help="who the token is for")
+    _add_flag(
+        p, "--subject", "--sub", required=True, metavar="SUBJECT", help="who the token is for"
+    )
     grants = p.add_mutually_exclusive_group(required=True)
     grants.add_argument(
         "--tools",
@@ -749,7 +787,9 @@ cannot be set with --claim.
         metavar="SCOPES",
         help="other scopes, space-separated, passed through as-is; repeatable",
     )
-    p.add_argument(
+    _add_flag(
+        p,
+        "--audience",
         "--aud",
         action="append",
         required=True,
@@ -790,14 +830,14 @@ cannot be set with --claim.
         "verify",
         help="verify a token against a JWKS file or URL; prints its claims as JSON",
         description="Verify TOKEN like an MCP server would: RS256 signature against the JWKS, "
-        "typ at+jwt, exact issuer, audience, expiry. Prints the claims as JSON, or one line "
-        "saying why the token was refused and exit status 1.",
+        "typ at+jwt, issuer and audience (in canonical form), expiry. Prints the claims as "
+        "JSON, or one line saying why the token was refused and exit status 1.",
         epilog=f"""\
 examples:
-  {PROG} verify "$TOKEN" --jwks jwks.json --aud http://127.0.0.1:8001/mcp
+  {PROG} verify "$TOKEN" --jwks jwks.json --audience http://127.0.0.1:8001/mcp
   {PROG} verify "$TOKEN" --jwks http://127.0.0.1:8000/.well-known/jwks.json \\
-      --iss http://127.0.0.1:8000 --aud http://127.0.0.1:8001/mcp
-  echo "$TOKEN" | {PROG} verify - --jwks jwks.json --aud http://127.0.0.1:8001/mcp
+      --issuer http://127.0.0.1:8000 --audience http://127.0.0.1:8001/mcp
+  echo "$TOKEN" | {PROG} verify - --jwks jwks.json --audience http://127.0.0.1:8001/mcp
 """,
         formatter_class=_Formatter,
     )
@@ -808,12 +848,12 @@ examples:
         metavar="URL|FILE",
         help="the issuer's keys: a JWKS URL (http/https), a JWKS file, or a PEM public key file",
     )
-    p.add_argument(
-        "--iss",
-        metavar="URL",
-        help=f"expected issuer (default: ${ENV_ISSUER}, else {DEFAULT_ISSUER})",
+    _add_issuer_flag(
+        p, "", help_text=f"expected issuer (default: ${ENV_ISSUER}, else {DEFAULT_ISSUER})"
     )
-    p.add_argument(
+    _add_flag(
+        p,
+        "--audience",
         "--aud",
         action="append",
         required=True,
@@ -839,7 +879,7 @@ examples:
         "stored.",
         epilog=f"""\
 examples:
-  {PROG} clients add ci-bot --tools add,subtract --aud http://127.0.0.1:8001/mcp
+  {PROG} clients add ci-bot --tools add,subtract --audience http://127.0.0.1:8001/mcp
   {PROG} clients list
   {PROG} clients rotate-secret ci-bot
   {PROG} clients remove ci-bot
@@ -855,7 +895,7 @@ examples:
         description="Register client NAME with the tools and audiences it may get tokens "
         "for. Prints its secret once; only a hash is stored.",
         epilog=f"example:\n  {PROG} clients add ci-bot --tools 'read_*' "
-        "--aud https://a.example/mcp "
+        "--audience https://a.example/mcp "
         "--max-ttl 600\n",
         formatter_class=_Formatter,
     )
@@ -867,7 +907,9 @@ examples:
         metavar="A,B",
         help="tools the client may get, comma-separated ('*' and 'prefix*' allowed); repeatable",
     )
-    p.add_argument(
+    _add_flag(
+        p,
+        "--audience",
         "--aud",
         action="append",
         required=True,
@@ -877,7 +919,9 @@ examples:
     p.add_argument(
         "--max-ttl", type=_positive_int, metavar="SECONDS", help="cap on its tokens' lifetime"
     )
-    p.add_argument("--subject", metavar="SUB", help="the 'sub' of its tokens (default: NAME)")
+    _add_flag(
+        p, "--subject", "--sub", metavar="SUB", help="the 'sub' of its tokens (default: NAME)"
+    )
     _add_clients_flag(p)
     p.set_defaults(func=cmd_clients_add)
 

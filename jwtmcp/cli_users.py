@@ -17,11 +17,13 @@ from .cli import (
     PROG,
     CliError,
     _add_clients_flag,
+    _add_flag,
     _Formatter,
     _Parser,
     _positive_int,
-    _split_list,
+    audience_urls,
     clients_file,
+    tool_names,
 )
 from .tokens import Clock
 
@@ -64,8 +66,8 @@ def cmd_users_add(args: argparse.Namespace, clock: Clock) -> int:
         where,
         args.name,
         password=password,
-        tools=_split_list(args.tools),
-        audiences=list(dict.fromkeys(args.aud)),
+        tools=tool_names(args.tools),
+        audiences=audience_urls(args.audience),
         max_ttl=args.max_ttl,
         display_name=args.display_name,
         email=args.email,
@@ -147,8 +149,8 @@ def add_users_commands(commands: Any) -> None:
         "the tools and audiences they may approve, as a client does.",
         epilog=f"""\
 examples:
-  {PROG} users add alice --tools add,subtract --aud http://127.0.0.1:8001/mcp
-  printf '%s\\n' "$PASSWORD" | {PROG} users add bob --tools '*' --aud URL --password-stdin
+  {PROG} users add alice --tools add,subtract --audience http://127.0.0.1:8001/mcp
+  printf '%s\\n' "$PASSWORD" | {PROG} users add bob --tools '*' --audience URL --password-stdin
   {PROG} users list
   {PROG} users set-password alice
   {PROG} users remove alice
@@ -163,7 +165,7 @@ examples:
         description="Add user NAME with the tools and audiences they may approve. Without "
         "--password-stdin a strong password is generated and printed once; only its "
         "Argon2id hash is stored.",
-        epilog=f"example:\n  {PROG} users add alice --tools 'read_*' --aud "
+        epilog=f"example:\n  {PROG} users add alice --tools 'read_*' --audience "
         "https://a.example/mcp --display-name 'Alice Example' --email alice@example.com\n",
         formatter_class=_Formatter,
     )
@@ -176,7 +178,9 @@ examples:
         help="tools the user may approve, comma-separated ('*' and 'prefix*' allowed); "
         "repeatable",
     )
-    p.add_argument(
+    _add_flag(
+        p,
+        "--audience",
         "--aud",
         action="append",
         required=True,

@@ -40,10 +40,10 @@ from functools import cached_property
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
-from urllib.parse import urlsplit
 
 from .errors import ClientsError, ConfigError
 from .files import WatchedFile, atomic_write, locked
+from .identifiers import canonical_resource
 from .tokens import Clock, check_scope, split_scope, tool_scope
 
 FORMAT_VERSION = 1
@@ -199,18 +199,14 @@ def check_name(name: str, *, what: str = "client") -> str:
 
 
 def check_audience(url: str) -> str:
-    """An audience is an absolute http(s) URL without a fragment (RFC 8707 resource)."""
+    """An audience is a resource URL (RFC 8707), returned in its canonical form.
+
+    See :mod:`jwtmcp.identifiers`. Raises :class:`ClientsError` naming the URL and the fault.
+    """
     try:
-        parts = urlsplit(url)
-        ok = parts.scheme in ("http", "https") and bool(parts.hostname) and not parts.fragment
-    except ValueError:
-        ok = False
-    if not ok or any(c.isspace() for c in url):
-        raise ClientsError(
-            f"invalid audience {url!r}: use the MCP server's absolute http(s) URL, "
-            "e.g. https://mcp.example.com/mcp"
-        )
-    return url
+        return canonical_resource(url)
+    except ConfigError as exc:
+        raise ClientsError(exc.message) from None
 
 
 def check_tools(tools: Iterable[str]) -> tuple[str, ...]:
@@ -288,7 +284,7 @@ def _parse(path: Path, raw: bytes) -> ClientTable:
                 subject=subject,
                 tools=check_tools(tools),
                 scopes=_check_scopes(scopes),
-                audiences=tuple(check_audience(a) for a in audiences),
+                audiences=tuple(dict.fromkeys(check_audience(a) for a in audiences)),
                 max_ttl=check_max_ttl(max_ttl),
                 created_at=float(entry.get("created_at") or 0.0),
                 secret_hash=secret_hash,
@@ -309,7 +305,7 @@ def load_clients(path: str | os.PathLike[str]) -> ClientTable:
     except FileNotFoundError:
         raise ClientsError(
             f"no clients file at {where}; add a client with: "
-            f"jwtmcp clients add NAME --tools ... --aud URL --clients {where}"
+            f"jwtmcp clients add NAME --tools ... --audience URL --clients {where}"
         ) from None
     except IsADirectoryError:
         raise ClientsError(f"{where} is a directory, not a clients file") from None
@@ -376,7 +372,7 @@ def add_client(
         )
     )
     if not aud_list:
-        raise ClientsError("a client needs at least one audience (--aud URL)")
+        raise ClientsError("a client needs at least one audience (--audience URL)")
     if subject is not None and (not subject or subject != subject.strip()):
         raise ClientsError(f"invalid subject {subject!r}")
     where = Path(path)

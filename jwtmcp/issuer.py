@@ -4,7 +4,9 @@ Endpoints (all relative to the issuer URL):
 
 - ``POST /token`` — the client_credentials grant (RFC 6749 4.4) with ``client_secret_basic``
   or ``client_secret_post``; ``scope`` narrows the client's allowance (RFC 6749 3.3);
-  ``resource`` picks the audience (RFC 8707). Errors are RFC 6749 5.2 JSON.
+  ``resource`` names the token's one audience (RFC 8707; compared in canonical form, see
+  :mod:`jwtmcp.identifiers`; required when the client may use several servers). Errors
+  are RFC 6749 5.2 JSON.
 - ``GET /.well-known/jwks.json`` — the ring's public keys, cacheable.
 - ``GET /.well-known/oauth-authorization-server`` — RFC 8414 metadata.
 - ``GET /healthz`` — liveness, the active kid and the state of the ring and clients file.
@@ -45,6 +47,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .clients import Client, ClientsWatcher, ClientTable, ensure_clients
 from .errors import ConfigError, JwtMcpError
+from .identifiers import canonical_issuer, canonical_or_none
 from .keys import KeyRing, RingWatcher, ensure_ring
 from .tokens import DEFAULT_LIFETIME, Clock, build_claims, scope_grants_scope, sign
 
@@ -105,21 +108,6 @@ class IssuerSettings:
     rate_burst: int = DEFAULT_RATE_BURST
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     reload_interval: float = DEFAULT_RELOAD_INTERVAL
-
-
-def normalize_issuer_url(url: str) -> str:
-    """``url`` checked (absolute http(s), no query or fragment) and without a trailing ``/``."""
-    try:
-        parts = urlsplit(url)
-        ok = parts.scheme in ("http", "https") and bool(parts.hostname)
-    except ValueError:
-        ok = False
-    if not ok or parts.query or parts.fragment or any(c.isspace() for c in url):
-        raise ConfigError(
-            f"invalid issuer URL {url!r}: use an absolute http(s) URL without query or "
-            "fragment, e.g. https://auth.example.com"
-        )
-    return url.rstrip("/")
 
 
 def _is_loopback(host: str) -> bool:
@@ -305,40 +293,38 @@ def narrow_scopes(allowed: Sequence[str], requested: Sequence[str]) -> tuple[str
     return tuple(dict.fromkeys(out))
 
 
-def _canonical_url(url: str) -> str | None:
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return None
-    if parts.scheme not in ("http", "https") or not parts.netloc or parts.fragment:
-        return None
-    path = parts.path.rstrip("/")
-    query = f"?{parts.query}" if parts.query else ""
-    return f"{parts.scheme.lower()}://{parts.netloc.lower()}{path}{query}"
+def pick_audience(client: Client, resources: Sequence[str]) -> str:
+    """The one audience a token gets: the requested ``resource`` (RFC 8707 2), canonical.
 
-
-def pick_audience(client: Client, resources: Sequence[str]) -> tuple[str, ...]:
-    """The audiences a token gets: each requested ``resource`` among the client's, or all.
-
-    A resource matches an allowed audience exactly, or after lower-casing scheme and host
-    and ignoring a trailing ``/``; the token carries the audience as registered.
+    Resources compare in canonical form (:mod:`jwtmcp.identifiers`), so ``.../mcp/`` asks
+    for ``.../mcp``. Without ``resource`` a client with one audience gets it; a client with
+    several must choose. A token is never issued for several servers: each of them could
+    replay it to the others. Raises :class:`OAuthError` ``invalid_target`` otherwise.
     """
     if not resources:
-        return client.audiences
-    by_canonical = {_canonical_url(a): a for a in client.audiences}
-    out = []
+        if len(client.audiences) == 1:
+            return client.audiences[0]
+        raise OAuthError(
+            "invalid_target",
+            "this client may get tokens for several resources; ask for one with the "
+            "resource parameter (RFC 8707): " + ", ".join(client.audiences),
+        )
+    wanted: dict[str, None] = {}
     for resource in resources:
-        if resource in client.audiences:
-            out.append(resource)
-            continue
-        match = by_canonical.get(_canonical_url(resource)) if _canonical_url(resource) else None
-        if match is None:
+        canonical = canonical_or_none(resource, "resource")
+        if canonical is None or canonical not in client.audiences:
             raise OAuthError(
                 "invalid_target",
                 "the requested resource is not one this client may get tokens for",
             )
-        out.append(match)
-    return tuple(dict.fromkeys(out))
+        wanted[canonical] = None
+    if len(wanted) > 1:
+        raise OAuthError(
+            "invalid_target",
+            "ask for one resource per token: a token for several servers would let each "
+            "of them replay it to the others",
+        )
+    return next(iter(wanted))
 
 
 def _scope_tokens(scope: str) -> list[str]:
@@ -363,7 +349,7 @@ class IssuerService:
         rate_limit_clock: Clock = time.monotonic,
     ) -> None:
         self.settings = settings
-        self.issuer = normalize_issuer_url(settings.issuer_url)
+        self.issuer = canonical_issuer(settings.issuer_url)
         if settings.default_ttl <= 0 or settings.jwks_max_age < 0:
             raise ConfigError("the default token lifetime and the JWKS max age must be positive")
         self.clock = clock
@@ -562,6 +548,10 @@ class IssuerService:
                 "unsupported_grant_type", "only the client_credentials grant is supported"
             )
 
+        # The resource first: a client asking for a server it may not use gets that reason,
+        # not invalid_scope for the other server's tool scopes it was told to ask for.
+        audience = pick_audience(client, form.resources)
+
         allowed = client.allowed_scopes
         requested = params.get("scope")
         if requested is None:
@@ -572,8 +562,6 @@ class IssuerService:
                 raise OAuthError(
                     "invalid_scope", "none of the requested scopes is allowed for this client"
                 )
-
-        audiences = pick_audience(client, form.resources)
 
         ring = self.rings.current()
         lifetime = self.settings.default_ttl
@@ -591,7 +579,7 @@ class IssuerService:
             claims = build_claims(
                 issuer=self.issuer,
                 subject=client.subject,
-                audience=audiences[0] if len(audiences) == 1 else audiences,
+                audience=audience,
                 client_id=client.client_id,
                 scopes=granted,
                 lifetime=lifetime,
@@ -752,7 +740,7 @@ def first_run_banner(
         "Check it:\n"
         f"  TOKEN=$({curl} | {extract})\n"
         f'  jwtmcp verify "$TOKEN" --jwks {base_url}/.well-known/jwks.json '
-        f"--iss {issuer} --aud {audience}\n"
+        f"--issuer {issuer} --audience {audience}\n"
     )
 
 
@@ -782,7 +770,7 @@ def serve(
     if workers < 1:
         raise ConfigError(f"--workers must be at least 1, not {workers}")
     base_url = f"http://{_url_host(host)}:{port}"
-    issuer = normalize_issuer_url(issuer_url or base_url)
+    issuer = canonical_issuer(issuer_url or base_url)
     warning = issuer_url_warning(issuer)
     if warning:
         print(f"jwtmcp: warning: {warning}", file=sys.stderr)

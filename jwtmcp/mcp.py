@@ -39,6 +39,7 @@ from mcp_types import INVALID_PARAMS, INVALID_REQUEST, ListToolsResult
 from starlette.applications import Starlette
 
 from .errors import ConfigError, KeysUnavailable, TokenError
+from .identifiers import canonical_issuer, canonical_resource
 from .middleware import (
     DEFAULT_MAX_BODY_BYTES,
     TOOL_NAME_RULE,
@@ -186,6 +187,7 @@ class ProtectedMCPServer(MCPServer[LifespanResultT]):
             raise ConfigError(
                 "a protected server gets its auth from jwtmcp: drop auth= and token_verifier="
             )
+        issuer, resource = canonical_issuer(issuer), canonical_resource(resource)
         self.jwt_verifier = verifier
         self.issuer_url = issuer
         self.resource_url = resource
@@ -264,9 +266,14 @@ def protected_server(
     seconds); ``clock`` returns epoch seconds for the token time checks. Other keyword
     arguments go to ``MCPServer``. All URLs are str.
 
+    ``issuer`` and ``resource`` may be spelled any way that names the same identifier
+    (a trailing ``/``, upper-case host, explicit default port); they are used and published
+    (RFC 9728 ``resource``, ``authorization_servers``) in canonical form, see
+    :mod:`jwtmcp.identifiers`.
+
     Returns a :class:`ProtectedMCPServer`. Raises :class:`~jwtmcp.errors.ConfigError` for a
-    bad verifier option, for ``verifier`` together with key-source options, or for ``auth=``
-    or ``token_verifier=`` (the server's auth is jwtmcp's).
+    URL that is not an identifier, a bad verifier option, for ``verifier`` together with
+    key-source options, or for ``auth=`` or ``token_verifier=`` (the server's auth is jwtmcp's).
 
     The public metadata (``scopes_supported``, RFC 9728) and every 401 challenge (``scope``)
     list ``tool:<name>`` for each tool, so an OAuth client asks for them all and the issuer
@@ -275,9 +282,10 @@ def protected_server(
     client's allowance; but an authorization server that grants ``tool:*`` literally would
     give a token for every tool, and clients can no longer ask for less by reading the names.
     """
+    issuer, resource = canonical_issuer(issuer), canonical_resource(resource)
     if verifier is None:
         if jwks_url is None and jwks_file is None and public_key_pem is None:
-            jwks_url = issuer.rstrip("/") + "/.well-known/jwks.json"
+            jwks_url = issuer + "/.well-known/jwks.json"
         options: dict[str, Any] = dict(verifier_options or {})
         if clock is not None:
             options["clock"] = clock

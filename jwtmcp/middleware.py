@@ -38,7 +38,8 @@ from mcp.server.auth.provider import AccessToken
 from starlette.authentication import AuthCredentials
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .errors import ConfigError, KeysUnavailable, TokenError
+from .errors import KeysUnavailable, TokenError
+from .identifiers import canonical_issuer, canonical_resource
 from .tokens import TOOL_SCOPE_PREFIX, VerifiedClaims
 
 logger = logging.getLogger("jwtmcp.middleware")
@@ -124,12 +125,15 @@ def pending_access_token(token: str) -> AccessToken | None:
 
 
 def resource_metadata_url(resource: str) -> str:
-    """RFC 9728 §3.1 metadata URL of ``resource``: the well-known path inserted before its path."""
-    parts = urlsplit(resource)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise ConfigError(f"resource must be an absolute http(s) URL, got {resource!r}")
-    path = parts.path if parts.path != "/" else ""
-    return f"{parts.scheme}://{parts.netloc}{WELL_KNOWN_RESOURCE}{path}"
+    """RFC 9728 §3.1 metadata URL of ``resource``: the well-known path inserted before its path.
+
+    ``resource`` is put in canonical form first (:mod:`jwtmcp.identifiers`); a query stays
+    at the end, as §3.1 says. Raises :class:`ConfigError` for a URL that is not a resource
+    identifier.
+    """
+    parts = urlsplit(canonical_resource(resource))
+    query = f"?{parts.query}" if parts.query else ""
+    return f"{parts.scheme}://{parts.netloc}{WELL_KNOWN_RESOURCE}{parts.path}{query}"
 
 
 def access_token_for(
@@ -308,7 +312,8 @@ class JwtAuthMiddleware:
 
     ``verifier`` checks tokens (a :class:`jwtmcp.verifier.Verifier` whose audience is
     ``resource``); ``resource`` is this server's URL (the token audience, RFC 8707) and
-    ``issuer`` the authorization server the metadata points clients to. ``tools`` (names, or an
+    ``issuer`` the authorization server the metadata points clients to, both kept and
+    published in canonical form (:mod:`jwtmcp.identifiers`). ``tools`` (names, or an
     async callable returning them) fills ``scopes_supported`` and the ``scope`` of every 401
     challenge: what a first token should ask for (MCP authorization, 2025-11-25).
     ``advertise_tools=False`` puts only ``tool:*`` there, so the public metadata and challenges
@@ -333,9 +338,9 @@ class JwtAuthMiddleware:
         self.app = app
         self.verifier = verifier
         self._leeway = verifier_leeway(verifier)
-        self.resource = resource
-        self.issuer = issuer
-        self.metadata_url = resource_metadata_url(resource)
+        self.resource = canonical_resource(resource)
+        self.issuer = canonical_issuer(issuer)
+        self.metadata_url = resource_metadata_url(self.resource)
         self.metadata_path = urlsplit(self.metadata_url).path
         self._tools = tools
         self._paths = tuple(paths) if paths is not None else None

@@ -21,6 +21,7 @@ from cryptography.hazmat.primitives.asymmetric import padding
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 
 from .errors import ConfigError
+from .identifiers import canonical_issuer, canonical_resources
 
 Clock = Callable[[], float]
 """Seconds since the epoch. Injected everywhere time matters, so tests never sleep."""
@@ -282,18 +283,20 @@ def build_claims(
 
     Refuses, with :class:`ConfigError`, every value that would give a token jwtmcp's
     :class:`~jwtmcp.Verifier` refuses or reads back differently: an issuer, subject,
-    audience, ``client_id`` or ``jti`` that is not a non-empty string; tools or scopes that
-    are not valid tool names or RFC 6749 scope-tokens; a lifetime that is not a positive
-    whole number of seconds or is above ``max_lifetime``; a ``now`` that is not a time;
-    extra claims that are not a mapping of names to plain JSON values (string member
-    names, nesting up to :data:`MAX_CLAIM_DEPTH`, finite numbers) or that name a
-    registered claim.
+    audience, ``client_id`` or ``jti`` that is not a non-empty string; an issuer or audience
+    that is not an http(s) identifier (both are written in their canonical form,
+    :mod:`jwtmcp.identifiers`); tools or scopes that are not valid tool names or RFC 6749
+    scope-tokens; a lifetime that is not a positive whole number of seconds or is above
+    ``max_lifetime``; a ``now`` that is not a time; extra claims that are not a mapping of
+    names to plain JSON values (string member names, nesting up to :data:`MAX_CLAIM_DEPTH`,
+    finite numbers) or that name a registered claim.
     """
     if not isinstance(now, int | float) or isinstance(now, bool) or not (
         0 <= now <= MAX_NUMERIC_DATE
     ):
         raise ConfigError(f"the clock gave {_shown(now)}, not a time in seconds since the epoch")
     _check_text(issuer, "the issuer (iss)")
+    issuer = canonical_issuer(issuer)
     _check_text(subject, "the subject (sub)")
     auds: list[object]
     if isinstance(audience, str):
@@ -309,6 +312,7 @@ def build_claims(
         raise ConfigError("an audience (the MCP server's resource URL) is required")
     for aud in auds:
         _check_text(aud, "each audience (aud)")
+    auds = list(canonical_resources(auds))  # type: ignore[arg-type]  # checked: all str
     if client_id is not None:
         _check_text(client_id, "the client_id")
     if jti is not None:
@@ -353,7 +357,7 @@ def build_claims(
     claims.update(
         iss=issuer,
         sub=subject,
-        aud=auds[0] if len(auds) == 1 else auds,
+        aud=auds[0] if len(auds) == 1 else list(auds),
         iat=iat,
         nbf=iat,
         exp=iat + lifetime,

@@ -60,6 +60,7 @@ from .errors import (
     WrongIssuer,
     WrongType,
 )
+from .identifiers import canonical_issuer, canonical_or_none, canonical_resources
 from .jwks import (
     MAX_KID_LENGTH,
     SIGNATURE_SCHEMES,
@@ -323,9 +324,11 @@ class Verifier:
     any ``kid`` in the token is accepted and the signature decides). Every option has a
     safe default; docs/verifier.md gives each one and why. All are keyword-only:
 
-    - ``issuer`` (str): the expected ``iss``, compared exactly.
-    - ``audience`` (str or sequence of str): this server's resource URL(s); the token's
-      ``aud`` must contain one of them (RFC 8707, RFC 9068 §4).
+    - ``issuer`` (str): the expected ``iss``. It is kept in canonical form
+      (:mod:`jwtmcp.identifiers`), and a token's ``iss`` is compared in that form too, so
+      any spelling of the same identifier matches.
+    - ``audience`` (str or sequence of str): this server's resource URL(s), canonical too;
+      the token's ``aud`` must contain one of them (RFC 8707, RFC 9068 §4).
     - ``jwks_url`` (str), ``jwks_file`` (path), ``public_key_pem`` (str or bytes): the key
       source, exactly one. A plain ``http://`` URL must be loopback unless
       ``allow_insecure_jwks_url`` (bool) is true.
@@ -345,9 +348,10 @@ class Verifier:
       (:class:`~jwtmcp.jwks.JwksPolicy`, which then replaces those three).
     - ``cache_file`` (path or None): where the last good JWKS is kept across restarts.
 
-    Raises :class:`~jwtmcp.errors.ConfigError` for a bad option (an empty issuer or audience,
-    not exactly one key source, an algorithm outside the RSA set, a value out of range, an
-    unreadable ``jwks_file`` or ``public_key_pem``, an insecure ``jwks_url``).
+    Raises :class:`~jwtmcp.errors.ConfigError` for a bad option (an issuer or audience that
+    is not an http(s) identifier, not exactly one key source, an algorithm outside the RSA
+    set, a value out of range, an unreadable ``jwks_file`` or ``public_key_pem``, an insecure
+    ``jwks_url``).
     """
 
     def __init__(
@@ -373,10 +377,9 @@ class Verifier:
         jwks_policy: JwksPolicy | None = None,
         allow_insecure_jwks_url: bool = False,
     ) -> None:
-        if not isinstance(issuer, str) or not issuer:
-            raise ConfigError("the verifier needs the expected issuer (iss) URL")
-        audiences = [audience] if isinstance(audience, str) else list(audience)
-        if not audiences or not all(isinstance(a, str) and a for a in audiences):
+        issuer = canonical_issuer(issuer)
+        audiences = canonical_resources(audience)
+        if not audiences:
             raise ConfigError("the verifier needs this server's audience (resource URL)")
         algs = tuple(dict.fromkeys(algorithms if not isinstance(algorithms, str) else [algorithms]))
         bad = [a for a in algs if a not in SIGNATURE_SCHEMES]
@@ -410,7 +413,7 @@ class Verifier:
             raise ConfigError("give exactly one key source: jwks_url, jwks_file or public_key_pem")
 
         self.issuer = issuer
-        self.audiences: tuple[str, ...] = tuple(dict.fromkeys(audiences))
+        self.audiences: tuple[str, ...] = audiences
         self.algorithms: tuple[str, ...] = algs
         self.leeway = float(leeway)
         self.max_lifetime = float(max_lifetime)
@@ -646,10 +649,14 @@ class Verifier:
         iss = get("iss")
         if iss != self.issuer:
             if type(iss) is str:
-                raise WrongIssuer("the token was issued by another issuer")
-            if "iss" not in claims:
+                # Both sides compare in canonical form: another spelling of our issuer (an
+                # issuer that writes "https://auth.example.com/") is our issuer.
+                if canonical_or_none(iss, "issuer") != self.issuer:
+                    raise WrongIssuer("the token was issued by another issuer")
+            elif "iss" not in claims:
                 raise MissingClaim("the token has no issuer (iss)")
-            raise MalformedToken("claim 'iss' is not a string")
+            else:
+                raise MalformedToken("claim 'iss' is not a string")
         aud = get("aud")
         if type(aud) is str:
             audience: tuple[str, ...] = (aud,)
@@ -659,7 +666,9 @@ class Verifier:
             raise MissingClaim("the token has no audience (aud)")
         else:
             raise MalformedToken("claim 'aud' is not a string or a non-empty list of strings")
-        if self._audience_set.isdisjoint(audience):
+        if self._audience_set.isdisjoint(audience) and not any(
+            canonical_or_none(a, "resource") in self._audience_set for a in audience
+        ):
             raise WrongAudience("the token is not meant for this server (aud)")
         exp = get("exp")
         if type(exp) is not int or not -top <= exp <= top:

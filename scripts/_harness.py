@@ -187,7 +187,7 @@ class Issuer:
     def add_client(self, name: str, *, tools: Sequence[str], audiences: Sequence[str]) -> str:
         """Register a client and return its secret (the last line ``clients add`` prints)."""
         out = self.cli("clients", "add", name, "--tools", ",".join(tools),
-                       *[a for aud in audiences for a in ("--aud", aud)])
+                       *[a for aud in audiences for a in ("--audience", aud)])
         secret = _secret_from(out)
         if not secret:
             raise RuntimeError(f"could not find the secret in 'jwtmcp clients add' output: {out!r}")

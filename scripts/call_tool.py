@@ -1,6 +1,6 @@
 """Call a tool on a protected MCP server with the official SDK client and a static bearer token.
 
-    TOKEN=$(jwtmcp mint --sub alice --tools add --aud http://127.0.0.1:8001/mcp)
+    TOKEN=$(jwtmcp mint --subject alice --tools add --audience http://127.0.0.1:8001/mcp)
     python scripts/call_tool.py --token "$TOKEN" add a=2 b=3
     python scripts/call_tool.py --url http://127.0.0.1:8001/sse --token "$TOKEN" add a=2 b=3
 

@@ -1,6 +1,6 @@
 """Call a tool with the SDK's own OAuth client: no token handling, everything by discovery.
 
-    jwtmcp clients add robot --tools add,subtract --aud http://127.0.0.1:8001/mcp
+    jwtmcp clients add robot --tools add,subtract --audience http://127.0.0.1:8001/mcp
     export JWTMCP_CLIENT_ID=robot JWTMCP_CLIENT_SECRET=...    # printed once by the command above
     python scripts/call_tool_oauth.py add a=2 b=3
 
@@ -94,6 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Call an MCP tool via OAuth client credentials.")
     parser.add_argument("--url", default=env("MCP_URL", "http://127.0.0.1:8001/mcp"))
     parser.add_argument("--issuer", default=env("JWTMCP_ISSUER", "http://127.0.0.1:8000"))
+    parser.add_argument("--iss", dest="issuer", help=argparse.SUPPRESS)  # jwtmcp's other spelling
     parser.add_argument("--client-id", default=env("JWTMCP_CLIENT_ID"))
     parser.add_argument("--client-secret", default=env("JWTMCP_CLIENT_SECRET"))
     parser.add_argument("tool")

@@ -74,7 +74,9 @@ def main(argv: list[str] | None = None) -> int:
     env = os.environ.get
     parser = argparse.ArgumentParser(description="A jwtmcp-protected MCP math server.")
     parser.add_argument("--issuer", default=env("JWTMCP_ISSUER", "http://127.0.0.1:8000"))
-    parser.add_argument("--audience", "--resource", default=env("JWTMCP_AUDIENCE"))
+    parser.add_argument("--iss", dest="issuer", help=argparse.SUPPRESS)  # jwtmcp's other spelling
+    parser.add_argument("--audience", default=env("JWTMCP_AUDIENCE"))
+    parser.add_argument("--aud", "--resource", dest="audience", help=argparse.SUPPRESS)
     keys = parser.add_mutually_exclusive_group()
     keys.add_argument("--jwks-url", default=env("JWTMCP_JWKS_URL"))
     keys.add_argument("--jwks-file", default=env("JWTMCP_JWKS_FILE"))

@@ -30,4 +30,4 @@ fi
 if [ ! -f "$keys/ring.json" ]; then
   "${jwtmcp[@]}" keys init --keys "$keys" >&2
 fi
-exec "${jwtmcp[@]}" mint --keys "$keys" --sub "$sub" --tools "$tools" --aud "$aud" --ttl "$ttl"
+exec "${jwtmcp[@]}" mint --keys "$keys" --subject "$sub" --tools "$tools" --audience "$aud" --ttl "$ttl"

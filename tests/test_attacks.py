@@ -183,8 +183,13 @@ CASES: list[tuple[str, Builder, str]] = [
     ("nbf-object", lambda c: c.valid(nbf={"t": 1}), "malformed"),
     # --- issuer, audience, type ------------------------------------------------------------
     ("wrong-issuer", lambda c: c.valid(iss="https://evil.example"), "wrong_issuer"),
-    ("issuer-trailing-slash", lambda c: c.valid(iss=ISSUER + "/"), "wrong_issuer"),
-    ("issuer-case", lambda c: c.valid(iss=ISSUER.upper()), "wrong_issuer"),
+    # Another spelling of the same issuer (trailing "/", upper-case host) is the same issuer
+    # (tests/test_identifiers.py); a different path, port, or a userinfo/query spelling is not.
+    ("issuer-other-path", lambda c: c.valid(iss=ISSUER + "/x"), "wrong_issuer"),
+    ("issuer-other-port", lambda c: c.valid(iss="http://127.0.0.1:8001"), "wrong_issuer"),
+    ("issuer-userinfo", lambda c: c.valid(iss="http://evil@127.0.0.1:8000"), "wrong_issuer"),
+    ("issuer-query", lambda c: c.valid(iss=ISSUER + "?x=1"), "wrong_issuer"),
+    ("audience-path-case", lambda c: c.valid(aud=AUDIENCE.upper()), "wrong_audience"),
     ("issuer-list", lambda c: c.valid(iss=[ISSUER]), "malformed"),
     ("issuer-missing", lambda c: c.valid(iss=None), "missing_claim"),
     ("wrong-audience", lambda c: c.valid(aud="http://127.0.0.1:9001/mcp"), "wrong_audience"),

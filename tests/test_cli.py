@@ -7,6 +7,7 @@ import contextlib
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -158,6 +159,60 @@ def test_help_explains_every_flag_with_examples(
     assert "example" in result.out
     for word in words:
         assert word in result.out, word
+
+
+# One spelling per flag: --issuer, --audience, --subject are documented; the claim names
+# --iss, --aud, --sub are accepted everywhere too.
+SPELLINGS = [
+    (
+        ["mint", "--tools", "add", "--sub", "a", "--aud", AUD, "--iss", ISS],
+        ["mint", "--tools", "add", "--subject", "a", "--audience", AUD, "--issuer", ISS],
+    ),
+    (
+        ["verify", "t", "--jwks", "j.json", "--iss", ISS, "--aud", AUD, "--aud", OTHER_AUD],
+        ["verify", "t", "--jwks", "j.json", "--issuer", ISS, "--audience", AUD, "--aud", OTHER_AUD],
+    ),
+    (
+        ["clients", "add", "bot", "--tools", "add", "--aud", AUD, "--sub", "s"],
+        ["clients", "add", "bot", "--tools", "add", "--audience", AUD, "--subject", "s"],
+    ),
+    (["serve", "--iss", ISS], ["serve", "--issuer", ISS]),
+]
+
+
+@pytest.mark.parametrize(
+    ("short", "long"), SPELLINGS, ids=["mint", "verify", "clients add", "serve"]
+)
+def test_claim_name_and_word_spellings_of_a_flag_mean_the_same(
+    short: list[str], long: list[str]
+) -> None:
+    parser = build_parser()
+    assert vars(parser.parse_args(short)) == vars(parser.parse_args(long))
+
+
+@pytest.mark.parametrize(
+    "path", [["mint"], ["verify"], ["clients", "add"], ["serve"], []], ids=" ".join
+)
+def test_help_documents_one_spelling_per_flag(
+    capsys: pytest.CaptureFixture[str], path: list[str]
+) -> None:
+    out = call(capsys, *path, "--help").out
+    assert not re.search(r"--(aud|iss|sub)\b", out), out
+
+
+def test_mint_and_verify_take_the_word_spellings(keys: str, tmp_path: Path) -> None:
+    minted = cli(
+        "mint", "--keys", keys, "--subject", "alice", "--tools", "add", "--audience", AUD,
+        "--issuer", ISS,
+    )  # fmt: skip
+    assert minted.code == 0, minted.err
+    jwks = tmp_path / "jwks.json"
+    jwks.write_text(cli("jwks", "--keys", keys).out)
+    checked = cli(
+        "verify", minted.out.strip(), "--jwks", str(jwks), "--issuer", ISS, "--audience", AUD
+    )
+    assert checked.code == 0, checked.err
+    assert json.loads(checked.out)["sub"] == "alice"
 
 
 def test_help_runs_as_a_module_and_as_the_console_script() -> None:
@@ -403,7 +458,8 @@ def test_stray_non_key_files_are_ignored(ring: KeyRing, keys: str) -> None:
         ["verify", "tok", "--aud", AUD],  # --jwks missing
         ["serve", "--port", "70000"],
         ["keys", "init", "--bits", "big"],
-        ["mint", "--sub", "a", "--tools", "add", "--aud", AUD, "--iss", "https://x"],  # no abbrev.
+        ["mint", "--sub", "a", "--aud", AUD, "--tool", "add"],  # no abbreviations
+        ["clients", "add", "bot", "--tools", "add"],  # --audience missing
         ["keys", "init", "--max", "60"],
     ],
     ids=lambda a: " ".join(a),
@@ -514,7 +570,7 @@ def test_mint_refuses_an_audience_that_is_not_a_url_as_clients_add_does(
     keys: str, tmp_path: Path, aud: str
 ) -> None:
     from_mint = _mint_error(keys, "--tools", "add", "--aud", aud)
-    assert "invalid audience" in from_mint
+    assert "invalid resource URL" in from_mint
     assert from_mint == _clients_add_error(tmp_path, "--tools", "add", "--aud", aud)
 
 

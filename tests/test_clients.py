@@ -79,9 +79,9 @@ def test_duplicate_name_is_refused(path: Path) -> None:
         ("a", ["has space"], [AUD], None, "invalid tool name"),
         ("a", ["re*ad"], [AUD], None, "may only end"),
         ("a", ["add"], [], None, "at least one audience"),
-        ("a", ["add"], ["not a url"], None, "invalid audience"),
-        ("a", ["add"], ["ftp://x/mcp"], None, "invalid audience"),
-        ("a", ["add"], ["http://x/mcp#frag"], None, "invalid audience"),
+        ("a", ["add"], ["not a url"], None, "invalid resource URL"),
+        ("a", ["add"], ["ftp://x/mcp"], None, "invalid resource URL"),
+        ("a", ["add"], ["http://x/mcp#frag"], None, "invalid resource URL"),
         ("a", ["add"], [AUD], 0, "max ttl"),
     ],
 )

@@ -301,18 +301,42 @@ def test_resource_picks_the_audience(make_issuer: Callable[..., Issuer]) -> None
     assert iss.decode(r.json()["access_token"], audience=AUD2)["aud"] == AUD2
 
 
-def test_no_resource_gives_every_allowed_audience(make_issuer: Callable[..., Issuer]) -> None:
+def test_no_resource_from_a_client_with_several_audiences_is_invalid_target_naming_them(
+    make_issuer: Callable[..., Issuer],
+) -> None:
+    # One token for every server would let each of them replay it to the others.
     iss = make_issuer()
     iss.add("c", audiences=[AUD, AUD2])
-    claims = iss.decode(iss.token("c").json()["access_token"])
-    assert claims["aud"] == [AUD, AUD2]
+    r = iss.token("c")
+    assert r.status_code == 400 and error_of(r) == "invalid_target"
+    assert AUD in r.json()["error_description"] and AUD2 in r.json()["error_description"]
 
 
-def test_several_resources_give_a_list_audience(make_issuer: Callable[..., Issuer]) -> None:
+def test_no_resource_from_a_client_with_one_audience_gets_that_audience_alone(
+    make_issuer: Callable[..., Issuer],
+) -> None:
+    iss = make_issuer()
+    claims = iss.decode(iss.token().json()["access_token"])
+    assert claims["aud"] == AUD
+
+
+def test_several_resources_in_one_request_are_invalid_target(
+    make_issuer: Callable[..., Issuer],
+) -> None:
     iss = make_issuer()
     iss.add("c", audiences=[AUD, AUD2, "https://third.example/mcp"])
     r = iss.token("c", resource=[AUD2, AUD])
-    assert iss.decode(r.json()["access_token"])["aud"] == [AUD2, AUD]
+    assert r.status_code == 400 and error_of(r) == "invalid_target"
+    assert "one resource" in r.json()["error_description"]
+
+
+def test_two_spellings_of_one_resource_are_one_resource(
+    make_issuer: Callable[..., Issuer],
+) -> None:
+    iss = make_issuer()
+    r = iss.token(resource=[AUD, f"{AUD}/", "HTTP://127.0.0.1:9000/mcp"])
+    assert r.status_code == 200, r.text
+    assert iss.decode(r.json()["access_token"])["aud"] == AUD
 
 
 def test_resource_matches_case_and_trailing_slash_insensitively(
@@ -333,6 +357,16 @@ def test_a_resource_the_client_may_not_use_is_invalid_target(
 ) -> None:
     iss = make_issuer()
     r = iss.token(resource=resource)
+    assert r.status_code == 400 and error_of(r) == "invalid_target"
+
+
+def test_a_server_the_client_may_not_use_is_invalid_target_whatever_scope_it_asks_for(
+    make_issuer: Callable[..., Issuer],
+) -> None:
+    # The SDK's OAuth client asks for the other server's tool scopes (from that server's
+    # metadata): the answer must name the real reason, the resource, not the scopes.
+    iss = make_issuer()
+    r = iss.token(resource="https://evil.example/mcp", scope="tool:delete_everything")
     assert r.status_code == 400 and error_of(r) == "invalid_target"
 
 

@@ -223,3 +223,12 @@ def test_math_server_refuses_two_key_sources(tmp_path: Path) -> None:
     done = script("math_server.py", "--jwks-url", "http://127.0.0.1:1/j", "--jwks-file", "x.json")
     assert done.returncode == 2
     assert "not allowed with argument" in done.stderr
+
+
+def test_math_server_takes_the_claim_name_spellings_of_its_flags() -> None:
+    # Parsed (exit 1 for the bad issuer URL, not 2 for an unknown flag) and not listed.
+    answer = script("math_server.py", "--iss", "http://[bad", "--aud", "http://127.0.0.1:1/mcp")
+    assert answer.returncode == 1, answer.stderr
+    assert "invalid issuer URL" in answer.stderr
+    helped = script("math_server.py", "--help").stdout
+    assert "--audience" in helped and "--aud " not in helped and "--iss " not in helped

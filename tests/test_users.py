@@ -137,7 +137,7 @@ def test_a_duplicate_user_is_refused(path: Path) -> None:
         ({"name": "-alice"}, "invalid user name"),
         ({"name": "al ice"}, "invalid user name"),
         ({"tools": ["a*b"]}, "invalid tool name"),
-        ({"audiences": ["ftp://x/mcp"]}, "invalid audience"),
+        ({"audiences": ["ftp://x/mcp"]}, "invalid resource URL"),
         ({"audiences": []}, "at least one audience"),
         ({"max_ttl": 0}, "max ttl"),
         ({"email": "not-an-address"}, "invalid email"),
