@@ -187,7 +187,7 @@ def test_leeway_bounds_expiry_and_not_before(jwks_path: Path, ring: KeyRing) -> 
     key = ring.active.private_key
     assert v.verify(jws(header(ring.active.kid), claims(NOW, exp=int(NOW) - 29), key))
     assert _code(v, jws(header(ring.active.kid), claims(NOW, exp=int(NOW) - 30), key)) == (
-        "expired"
+        "token_expired"
     )
     assert v.verify(jws(header(ring.active.kid), claims(NOW, nbf=int(NOW) + 30), key))
     assert _code(v, jws(header(ring.active.kid), claims(NOW, nbf=int(NOW) + 31), key)) == (
@@ -196,7 +196,7 @@ def test_leeway_bounds_expiry_and_not_before(jwks_path: Path, ring: KeyRing) -> 
     strict = Verifier(issuer=ISSUER, audience=AUDIENCE, jwks_file=jwks_path, clock=clock,
                       leeway=0)
     assert _code(strict, jws(header(ring.active.kid), claims(NOW, exp=int(NOW)), key)) == (
-        "expired"
+        "token_expired"
     )
 
 
@@ -352,7 +352,7 @@ def test_a_reused_token_still_expires(verifier: Verifier, ring: KeyRing, clock: 
     clock.advance(60 + 29)
     assert verifier.verify(token).subject == "alice"
     clock.advance(1)
-    assert _code(verifier, token) == "expired"
+    assert _code(verifier, token) == "token_expired"
 
 
 def test_a_reused_token_is_not_valid_before_its_time_if_the_clock_goes_back(
