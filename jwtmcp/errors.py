@@ -111,7 +111,7 @@ class BadSignature(TokenError):
 
 
 class TokenExpired(TokenError):
-    code = "expired"
+    code = "token_expired"
 
 
 class TokenNotYetValid(TokenError):
