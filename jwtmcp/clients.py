@@ -44,7 +44,14 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from .errors import ClientsError, ConfigError
-from .files import acquire_lock, atomic_write, release_lock
+from .files import (
+    FileSignature,
+    acquire_lock,
+    atomic_write,
+    file_signature,
+    release_lock,
+    signature_is_settled,
+)
 from .tokens import Clock, split_scope, tool_scope
 
 FORMAT_VERSION = 1
@@ -467,8 +474,10 @@ class ClientsWatcher:
     """Serves the current clients table to a long-running process.
 
     ``current()`` costs one ``stat`` of the file at most every ``interval`` seconds; the
-    file is re-read only when it changed. If a reload fails (a hand edit left it invalid,
-    or it was removed) the last good table keeps serving and ``last_error`` says why.
+    file is re-read only when it changed, and at every check while its last change is under
+    2 s old (a second write in the same timestamp tick can leave the stat unchanged).
+    If a reload fails (a hand edit left it invalid, or it was removed) the last good table
+    keeps serving and ``last_error`` says why.
     """
 
     def __init__(
@@ -483,16 +492,13 @@ class ClientsWatcher:
         self._monotonic = monotonic
         self._lock = threading.Lock()
         self._signature = self._stat()
+        self._settled = self._signature is not None and signature_is_settled(self._signature)
         self._table = load_clients(self.path)
         self._checked_at = monotonic()
         self.last_error: str | None = None
 
-    def _stat(self) -> tuple[int, int, int] | None:
-        try:
-            st = os.stat(self.path)
-        except OSError:
-            return None
-        return (st.st_mtime_ns, st.st_ino, st.st_size)
+    def _stat(self) -> FileSignature | None:
+        return file_signature(self.path)
 
     def current(self) -> ClientTable:
         now = self._monotonic()
@@ -505,10 +511,11 @@ class ClientsWatcher:
             signature = self._stat()
             if signature is None:
                 self.last_error = f"the clients file {self.path} is missing"
-            elif signature != self._signature:
+            elif signature != self._signature or not self._settled:
                 try:
                     self._table = load_clients(self.path)
                     self._signature = signature
+                    self._settled = signature_is_settled(signature)
                     self.last_error = None
                 except ClientsError as exc:
                     self.last_error = exc.message

@@ -71,3 +71,38 @@ def acquire_lock(path: Path, *, timeout: float = 30.0) -> int:
 def release_lock(fd: int) -> None:
     """Release a lock from :func:`acquire_lock` (closing the descriptor releases it)."""
     os.close(fd)
+
+
+
+FileSignature = tuple[int, int, int, int, int]
+"""What :func:`file_signature` returns: device, inode, size, mtime and ctime (ns)."""
+
+RACY_WINDOW_NS = 2_000_000_000
+"""A file changed less than this long ago (2 s) may change again within the same timestamp
+tick (filesystem clocks are coarse: a jiffy on Linux, 2 s on FAT), so its stat alone cannot
+prove that no later write happened (git's "racily clean" problem)."""
+
+
+def file_signature(path: Path) -> FileSignature | None:
+    """The stat signature of ``path``: ``(st_dev, st_ino, st_size, st_mtime_ns, st_ctime_ns)``.
+
+    A rename-over gives a new inode; an in-place write changes ctime even when mtime is put
+    back (``touch -d``, ``cp -p``). None when ``path`` cannot be stat'ed. Take it *before*
+    reading the file: a change that lands after the read then shows as a new signature.
+    """
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def signature_is_settled(signature: FileSignature) -> bool:
+    """True when the file last changed :data:`RACY_WINDOW_NS` or more ago (either way of now).
+
+    A watcher that read a file under an unsettled signature reads it again at its next
+    check even if the signature is unchanged: a second write in the same timestamp tick can
+    leave every field equal.
+    """
+    changed = max(signature[3], signature[4])
+    return abs(time.time_ns() - changed) >= RACY_WINDOW_NS

@@ -34,7 +34,14 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from .errors import KeyRingError
-from .files import acquire_lock, atomic_write, release_lock
+from .files import (
+    FileSignature,
+    acquire_lock,
+    atomic_write,
+    file_signature,
+    release_lock,
+    signature_is_settled,
+)
 from .tokens import DEFAULT_MAX_LIFETIME, Clock, SigningKey
 
 KeyState = Literal["next", "active", "retired"]
@@ -564,7 +571,9 @@ class RingWatcher:
 
     ``current()`` costs one ``stat`` of the state file at most every ``interval`` seconds;
     files are re-read only when the state file changed (rotate, revoke, prune by any
-    process). If a reload fails the last good ring keeps serving and ``last_error`` says why.
+    process), and at every check while its last change is under 2 s old (a second write in
+    the same filesystem timestamp tick can leave the stat unchanged).
+    If a reload fails the last good ring keeps serving and ``last_error`` says why.
     """
 
     def __init__(
@@ -578,17 +587,16 @@ class RingWatcher:
         self.interval = interval
         self._monotonic = monotonic
         self._lock = threading.Lock()
-        self._ring = load_ring(self.directory)
+        # The signature first, then the read: a change landing in between shows up as a new
+        # signature at the next check instead of hiding behind the one taken after it.
         self._signature = self._stat()
+        self._settled = self._signature is not None and signature_is_settled(self._signature)
+        self._ring = load_ring(self.directory)
         self._checked_at = monotonic()
         self.last_error: str | None = None
 
-    def _stat(self) -> tuple[int, int, int] | None:
-        try:
-            st = os.stat(self.directory / STATE_FILE)
-        except OSError:
-            return None
-        return (st.st_mtime_ns, st.st_ino, st.st_size)
+    def _stat(self) -> FileSignature | None:
+        return file_signature(self.directory / STATE_FILE)
 
     def current(self) -> KeyRing:
         now = self._monotonic()
@@ -599,10 +607,11 @@ class RingWatcher:
                 return self._ring
             self._checked_at = now
             signature = self._stat()
-            if signature != self._signature and signature is not None:
+            if signature is not None and (signature != self._signature or not self._settled):
                 try:
                     self._ring = load_ring(self.directory)
                     self._signature = signature
+                    self._settled = signature_is_settled(signature)
                     self.last_error = None
                 except KeyRingError as exc:
                     self.last_error = exc.message
