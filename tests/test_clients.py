@@ -216,6 +216,19 @@ def test_watcher_sees_an_in_place_rewrite_that_keeps_inode_size_and_mtime(path: 
     assert watcher.current().get("z") is not None
 
 
+@pytest.mark.parametrize("created_at", ["\u0661\u0662", "12", "abc", True, float("inf"), -1])
+def test_created_at_in_the_clients_file_must_be_a_json_number(
+    path: Path, created_at: object
+) -> None:
+    add_client(path, "a", tools=["add"], audiences=[AUD])
+    doc = json.loads(path.read_text())
+    doc["clients"]["a"]["created_at"] = created_at
+    path.write_text(json.dumps(doc))
+    expected = "client 'a': created_at must be a number of epoch seconds"
+    with pytest.raises(ClientsError, match=expected):
+        load_clients(path)
+
+
 # --- the CLI commands -------------------------------------------------------------------
 
 

@@ -422,6 +422,34 @@ def test_invalid_requested_lifetime_is_invalid_request(
     assert r.status_code == 400 and error_of(r) == "invalid_request"
 
 
+# Digits of other scripts (superscript, Arabic-Indic, fullwidth, Devanagari), signs, spaces,
+# underscores, exponents and more digits than int() will convert (4300+): all refused alike.
+NOT_ASCII_DIGITS = [
+    "\u00b2",
+    "\u0661\u0662\u0663",
+    "\uff11\uff12\uff13",
+    "\u0967\u0968",
+    "1\u00b2",
+    "+60",
+    " 60",
+    "60 ",
+    "1_000",
+    "6e1",
+    "0x3c",
+    "9" * 5000,
+]
+
+
+@pytest.mark.parametrize("value", NOT_ASCII_DIGITS, ids=lambda v: ascii(v)[:24])
+def test_expires_in_other_than_ascii_digits_is_invalid_request(
+    make_issuer: Callable[..., Issuer], value: str
+) -> None:
+    iss = make_issuer()
+    r = iss.token(expires_in=value)
+    assert r.status_code == 400 and error_of(r) == "invalid_request"
+    assert r.json()["error_description"] == "expires_in must be a positive number of seconds"
+
+
 def test_tokens_are_stamped_with_the_injected_clock(make_issuer: Callable[..., Issuer]) -> None:
     clock = FakeClock(1_700_000_000)
     iss = make_issuer(clock=clock)
