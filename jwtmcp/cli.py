@@ -32,6 +32,7 @@ from .keys import (
     revoke_key,
     rotate_ring,
 )
+from .numeric import parse_decimal_number, parse_whole_number
 from .tokens import DEFAULT_LIFETIME, DEFAULT_MAX_LIFETIME, Clock, mint
 
 PROG = "jwtmcp"
@@ -392,12 +393,11 @@ def _serve_setting(value: float | None, env: str, default: float, *, integer: bo
     if raw is None or raw.strip() == "":
         return default
     try:
-        parsed = int(raw) if integer else float(raw)
+        return parse_whole_number(raw) if integer else parse_decimal_number(raw)
     except ValueError:
-        raise ConfigError(f"${env} must be a number, not {raw!r}") from None
-    if parsed < 0 or parsed != parsed:
-        raise ConfigError(f"${env} must not be negative, not {raw!r}")
-    return parsed
+        raise ConfigError(
+            f"${env} must be a number written in ASCII digits, not {raw!r:.40}"
+        ) from None
 
 
 def cmd_serve(args: argparse.Namespace, clock: Clock) -> int:
@@ -467,34 +467,45 @@ class _Formatter(argparse.HelpFormatter):
         return "\n\n".join(paragraphs) + "\n"
 
 
-def _positive_int(text: str) -> int:
+def _is_negative(text: str) -> bool:
+    """``-N`` with N a plain number: worth a clearer message than 'not a number'."""
+    if not text.startswith("-"):
+        return False
     try:
-        value = int(text)
+        parse_decimal_number(text[1:])
     except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+        return False
+    return True
+
+
+def _positive_int(text: str) -> int:
+    if _is_negative(text):
+        raise argparse.ArgumentTypeError(f"must be positive, not {text}")
+    try:
+        value = parse_whole_number(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r:.40}") from None
     if value <= 0:
         raise argparse.ArgumentTypeError(f"must be positive, not {value}")
     return value
 
 
 def _non_negative_int(text: str) -> int:
+    if _is_negative(text):
+        raise argparse.ArgumentTypeError(f"must not be negative, not {text}")
     try:
-        value = int(text)
+        return parse_whole_number(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must not be negative, not {value}")
-    return value
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r:.40}") from None
 
 
 def _non_negative_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not value >= 0:
+    if _is_negative(text):
         raise argparse.ArgumentTypeError(f"must not be negative, not {text}")
-    return value
+    try:
+        return parse_decimal_number(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r:.40}") from None
 
 
 def _port(text: str) -> int:

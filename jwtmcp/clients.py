@@ -30,6 +30,7 @@ import contextlib
 import hashlib
 import hmac
 import json
+import math
 import os
 import re
 import secrets
@@ -241,6 +242,20 @@ def _check_scopes(scopes: Iterable[str]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(out))
 
 
+def _check_created_at(value: object) -> float:
+    # A JSON number only: float() would also read strings, and digits of any script.
+    if value is None:
+        return 0.0
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+        or value < 0
+    ):
+        raise ClientsError("created_at must be a number of epoch seconds")
+    return float(value)
+
+
 def _check_max_ttl(max_ttl: int | None) -> int | None:
     if max_ttl is None:
         return None
@@ -294,7 +309,7 @@ def _parse(path: Path, raw: bytes) -> ClientTable:
                 scopes=_check_scopes(scopes),
                 audiences=tuple(check_audience(a) for a in audiences),
                 max_ttl=_check_max_ttl(max_ttl),
-                created_at=float(entry.get("created_at") or 0.0),
+                created_at=_check_created_at(entry.get("created_at")),
                 secret_hash=secret_hash,
             )
             client._hash_parts  # noqa: B018 - decode the hash now, not on the first request

@@ -46,6 +46,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from .clients import Client, ClientsWatcher, ClientTable, ensure_clients
 from .errors import ConfigError, JwtMcpError
 from .keys import KeyRing, RingWatcher, ensure_ring
+from .numeric import parse_whole_number
 from .tokens import DEFAULT_LIFETIME, Clock, build_claims, scope_grants_scope, sign
 
 log = logging.getLogger("jwtmcp.issuer")
@@ -477,9 +478,11 @@ class IssuerService:
             "invalid_request", f"the request body is larger than {limit} bytes", 413
         )
         if content_length is not None:
-            if not content_length.isdigit():
-                raise _invalid_request("invalid Content-Length")
-            if int(content_length) > limit:
+            try:
+                declared = parse_whole_number(content_length)
+            except ValueError:
+                raise _invalid_request("invalid Content-Length") from None
+            if declared > limit:
                 raise too_large
         body = b""
         while True:
@@ -579,9 +582,12 @@ class IssuerService:
         lifetime = self.settings.default_ttl
         requested_ttl = params.get("expires_in")
         if requested_ttl is not None:
-            if not (requested_ttl.isdigit() and 0 < int(requested_ttl) < 10**9):
+            try:
+                lifetime = parse_whole_number(requested_ttl)
+            except ValueError:
+                lifetime = 0
+            if not 0 < lifetime < 10**9:
                 raise _invalid_request("expires_in must be a positive number of seconds")
-            lifetime = int(requested_ttl)
         if client.max_ttl is not None:
             lifetime = min(lifetime, client.max_ttl)
         lifetime = min(lifetime, ring.max_lifetime)
