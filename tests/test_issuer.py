@@ -650,7 +650,8 @@ def test_healthz_reports_the_active_kid(make_issuer: Callable[..., Issuer]) -> N
     assert doc["status"] == "ok"
     assert doc["active_kid"] == ring.active.kid
     assert doc["next_kid"] == (ring.next.kid if ring.next else None)
-    assert doc["clients"] == 1
+    assert doc["ring"] == "ok" and doc["clients"] == "ok"
+    assert doc["client_count"] == 1
 
 
 # --- live reload -----------------------------------------------------------------------------
@@ -705,7 +706,37 @@ def test_a_broken_clients_file_keeps_the_last_good_clients(
     iss.clients_file.write_text("{ not json")
     wait_for(lambda: iss.http.get("/healthz").json()["status"] == "degraded")
     assert iss.token().status_code == 200
-    assert "invalid" in iss.http.get("/healthz").json()["problems"][0]
+    assert iss.http.get("/healthz").json()["clients"] == "stale"
+
+
+def test_degraded_healthz_reports_states_and_logs_the_details(
+    make_issuer: Callable[..., Issuer],
+    ring: KeyRing,
+    ring_dir: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="jwtmcp.issuer")
+    iss = make_issuer(keys_dir=ring_dir)
+    add_client(iss.clients_file, "partner-acme-internal", tools=["add"], audiences=[AUD])
+    doc = json.loads(iss.clients_file.read_text())
+    doc["clients"]["partner-acme-internal"]["tools"] = "not a list"
+    iss.clients_file.write_text(json.dumps(doc))
+    (ring_dir / "ring.json").write_text("{ not json")
+    wait_for(lambda: iss.http.get("/healthz").json()["clients"] == "stale")
+    wait_for(lambda: iss.http.get("/healthz").json()["ring"] == "stale")
+    r = iss.http.get("/healthz")
+    body = r.text
+    assert r.status_code == 200
+    assert r.json()["status"] == "degraded"
+    assert r.json()["active_kid"] == ring.active.kid
+    # Nothing about the machine or the clients for an unauthenticated caller...
+    for secret in (str(ring_dir), str(iss.clients_file), "ring.json", "partner-acme-internal"):
+        assert secret not in body
+    assert "/" not in body.replace(iss.issuer, "")
+    # ... but the operator's log says what broke and where.
+    logged = caplog.text
+    assert str(ring_dir / "ring.json") in logged and "corrupted" in logged
+    assert "partner-acme-internal" in logged
 
 
 # --- access log ------------------------------------------------------------------------------
