@@ -36,7 +36,7 @@ import re
 import secrets
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
@@ -492,7 +492,8 @@ class ClientsWatcher:
     file is re-read only when it changed, and at every check while its last change is under
     2 s old (a second write in the same timestamp tick can leave the stat unchanged).
     If a reload fails (a hand edit left it invalid, or it was removed) the last good table
-    keeps serving and ``last_error`` says why.
+    keeps serving, ``last_error`` says why, and ``on_error`` (if given) is called with that
+    reason once per new reason.
     """
 
     def __init__(
@@ -501,8 +502,10 @@ class ClientsWatcher:
         *,
         interval: float = 0.25,
         monotonic: Clock = time.monotonic,
+        on_error: Callable[[str], None] | None = None,
     ) -> None:
         self.path = Path(path)
+        self._on_error = on_error
         self.interval = interval
         self._monotonic = monotonic
         self._lock = threading.Lock()
@@ -525,7 +528,7 @@ class ClientsWatcher:
             self._checked_at = now
             signature = self._stat()
             if signature is None:
-                self.last_error = f"the clients file {self.path} is missing"
+                self._failed(f"the clients file {self.path} is missing")
             elif signature != self._signature or not self._settled:
                 try:
                     self._table = load_clients(self.path)
@@ -533,5 +536,10 @@ class ClientsWatcher:
                     self._settled = signature_is_settled(signature)
                     self.last_error = None
                 except ClientsError as exc:
-                    self.last_error = exc.message
+                    self._failed(exc.message)
             return self._table
+
+    def _failed(self, reason: str) -> None:
+        if reason != self.last_error and self._on_error is not None:
+            self._on_error(reason)
+        self.last_error = reason

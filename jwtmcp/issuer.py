@@ -175,6 +175,12 @@ class RateLimiter:
         return (1.0 - tokens) / self.rate
 
 
+def _log_reload_failure(what: str, reason: str) -> None:
+    # json.dumps escapes control characters, so a crafted file name cannot forge log lines.
+    event = {"event": "reload_failed", "file": what, "error": reason, "serving": "last good"}
+    log.error(json.dumps(event))
+
+
 # --- OAuth errors --------------------------------------------------------------------------
 
 
@@ -368,8 +374,16 @@ class IssuerService:
         if settings.default_ttl <= 0 or settings.jwks_max_age < 0:
             raise ConfigError("the default token lifetime and the JWKS max age must be positive")
         self.clock = clock
-        self.rings = RingWatcher(settings.keys_dir, interval=settings.reload_interval)
-        self.clients = ClientsWatcher(settings.clients_file, interval=settings.reload_interval)
+        self.rings = RingWatcher(
+            settings.keys_dir,
+            interval=settings.reload_interval,
+            on_error=lambda reason: _log_reload_failure("key ring", reason),
+        )
+        self.clients = ClientsWatcher(
+            settings.clients_file,
+            interval=settings.reload_interval,
+            on_error=lambda reason: _log_reload_failure("clients file", reason),
+        )
         self.limiter = RateLimiter(
             settings.rate_limit, settings.rate_burst, monotonic=rate_limit_clock
         )
@@ -439,19 +453,23 @@ class IssuerService:
         ).response()
 
     async def healthz(self, request: Request) -> Response:
+        """Liveness for anyone: states only. Why a file failed to reload goes to the log
+        (paths and client names are not for unauthenticated callers)."""
         ring = self.rings.current()
         table = self.clients.current()
-        problems = [e for e in (self.rings.last_error, self.clients.last_error) if e]
+        ring_state = "stale" if self.rings.last_error else "ok"
+        clients_state = "stale" if self.clients.last_error else "ok"
         nxt = ring.next
         body = {
-            "status": "degraded" if problems else "ok",
+            "status": "ok" if ring_state == clients_state == "ok" else "degraded",
             "issuer": self.issuer,
+            "ring": ring_state,
+            "clients": clients_state,
             "active_kid": ring.active.kid,
             "next_kid": nxt.kid if nxt else None,
             "published_keys": len(ring.keys),
             "ring_revision": ring.revision,
-            "clients": len(table),
-            "problems": problems,
+            "client_count": len(table),
         }
         return Response(json.dumps(body).encode(), headers=_NO_STORE, media_type=JSON_TYPE)
 

@@ -25,7 +25,7 @@ import re
 import stat
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -573,7 +573,8 @@ class RingWatcher:
     files are re-read only when the state file changed (rotate, revoke, prune by any
     process), and at every check while its last change is under 2 s old (a second write in
     the same filesystem timestamp tick can leave the stat unchanged).
-    If a reload fails the last good ring keeps serving and ``last_error`` says why.
+    If a reload fails the last good ring keeps serving, ``last_error`` says why, and
+    ``on_error`` (if given) is called with that reason once per new reason.
     """
 
     def __init__(
@@ -582,8 +583,10 @@ class RingWatcher:
         *,
         interval: float = 0.25,
         monotonic: Clock = time.monotonic,
+        on_error: Callable[[str], None] | None = None,
     ) -> None:
         self.directory = Path(directory)
+        self._on_error = on_error
         self.interval = interval
         self._monotonic = monotonic
         self._lock = threading.Lock()
@@ -614,5 +617,7 @@ class RingWatcher:
                     self._settled = signature_is_settled(signature)
                     self.last_error = None
                 except KeyRingError as exc:
+                    if exc.message != self.last_error and self._on_error is not None:
+                        self._on_error(exc.message)
                     self.last_error = exc.message
             return self._ring

@@ -55,7 +55,7 @@ class Issuer:
         self.secrets[name] = secret
         # The running issuer notices the change within its reload interval; wait for it.
         count = len(json.loads(self.clients_file.read_text())["clients"])
-        wait_for(lambda: self.http.get("/healthz").json()["clients"] == count)
+        wait_for(lambda: self.http.get("/healthz").json()["client_count"] == count)
         return secret
 
     def token(self, name: str = "bot", *, post: bool = False, **form: Any) -> httpx2.Response:
