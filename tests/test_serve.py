@@ -6,6 +6,7 @@ import base64
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
 import time
@@ -247,3 +248,18 @@ def test_start_up_errors_are_one_line(
     assert result.stderr.startswith("jwtmcp: error: ")
     assert message in result.stderr
     assert result.stderr.count("\n") == 1
+
+
+def test_a_busy_port_is_one_line_and_exit_status_69(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = jwtmcp("serve", "--port", str(port), cwd=tmp_path, timeout=30)
+    assert result.returncode == 69  # EX_UNAVAILABLE
+    assert result.stderr == (
+        f"jwtmcp: error: cannot listen on 127.0.0.1:{port}: the port is in use by another "
+        "program; stop it or pick another port with --port\n"
+    )
+    assert not (tmp_path / "keys").exists()  # nothing set up, no secret printed
+    assert result.stdout == ""
