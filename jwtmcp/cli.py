@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NoReturn
 
-from .errors import ConfigError, JwtMcpError, TokenError
+from .errors import ConfigError, JwtMcpError, ListenError, TokenError
 from .keys import (
     DEFAULT_BITS,
     DEFAULT_LEEWAY,
@@ -43,6 +43,8 @@ ENV_KEYS = "JWTMCP_KEYS"
 ENV_CLIENTS = "JWTMCP_CLIENTS"
 ENV_ISSUER = "JWTMCP_ISSUER"
 ENV_DEBUG = "JWTMCP_DEBUG"
+EXIT_CANNOT_LISTEN = 69
+"""``serve`` could not listen on its address (port in use): sysexits.h ``EX_UNAVAILABLE``."""
 
 Command = Callable[[argparse.Namespace, Clock], int]
 
@@ -951,6 +953,9 @@ def main(argv: Sequence[str] | None = None, *, clock: Clock = time.time) -> int:
         return 2
     try:
         return func(args, clock)
+    except ListenError as exc:
+        print(f"{PROG}: error: {exc.message}", file=sys.stderr)
+        return EXIT_CANNOT_LISTEN
     except JwtMcpError as exc:
         print(f"{PROG}: error: {exc.message}", file=sys.stderr)
         return 1

@@ -47,6 +47,8 @@ from .clients import Client, ClientsWatcher, ClientTable, ensure_clients
 from .errors import ConfigError, JwtMcpError
 from .keys import KeyRing, RingWatcher, ensure_ring
 from .numeric import parse_whole_number
+from .server import ServerLimits, bind_socket
+from .server import run as run_server
 from .tokens import DEFAULT_LIFETIME, Clock, build_claims, scope_grants_scope, sign
 
 log = logging.getLogger("jwtmcp.issuer")
@@ -798,13 +800,12 @@ def serve(
 
     ``issuer_url`` defaults to ``http://HOST:PORT``. Blocks until the server stops.
     """
-    import uvicorn
-
     out = out or sys.stdout
     if not 0 < port < 65536:
         raise ConfigError(f"not a TCP port: {port}")
     if workers < 1:
         raise ConfigError(f"--workers must be at least 1, not {workers}")
+    limits = ServerLimits.from_environment()
     base_url = f"http://{_url_host(host)}:{port}"
     issuer = normalize_issuer_url(issuer_url or base_url)
     warning = issuer_url_warning(issuer)
@@ -816,6 +817,7 @@ def serve(
             "pass --issuer with the URL clients use",
             file=sys.stderr,
         )
+    sock = bind_socket(host, port)  # a taken port fails now, before any set-up or banner
     ring, ring_created = ensure_ring(keys_dir)
     if ring_created:
         print(f"jwtmcp: created a key ring in {keys_dir} (active {ring.active.kid})", file=out)
@@ -856,6 +858,8 @@ def serve(
     common: dict[str, Any] = {
         "host": host,
         "port": port,
+        "limits": limits,
+        "sock": sock,
         "access_log": False,  # the structured jwtmcp.issuer lines replace it
         "server_header": False,
         "log_level": "info",
@@ -864,8 +868,8 @@ def serve(
     if workers == 1:
         _configure_logging()
         app = _build_app(IssuerService(settings))
-        uvicorn.run(app, **common)
+        run_server(app, **common)
         return
     os.environ[ENV_SETTINGS] = json.dumps(asdict(settings))
     with contextlib.suppress(KeyboardInterrupt):
-        uvicorn.run("jwtmcp.issuer:app_from_environment", factory=True, workers=workers, **common)
+        run_server("jwtmcp.issuer:app_from_environment", factory=True, workers=workers, **common)
