@@ -28,6 +28,8 @@ import json
 import logging
 import math
 import os
+import shlex
+import shutil
 import sys
 import time
 from collections.abc import Mapping, Sequence
@@ -756,6 +758,19 @@ def app_from_environment() -> Starlette:
     return _build_app(IssuerService(settings))
 
 
+def jwtmcp_command() -> str:
+    """How a shell runs this jwtmcp as printed: ``jwtmcp`` when PATH finds this very
+    installation's command, else that command's absolute path (a venv that is not
+    activated, e.g. ``scripts/serve``'s ``.venv``), else ``<this python> -m jwtmcp``."""
+    script = Path(sys.executable).parent / "jwtmcp"
+    on_path = shutil.which("jwtmcp")
+    if script.is_file() and os.access(script, os.X_OK):
+        if on_path is not None and Path(on_path).resolve() == script.resolve():
+            return "jwtmcp"
+        return shlex.quote(str(script.absolute()))
+    return f"{shlex.quote(sys.executable)} -m jwtmcp"
+
+
 def first_run_banner(
     *,
     base_url: str,
@@ -777,7 +792,7 @@ def first_run_banner(
         f"  {curl}\n"
         "Check it:\n"
         f"  TOKEN=$({curl} | {extract})\n"
-        f'  jwtmcp verify "$TOKEN" --jwks {base_url}/.well-known/jwks.json '
+        f'  {jwtmcp_command()} verify "$TOKEN" --jwks {base_url}/.well-known/jwks.json '
         f"--iss {issuer} --aud {audience}\n"
     )
 
