@@ -311,3 +311,15 @@ def test_serve_limits_connections_per_client_address(strict_issuer_url: str) -> 
     finally:
         for sock in held:
             sock.close()
+
+
+def test_a_body_left_unsent_after_an_early_answer_is_closed_without_a_second_answer(
+    strict_mcp_url: str,
+) -> None:
+    # No token: the server answers 401 before reading the body; the client then stalls.
+    head, _ = slow_body(b"/mcp")
+    with connect(strict_mcp_url) as sock:
+        sock.sendall(head + b"grant_type")
+        answer = answer_or_close(sock)
+    assert answer is not None and status_of(answer) == 401
+    assert answer.count(b"HTTP/1.1 ") == 1, answer
