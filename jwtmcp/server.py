@@ -255,15 +255,20 @@ class HardenedHttpToolsProtocol(HttpToolsProtocol):
         if self._in_head and self._head_bytes == 0:
             self.transport.close()  # opened and never sent a byte: nobody to answer
             return
-        self._refuse(408, "request not received in time")
+        # A body still due after the app has answered (it did not need it) gets no second
+        # answer: the connection just closes.
+        answered = not self._in_head and self.cycle is not None and self.cycle.response_started
+        self._refuse(408, "request not received in time", answer=not answered)
 
-    def _refuse(self, status: int, reason: str, extra: bytes = b"") -> None:
+    def _refuse(self, status: int, reason: str, extra: bytes = b"", *, answer: bool = True) -> None:
         """Answer ``status`` (unless a response is under way) and close the connection."""
         if self.transport.is_closing():
             return
         client = f"{self.client[0]}:{self.client[1]}" if self.client else "unknown client"
         log.warning("%s: %d %s; closing the connection", client, status, reason)
-        if self.cycle is None or self.cycle.response_complete or not self.cycle.response_started:
+        cycle = self.cycle
+        responding = cycle is not None and cycle.response_started and not cycle.response_complete
+        if answer and not responding:
             body = reason.encode("ascii") + b"\n"
             self.transport.write(
                 STATUS_LINE[status]
