@@ -430,6 +430,9 @@ NOT_ASCII_NUMBERS = [
     [
         ["mint", "--sub", "a", "--aud", AUD, "--ttl"],
         ["keys", "init", "--max-lifetime"],
+        ["keys", "init", "--leeway"],
+        ["keys", "init", "--bits"],
+        ["keys", "rotate", "--bits"],
         ["clients", "add", "x", "--tools", "add", "--aud", AUD, "--max-ttl"],
         ["serve", "--port"],
         ["serve", "--rate-limit"],
