@@ -604,7 +604,7 @@ examples:
     _add_keys_flag(p)
     p.add_argument(
         "--bits",
-        type=int,
+        type=_positive_int,
         default=DEFAULT_BITS,
         metavar="N",
         help=f"RSA key size: 2048, 3072 or 4096 (default: {DEFAULT_BITS})",
@@ -619,7 +619,7 @@ examples:
     )
     p.add_argument(
         "--leeway",
-        type=int,
+        type=_non_negative_int,
         default=DEFAULT_LEEWAY,
         metavar="SECONDS",
         help="clock-skew allowance added to a retired key's grace period "
@@ -638,7 +638,10 @@ examples:
     )
     _add_keys_flag(p)
     p.add_argument(
-        "--bits", type=int, metavar="N", help="size of the new next key (default: as active)"
+        "--bits",
+        type=_positive_int,
+        metavar="N",
+        help="size of the new next key (default: as active)",
     )
     p.set_defaults(func=cmd_keys_rotate)
 
