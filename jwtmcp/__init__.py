@@ -18,6 +18,7 @@ from .errors import (
     KeyRingError,
     KeysUnavailable,
     LifetimeTooLong,
+    ListenError,
     MalformedToken,
     MissingClaim,
     TokenError,
@@ -44,6 +45,7 @@ if TYPE_CHECKING:
         protected_server,
     )
     from .middleware import JwtAuthMiddleware
+    from .server import ServerLimits
 
 __version__ = "0.1.0"
 
@@ -55,6 +57,7 @@ _LAZY = {
     "get_caller": ".mcp",
     "protected_server": ".mcp",
     "JwtAuthMiddleware": ".middleware",
+    "ServerLimits": ".server",
 }
 
 
@@ -79,10 +82,12 @@ __all__ = [
     "KeyRingError",
     "KeysUnavailable",
     "LifetimeTooLong",
+    "ListenError",
     "MalformedToken",
     "MissingClaim",
     "ProtectedMCPServer",
     "RingKey",
+    "ServerLimits",
     "SigningKey",
     "TokenError",
     "TokenExpired",
