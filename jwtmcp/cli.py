@@ -888,11 +888,18 @@ examples:
         help="run the issuer service (JWKS, OAuth metadata, /token)",
         description="Run the token issuer over HTTP: /.well-known/jwks.json, "
         "/.well-known/oauth-authorization-server, POST /token (client_credentials) and "
-        "/healthz. On first start it creates the key ring and a demo client and says so.",
+        "/healthz. On first start it creates the key ring and a demo client and says so. "
+        "Exits with status 69 when it cannot listen (the port is in use).",
         epilog=f"""\
 examples:
   {PROG} serve
   {PROG} serve --host 0.0.0.0 --port 8000 --issuer https://auth.example.com --workers 4
+
+connection limits (environment; sizes in bytes, times in seconds):
+  JWTMCP_MAX_HEADER_BYTES (32768), JWTMCP_MAX_HEADERS (100): a larger request head gets 431
+  JWTMCP_HEADER_TIMEOUT (10), JWTMCP_BODY_TIMEOUT (30): a slower client gets 408
+  JWTMCP_MAX_CONNECTIONS_PER_CLIENT (64): more from one address get 429 (raise it behind
+  a reverse proxy); JWTMCP_MAX_CONNECTIONS (1000) in all; JWTMCP_KEEP_ALIVE_TIMEOUT (5)
 """,
         formatter_class=_Formatter,
     )
