@@ -35,6 +35,7 @@ from .errors import (
     KeyRingError,
     KeysUnavailable,
     LifetimeTooLong,
+    ListenError,
     MalformedToken,
     MissingClaim,
     TokenError,
@@ -62,6 +63,7 @@ if TYPE_CHECKING:
         protected_server,
     )
     from .middleware import JwtAuthMiddleware
+    from .server import ServerLimits
 
 __version__ = "0.1.0"
 
@@ -73,6 +75,7 @@ _LAZY = {
     "get_caller": ".mcp",
     "protected_server": ".mcp",
     "JwtAuthMiddleware": ".middleware",
+    "ServerLimits": ".server",
 }
 
 
@@ -102,10 +105,12 @@ __all__ = [
     "KeyRingError",
     "KeysUnavailable",
     "LifetimeTooLong",
+    "ListenError",
     "MalformedToken",
     "MissingClaim",
     "ProtectedMCPServer",
     "RingKey",
+    "ServerLimits",
     "SigningKey",
     "TokenError",
     "TokenExpired",

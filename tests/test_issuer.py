@@ -55,7 +55,7 @@ class Issuer:
         self.secrets[name] = secret
         # The running issuer notices the change within its reload interval; wait for it.
         count = len(json.loads(self.clients_file.read_text())["clients"])
-        wait_for(lambda: self.http.get("/healthz").json()["clients"] == count)
+        wait_for(lambda: self.http.get("/healthz").json()["client_count"] == count)
         return secret
 
     def token(self, name: str = "bot", *, post: bool = False, **form: Any) -> httpx2.Response:
@@ -456,6 +456,34 @@ def test_invalid_requested_lifetime_is_invalid_request(
     assert r.status_code == 400 and error_of(r) == "invalid_request"
 
 
+# Digits of other scripts (superscript, Arabic-Indic, fullwidth, Devanagari), signs, spaces,
+# underscores, exponents and more digits than int() will convert (4300+): all refused alike.
+NOT_ASCII_DIGITS = [
+    "\u00b2",
+    "\u0661\u0662\u0663",
+    "\uff11\uff12\uff13",
+    "\u0967\u0968",
+    "1\u00b2",
+    "+60",
+    " 60",
+    "60 ",
+    "1_000",
+    "6e1",
+    "0x3c",
+    "9" * 5000,
+]
+
+
+@pytest.mark.parametrize("value", NOT_ASCII_DIGITS, ids=lambda v: ascii(v)[:24])
+def test_expires_in_other_than_ascii_digits_is_invalid_request(
+    make_issuer: Callable[..., Issuer], value: str
+) -> None:
+    iss = make_issuer()
+    r = iss.token(expires_in=value)
+    assert r.status_code == 400 and error_of(r) == "invalid_request"
+    assert r.json()["error_description"] == "expires_in must be a positive number of seconds"
+
+
 def test_tokens_are_stamped_with_the_injected_clock(make_issuer: Callable[..., Issuer]) -> None:
     clock = FakeClock(1_700_000_000)
     iss = make_issuer(clock=clock)
@@ -656,7 +684,8 @@ def test_healthz_reports_the_active_kid(make_issuer: Callable[..., Issuer]) -> N
     assert doc["status"] == "ok"
     assert doc["active_kid"] == ring.active.kid
     assert doc["next_kid"] == (ring.next.kid if ring.next else None)
-    assert doc["clients"] == 1
+    assert doc["ring"] == "ok" and doc["clients"] == "ok"
+    assert doc["client_count"] == 1
 
 
 # --- live reload -----------------------------------------------------------------------------
@@ -711,7 +740,37 @@ def test_a_broken_clients_file_keeps_the_last_good_clients(
     iss.clients_file.write_text("{ not json")
     wait_for(lambda: iss.http.get("/healthz").json()["status"] == "degraded")
     assert iss.token().status_code == 200
-    assert "invalid" in iss.http.get("/healthz").json()["problems"][0]
+    assert iss.http.get("/healthz").json()["clients"] == "stale"
+
+
+def test_degraded_healthz_reports_states_and_logs_the_details(
+    make_issuer: Callable[..., Issuer],
+    ring: KeyRing,
+    ring_dir: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="jwtmcp.issuer")
+    iss = make_issuer(keys_dir=ring_dir)
+    add_client(iss.clients_file, "partner-acme-internal", tools=["add"], audiences=[AUD])
+    doc = json.loads(iss.clients_file.read_text())
+    doc["clients"]["partner-acme-internal"]["tools"] = "not a list"
+    iss.clients_file.write_text(json.dumps(doc))
+    (ring_dir / "ring.json").write_text("{ not json")
+    wait_for(lambda: iss.http.get("/healthz").json()["clients"] == "stale")
+    wait_for(lambda: iss.http.get("/healthz").json()["ring"] == "stale")
+    r = iss.http.get("/healthz")
+    body = r.text
+    assert r.status_code == 200
+    assert r.json()["status"] == "degraded"
+    assert r.json()["active_kid"] == ring.active.kid
+    # Nothing about the machine or the clients for an unauthenticated caller...
+    for secret in (str(ring_dir), str(iss.clients_file), "ring.json", "partner-acme-internal"):
+        assert secret not in body
+    assert "/" not in body.replace(iss.issuer, "")
+    # ... but the operator's log says what broke and where.
+    logged = caplog.text
+    assert str(ring_dir / "ring.json") in logged and "corrupted" in logged
+    assert "partner-acme-internal" in logged
 
 
 # --- access log ------------------------------------------------------------------------------
