@@ -271,6 +271,24 @@ def test_a_reused_token_is_not_valid_before_its_time_if_the_clock_goes_back(
     assert _code(verifier, token) == "not_yet_valid"
 
 
+def test_a_reused_token_keeps_its_time_window_in_verify_async(
+    verifier: Verifier, ring: KeyRing, clock: FakeClock
+):
+    """verify_async has its own copy of the cache-hit path: the same window holds there."""
+    token = _mint(ring, clock, lifetime=60)
+    assert asyncio.run(verifier.verify_async(token)).subject == "alice"
+    clock.advance(-31)
+    with pytest.raises(TokenError) as early:
+        asyncio.run(verifier.verify_async(token))
+    clock.advance(31 + 60 + 29)
+    assert asyncio.run(verifier.verify_async(token)).subject == "alice"
+    clock.advance(1)
+    with pytest.raises(TokenError) as late:
+        asyncio.run(verifier.verify_async(token))
+    assert (early.value.code, late.value.code) == ("not_yet_valid", "expired")
+    assert verifier.verified_cache_len == 1
+
+
 def test_the_verified_cache_is_bounded_lru(jwks_path: Path, ring: KeyRing, clock: FakeClock):
     v = Verifier(issuer=ISSUER, audience=AUDIENCE, jwks_file=jwks_path, clock=clock,
                  verified_cache_size=3)
