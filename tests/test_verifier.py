@@ -515,6 +515,18 @@ def test_base64url_segments_decode_exactly_in_their_canonical_spelling(
         assert _decoded_segment(spelling) == _reference_b64decode(spelling), spelling
 
 
+
+def test_a_segment_spelled_with_plus_or_slash_is_refused_without_a_warning() -> None:
+    """A hostile token must not make the decoder warn (a log line per request where
+    warnings are shown, an error where they are errors): refused, and nothing else."""
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for spelling in (b"YW+/", b"ab/c", b"Y+Q", b"YW-_"):
+            _decoded_segment(spelling)
+    assert [str(w.message) for w in caught] == []
+
 # --- the command line ------------------------------------------------------------------------
 
 
