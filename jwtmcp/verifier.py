@@ -80,6 +80,8 @@ MAX_LEEWAY = 300
 _HEADER_CACHE_SIZE = 256
 _GRANTS_CACHE_SIZE = 1024
 
+# base64url -> the standard alphabet; "+" and "/" become "*", which the decoder refuses.
+_URLSAFE_TO_STD = bytes.maketrans(b"-_+/", b"+/**")
 # The padding that makes a segment of length 2 or 3 (mod 4) a whole base64 quantum.
 _PADDING = (b"", b"", b"==", b"=")
 _EQUALS = 61  # b"="
@@ -126,23 +128,23 @@ _pybase64_encode = pybase64.b64encode
 def _b64decode(segment: bytes, what: str) -> bytes:
     """Strict, canonical base64url without padding (RFC 7515 2).
 
-    ``pybase64`` (SIMD) decodes the padded segment, refusing any byte outside the base64
-    alphabets; encoding the result again must give back exactly the padded segment. That
-    one comparison refuses every other spelling of the same bytes: ``+`` or ``/`` (the
-    encoder writes ``-`` and ``_``), a last character with unused bits set (RFC 4648 3.5),
-    and — with the check that a segment never ends in ``=`` — padding. So one token has
-    exactly one spelling.
+    The segment is moved to the standard alphabet (``+`` and ``/`` become ``*``, which no
+    alphabet has) and padded; ``pybase64`` (SIMD) decodes it, refusing any byte outside the
+    alphabet, and encoding the result again must give back exactly those bytes. That one
+    comparison refuses every other spelling of the same bytes: ``+`` or ``/``, a last
+    character with unused bits set (RFC 4648 3.5), and — with the check that a segment
+    never ends in ``=`` — padding. So one token has exactly one spelling.
     """
     if segment and segment[-1] == _EQUALS:
         raise MalformedToken(f"the token's {what} is not valid base64url")
     rest = len(segment) & 3
     # rest == 1 is never a whole quantum, padded or not: the decoder refuses it.
-    padded = segment + _PADDING[rest] if rest else segment
+    std = segment.translate(_URLSAFE_TO_STD) + _PADDING[rest]
     try:
-        data = _pybase64_decode(padded, b"-_", True)
+        data = _pybase64_decode(std, None, True)
     except ValueError:  # binascii.Error
         raise MalformedToken(f"the token's {what} is not valid base64url") from None
-    if _pybase64_encode(data, b"-_") != padded:
+    if _pybase64_encode(data) != std:
         raise MalformedToken(f"the token's {what} is not valid base64url")
     return data
 
