@@ -99,8 +99,8 @@ class _Entry(NamedTuple):
     claims: VerifiedClaims
     key: PublicKey
     kid: str | None
-    valid_from: float  # not-before minus leeway: before it, the token is not valid yet
-    valid_until: float  # expiry plus leeway: from it on, the token has expired
+    not_before: float  # the claims' own numbers (no new objects per entry); the leeway
+    expires_at: float  # applies at each use
 
 
 class _DuplicateMember(ValueError):
@@ -403,7 +403,8 @@ class Verifier:
             hit = self._verified.get(token) if type(token) is str else None
             if (
                 hit is not None
-                and hit.valid_from <= now < hit.valid_until
+                and now < hit.expires_at + self.leeway
+                and hit.not_before <= now + self.leeway
                 and self.keys.find(hit.kid, now) is hit.key
             ):
                 self._touch(token)
@@ -427,7 +428,8 @@ class Verifier:
             hit = self._verified.get(token) if type(token) is str else None
             if (
                 hit is not None
-                and hit.valid_from <= now < hit.valid_until
+                and now < hit.expires_at + self.leeway
+                and hit.not_before <= now + self.leeway
                 and self.keys.find(hit.kid, now) is hit.key
             ):
                 self._touch(token)
@@ -503,9 +505,9 @@ class Verifier:
             raise MalformedToken("the token must be a string")
         entry = self._verified.get(token)
         if entry is not None:
-            if now >= entry.valid_until:
+            if now >= entry.expires_at + self.leeway:
                 raise TokenExpired("the token has expired")
-            if entry.valid_from > now:
+            if entry.not_before > now + self.leeway:
                 raise TokenNotYetValid("the token is not valid yet")
             return entry
         if len(token) > self.max_token_bytes:
@@ -577,9 +579,7 @@ class Verifier:
         verified, expires_at, not_before = self._check_claims(claims, header, now)
         if self._verified_size:
             with self._verified_lock:
-                self._verified[token] = _Entry(
-                    verified, key, header.kid, not_before - self.leeway, expires_at + self.leeway
-                )
+                self._verified[token] = _Entry(verified, key, header.kid, not_before, expires_at)
                 if len(self._verified) > self._verified_size:
                     self._verified.popitem(last=False)
         return verified
