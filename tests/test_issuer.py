@@ -805,3 +805,54 @@ def test_access_log_names_client_scope_audience_kid_jti_but_no_secret_or_token(
     assert iss.secrets["bot"] not in everything
     assert "wrong-pw" not in everything
     assert token not in everything and token.split(".")[2] not in everything
+
+
+# --- the token request form --------------------------------------------------------------
+
+
+def _reference_form(body: bytes) -> tuple[str, Any]:
+    """What parse_form answers, defined with the standard library's parse_qsl."""
+    from urllib.parse import parse_qsl
+
+    try:
+        pairs = parse_qsl(body.decode("utf-8"), keep_blank_values=True, strict_parsing=True,
+                          errors="strict", max_num_fields=64)
+    except (UnicodeDecodeError, ValueError):
+        return "invalid_request", None
+    params: dict[str, str] = {}
+    resources: list[str] = []
+    seen: set[str] = set()
+    for name, value in pairs:
+        if name == "resource":
+            if value:
+                resources.append(value)
+            continue
+        if name in seen and name in {"grant_type", "scope", "client_id", "client_secret",
+                                     "expires_in"}:
+            return "invalid_request", None
+        seen.add(name)
+        if value:
+            params[name] = value
+    return "ok", (params, tuple(dict.fromkeys(resources)))
+
+
+def _parsed_form(body: bytes) -> tuple[str, Any]:
+    from jwtmcp.issuer import OAuthError, parse_form
+
+    try:
+        form = parse_form(body)
+    except OAuthError as exc:
+        return exc.error, None
+    return "ok", (form.params, form.resources)
+
+
+@settings(max_examples=600, deadline=None)
+@given(st.lists(st.text(alphabet="ab=&%+2F0é ", max_size=6), max_size=70), st.booleans())
+def test_the_token_form_reads_exactly_as_parse_qsl_reads_it(parts: list[str], names: bool):
+    """Any body: the same parameters, or the same refusal (a field without '=', an empty
+    field, too many fields, bad percent-encoding, a repeated single parameter)."""
+    fields = [p if i % 7 == 6 else f"{'grant_type' if names and i % 3 == 0 else 'resource'}={p}"
+              for i, p in enumerate(parts)]
+    for body in ("&".join(fields).encode(), "&".join(parts).encode(), b"a=%FF", b"%FF=a",
+                 b"a=%e9", b"%C3%A9+x=%2B+&resource=a%2Fb+c", b"=", b"&", b"a=b&"):
+        assert _parsed_form(body) == _reference_form(body), body
