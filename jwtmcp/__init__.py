@@ -9,6 +9,8 @@ The public API (``__all__``); the reference is in the project's ``docs/`` pages:
 
 Tokens (docs/tokens.md)
     mint, SigningKey, VerifiedClaims, ToolGrants
+Identifiers (docs/tokens.md#issuer-and-resource-identifiers)
+    canonical_issuer, canonical_resource
 Verifying (docs/verifier.md)
     Verifier, JwksPolicy
 The key ring (docs/keys.md)
