@@ -379,7 +379,7 @@ def test_a_reused_token_keeps_its_time_window_in_verify_async(
     clock.advance(1)
     with pytest.raises(TokenError) as late:
         asyncio.run(verifier.verify_async(token))
-    assert (early.value.code, late.value.code) == ("not_yet_valid", "expired")
+    assert (early.value.code, late.value.code) == ("not_yet_valid", "token_expired")
     assert verifier.verified_cache_len == 1
 
 
