@@ -233,8 +233,11 @@ def _check_scopes(scopes: Iterable[str]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(out))
 
 
-def _check_created_at(value: object) -> float:
-    # A JSON number only: float() would also read strings, and digits of any script.
+def check_created_at(value: object) -> float:
+    """A JSON number of epoch seconds >= 0 (None is 0); else ClientsError.
+
+    Only a number: ``float()`` would also read strings, and digits of any script.
+    """
     if value is None:
         return 0.0
     if (
@@ -301,7 +304,7 @@ def _parse(path: Path, raw: bytes) -> ClientTable:
                 scopes=_check_scopes(scopes),
                 audiences=tuple(dict.fromkeys(check_audience(a) for a in audiences)),
                 max_ttl=check_max_ttl(max_ttl),
-                created_at=_check_created_at(entry.get("created_at")),
+                created_at=check_created_at(entry.get("created_at")),
                 secret_hash=secret_hash,
             )
             client._hash_parts  # noqa: B018 - decode the hash now, not on the first request
