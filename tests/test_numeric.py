@@ -35,7 +35,9 @@ def test_no_module_tests_digits_with_the_unicode_aware_str_methods() -> None:
     assert not found, f"use jwtmcp.numeric instead of str.isdigit() and int(): {found}"
 
 
-@pytest.mark.parametrize("text", ["١٢٠", "²", "\uff11\uff12\uff10", "+120", " 120", "1_20", "1e2", "inf"])
+@pytest.mark.parametrize(
+    "text", ["١٢٠", "²", "\uff11\uff12\uff10", "+120", " 120", "1_20", "1e2", "inf"]
+)
 def test_the_shared_parsers_refuse_anything_but_ascii_digits(text: str) -> None:
     with pytest.raises(ValueError):
         parse_whole_number(text)
