@@ -31,8 +31,10 @@ import dataclasses
 import json
 import logging
 import math
+import os
 import threading
 import time
+import weakref
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from concurrent.futures import Future
@@ -322,6 +324,20 @@ def _safe(value: object) -> str:
     return repr(value)[:80]
 
 
+_LIVE_VERIFIERS: weakref.WeakSet[Verifier] = weakref.WeakSet()
+"""Every verifier, so a forked child gets a verified-token cache lock nobody holds."""
+
+
+def _after_fork_in_child() -> None:
+    # A thread of the parent may have held the lock at the fork; that thread does not exist
+    # in the child, so its copy of the lock would never be released (gunicorn --preload).
+    for verifier in list(_LIVE_VERIFIERS):
+        verifier._verified_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 class Verifier:
     """Checks access tokens offline against cached public keys. Thread-safe.
 
@@ -437,6 +453,7 @@ class Verifier:
         self._verified: OrderedDict[str, _Entry] = OrderedDict()
         self._verified_size = verified_cache_size
         self._verified_lock = threading.Lock()
+        _LIVE_VERIFIERS.add(self)
 
         policy = jwks_policy or JwksPolicy(
             fetch_timeout=fetch_timeout,
