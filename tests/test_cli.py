@@ -798,6 +798,14 @@ def test_verify_says_a_jwks_url_on_a_closed_port_could_not_be_reached(keys: str)
     assert "cannot fetch the JWKS from" in err and "connection refused" in err.lower(), err
 
 
+def test_verify_with_a_plain_http_jwks_url_names_the_command_line_way_out(keys: str) -> None:
+    # Not a Python keyword argument a command-line user cannot pass.
+    url = "http://auth.example.com/.well-known/jwks.json"
+    err = run("verify", _mint(keys), "--jwks", url, "--aud", AUD).one_line_error()
+    assert "https" in err and "allow_insecure" not in err, err
+    assert "--jwks FILE" in err, err
+
+
 @pytest.mark.parametrize(
     ("mode", "reason"),
     [
