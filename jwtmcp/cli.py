@@ -321,13 +321,19 @@ def _read_token(value: str) -> str:
 
 
 def cmd_verify(args: argparse.Namespace, clock: Clock) -> int:
-    from .jwks import JwksCache
+    from .jwks import JwksCache, is_loopback_url
     from .verifier import Verifier
 
     token = _read_token(args.token)
     source = args.jwks
     key_source: dict[str, Any]
     if source.startswith(("http://", "https://")):
+        if source.startswith("http://") and not is_loopback_url(source):
+            raise CliError(
+                f"--jwks {source} must use https: over plain http anyone on the path can "
+                "swap the keys (http is accepted for loopback hosts); or download the JWKS "
+                "over a channel you trust and pass --jwks FILE"
+            )
         key_source = {"jwks_url": source}
     else:
         # A file holding a PEM public key works too (one key; the signature decides).
