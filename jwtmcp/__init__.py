@@ -18,10 +18,13 @@ The key ring (docs/keys.md)
 MCP servers (docs/mcp.md; these import the ``mcp`` SDK on first use)
     protected_server, ProtectedMCPServer, current_caller, get_caller, JwtTokenVerifier,
     ToolScopeGuard, JwtAuthMiddleware
+Serving (docs/security.md; request-size, timeout and connection limits for uvicorn)
+    ServerLimits
 Errors (each with a stable ``code``; docs/verifier.md#error-codes)
     JwtMcpError, ConfigError, KeyRingError, ClientsError, TokenError, MalformedToken,
     UnsupportedAlgorithm, UnknownKid, BadSignature, TokenExpired, TokenNotYetValid,
-    WrongIssuer, WrongAudience, WrongType, LifetimeTooLong, MissingClaim, KeysUnavailable
+    WrongIssuer, WrongAudience, WrongType, LifetimeTooLong, MissingClaim, KeysUnavailable,
+    ListenError
 """
 
 from __future__ import annotations
