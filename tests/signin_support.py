@@ -22,7 +22,16 @@ from html.parser import HTMLParser
 from urllib.parse import parse_qsl, urljoin, urlsplit
 
 import httpx2
-from mcp.shared.auth import AuthorizationCodeResult
+from mcp import Client
+from mcp.client.auth import OAuthClientProvider
+from mcp.client.streamable_http import streamable_http_client
+from mcp.shared.auth import (
+    AuthorizationCodeResult,
+    OAuthClientInformationFull,
+    OAuthClientMetadata,
+    OAuthToken,
+)
+from pydantic import AnyUrl
 
 MAX_STEPS = 8
 REQUEST_TIMEOUT = 10.0  # seconds, per request
@@ -399,3 +408,61 @@ class SignInHandlers:
             raise SignInError("callback before any redirect")
         return self.rounds[-1].code_result()
 
+
+
+# --- wiring for the SDK's OAuthClientProvider ------------------------------------------------
+
+
+class MemoryTokenStorage:
+    """The SDK's ``TokenStorage`` in memory. ``token_saves`` counts ``set_tokens`` calls:
+    one per code exchange and one per refresh, so refreshes = saves - authorization rounds."""
+
+    def __init__(self) -> None:
+        self.tokens: OAuthToken | None = None
+        self.client_info: OAuthClientInformationFull | None = None
+        self.token_saves = 0
+
+    async def get_tokens(self) -> OAuthToken | None:
+        return self.tokens
+
+    async def set_tokens(self, tokens: OAuthToken) -> None:
+        self.tokens = tokens
+        self.token_saves += 1
+
+    async def get_client_info(self) -> OAuthClientInformationFull | None:
+        return self.client_info
+
+    async def set_client_info(self, client_info: OAuthClientInformationFull) -> None:
+        self.client_info = client_info
+
+
+def sign_in_client(
+    server_url: str,
+    handlers: SignInHandlers,
+    storage: MemoryTokenStorage,
+    *,
+    client_metadata_url: str | None = None,
+    client_name: str = "jwtmcp Python test client",
+    timeout: float = 10.0,
+) -> Client:
+    """An ``mcp.Client`` for ``server_url`` (Streamable HTTP) whose HTTP client carries the
+    SDK's unchanged ``OAuthClientProvider``, with ``handlers`` as the browser step.
+    ``client_metadata_url`` (https) registers by CIMD where the issuer supports it, else the
+    SDK registers by RFC 7591. Use as ``async with sign_in_client(...) as client:``."""
+    provider = OAuthClientProvider(
+        server_url=server_url,
+        client_metadata=OAuthClientMetadata(
+            client_name=client_name,
+            redirect_uris=[AnyUrl(handlers.redirect_uri)],
+            grant_types=["authorization_code", "refresh_token"],
+            response_types=["code"],
+            token_endpoint_auth_method="none",
+        ),
+        storage=storage,
+        redirect_handler=handlers.redirect_handler,
+        callback_handler=handlers.callback_handler,
+        client_metadata_url=client_metadata_url,
+    )
+    http = httpx2.AsyncClient(auth=provider, timeout=timeout, trust_env=False)
+    transport = streamable_http_client(server_url, http_client=http)
+    return Client(transport, read_timeout_seconds=timeout)

@@ -15,24 +15,28 @@ import html
 import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from urllib.parse import urlencode
 
 import httpx2
 import pytest
+from mcp.client.auth import OAuthRegistrationError
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
-from jwtmcp.keys import KeyRing
+from jwtmcp.keys import load_ring
 from jwtmcp.mcp import protected_server
 from tests.js_support import follow_sign_in_js, run_oauth_client
 from tests.signin_support import (
+    MemoryTokenStorage,
     SignInError,
     SignInHandlers,
     follow_sign_in,
     page_text,
     parse_forms,
+    sign_in_client,
 )
 from tests.support import free_port, serve_app
 
@@ -326,19 +330,26 @@ def test_ts_client_follow_sign_in_fails_clearly_on_a_refused_login(pages: Pages)
     assert "Wrong name or password." in run.report["error"]
 
 
-# --- the TypeScript client with the real SDK, up to the authorization server ----------------
+# --- both SDK clients, up to an authorization server without sign-in -------------------------
 
 
-def test_ts_client_reaches_the_authorization_server_then_fails_in_one_json_line(
-    ring: KeyRing,
-) -> None:
-    """A jwtmcp-protected server whose authorization server is client_credentials-only (no
-    ``authorization_endpoint``): the SDK follows the 401 to the RFC 9728 metadata and the
-    RFC 8414 metadata, then refuses it; the script says why in one JSON line and exits 1."""
+@dataclass
+class NoSignInWorld:
+    """A jwtmcp-protected MCP server whose authorization server is client_credentials-only
+    (RFC 8414 metadata without ``authorization_endpoint`` or ``registration_endpoint``);
+    ``seen`` lists the paths that server was asked for."""
+
+    resource: str
+    seen: list[str]
+
+
+@pytest.fixture(scope="module")
+def no_sign_in(_template_ring: Path) -> Iterator[NoSignInWorld]:
+    ring = load_ring(_template_ring)
     seen: list[str] = []
 
     async def metadata(request: Request) -> Response:
-        seen.append(request.url.path)
+        seen.append(f"{request.method} {request.url.path}")
         base = str(request.base_url).rstrip("/")
         return JSONResponse(
             {
@@ -353,10 +364,15 @@ def test_ts_client_reaches_the_authorization_server_then_fails_in_one_json_line(
     async def jwks(request: Request) -> Response:
         return JSONResponse(ring.jwks())
 
+    async def anything_else(request: Request) -> Response:
+        seen.append(f"{request.method} {request.url.path}")
+        return JSONResponse({"error": "not_found"}, status_code=404)
+
     authorization_server = Starlette(
         routes=[
             Route("/.well-known/oauth-authorization-server", metadata),
             Route("/.well-known/jwks.json", jwks),
+            Route("/{path:path}", anything_else, methods=["GET", "POST"]),
         ]
     )
     port = free_port()
@@ -369,9 +385,41 @@ def test_ts_client_reaches_the_authorization_server_then_fails_in_one_json_line(
             return a + b
 
         with serve_app(server.streamable_http_app(), port=port):
-            run = run_oauth_client(resource, calls=[("add", {"a": 1, "b": 2})], timeout=30)
+            yield NoSignInWorld(resource, seen)
+
+
+def test_ts_client_reaches_the_authorization_server_then_fails_in_one_json_line(
+    no_sign_in: NoSignInWorld,
+) -> None:
+    """The SDK follows the 401 to the RFC 9728 and RFC 8414 metadata, then refuses metadata
+    without ``authorization_endpoint``; the script says why in one JSON line, exit 1."""
+    no_sign_in.seen.clear()
+    run = run_oauth_client(no_sign_in.resource, calls=[("add", {"a": 1, "b": 2})], timeout=30)
     assert run.returncode == 1
     assert run.report["ok"] is False
     assert run.report["stage"] == "connect"
     assert "authorization_endpoint" in run.report["error"]
-    assert "/.well-known/oauth-authorization-server" in seen
+    assert "GET /.well-known/oauth-authorization-server" in no_sign_in.seen
+
+
+def test_python_sign_in_client_reaches_the_authorization_server_then_fails_to_register(
+    no_sign_in: NoSignInWorld,
+) -> None:
+    """The Python SDK's provider, wired by sign_in_client, asks the same server for its
+    metadata, finds no usable authorization server (no ``authorization_endpoint``), and its
+    RFC 7591 registration at the fallback ``/register`` fails: no sign-in page is asked for."""
+    no_sign_in.seen.clear()
+    handlers = SignInHandlers(redirect_uri=REDIRECT_URI, username=USER, password=PASSWORD)
+
+    async def go() -> None:
+        async with sign_in_client(no_sign_in.resource, handlers, MemoryTokenStorage()):
+            pass
+
+    with pytest.raises(BaseException) as caught:
+        asyncio.run(asyncio.wait_for(go(), 30))
+    error: BaseException = caught.value
+    while isinstance(error, BaseExceptionGroup) and len(error.exceptions) == 1:
+        error = error.exceptions[0]
+    assert isinstance(error, OAuthRegistrationError)
+    assert "GET /.well-known/oauth-authorization-server" in no_sign_in.seen
+    assert handlers.rounds == []
