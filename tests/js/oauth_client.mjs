@@ -24,7 +24,7 @@ import { parseArgs } from 'node:util';
 import { pathToFileURL } from 'node:url';
 import { Client } from '@modelcontextprotocol/sdk/client/index.js';
 import { StreamableHTTPClientTransport } from '@modelcontextprotocol/sdk/client/streamableHttp.js';
-import { UnauthorizedError } from '@modelcontextprotocol/sdk/client/auth.js';
+import { UnauthorizedError, auth, extractWWWAuthenticateParams } from '@modelcontextprotocol/sdk/client/auth.js';
 
 const MAX_FORM_STEPS = 8;
 const MAX_AUTHORIZATIONS = 4;
@@ -234,6 +234,9 @@ class FormFollowingProvider {
         this.lastState = undefined;
         this.authorizations = 0;
         this.refreshes = 0;
+        this.forcedStepUps = 0;
+        this.forceAuthorization = false;
+        this.exchanging = false;
         this.callbackIssuers = [];
         if (options.clientMetadataUrl) this.clientMetadataUrl = options.clientMetadataUrl;
     }
@@ -271,7 +274,12 @@ class FormFollowingProvider {
     }
 
     tokens() {
-        return this.saved.tokens;
+        const tokens = this.saved.tokens;
+        if (tokens && this.forceAuthorization) {
+            const { refresh_token: _hidden, ...rest } = tokens;
+            return rest; // so auth() starts a new authorization instead of refreshing
+        }
+        return tokens;
     }
 
     saveTokens(tokens) {
@@ -340,23 +348,71 @@ function claimsOf(accessToken) {
     }
 }
 
-async function withAuthorization(provider, transport, action) {
+/**
+ * Run `action`; when the transport stopped for a sign-in (UnauthorizedError with a code
+ * captured), exchange the code and run it again.
+ *
+ * Step-up: on 403 insufficient_scope the SDK (1.x) calls auth() with the challenged scope,
+ * which refreshes when a refresh token is held; a refresh cannot widen the scope (RFC 6749
+ * §6), so the retry gets the same 403 and the transport gives up ("403 after trying
+ * upscoping", typescript-sdk#2255). Then, as the SDK's 2.x transport does (SEP-2350), this
+ * asks auth() for a new authorization with the union of the granted and challenged scopes,
+ * the refresh token held back; counted in `forcedStepUps`.
+ */
+async function withAuthorization(session, action) {
+    const { provider } = session;
     for (let round = 0; ; round++) {
         try {
             return await action();
         } catch (error) {
-            if (!(error instanceof UnauthorizedError) || provider.pendingCode === undefined || round >= MAX_AUTHORIZATIONS) {
-                throw error;
+            if (round >= MAX_AUTHORIZATIONS) throw error;
+            if (error instanceof UnauthorizedError && provider.pendingCode !== undefined) {
+                await exchangeCode(session);
+                continue;
             }
-            stage = 'token';
-            provider.exchanging = true;
-            try {
-                await transport.finishAuth(provider.takeCode());
-            } finally {
-                provider.exchanging = false;
+            const challenge = session.lastForbidden;
+            if (error?.code === 403 && challenge?.error === 'insufficient_scope' && challenge.scope) {
+                stage = 'step_up';
+                const granted = (provider.tokens()?.scope ?? '').split(' ').filter(Boolean);
+                const scope = [...new Set([...granted, ...challenge.scope.split(' ')])].join(' ');
+                provider.forceAuthorization = true;
+                let result;
+                try {
+                    result = await auth(provider, {
+                        serverUrl: session.serverUrl,
+                        resourceMetadataUrl: challenge.resourceMetadataUrl,
+                        scope,
+                    });
+                } finally {
+                    provider.forceAuthorization = false;
+                }
+                if (result !== 'REDIRECT' || provider.pendingCode === undefined) throw error;
+                provider.forcedStepUps += 1;
+                await exchangeCode(session);
+                continue;
             }
+            throw error;
         }
     }
+}
+
+async function exchangeCode(session) {
+    stage = 'token';
+    session.provider.exchanging = true;
+    try {
+        await session.transport.finishAuth(session.provider.takeCode());
+    } finally {
+        session.provider.exchanging = false;
+    }
+}
+
+/** fetch for the transport that remembers the last 403 challenge (for the step-up above). */
+function recordingFetch(session) {
+    return async (url, init) => {
+        const response = await fetch(url, init);
+        if (response.status === 403) session.lastForbidden = extractWWWAuthenticateParams(response);
+        return response;
+    };
 }
 
 async function main() {
@@ -396,37 +452,38 @@ async function main() {
     });
     const serverUrl = new URL(values.server);
 
+    const session = { provider, serverUrl, transport: null, lastForbidden: undefined };
+    const connect = async () => {
+        session.transport = new StreamableHTTPClientTransport(serverUrl, {
+            authProvider: provider,
+            fetch: recordingFetch(session),
+        });
+        const client = new Client({ name: 'jwtmcp-ts-test-client', version: '1.0.0' });
+        await client.connect(session.transport);
+        return client;
+    };
+
     stage = 'connect';
-    let transport = new StreamableHTTPClientTransport(serverUrl, { authProvider: provider });
-    let client = new Client({ name: 'jwtmcp-ts-test-client', version: '1.0.0' });
+    let client;
     try {
-        await client.connect(transport);
+        client = await connect();
     } catch (error) {
         if (!(error instanceof UnauthorizedError) || provider.pendingCode === undefined) throw error;
-        stage = 'token';
-        provider.exchanging = true;
-        try {
-            await transport.finishAuth(provider.takeCode());
-        } finally {
-            provider.exchanging = false;
-        }
+        await exchangeCode(session);
         stage = 'reconnect';
-        await client.close().catch(() => {});
-        transport = new StreamableHTTPClientTransport(serverUrl, { authProvider: provider });
-        client = new Client({ name: 'jwtmcp-ts-test-client', version: '1.0.0' });
-        await client.connect(transport);
+        client = await connect();
     }
 
     stage = 'list_tools';
-    const tools = (await withAuthorization(provider, transport, () => client.listTools())).tools.map((t) => t.name);
+    const tools = (await withAuthorization(session, () => client.listTools())).tools.map((t) => t.name);
     const results = [];
     for (const { name, args } of calls) {
         stage = `call_tool ${name}`;
-        const result = await withAuthorization(provider, transport, () => client.callTool({ name, arguments: args }));
+        const result = await withAuthorization(session, () => client.callTool({ name, arguments: args }));
         results.push({ tool: name, isError: result.isError === true, content: result.content, structuredContent: result.structuredContent ?? null });
     }
     stage = 'list_tools_after';
-    const toolsAfter = (await withAuthorization(provider, transport, () => client.listTools())).tools.map((t) => t.name);
+    const toolsAfter = (await withAuthorization(session, () => client.listTools())).tools.map((t) => t.name);
     await client.close().catch(() => {});
 
     const tokens = provider.tokens();
@@ -448,6 +505,7 @@ async function main() {
         callback_iss: provider.callbackIssuers,
         authorizations: provider.authorizations,
         refreshes: provider.refreshes,
+        forced_step_ups: provider.forcedStepUps,
     };
     process.stdout.write(`${JSON.stringify(report)}\n`);
 }
