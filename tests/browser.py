@@ -226,8 +226,12 @@ class Browser:
         return str(self.driver.current_url)
 
     def open(self, url: str) -> None:
-        """Load ``url`` and wait (bounded) until it has loaded."""
-        self.driver.get(url)
+        """Load ``url`` and wait (bounded) until it has loaded; BrowserError if it cannot."""
+        try:
+            self.driver.get(url)
+        except WebDriverException as exc:
+            reason = (exc.msg or str(exc)).splitlines()[0]
+            raise BrowserError(f"could not load {url}: {reason}") from None
 
     def text(self) -> str:
         """The visible text of the page (``document.body.innerText``)."""

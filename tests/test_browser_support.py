@@ -20,7 +20,7 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Route
 
 from tests.browser import Browser, BrowserError, open_browser, png_summary
-from tests.support import serve_app
+from tests.support import free_port, serve_app
 
 FORM = """<!doctype html>
 <html><head><title>Sign in</title>
@@ -57,6 +57,11 @@ async def done(request: Request) -> Response:
     return HTMLResponse(f"<p>received {html.escape(str(request.url.query))}</p>")
 
 
+async def to_closed_port(request: Request) -> Response:
+    port = request.query_params["port"]
+    return RedirectResponse(f"http://127.0.0.1:{port}/callback?code=c0de&state=s", status_code=303)
+
+
 async def never_leaves(request: Request) -> Response:
     return HTMLResponse("<p>this page never redirects</p>")
 
@@ -69,6 +74,7 @@ def form_site() -> Iterator[str]:
             Route("/submit", submit, methods=["POST"]),
             Route("/done", done),
             Route("/stay", never_leaves),
+            Route("/leave", to_closed_port, methods=["POST"]),
         ]
     )
     with serve_app(app) as base_url:
@@ -115,6 +121,27 @@ def test_browser_screenshot_is_a_valid_png_of_the_rendered_page(
     assert width == 1000  # the window's width
     assert height >= 300
     assert colours > 8  # text, a button and a card on a background: not a blank page
+
+
+def test_wait_for_url_sees_a_redirect_to_a_loopback_port_nobody_listens_on(
+    browser: Browser, form_site: str
+) -> None:
+    """A sign-in test needs no listener at the client's redirect URI: the browser's URL is
+    the redirect target even though the page there fails to load."""
+    port = free_port()
+    browser.open(f"{form_site}/")
+    browser.driver.execute_script(
+        "document.forms[0].action = arguments[0]", f"/leave?port={port}"
+    )
+    browser.click("Sign in")
+    url = browser.wait_for_url(f"http://127.0.0.1:{port}/callback?")
+    assert submitted(url) == {"code": ["c0de"], "state": ["s"]}
+
+
+def test_open_fails_naming_the_url_that_cannot_load(browser: Browser) -> None:
+    url = f"http://127.0.0.1:{free_port()}/nothing-here"
+    with pytest.raises(BrowserError, match=r"could not load .*/nothing-here: .*REFUSED"):
+        browser.open(url)
 
 
 def test_wait_for_url_gives_up_after_its_timeout_naming_the_current_page(
