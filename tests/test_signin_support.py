@@ -55,6 +55,7 @@ class Pages:
     csrf: dict[str, str] = field(default_factory=dict)  # browser cookie -> csrf token
     codes: dict[str, list[str]] = field(default_factory=dict)  # code -> approved scopes
     logins: int = 0
+    secure_cookies: bool = False  # mark cookies Secure, as an issuer may even on loopback
 
 
 PAGES = Pages()
@@ -81,7 +82,14 @@ def login_page(request_id: str, request: Request, error: str = "") -> Response:
         f'<input type="hidden" name="request" value="{request_id}">'
         '<button type="submit">Sign in</button></form>',
     )
-    response.set_cookie("browser", browser, path="/authorize", httponly=True, samesite="lax")
+    response.set_cookie(
+        "browser",
+        browser,
+        path="/authorize",
+        httponly=True,
+        samesite="lax",
+        secure=PAGES.secure_cookies,
+    )
     return response
 
 
@@ -131,7 +139,14 @@ async def login(request: Request) -> Response:
     session = secrets.token_urlsafe(8)
     PAGES.sessions[session] = USER
     response = RedirectResponse(f"/authorize/consent?request={request_id}", status_code=303)
-    response.set_cookie("session", session, path="/authorize", httponly=True, samesite="lax")
+    response.set_cookie(
+        "session",
+        session,
+        path="/authorize",
+        httponly=True,
+        samesite="lax",
+        secure=PAGES.secure_cookies,
+    )
     return response
 
 
@@ -263,6 +278,38 @@ def test_follow_sign_in_keeps_the_session_so_a_second_round_skips_the_login(
     assert first.pages == ("login", "consent")  # type: ignore[attr-defined]
     assert second.pages == ("consent",)  # type: ignore[attr-defined]
     assert pages.logins == logins
+
+
+@pytest.fixture
+def secure_cookies(pages: Pages) -> Iterator[Pages]:
+    pages.secure_cookies = True
+    try:
+        yield pages
+    finally:
+        pages.secure_cookies = False
+
+
+def test_follow_sign_in_sends_back_secure_cookies_on_loopback_http_as_browsers_do(
+    secure_cookies: Pages,
+) -> None:
+    """Browsers treat http://127.0.0.1 as a secure context (W3C Secure Contexts §3.1), so a
+    Secure session cookie from a loopback issuer comes back; the walker must do the same."""
+    result = follow(authorization_url(secure_cookies, state="sec"))
+    assert result.pages == ("login", "consent")  # type: ignore[attr-defined]
+    assert result.code in secure_cookies.codes  # type: ignore[attr-defined]
+
+
+def test_ts_client_follow_sign_in_sends_back_secure_cookies_on_loopback_http(
+    secure_cookies: Pages,
+) -> None:
+    run = follow_sign_in_js(
+        authorization_url(secure_cookies, state="sec"),
+        redirect_uri=REDIRECT_URI,
+        username=USER,
+        password=PASSWORD,
+    )
+    assert run.returncode == 0, run.report
+    assert run.report["params"]["code"] in secure_cookies.codes
 
 
 def test_follow_sign_in_stops_when_the_login_form_comes_back(pages: Pages) -> None:
