@@ -16,9 +16,13 @@ with :class:`SignInError` naming what was there instead of hanging.
 
 from __future__ import annotations
 
+import contextlib
+import http.cookiejar
+import ipaddress
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
+from typing import Any
 from urllib.parse import parse_qsl, urljoin, urlsplit
 
 import httpx2
@@ -288,6 +292,7 @@ async def follow_sign_in(
     Signs in on a login form, then sends the consent form with ``decision`` (``"approve"`` or
     ``"deny"``) and every ticked ``scope`` box except those in ``untick`` (``"tool:add"``).
     ``cookies`` (kept across calls, like a browser's) carries the session between rounds.
+    Cookies are sent as a browser does, ``Secure`` ones included on loopback http.
     Raises :class:`SignInError` for a non-200 page that is no redirect, a page with neither
     form, a login form shown again (refused credentials), or more than ``max_steps`` steps.
     """
@@ -298,6 +303,7 @@ async def follow_sign_in(
     async with httpx2.AsyncClient(
         cookies=jar, timeout=REQUEST_TIMEOUT, follow_redirects=False, trust_env=False
     ) as client:
+        client.cookies.jar.set_policy(_BrowserCookiePolicy())  # the client copied the jar
         request = client.build_request("GET", authorization_url)
         for _ in range(max_steps):
             response = await client.send(request)
@@ -350,6 +356,19 @@ async def follow_sign_in(
                 "POST", urljoin(url, form.action or url), data=_form_data(fields)
             )
     raise SignInError(f"no redirect to {redirect_uri} after {max_steps} steps ({pages})")
+
+
+class _BrowserCookiePolicy(http.cookiejar.DefaultCookiePolicy):
+    """The stdlib policy, except that loopback http counts as secure, as in browsers (W3C
+    Secure Contexts §3.1: 127.0.0.0/8, ::1 and localhost are potentially trustworthy), so a
+    ``Secure`` cookie from an issuer on http://127.0.0.1 is sent back."""
+
+    def return_ok_secure(self, cookie: http.cookiejar.Cookie, request: Any) -> bool:
+        host = (urlsplit(request.get_full_url()).hostname or "").lower()
+        loopback = host == "localhost" or host.endswith(".localhost")
+        with contextlib.suppress(ValueError):
+            loopback = loopback or ipaddress.ip_address(host).is_loopback
+        return loopback or bool(super().return_ok_secure(cookie, request))
 
 
 def _keep_cookies(source: httpx2.Cookies, jar: httpx2.Cookies) -> None:
@@ -463,6 +482,6 @@ def sign_in_client(
         callback_handler=handlers.callback_handler,
         client_metadata_url=client_metadata_url,
     )
-    http = httpx2.AsyncClient(auth=provider, timeout=timeout, trust_env=False)
-    transport = streamable_http_client(server_url, http_client=http)
+    http_client = httpx2.AsyncClient(auth=provider, timeout=timeout, trust_env=False)
+    transport = streamable_http_client(server_url, http_client=http_client)
     return Client(transport, read_timeout_seconds=timeout)
