@@ -1,11 +1,14 @@
 from __future__ import annotations
 
+import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from jwtmcp.keys import KeyRing, init_ring, load_ring
+from tests.browser import Browser, open_browser
 from tests.support import FakeClock
 
 
@@ -32,3 +35,20 @@ def ring(_template_ring: Path, ring_dir: Path) -> KeyRing:
     """A fresh copy of a real ring (files, modes and all): key generation is paid once."""
     shutil.copytree(_template_ring, ring_dir)  # copies the 0600 / 0700 modes as well
     return load_ring(ring_dir)
+
+
+@pytest.fixture
+def browser() -> Iterator[Browser]:
+    """A real headless Chromium (Debian's, through Selenium), stopped by PID at teardown."""
+    with open_browser() as running:
+        yield running
+
+
+@pytest.fixture
+def screenshot_dir(tmp_path: Path) -> Path:
+    """Where tests save screenshots: ``$JWTMCP_SCREENSHOT_DIR`` if set (to keep them, e.g.
+    for the docs), else a temporary directory."""
+    configured = os.environ.get("JWTMCP_SCREENSHOT_DIR")
+    directory = Path(configured) if configured else tmp_path / "screenshots"
+    directory.mkdir(parents=True, exist_ok=True)
+    return directory
