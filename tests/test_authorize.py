@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import sqlite3
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -41,7 +42,7 @@ from .signin_support import (
     parse_forms,
     sign_in_client,
 )
-from .support import FakeClock, free_port, serve_app
+from .support import FakeClock, free_port, issuer_process, serve_app
 
 CALC = "http://127.0.0.1:8001/mcp"
 OTHER = "http://127.0.0.1:8002/mcp"
@@ -653,3 +654,40 @@ def test_the_sdk_oauth_client_provider_gets_a_code_from_the_pages(tmp_path: Path
 def test_a_sign_in_that_fails_says_why(world: World) -> None:
     with pytest.raises(SignInError, match="answered 401"):
         sign_in(world.authorize_url(world.register()), password="wrong")
+
+
+# --- a real `jwtmcp serve` ---------------------------------------------------------------------
+
+
+def test_first_serve_prints_a_demo_user_who_can_sign_in(tmp_path: Path) -> None:
+    with issuer_process(tmp_path) as iss:
+        out = iss.stdout()
+        name = re.search(r"^\s*user name:\s*(\S+)\s*$", out, re.MULTILINE)
+        password = re.search(r"^\s*user password:\s*(\S+)\s*$", out, re.MULTILINE)
+        assert name and password and name.group(1) == "demo"
+        answer = httpx2.post(
+            f"{iss.base_url}/register", json={"redirect_uris": [REDIRECT]}, timeout=10
+        )
+        query = urlencode(
+            {
+                "response_type": "code",
+                "client_id": answer.json()["client_id"],
+                "redirect_uri": REDIRECT,
+                "state": "s",
+                "code_challenge": CHALLENGE,
+                "code_challenge_method": "S256",
+            }
+        )
+        result = asyncio.run(
+            follow_sign_in(
+                f"{iss.base_url}/authorize?{query}",
+                redirect_uri=REDIRECT,
+                username="demo",
+                password=password.group(1),
+            )
+        )
+        assert result.code and result.params["iss"] == iss.issuer
+        assert result.offered_scopes == ("tool:add", "tool:subtract", "tool:multiply")
+        assert (tmp_path / "users.json").exists() and (tmp_path / "jwtmcp-state.db").exists()
+    with issuer_process(tmp_path) as again:
+        assert "user password" not in again.stdout()
