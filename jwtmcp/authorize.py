@@ -456,7 +456,10 @@ class Authorizer:
     def _csrf_token(self, session: Mapping[str, Any]) -> str:
         return _b64(self._csrf.mac(str(session["sid"]).encode()))
 
-    def _check_csrf(self, session: Mapping[str, Any] | None, form: Mapping[str, list[str]]) -> None:
+    def _check_csrf(
+        self, session: dict[str, Any] | None, form: Mapping[str, list[str]]
+    ) -> dict[str, Any]:
+        """The session, once the form's ``csrf_token`` is the one bound to it (403 otherwise)."""
         sent = form.get("csrf_token", [""])
         if session is None or len(sent) != 1:
             raise _PageError(
@@ -473,6 +476,7 @@ class Authorizer:
                 "The sign-in form could not be verified (the CSRF token does not match). "
                 "Go back to the application and start signing in again.",
             )
+        return session
 
     @staticmethod
     def _new_session() -> dict[str, Any]:
@@ -782,9 +786,7 @@ class Authorizer:
         """``POST /authorize/login``: check CSRF, rate limits and the password; then consent."""
         try:
             form = await self._form(request)
-            session = self._session(request)
-            self._check_csrf(session, form)
-            assert session is not None
+            session = self._check_csrf(self._session(request), form)
             pending = self._pending(form)
             username = (form.get("username") or [""])[0][:200]
             password = (form.get("password") or [""])[0]
@@ -868,9 +870,7 @@ class Authorizer:
         """``POST /authorize/consent``: Allow stores a code and redirects; Deny, access_denied."""
         try:
             form = await self._form(request)
-            session = self._session(request)
-            self._check_csrf(session, form)
-            assert session is not None
+            session = self._check_csrf(self._session(request), form)
             pending = self._pending(form)
             identity = self._signed_in(session)
             if identity is None:
