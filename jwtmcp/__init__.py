@@ -9,6 +9,8 @@ The public API (``__all__``); the reference is in the project's ``docs/`` pages:
 
 Tokens (docs/tokens.md)
     mint, SigningKey, VerifiedClaims, ToolGrants
+Identifiers (docs/tokens.md#issuer-and-resource-identifiers)
+    canonical_issuer, canonical_resource
 Verifying (docs/verifier.md)
     Verifier, JwksPolicy
 The key ring (docs/keys.md)
@@ -35,6 +37,7 @@ from .errors import (
     KeyRingError,
     KeysUnavailable,
     LifetimeTooLong,
+    ListenError,
     MalformedToken,
     MissingClaim,
     TokenError,
@@ -62,6 +65,7 @@ if TYPE_CHECKING:
         protected_server,
     )
     from .middleware import JwtAuthMiddleware
+    from .server import ServerLimits
 
 __version__ = "0.1.0"
 
@@ -73,6 +77,7 @@ _LAZY = {
     "get_caller": ".mcp",
     "protected_server": ".mcp",
     "JwtAuthMiddleware": ".middleware",
+    "ServerLimits": ".server",
 }
 
 
@@ -102,10 +107,12 @@ __all__ = [
     "KeyRingError",
     "KeysUnavailable",
     "LifetimeTooLong",
+    "ListenError",
     "MalformedToken",
     "MissingClaim",
     "ProtectedMCPServer",
     "RingKey",
+    "ServerLimits",
     "SigningKey",
     "TokenError",
     "TokenExpired",

@@ -39,6 +39,7 @@ For development, ``allow_loopback_for_development=True`` lets loopback addresses
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import json
 import logging
@@ -67,6 +68,7 @@ from .client_metadata import (
     text_problem,
 )
 from .errors import ClientMetadataError, ClientMetadataUnavailable, ConfigError
+from .numeric import parse_whole_number
 from .redirect_uris import check_redirect_uris, is_loopback_host
 from .tokens import Clock
 
@@ -315,9 +317,8 @@ class CimdPolicy:
                 age = 0.0
                 break
             if name == "max-age" and age is None:
-                digits = value.strip().strip('"')
-                if digits.isdigit():
-                    age = float(int(digits))
+                with contextlib.suppress(ValueError):  # not delta-seconds: no max-age
+                    age = float(parse_whole_number(value.strip().strip('"')))
         if age is None:
             age = self.default_cache_seconds
         return min(max(age, self.min_cache_seconds), self.max_cache_seconds)
@@ -563,8 +564,9 @@ class ClientMetadataFetcher:
                 code="cimd_invalid_document",
             )
         declared = response.headers.get("content-length", "")
-        if declared.isdigit() and int(declared) > limit:
-            raise _too_large(limit)
+        with contextlib.suppress(ValueError):  # no or a bad length: the streamed cap holds
+            if parse_whole_number(declared) > limit:
+                raise _too_large(limit)
         chunks: list[bytes] = []
         size = 0
         async for chunk in response.aiter_raw():

@@ -22,7 +22,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NoReturn
 
-from .errors import ConfigError, JwtMcpError, KeysUnavailable, TokenError
+from .errors import ConfigError, JwtMcpError, KeysUnavailable, ListenError, TokenError
 from .keys import (
     DEFAULT_BITS,
     DEFAULT_LEEWAY,
@@ -33,6 +33,7 @@ from .keys import (
     revoke_key,
     rotate_ring,
 )
+from .numeric import parse_decimal_number, parse_whole_number
 from .tokens import DEFAULT_LIFETIME, DEFAULT_MAX_LIFETIME, Clock, mint, tool_scope
 
 PROG = "jwtmcp"
@@ -43,6 +44,8 @@ ENV_KEYS = "JWTMCP_KEYS"
 ENV_CLIENTS = "JWTMCP_CLIENTS"
 ENV_ISSUER = "JWTMCP_ISSUER"
 ENV_DEBUG = "JWTMCP_DEBUG"
+EXIT_CANNOT_LISTEN = 69
+"""``serve`` could not listen on its address (port in use): sysexits.h ``EX_UNAVAILABLE``."""
 
 Command = Callable[[argparse.Namespace, Clock], int]
 
@@ -96,7 +99,7 @@ def tool_names(values: Sequence[str] | None) -> list[str]:
 
 
 def audience_urls(values: Sequence[str]) -> list[str]:
-    """``--audience`` of ``mint`` and ``clients add``: absolute http(s) resource URLs, deduplicated."""
+    """``--audience`` of ``mint``, ``clients add``, ``users add``: canonical resource URLs."""
     from .clients import check_audience
 
     return list(dict.fromkeys(check_audience(url) for url in values))
@@ -318,13 +321,19 @@ def _read_token(value: str) -> str:
 
 
 def cmd_verify(args: argparse.Namespace, clock: Clock) -> int:
-    from .jwks import JwksCache
+    from .jwks import JwksCache, is_loopback_url
     from .verifier import Verifier
 
     token = _read_token(args.token)
     source = args.jwks
     key_source: dict[str, Any]
     if source.startswith(("http://", "https://")):
+        if source.startswith("http://") and not is_loopback_url(source):
+            raise CliError(
+                f"--jwks {source} must use https: over plain http anyone on the path can "
+                "swap the keys (http is accepted for loopback hosts); or download the JWKS "
+                "over a channel you trust and pass --jwks FILE"
+            )
         key_source = {"jwks_url": source}
     else:
         # A file holding a PEM public key works too (one key; the signature decides).
@@ -435,12 +444,11 @@ def _serve_setting(value: float | None, env: str, default: float, *, integer: bo
     if raw is None or raw.strip() == "":
         return default
     try:
-        parsed = int(raw) if integer else float(raw)
+        return parse_whole_number(raw) if integer else parse_decimal_number(raw)
     except ValueError:
-        raise ConfigError(f"${env} must be a number, not {raw!r}") from None
-    if parsed < 0 or parsed != parsed:
-        raise ConfigError(f"${env} must not be negative, not {raw!r}")
-    return parsed
+        raise ConfigError(
+            f"${env} must be a number written in ASCII digits, not {raw!r:.40}"
+        ) from None
 
 
 def cmd_serve(args: argparse.Namespace, clock: Clock) -> int:
@@ -524,34 +532,45 @@ class _Formatter(argparse.HelpFormatter):
         return "\n\n".join(paragraphs) + "\n"
 
 
-def _positive_int(text: str) -> int:
+def _is_negative(text: str) -> bool:
+    """``-N`` with N a plain number: worth a clearer message than 'not a number'."""
+    if not text.startswith("-"):
+        return False
     try:
-        value = int(text)
+        parse_decimal_number(text[1:])
     except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+        return False
+    return True
+
+
+def _positive_int(text: str) -> int:
+    if _is_negative(text):
+        raise argparse.ArgumentTypeError(f"must be positive, not {text}")
+    try:
+        value = parse_whole_number(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r:.40}") from None
     if value <= 0:
         raise argparse.ArgumentTypeError(f"must be positive, not {value}")
     return value
 
 
 def _non_negative_int(text: str) -> int:
+    if _is_negative(text):
+        raise argparse.ArgumentTypeError(f"must not be negative, not {text}")
     try:
-        value = int(text)
+        return parse_whole_number(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must not be negative, not {value}")
-    return value
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r:.40}") from None
 
 
 def _non_negative_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not value >= 0:
+    if _is_negative(text):
         raise argparse.ArgumentTypeError(f"must not be negative, not {text}")
-    return value
+    try:
+        return parse_decimal_number(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r:.40}") from None
 
 
 def _port(text: str) -> int:
@@ -670,7 +689,7 @@ examples:
     _add_keys_flag(p)
     p.add_argument(
         "--bits",
-        type=int,
+        type=_positive_int,
         default=DEFAULT_BITS,
         metavar="N",
         help=f"RSA key size: 2048, 3072 or 4096 (default: {DEFAULT_BITS})",
@@ -685,7 +704,7 @@ examples:
     )
     p.add_argument(
         "--leeway",
-        type=int,
+        type=_non_negative_int,
         default=DEFAULT_LEEWAY,
         metavar="SECONDS",
         help="clock-skew allowance added to a retired key's grace period "
@@ -704,7 +723,10 @@ examples:
     )
     _add_keys_flag(p)
     p.add_argument(
-        "--bits", type=int, metavar="N", help="size of the new next key (default: as active)"
+        "--bits",
+        type=_positive_int,
+        metavar="N",
+        help="size of the new next key (default: as active)",
     )
     p.set_defaults(func=cmd_keys_rotate)
 
@@ -974,11 +996,18 @@ examples:
         help="run the issuer service (JWKS, OAuth metadata, /token)",
         description="Run the token issuer over HTTP: /.well-known/jwks.json, "
         "/.well-known/oauth-authorization-server, POST /token (client_credentials) and "
-        "/healthz. On first start it creates the key ring and a demo client and says so.",
+        "/healthz. On first start it creates the key ring and a demo client and says so. "
+        "Exits with status 69 when it cannot listen (the port is in use).",
         epilog=f"""\
 examples:
   {PROG} serve
   {PROG} serve --host 0.0.0.0 --port 8000 --issuer https://auth.example.com --workers 4
+
+connection limits (environment; sizes in bytes, times in seconds):
+  JWTMCP_MAX_HEADER_BYTES (32768), JWTMCP_MAX_HEADERS (100): a larger request head gets 431
+  JWTMCP_HEADER_TIMEOUT (10), JWTMCP_BODY_TIMEOUT (30): a slower client gets 408
+  JWTMCP_MAX_CONNECTIONS_PER_CLIENT (64): more from one address get 429 (raise it behind
+  a reverse proxy); JWTMCP_MAX_CONNECTIONS (1000) in all; JWTMCP_KEEP_ALIVE_TIMEOUT (5)
 """,
         formatter_class=_Formatter,
     )
@@ -1054,6 +1083,9 @@ def main(argv: Sequence[str] | None = None, *, clock: Clock = time.time) -> int:
         return 2
     try:
         return func(args, clock)
+    except ListenError as exc:
+        print(f"{PROG}: error: {exc.message}", file=sys.stderr)
+        return EXIT_CANNOT_LISTEN
     except JwtMcpError as exc:
         print(f"{PROG}: error: {exc.message}", file=sys.stderr)
         return 1

@@ -30,11 +30,12 @@ import contextlib
 import hashlib
 import hmac
 import json
+import math
 import os
 import re
 import secrets
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
@@ -232,6 +233,23 @@ def _check_scopes(scopes: Iterable[str]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(out))
 
 
+def check_created_at(value: object) -> float:
+    """A JSON number of epoch seconds >= 0 (None is 0); else ClientsError.
+
+    Only a number: ``float()`` would also read strings, and digits of any script.
+    """
+    if value is None:
+        return 0.0
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+        or value < 0
+    ):
+        raise ClientsError("created_at must be a number of epoch seconds")
+    return float(value)
+
+
 def check_max_ttl(max_ttl: int | None) -> int | None:
     """None or a positive whole number of seconds; else ClientsError."""
     if max_ttl is None:
@@ -286,7 +304,7 @@ def _parse(path: Path, raw: bytes) -> ClientTable:
                 scopes=_check_scopes(scopes),
                 audiences=tuple(dict.fromkeys(check_audience(a) for a in audiences)),
                 max_ttl=check_max_ttl(max_ttl),
-                created_at=float(entry.get("created_at") or 0.0),
+                created_at=check_created_at(entry.get("created_at")),
                 secret_hash=secret_hash,
             )
             client._hash_parts  # noqa: B018 - decode the hash now, not on the first request
@@ -455,8 +473,11 @@ class ClientsWatcher(WatchedFile[ClientTable]):
     """Serves the current clients table to a long-running process.
 
     ``current()`` costs one ``stat`` of the file at most every ``interval`` seconds; the
-    file is re-read only when it changed. If a reload fails (a hand edit left it invalid,
-    or it was removed) the last good table keeps serving and ``last_error`` says why.
+    file is re-read only when it changed, and at every check while its last change is under
+    2 s old (a second write in the same timestamp tick can leave the stat unchanged).
+    If a reload fails (a hand edit left it invalid, or it was removed) the last good table
+    keeps serving, ``last_error`` says why, and ``on_error`` (if given) is called with that
+    reason once per new reason.
     """
 
     def __init__(
@@ -465,6 +486,7 @@ class ClientsWatcher(WatchedFile[ClientTable]):
         *,
         interval: float = 0.25,
         monotonic: Clock = time.monotonic,
+        on_error: Callable[[str], None] | None = None,
     ) -> None:
         super().__init__(
             path,
@@ -473,4 +495,5 @@ class ClientsWatcher(WatchedFile[ClientTable]):
             what="the clients file",
             interval=interval,
             monotonic=monotonic,
+            on_error=on_error,
         )

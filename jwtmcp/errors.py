@@ -43,6 +43,15 @@ class ClientsError(JwtMcpError):
     code = "clients"
 
 
+class ListenError(JwtMcpError):
+    """A server cannot listen on its address (the port is in use, or not allowed).
+
+    ``jwtmcp serve`` exits with status 69 (``EX_UNAVAILABLE``) for it.
+    """
+
+    code = "cannot_listen"
+
+
 class UsersError(JwtMcpError):
     """The users file is missing, unreadable or invalid, or a user name is unknown."""
 
@@ -111,7 +120,7 @@ class BadSignature(TokenError):
 
 
 class TokenExpired(TokenError):
-    code = "expired"
+    code = "token_expired"
 
 
 class TokenNotYetValid(TokenError):

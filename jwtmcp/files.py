@@ -81,6 +81,40 @@ def release_lock(fd: int) -> None:
     os.close(fd)
 
 
+
+FileSignature = tuple[int, int, int, int, int]
+"""What :func:`file_signature` returns: device, inode, size, mtime and ctime (ns)."""
+
+RACY_WINDOW_NS = 2_000_000_000
+"""A file changed less than this long ago (2 s) may change again within the same timestamp
+tick (filesystem clocks are coarse: a jiffy on Linux, 2 s on FAT), so its stat alone cannot
+prove that no later write happened (git's "racily clean" problem)."""
+
+
+def file_signature(path: Path) -> FileSignature | None:
+    """The stat signature of ``path``: ``(st_dev, st_ino, st_size, st_mtime_ns, st_ctime_ns)``.
+
+    A rename-over gives a new inode; an in-place write changes ctime even when mtime is put
+    back (``touch -d``, ``cp -p``). None when ``path`` cannot be stat'ed. Take it *before*
+    reading the file: a change that lands after the read then shows as a new signature.
+    """
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def signature_is_settled(signature: FileSignature) -> bool:
+    """True when the file last changed :data:`RACY_WINDOW_NS` or more ago (either way of now).
+
+    A watcher that read a file under an unsettled signature reads it again at its next
+    check even if the signature is unchanged: a second write in the same timestamp tick can
+    leave every field equal.
+    """
+    changed = max(signature[3], signature[4])
+    return abs(time.time_ns() - changed) >= RACY_WINDOW_NS
+
 @contextlib.contextmanager
 def locked(
     path: Path, *, what: str, error: type[JwtMcpError], timeout: float = 30.0
@@ -108,7 +142,9 @@ class WatchedFile(Generic[T]):
     ``current()`` costs one ``stat`` of the file at most every ``interval`` seconds; the
     file is re-read with ``load`` only when it changed. If a reload fails (``load`` raised
     ``error``: a hand edit left it invalid, or it was removed) the last good value keeps
-    serving and ``last_error`` says why. The first load's error propagates.
+    serving, ``last_error`` says why and ``on_error`` (if given) hears each new reason once.
+    The first load's error propagates. A file changed under :data:`RACY_WINDOW_NS` ago is
+    re-read at the next check even if its signature did not change.
     """
 
     def __init__(
@@ -120,6 +156,7 @@ class WatchedFile(Generic[T]):
         what: str,
         interval: float = 0.25,
         monotonic: Callable[[], float] = time.monotonic,
+        on_error: Callable[[str], None] | None = None,
     ) -> None:
         self.path = Path(path)
         self.interval = interval
@@ -127,18 +164,15 @@ class WatchedFile(Generic[T]):
         self._error = error
         self._what = what
         self._monotonic = monotonic
+        self._on_error = on_error
         self._lock = threading.Lock()
-        self._signature = self._stat()
+        # The signature is taken before the read: a change landing after the read then
+        # shows as a new signature at the next check instead of being recorded as seen.
+        self._signature = file_signature(self.path)
+        self._settled = self._signature is not None and signature_is_settled(self._signature)
         self._value = load(self.path)
         self._checked_at = monotonic()
         self.last_error: str | None = None
-
-    def _stat(self) -> tuple[int, int, int] | None:
-        try:
-            st = os.stat(self.path)
-        except OSError:
-            return None
-        return (st.st_mtime_ns, st.st_ino, st.st_size)
 
     def current(self) -> T:
         now = self._monotonic()
@@ -148,14 +182,21 @@ class WatchedFile(Generic[T]):
             if now - self._checked_at < self.interval:
                 return self._value
             self._checked_at = now
-            signature = self._stat()
+            signature = file_signature(self.path)
             if signature is None:
-                self.last_error = f"{self._what} {self.path} is missing"
-            elif signature != self._signature:
+                self._failed(f"{self._what} {self.path} is missing")
+            elif signature != self._signature or not self._settled:
                 try:
                     self._value = self._load(self.path)
                     self._signature = signature
+                    self._settled = signature_is_settled(signature)
                     self.last_error = None
                 except self._error as exc:
-                    self.last_error = exc.message
+                    self._failed(exc.message)
             return self._value
+
+    def _failed(self, reason: str) -> None:
+        # ``on_error`` hears each new reason once (a log line), not once per check.
+        if reason != self.last_error and self._on_error is not None:
+            self._on_error(reason)
+        self.last_error = reason

@@ -32,13 +32,15 @@ import json
 import logging
 import math
 import os
+import shlex
+import shutil
 import sys
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import IO, Any
-from urllib.parse import parse_qsl, unquote, urlsplit
+from urllib.parse import unquote, urlsplit
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
@@ -53,6 +55,9 @@ from .clients import Client, ClientsWatcher, ClientTable, ensure_clients
 from .errors import ConfigError, JwtMcpError
 from .identifiers import canonical_issuer, canonical_or_none
 from .keys import KeyRing, RingWatcher, ensure_ring
+from .numeric import parse_whole_number
+from .server import ServerLimits, bind_socket
+from .server import run as run_server
 from .store import Store
 from .tokens import DEFAULT_LIFETIME, Clock, build_claims, scope_grants_scope, sign
 from .users import ensure_users, users_file_beside
@@ -173,6 +178,12 @@ class RateLimiter:
         return (1.0 - tokens) / self.rate
 
 
+def _log_reload_failure(what: str, reason: str) -> None:
+    # json.dumps escapes control characters, so a crafted file name cannot forge log lines.
+    event = {"event": "reload_failed", "file": what, "error": reason, "serving": "last good"}
+    log.error(json.dumps(event))
+
+
 # --- OAuth errors --------------------------------------------------------------------------
 
 
@@ -221,6 +232,10 @@ def _invalid_request(description: str) -> OAuthError:
     return OAuthError("invalid_request", description)
 
 
+def _too_large(limit: int) -> OAuthError:
+    return OAuthError("invalid_request", f"the request body is larger than {limit} bytes", 413)
+
+
 # --- request parsing -----------------------------------------------------------------------
 
 
@@ -237,13 +252,7 @@ def parse_form(body: bytes) -> TokenRequest:
     twice is an ``invalid_request`` (RFC 6749 3.2).
     """
     try:
-        pairs = parse_qsl(
-            body.decode("utf-8"),
-            keep_blank_values=True,
-            strict_parsing=True,
-            errors="strict",
-            max_num_fields=_MAX_FIELDS,
-        )
+        pairs = _form_pairs(body.decode("utf-8"))
     except UnicodeDecodeError:
         raise _invalid_request("the request body is not valid UTF-8") from None
     except ValueError:
@@ -262,6 +271,34 @@ def parse_form(body: bytes) -> TokenRequest:
         if value:
             params[name] = value
     return TokenRequest(params, tuple(dict.fromkeys(resources)))
+
+
+def _form_pairs(text: str) -> list[tuple[str, str]]:
+    """``parse_qsl(text, keep_blank_values=True, strict_parsing=True, errors="strict",
+    max_num_fields=_MAX_FIELDS)``, step for step, without its generic work per field.
+
+    Split on ``&`` (at most ``_MAX_FIELDS`` fields, else ValueError), each field once on
+    ``=`` (a field without one, the empty field included: ValueError), ``+`` is a space,
+    and only parts holding ``%`` are percent-decoded as UTF-8 (invalid: UnicodeDecodeError).
+    tests/test_issuer.py compares it with parse_qsl on arbitrary bodies.
+    """
+    fields = text.split("&") if text else []
+    if len(fields) > _MAX_FIELDS:
+        raise ValueError("Max number of fields exceeded")
+    pairs = []
+    for field in fields:
+        name, sep, value = field.partition("=")
+        if not sep:
+            raise ValueError("bad query field")
+        if "+" in field:
+            name = name.replace("+", " ")
+            value = value.replace("+", " ")
+        if "%" in name:
+            name = unquote(name, errors="strict")
+        if "%" in value:
+            value = unquote(value, errors="strict")
+        pairs.append((name, value))
+    return pairs
 
 
 def parse_basic(header: str) -> tuple[str, str] | None:
@@ -365,8 +402,16 @@ class IssuerService:
         if settings.default_ttl <= 0 or settings.jwks_max_age < 0:
             raise ConfigError("the default token lifetime and the JWKS max age must be positive")
         self.clock = clock
-        self.rings = RingWatcher(settings.keys_dir, interval=settings.reload_interval)
-        self.clients = ClientsWatcher(settings.clients_file, interval=settings.reload_interval)
+        self.rings = RingWatcher(
+            settings.keys_dir,
+            interval=settings.reload_interval,
+            on_error=lambda reason: _log_reload_failure("key ring", reason),
+        )
+        self.clients = ClientsWatcher(
+            settings.clients_file,
+            interval=settings.reload_interval,
+            on_error=lambda reason: _log_reload_failure("clients file", reason),
+        )
         self.limiter = RateLimiter(
             settings.rate_limit, settings.rate_burst, monotonic=rate_limit_clock
         )
@@ -441,19 +486,23 @@ class IssuerService:
         return Response(self.metadata_document(), headers=headers, media_type=JSON_TYPE)
 
     async def healthz(self, request: Request) -> Response:
+        """Liveness for anyone: states only. Why a file failed to reload goes to the log
+        (paths and client names are not for unauthenticated callers)."""
         ring = self.rings.current()
         table = self.clients.current()
-        problems = [e for e in (self.rings.last_error, self.clients.last_error) if e]
+        ring_state = "stale" if self.rings.last_error else "ok"
+        clients_state = "stale" if self.clients.last_error else "ok"
         nxt = ring.next
         body = {
-            "status": "degraded" if problems else "ok",
+            "status": "ok" if ring_state == clients_state == "ok" else "degraded",
             "issuer": self.issuer,
+            "ring": ring_state,
+            "clients": clients_state,
             "active_kid": ring.active.kid,
             "next_kid": nxt.kid if nxt else None,
             "published_keys": len(ring.keys),
             "ring_revision": ring.revision,
-            "clients": len(table),
-            "problems": problems,
+            "client_count": len(table),
         }
         return Response(json.dumps(body).encode(), headers=_NO_STORE, media_type=JSON_TYPE)
 
@@ -476,14 +525,13 @@ class IssuerService:
 
     async def _read_body(self, receive: Receive, content_length: bytes | None) -> bytes:
         limit = self.settings.max_body_bytes
-        too_large = OAuthError(
-            "invalid_request", f"the request body is larger than {limit} bytes", 413
-        )
         if content_length is not None:
-            if not content_length.isdigit():
-                raise _invalid_request("invalid Content-Length")
-            if int(content_length) > limit:
-                raise too_large
+            try:
+                declared = parse_whole_number(content_length)
+            except ValueError:
+                raise _invalid_request("invalid Content-Length") from None
+            if declared > limit:
+                raise _too_large(limit)
         body = b""
         while True:
             message = await receive()
@@ -492,7 +540,7 @@ class IssuerService:
             chunk: bytes = message.get("body", b"")
             body += chunk
             if len(body) > limit:
-                raise too_large
+                raise _too_large(limit)
             if not message.get("more_body", False):
                 return body
 
@@ -584,9 +632,12 @@ class IssuerService:
         lifetime = self.settings.default_ttl
         requested_ttl = params.get("expires_in")
         if requested_ttl is not None:
-            if not (requested_ttl.isdigit() and 0 < int(requested_ttl) < 10**9):
+            try:
+                lifetime = parse_whole_number(requested_ttl)
+            except ValueError:
+                lifetime = 0
+            if not 0 < lifetime < 10**9:
                 raise _invalid_request("expires_in must be a positive number of seconds")
-            lifetime = int(requested_ttl)
         if client.max_ttl is not None:
             lifetime = min(lifetime, client.max_ttl)
         lifetime = min(lifetime, ring.max_lifetime)
@@ -759,6 +810,19 @@ def app_from_environment() -> Starlette:
     return _build_app(IssuerService(settings))
 
 
+def jwtmcp_command() -> str:
+    """How a shell runs this jwtmcp as printed: ``jwtmcp`` when PATH finds this very
+    installation's command, else that command's absolute path (a venv that is not
+    activated, e.g. ``scripts/serve``'s ``.venv``), else ``<this python> -m jwtmcp``."""
+    script = Path(sys.executable).parent / "jwtmcp"
+    on_path = shutil.which("jwtmcp")
+    if script.is_file() and os.access(script, os.X_OK):
+        if on_path is not None and Path(on_path).resolve() == script.resolve():
+            return "jwtmcp"
+        return shlex.quote(str(script.absolute()))
+    return f"{shlex.quote(sys.executable)} -m jwtmcp"
+
+
 def first_run_banner(
     *,
     base_url: str,
@@ -780,7 +844,7 @@ def first_run_banner(
         f"  {curl}\n"
         "Check it:\n"
         f"  TOKEN=$({curl} | {extract})\n"
-        f'  jwtmcp verify "$TOKEN" --jwks {base_url}/.well-known/jwks.json '
+        f'  {jwtmcp_command()} verify "$TOKEN" --jwks {base_url}/.well-known/jwks.json '
         f"--issuer {issuer} --audience {audience}\n"
     )
 
@@ -823,13 +887,12 @@ def serve(
     ``clients_file``; ``store`` to ``jwtmcp-state.db`` beside ``keys_dir``. Blocks until the
     server stops.
     """
-    import uvicorn
-
     out = out or sys.stdout
     if not 0 < port < 65536:
         raise ConfigError(f"not a TCP port: {port}")
     if workers < 1:
         raise ConfigError(f"--workers must be at least 1, not {workers}")
+    limits = ServerLimits.from_environment()
     base_url = f"http://{_url_host(host)}:{port}"
     issuer = canonical_issuer(issuer_url or base_url)
     warning = issuer_url_warning(issuer)
@@ -841,6 +904,7 @@ def serve(
             "pass --issuer with the URL clients use",
             file=sys.stderr,
         )
+    sock = bind_socket(host, port)  # a taken port fails now, before any set-up or banner
     ring, ring_created = ensure_ring(keys_dir)
     if ring_created:
         print(f"jwtmcp: created a key ring in {keys_dir} (active {ring.active.kid})", file=out)
@@ -902,6 +966,8 @@ def serve(
     common: dict[str, Any] = {
         "host": host,
         "port": port,
+        "limits": limits,
+        "sock": sock,
         "access_log": False,  # the structured jwtmcp.issuer lines replace it
         "server_header": False,
         "log_level": "info",
@@ -910,8 +976,8 @@ def serve(
     if workers == 1:
         _configure_logging()
         app = _build_app(IssuerService(settings))
-        uvicorn.run(app, **common)
+        run_server(app, **common)
         return
     os.environ[ENV_SETTINGS] = json.dumps(asdict(settings))
     with contextlib.suppress(KeyboardInterrupt):
-        uvicorn.run("jwtmcp.issuer:app_from_environment", factory=True, workers=workers, **common)
+        run_server("jwtmcp.issuer:app_from_environment", factory=True, workers=workers, **common)

@@ -74,6 +74,7 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from .errors import ConfigError, KeysUnavailable, UnknownKid
 from .files import atomic_write
+from .numeric import parse_whole_number
 from .tokens import Clock
 
 if TYPE_CHECKING:
@@ -809,8 +810,10 @@ class JwksCache:
                 if encoding not in ("identity", ""):
                     raise JwksError(f"unexpected content encoding {encoding!r}")
                 length = response.headers.get("content-length")
-                if length is not None and length.isdigit() and int(length) > policy.max_body_bytes:
-                    raise JwksError(f"response of {length} bytes is over the limit")
+                with contextlib.suppress(ValueError):  # no or a bad length: the cap below holds
+                    declared = parse_whole_number(length or "")
+                    if declared > policy.max_body_bytes:
+                        raise JwksError(f"response of {declared} bytes is over the limit")
                 chunks: list[bytes] = []
                 size = 0
                 for chunk in response.iter_raw():

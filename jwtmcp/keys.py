@@ -25,7 +25,7 @@ import re
 import stat
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -34,7 +34,14 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from .errors import KeyRingError
-from .files import acquire_lock, atomic_write, release_lock
+from .files import (
+    FileSignature,
+    acquire_lock,
+    atomic_write,
+    file_signature,
+    release_lock,
+    signature_is_settled,
+)
 from .tokens import DEFAULT_MAX_LIFETIME, Clock, SigningKey
 
 KeyState = Literal["next", "active", "retired"]
@@ -599,7 +606,10 @@ class RingWatcher:
 
     ``current()`` costs one ``stat`` of the state file at most every ``interval`` seconds;
     files are re-read only when the state file changed (rotate, revoke, prune by any
-    process). If a reload fails the last good ring keeps serving and ``last_error`` says why.
+    process), and at every check while its last change is under 2 s old (a second write in
+    the same filesystem timestamp tick can leave the stat unchanged).
+    If a reload fails the last good ring keeps serving, ``last_error`` says why, and
+    ``on_error`` (if given) is called with that reason once per new reason.
     """
 
     def __init__(
@@ -608,22 +618,23 @@ class RingWatcher:
         *,
         interval: float = 0.25,
         monotonic: Clock = time.monotonic,
+        on_error: Callable[[str], None] | None = None,
     ) -> None:
         self.directory = Path(directory)
+        self._on_error = on_error
         self.interval = interval
         self._monotonic = monotonic
         self._lock = threading.Lock()
-        self._ring = load_ring(self.directory)
+        # The signature first, then the read: a change landing in between shows up as a new
+        # signature at the next check instead of hiding behind the one taken after it.
         self._signature = self._stat()
+        self._settled = self._signature is not None and signature_is_settled(self._signature)
+        self._ring = load_ring(self.directory)
         self._checked_at = monotonic()
         self.last_error: str | None = None
 
-    def _stat(self) -> tuple[int, int, int] | None:
-        try:
-            st = os.stat(self.directory / STATE_FILE)
-        except OSError:
-            return None
-        return (st.st_mtime_ns, st.st_ino, st.st_size)
+    def _stat(self) -> FileSignature | None:
+        return file_signature(self.directory / STATE_FILE)
 
     def current(self) -> KeyRing:
         now = self._monotonic()
@@ -634,11 +645,14 @@ class RingWatcher:
                 return self._ring
             self._checked_at = now
             signature = self._stat()
-            if signature != self._signature and signature is not None:
+            if signature is not None and (signature != self._signature or not self._settled):
                 try:
                     self._ring = load_ring(self.directory)
                     self._signature = signature
+                    self._settled = signature_is_settled(signature)
                     self.last_error = None
                 except KeyRingError as exc:
+                    if exc.message != self.last_error and self._on_error is not None:
+                        self._on_error(exc.message)
                     self.last_error = exc.message
             return self._ring

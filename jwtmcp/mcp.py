@@ -56,6 +56,7 @@ from .middleware import (
     set_caller,
     verifier_leeway,
 )
+from .server import ServerLimits, serve_async
 from .tokens import TOOL_SCOPE_PREFIX, Clock, VerifiedClaims
 from .verifier import Verifier
 
@@ -171,6 +172,9 @@ class ProtectedMCPServer(MCPServer[LifespanResultT]):
 
     Build it with :func:`protected_server`. It is a plain ``MCPServer`` otherwise: tools,
     resources, prompts, ``run()``, ``streamable_http_app()`` and ``sse_app()`` work as usual.
+    ``run("streamable-http")`` and ``run("sse")`` serve with jwtmcp's connection limits
+    (``server_limits=`` a :class:`jwtmcp.server.ServerLimits`, default from ``JWTMCP_*``
+    variables) and raise :class:`jwtmcp.errors.ListenError` when the port is taken.
     """
 
     def __init__(
@@ -193,6 +197,7 @@ class ProtectedMCPServer(MCPServer[LifespanResultT]):
         self.resource_url = resource
         self.resource_metadata_url = resource_metadata_url(resource)
         self.advertise_tools = advertise_tools
+        self.server_limits: ServerLimits | None = server_options.pop("server_limits", None)
         middleware: Sequence[Any] = server_options.pop("middleware", None) or ()
         super().__init__(
             name,
@@ -204,6 +209,24 @@ class ProtectedMCPServer(MCPServer[LifespanResultT]):
             ),
             middleware=[ToolScopeGuard(), *middleware],
             **server_options,
+        )
+
+    async def run_streamable_http_async(self, **options: Any) -> None:
+        """``run("streamable-http", ...)``: the SDK's server, with jwtmcp's connection limits
+        (:class:`jwtmcp.server.ServerLimits`; ``server_limits=`` or ``JWTMCP_*`` variables)."""
+        await self._serve(self.streamable_http_app(**_app_options(options)), options)
+
+    async def run_sse_async(self, **options: Any) -> None:
+        """``run("sse", ...)``: the SDK's server, with jwtmcp's connection limits."""
+        await self._serve(self.sse_app(**_app_options(options)), options)
+
+    async def _serve(self, app: Starlette, options: Mapping[str, Any]) -> None:
+        await serve_async(
+            app,
+            host=options.get("host", "127.0.0.1"),
+            port=options.get("port", 8000),
+            limits=self.server_limits,
+            log_level=self.settings.log_level.lower(),
         )
 
     async def tool_names(self) -> list[str]:
@@ -237,6 +260,11 @@ class ProtectedMCPServer(MCPServer[LifespanResultT]):
         paths = [options.get("sse_path", "/sse"), options.get("message_path", "/messages/")]
         limit = options.get("max_request_body_size", DEFAULT_MAX_BODY_BYTES)
         return self._protect(app, paths, limit)
+
+
+def _app_options(run_options: Mapping[str, Any]) -> dict[str, Any]:
+    # The SDK's run_*_async pass host on to the app (DNS-rebinding protection), not port.
+    return {k: v for k, v in run_options.items() if k != "port"}
 
 
 def protected_server(

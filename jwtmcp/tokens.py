@@ -5,7 +5,6 @@ Minting is a pure function of (claims, key, clock): no files, no network.
 
 from __future__ import annotations
 
-import binascii
 import functools
 import json
 import re
@@ -16,6 +15,8 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Protocol
 
+import orjson
+import pybase64
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
@@ -411,14 +412,39 @@ def _check_json_members(value: object, depth: int) -> None:
 _PKCS1V15 = padding.PKCS1v15()
 _SHA256 = hashes.SHA256()
 _COMPACT_JSON = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
-
-
-_STD_TO_URLSAFE = bytes.maketrans(b"+/", b"-_")
+_PLAIN_TYPES = frozenset({str, int})
+_DEL = b"\x7f"
 
 
 def _b64url(data: bytes) -> bytes:
-    """base64url without padding (RFC 7515 2), straight from binascii."""
-    return binascii.b2a_base64(data, newline=False).translate(_STD_TO_URLSAFE).rstrip(b"=")
+    """base64url without padding (RFC 7515 2), by pybase64 (SIMD)."""
+    return pybase64.b64encode(data, b"-_").rstrip(b"=")
+
+
+def _claims_json(claims: Mapping[str, Any]) -> bytes:
+    """The payload: compact JSON, the bytes ``json.dumps(separators=(",", ":"))`` writes
+    (and so PyJWT).
+
+    orjson writes those very bytes, ten times faster, when every value is an int, a string
+    or a list of strings and the output is ASCII without DEL (the stdlib escapes the rest
+    as ``\\uXXXX``): the claims jwtmcp mints. Anything else — extra claims with floats,
+    objects or non-ASCII text, integers past 64 bits — takes the stdlib encoder.
+    """
+    kinds = set(map(type, claims.values()))
+    if kinds <= _PLAIN_TYPES or (
+        kinds - _PLAIN_TYPES == {list}
+        and all(
+            type(item) is str for v in claims.values() if type(v) is list for item in v
+        )
+    ):
+        try:
+            payload = orjson.dumps(claims)
+        except TypeError:  # orjson.JSONEncodeError: a non-string key, an int past 64 bits
+            pass
+        else:
+            if payload.isascii() and _DEL not in payload:
+                return payload
+    return _COMPACT_JSON.encode(dict(claims)).encode()
 
 
 @functools.lru_cache(maxsize=64)
@@ -438,7 +464,7 @@ def sign(claims: Mapping[str, Any], key: SigningKey) -> str:
     Raises :class:`ConfigError` when the token would be longer than
     :data:`MAX_TOKEN_BYTES`, which verifiers refuse by default.
     """
-    payload = _b64url(_COMPACT_JSON.encode(dict(claims)).encode())
+    payload = _b64url(_claims_json(claims))
     signing_input = _header_segment(key.kid) + payload
     signature = key.private_key.sign(signing_input, _PKCS1V15, _SHA256)
     token = (signing_input + b"." + _b64url(signature)).decode("ascii")

@@ -44,7 +44,7 @@ from typing import Any
 from argon2 import PasswordHasher, Type, extract_parameters
 from argon2.exceptions import InvalidHashError, VerificationError
 
-from .clients import check_audience, check_max_ttl, check_name, check_tools
+from .clients import check_audience, check_created_at, check_max_ttl, check_name, check_tools
 from .errors import ClientsError, UsersError
 from .files import WatchedFile, atomic_write, locked
 from .tokens import Clock, tool_scope
@@ -268,7 +268,7 @@ def _parse(path: Path, raw: bytes) -> UserTable:
                 max_ttl=check_max_ttl(entry.get("max_ttl")),
                 display_name=_check_text("name", entry.get("name")),
                 email=_check_email(entry.get("email")),
-                created_at=float(entry.get("created_at") or 0.0),
+                created_at=check_created_at(entry.get("created_at")),
                 password_hash=_check_hash(password_hash),
             )
         except (UsersError, ClientsError) as exc:

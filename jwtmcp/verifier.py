@@ -26,14 +26,15 @@ not "absent"), else the token is ``malformed``.
 from __future__ import annotations
 
 import asyncio
-import binascii
 import contextlib
 import dataclasses
 import json
 import logging
 import math
+import os
 import threading
 import time
+import weakref
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from concurrent.futures import Future
@@ -42,6 +43,7 @@ from types import MappingProxyType, TracebackType
 from typing import Any, NamedTuple
 
 import orjson
+import pybase64
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding
@@ -92,14 +94,11 @@ MAX_LEEWAY = 300
 _HEADER_CACHE_SIZE = 256
 _GRANTS_CACHE_SIZE = 1024
 
-# base64url -> standard alphabet for binascii; "+", "/" and "=" become "*", which strict
-# decoding refuses, so only the 64 base64url characters (and no padding) get through.
-_URLSAFE_TO_STD = bytes.maketrans(b"-_+/=", b"+/***")
-_PADDING = {2: b"==", 3: b"="}
-# The last character of a segment whose length is 2 or 3 (mod 4) carries 4 or 2 unused
-# bits; only the characters with those bits zero are canonical (RFC 4648 3.5). Refusing
-# the others means one token has exactly one spelling.
-_CANONICAL_LAST = {2: frozenset(b"AQgw"), 3: frozenset(b"AEIMQUYcgkosw048")}
+# base64url -> the standard alphabet; "+" and "/" become "*", which the decoder refuses.
+_URLSAFE_TO_STD = bytes.maketrans(b"-_+/", b"+/**")
+# The padding that makes a segment of length 2 or 3 (mod 4) a whole base64 quantum.
+_PADDING = (b"", b"", b"==", b"=")
+_EQUALS = 61  # b"="
 
 
 class _Header(NamedTuple):
@@ -113,8 +112,9 @@ class _Entry(NamedTuple):
 
     claims: VerifiedClaims
     key: PublicKey
-    expires_at: float
-    not_before: float
+    kid: str | None
+    not_before: float  # the claims' own numbers (no new objects per entry); the leeway
+    expires_at: float  # applies at each use
 
 
 class _DuplicateMember(ValueError):
@@ -135,20 +135,32 @@ def _no_constants(name: str) -> Any:
 _JSON = json.JSONDecoder(object_pairs_hook=_unique_members, parse_constant=_no_constants)
 _orjson_loads = orjson.loads
 _orjson_dumps = orjson.dumps
+_pybase64_decode = pybase64.b64decode
+_pybase64_encode = pybase64.b64encode
 
 
 def _b64decode(segment: bytes, what: str) -> bytes:
-    """Strict, canonical base64url without padding (RFC 7515 2)."""
-    data = segment.translate(_URLSAFE_TO_STD)
-    rest = len(data) % 4
-    if rest:
-        if rest == 1 or segment[-1] not in _CANONICAL_LAST[rest]:
-            raise MalformedToken(f"the token's {what} is not valid base64url")
-        data += _PADDING[rest]
+    """Strict, canonical base64url without padding (RFC 7515 2).
+
+    The segment is moved to the standard alphabet (``+`` and ``/`` become ``*``, which no
+    alphabet has) and padded; ``pybase64`` (SIMD) decodes it, refusing any byte outside the
+    alphabet, and encoding the result again must give back exactly those bytes. That one
+    comparison refuses every other spelling of the same bytes: ``+`` or ``/``, a last
+    character with unused bits set (RFC 4648 3.5), and — with the check that a segment
+    never ends in ``=`` — padding. So one token has exactly one spelling.
+    """
+    if segment and segment[-1] == _EQUALS:
+        raise MalformedToken(f"the token's {what} is not valid base64url")
+    rest = len(segment) & 3
+    # rest == 1 is never a whole quantum, padded or not: the decoder refuses it.
+    std = segment.translate(_URLSAFE_TO_STD) + _PADDING[rest]
     try:
-        return binascii.a2b_base64(data, strict_mode=True)
+        data = _pybase64_decode(std, None, True)
     except ValueError:  # binascii.Error
         raise MalformedToken(f"the token's {what} is not valid base64url") from None
+    if _pybase64_encode(data) != std:
+        raise MalformedToken(f"the token's {what} is not valid base64url")
+    return data
 
 
 def _json_object(segment: bytes, what: str) -> dict[str, Any]:
@@ -312,8 +324,18 @@ def _safe(value: object) -> str:
     return repr(value)[:80]
 
 
-def _kid_of(entry: _Entry | _Header) -> str | None:
-    return entry.claims.kid if type(entry) is _Entry else entry.kid  # type: ignore[union-attr]
+_LIVE_VERIFIERS: weakref.WeakSet[Verifier] = weakref.WeakSet()
+"""Every verifier, so a forked child gets a verified-token cache lock nobody holds."""
+
+
+def _after_fork_in_child() -> None:
+    # A thread of the parent may have held the lock at the fork; that thread does not exist
+    # in the child, so its copy of the lock would never be released (gunicorn --preload).
+    for verifier in list(_LIVE_VERIFIERS):
+        verifier._verified_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 class Verifier:
@@ -431,6 +453,7 @@ class Verifier:
         self._verified: OrderedDict[str, _Entry] = OrderedDict()
         self._verified_size = verified_cache_size
         self._verified_lock = threading.Lock()
+        _LIVE_VERIFIERS.add(self)
 
         policy = jwks_policy or JwksPolicy(
             fetch_timeout=fetch_timeout,
@@ -471,7 +494,19 @@ class Verifier:
         ``keys_unavailable``) and its message is safe to return to the client.
         """
         try:
-            now, entry, found = self._start(token)
+            now = self._clock()
+            # A reused token (a cache hit) costs this: one lookup, the time window, and the
+            # key lookup every token pays (so a revoked or replaced key drops its tokens).
+            hit = self._verified.get(token) if type(token) is str else None
+            if (
+                hit is not None
+                and now < hit.expires_at + self.leeway
+                and hit.not_before <= now + self.leeway
+                and self.keys.find(hit.kid, now) is hit.key
+            ):
+                self._touch(token)
+                return hit.claims
+            entry, found = self._start(token, now)
             if type(found) is not PublicKey:
                 with contextlib.suppress(FutureTimeout):
                     found.result(self._wait_timeout)  # type: ignore[union-attr]
@@ -490,7 +525,17 @@ class Verifier:
         subclasses. Cancelling the caller never cancels a key fetch other requests share.
         """
         try:
-            now, entry, found = self._start(token)
+            now = self._clock()
+            hit = self._verified.get(token) if type(token) is str else None
+            if (
+                hit is not None
+                and now < hit.expires_at + self.leeway
+                and hit.not_before <= now + self.leeway
+                and self.keys.find(hit.kid, now) is hit.key
+            ):
+                self._touch(token)
+                return hit.claims
+            entry, found = self._start(token, now)
             if type(found) is not PublicKey:
                 with contextlib.suppress(TimeoutError):
                     # shield: a cancelled request must not cancel the fetch others share.
@@ -524,18 +569,30 @@ class Verifier:
     # -- steps ----------------------------------------------------------------------
 
     # verify() and verify_async() differ only in how they wait for a key fetch; everything
-    # before and after the wait lives in these steps.
+    # before and after the wait lives in these steps, but for the cache hit, which both
+    # inline (a method call is a sizeable part of it). A hit whose key lookup did not give
+    # its key (replaced, revoked, or a fetch to wait for) takes the full path below, which
+    # looks the key up again: JwksCache.find returns the fetch already in flight.
 
-    def _start(self, token: str) -> tuple[float, _Entry | _Header, PublicKey | Future[bool]]:
-        """The clock, the cache entry or checked header, and the key or a fetch to wait for."""
-        now = self._clock()
+    def _start(
+        self, token: str, now: float
+    ) -> tuple[_Entry | _Header, PublicKey | Future[bool]]:
+        """The cache entry or checked header, and the key or a fetch to wait for."""
         entry = self._cached(token, now)
-        return now, entry, self.keys.find(_kid_of(entry), now)
+        return entry, self.keys.find(entry.kid, now)
 
     def _after_fetch(self, entry: _Entry | _Header) -> tuple[float, PublicKey]:
         """Look the key up again once the fetch is done (or timed out); never waits again."""
         now = self._clock()
-        return now, self.keys.find(_kid_of(entry), now, may_wait=False)  # type: ignore[return-value]
+        return now, self.keys.find(entry.kid, now, may_wait=False)  # type: ignore[return-value]
+
+    def _touch(self, token: str) -> None:
+        """Mark a cache entry as just used (the cache evicts the least recently used)."""
+        # Not contextlib.suppress: its object and calls cost a third of a cache hit.
+        try:  # noqa: SIM105
+            self._verified.move_to_end(token)
+        except KeyError:  # evicted meanwhile by another thread
+            pass
 
     @staticmethod
     def _unexpected() -> MalformedToken:
@@ -596,8 +653,7 @@ class Verifier:
     ) -> VerifiedClaims:
         if type(entry) is _Entry:
             if entry.key is key:
-                with contextlib.suppress(KeyError):  # evicted meanwhile by another thread
-                    self._verified.move_to_end(token)
+                self._touch(token)
                 return entry.claims
             # The kid now names another key: forget the entry and check the token afresh.
             self._verified.pop(token, None)
@@ -610,20 +666,21 @@ class Verifier:
             raw = token.encode("ascii")
         except UnicodeEncodeError:
             raise MalformedToken("the token is not a JWS in compact form") from None
-        if raw.count(b".") != 2:
-            raise MalformedToken("the token is not a JWS in compact form (three segments)")
+        first = raw.find(b".")
         last = raw.rfind(b".")
+        if first == last or raw.find(b".", first + 1, last) != -1:
+            raise MalformedToken("the token is not a JWS in compact form (three segments)")
         signature = _b64decode(raw[last + 1 :], "signature")
         pad, digest = header.scheme
         try:
             key.key.verify(signature, raw[:last], pad, digest)
         except InvalidSignature:
             raise BadSignature("the token's signature is invalid") from None
-        claims = _json_object(raw[raw.find(b".") + 1 : last], "payload")
+        claims = _json_object(raw[first + 1 : last], "payload")
         verified, expires_at, not_before = self._check_claims(claims, header, now)
         if self._verified_size:
             with self._verified_lock:
-                self._verified[token] = _Entry(verified, key, expires_at, not_before)
+                self._verified[token] = _Entry(verified, key, header.kid, not_before, expires_at)
                 if len(self._verified) > self._verified_size:
                     self._verified.popitem(last=False)
         return verified

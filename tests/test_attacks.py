@@ -165,8 +165,8 @@ CASES: list[tuple[str, Builder, str]] = [
     ("kid-nul-byte", lambda c: jws(header(c.kid + "\x00"), claims(NOW), c.key), "unknown_kid"),
     # --- time and lifetime -------------------------------------------------------------------
     ("expired", lambda c: c.valid(iat=int(NOW) - 400, nbf=int(NOW) - 400, exp=int(NOW) - 100),
-     "expired"),
-    ("expired-just-past-leeway", lambda c: c.valid(exp=int(NOW) - 30), "expired"),
+     "token_expired"),
+    ("expired-just-past-leeway", lambda c: c.valid(exp=int(NOW) - 30), "token_expired"),
     ("nbf-future", lambda c: c.valid(nbf=int(NOW) + 120), "not_yet_valid"),
     ("iat-future", lambda c: c.valid(iat=int(NOW) + 120, nbf=None, exp=int(NOW) + 400),
      "not_yet_valid"),

@@ -469,6 +469,64 @@ def test_usage_errors_are_one_line_with_exit_2(args: list[str]) -> None:
     assert "error:" in err and "--help" in err
 
 
+# Digits of other scripts, signs, spaces, underscores, exponents, non-finite values and more
+# digits than int() converts: a number on the command line or in the environment is ASCII.
+NOT_ASCII_NUMBERS = [
+    "\u00b2",
+    "\u0661\u0662\u0663",
+    "\uff11\uff12\uff13",
+    "+60",
+    " 60",
+    "1_000",
+    "6e1",
+    "inf",
+    "nan",
+    "9" * 5000,
+]
+
+
+@pytest.mark.parametrize("value", NOT_ASCII_NUMBERS, ids=lambda v: ascii(v)[:24])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["mint", "--sub", "a", "--aud", AUD, "--ttl"],
+        ["keys", "init", "--max-lifetime"],
+        ["keys", "init", "--leeway"],
+        ["keys", "init", "--bits"],
+        ["keys", "rotate", "--bits"],
+        ["clients", "add", "x", "--tools", "add", "--aud", AUD, "--max-ttl"],
+        ["serve", "--port"],
+        ["serve", "--rate-limit"],
+        ["serve", "--rate-burst"],
+    ],
+    ids=lambda a: " ".join(a),
+)
+def test_numbers_on_the_command_line_are_ascii_digits_only(
+    args: list[str], value: str, tmp_path: Path
+) -> None:
+    # Were the value accepted, the command would fail on the next flag instead (serve must
+    # not start listening): exit status 1, not the usage error's 2.
+    where = ["--clients", str(tmp_path / "c")] if args[0] == "clients" else []
+    where += ["--keys", str(tmp_path / "k")] if args[0] != "clients" else []
+    where += ["--issuer", "ftp://x"] if args[0] == "serve" else []
+    err = cli(*args, value, *where).one_line_error(code=2)
+    assert err.startswith(f"jwtmcp {args[0]}")
+
+
+@pytest.mark.parametrize("value", NOT_ASCII_NUMBERS, ids=lambda v: ascii(v)[:24])
+@pytest.mark.parametrize(
+    "name", ["JWTMCP_DEFAULT_TTL", "JWTMCP_RATE_LIMIT", "JWTMCP_RATE_BURST", "JWTMCP_JWKS_MAX_AGE"]
+)
+def test_numbers_in_the_environment_are_ascii_digits_only(
+    name: str, value: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv(name, value)
+    keys = str(tmp_path / "k")
+    err = cli("serve", "--port", "1", "--keys", keys, "--issuer", "ftp://x").one_line_error()
+    assert err.startswith(f"jwtmcp: error: ${name} must be a number written in ASCII digits")
+    assert not (tmp_path / "k").exists()
+
+
 def test_unknown_flag_in_a_real_process() -> None:
     err = run(
         "mint", "--sub", "a", "--tools", "add", "--aud", AUD, "--frobnicate"
@@ -738,6 +796,14 @@ def test_verify_says_a_jwks_url_on_a_closed_port_could_not_be_reached(keys: str)
     url = f"http://127.0.0.1:{free_port()}/.well-known/jwks.json"  # nothing listens there
     err = _unreachable_jwks_error(run("verify", _mint(keys), "--jwks", url, "--aud", AUD), url)
     assert "cannot fetch the JWKS from" in err and "connection refused" in err.lower(), err
+
+
+def test_verify_with_a_plain_http_jwks_url_names_the_command_line_way_out(keys: str) -> None:
+    # Not a Python keyword argument a command-line user cannot pass.
+    url = "http://auth.example.com/.well-known/jwks.json"
+    err = run("verify", _mint(keys), "--jwks", url, "--aud", AUD).one_line_error()
+    assert "https" in err and "allow_insecure" not in err, err
+    assert "--jwks FILE" in err, err
 
 
 @pytest.mark.parametrize(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import stat
 import threading
 from pathlib import Path
@@ -193,6 +194,39 @@ def test_watcher_sees_changes_after_its_interval_and_keeps_last_good(path: Path)
     tick.advance(0.3)
     assert watcher.current() is good
     assert watcher.last_error is not None and "missing" in watcher.last_error
+
+
+def test_watcher_sees_an_in_place_rewrite_that_keeps_inode_size_and_mtime(path: Path) -> None:
+    add_client(path, "a", tools=["add"], audiences=[AUD])
+    tick = FakeClock(0.0)
+    watcher = ClientsWatcher(path, interval=0.25, monotonic=tick)
+    assert watcher.current().get("a") is not None
+    before = path.stat()
+    text = path.read_text()
+    with path.open("r+") as handle:  # same length: the client is renamed "a" -> "z"
+        handle.write(text.replace('"a"', '"z"'))
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    after = path.stat()
+    assert (after.st_ino, after.st_size, after.st_mtime_ns) == (
+        before.st_ino,
+        before.st_size,
+        before.st_mtime_ns,
+    )
+    tick.advance(1)
+    assert watcher.current().get("z") is not None
+
+
+@pytest.mark.parametrize("created_at", ["\u0661\u0662", "12", "abc", True, float("inf"), -1])
+def test_created_at_in_the_clients_file_must_be_a_json_number(
+    path: Path, created_at: object
+) -> None:
+    add_client(path, "a", tools=["add"], audiences=[AUD])
+    doc = json.loads(path.read_text())
+    doc["clients"]["a"]["created_at"] = created_at
+    path.write_text(json.dumps(doc))
+    expected = "client 'a': created_at must be a number of epoch seconds"
+    with pytest.raises(ClientsError, match=expected):
+        load_clients(path)
 
 
 # --- the CLI commands -------------------------------------------------------------------

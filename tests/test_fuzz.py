@@ -64,7 +64,7 @@ def _outcome(verifier: Verifier, token: Any) -> bool:
         verifier.verify(token)
     except TokenError as exc:
         assert exc.code in {
-            "malformed", "unsupported_alg", "unknown_kid", "bad_signature", "expired",
+            "malformed", "unsupported_alg", "unknown_kid", "bad_signature", "token_expired",
             "not_yet_valid", "wrong_issuer", "wrong_audience", "wrong_type",
             "lifetime_too_long", "missing_claim", "keys_unavailable",
         }

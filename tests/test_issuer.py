@@ -55,7 +55,7 @@ class Issuer:
         self.secrets[name] = secret
         # The running issuer notices the change within its reload interval; wait for it.
         count = len(json.loads(self.clients_file.read_text())["clients"])
-        wait_for(lambda: self.http.get("/healthz").json()["clients"] == count)
+        wait_for(lambda: self.http.get("/healthz").json()["client_count"] == count)
         return secret
 
     def token(self, name: str = "bot", *, post: bool = False, **form: Any) -> httpx2.Response:
@@ -456,6 +456,34 @@ def test_invalid_requested_lifetime_is_invalid_request(
     assert r.status_code == 400 and error_of(r) == "invalid_request"
 
 
+# Digits of other scripts (superscript, Arabic-Indic, fullwidth, Devanagari), signs, spaces,
+# underscores, exponents and more digits than int() will convert (4300+): all refused alike.
+NOT_ASCII_DIGITS = [
+    "\u00b2",
+    "\u0661\u0662\u0663",
+    "\uff11\uff12\uff13",
+    "\u0967\u0968",
+    "1\u00b2",
+    "+60",
+    " 60",
+    "60 ",
+    "1_000",
+    "6e1",
+    "0x3c",
+    "9" * 5000,
+]
+
+
+@pytest.mark.parametrize("value", NOT_ASCII_DIGITS, ids=lambda v: ascii(v)[:24])
+def test_expires_in_other_than_ascii_digits_is_invalid_request(
+    make_issuer: Callable[..., Issuer], value: str
+) -> None:
+    iss = make_issuer()
+    r = iss.token(expires_in=value)
+    assert r.status_code == 400 and error_of(r) == "invalid_request"
+    assert r.json()["error_description"] == "expires_in must be a positive number of seconds"
+
+
 def test_tokens_are_stamped_with_the_injected_clock(make_issuer: Callable[..., Issuer]) -> None:
     clock = FakeClock(1_700_000_000)
     iss = make_issuer(clock=clock)
@@ -669,7 +697,8 @@ def test_healthz_reports_the_active_kid(make_issuer: Callable[..., Issuer]) -> N
     assert doc["status"] == "ok"
     assert doc["active_kid"] == ring.active.kid
     assert doc["next_kid"] == (ring.next.kid if ring.next else None)
-    assert doc["clients"] == 1
+    assert doc["ring"] == "ok" and doc["clients"] == "ok"
+    assert doc["client_count"] == 1
 
 
 # --- live reload -----------------------------------------------------------------------------
@@ -724,7 +753,37 @@ def test_a_broken_clients_file_keeps_the_last_good_clients(
     iss.clients_file.write_text("{ not json")
     wait_for(lambda: iss.http.get("/healthz").json()["status"] == "degraded")
     assert iss.token().status_code == 200
-    assert "invalid" in iss.http.get("/healthz").json()["problems"][0]
+    assert iss.http.get("/healthz").json()["clients"] == "stale"
+
+
+def test_degraded_healthz_reports_states_and_logs_the_details(
+    make_issuer: Callable[..., Issuer],
+    ring: KeyRing,
+    ring_dir: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="jwtmcp.issuer")
+    iss = make_issuer(keys_dir=ring_dir)
+    add_client(iss.clients_file, "partner-acme-internal", tools=["add"], audiences=[AUD])
+    doc = json.loads(iss.clients_file.read_text())
+    doc["clients"]["partner-acme-internal"]["tools"] = "not a list"
+    iss.clients_file.write_text(json.dumps(doc))
+    (ring_dir / "ring.json").write_text("{ not json")
+    wait_for(lambda: iss.http.get("/healthz").json()["clients"] == "stale")
+    wait_for(lambda: iss.http.get("/healthz").json()["ring"] == "stale")
+    r = iss.http.get("/healthz")
+    body = r.text
+    assert r.status_code == 200
+    assert r.json()["status"] == "degraded"
+    assert r.json()["active_kid"] == ring.active.kid
+    # Nothing about the machine or the clients for an unauthenticated caller...
+    for secret in (str(ring_dir), str(iss.clients_file), "ring.json", "partner-acme-internal"):
+        assert secret not in body
+    assert "/" not in body.replace(iss.issuer, "")
+    # ... but the operator's log says what broke and where.
+    logged = caplog.text
+    assert str(ring_dir / "ring.json") in logged and "corrupted" in logged
+    assert "partner-acme-internal" in logged
 
 
 # --- access log ------------------------------------------------------------------------------
@@ -759,3 +818,54 @@ def test_access_log_names_client_scope_audience_kid_jti_but_no_secret_or_token(
     assert iss.secrets["bot"] not in everything
     assert "wrong-pw" not in everything
     assert token not in everything and token.split(".")[2] not in everything
+
+
+# --- the token request form --------------------------------------------------------------
+
+
+def _reference_form(body: bytes) -> tuple[str, Any]:
+    """What parse_form answers, defined with the standard library's parse_qsl."""
+    from urllib.parse import parse_qsl
+
+    try:
+        pairs = parse_qsl(body.decode("utf-8"), keep_blank_values=True, strict_parsing=True,
+                          errors="strict", max_num_fields=64)
+    except (UnicodeDecodeError, ValueError):
+        return "invalid_request", None
+    params: dict[str, str] = {}
+    resources: list[str] = []
+    seen: set[str] = set()
+    for name, value in pairs:
+        if name == "resource":
+            if value:
+                resources.append(value)
+            continue
+        if name in seen and name in {"grant_type", "scope", "client_id", "client_secret",
+                                     "expires_in"}:
+            return "invalid_request", None
+        seen.add(name)
+        if value:
+            params[name] = value
+    return "ok", (params, tuple(dict.fromkeys(resources)))
+
+
+def _parsed_form(body: bytes) -> tuple[str, Any]:
+    from jwtmcp.issuer import OAuthError, parse_form
+
+    try:
+        form = parse_form(body)
+    except OAuthError as exc:
+        return exc.error, None
+    return "ok", (form.params, form.resources)
+
+
+@settings(max_examples=600, deadline=None)
+@given(st.lists(st.text(alphabet="ab=&%+2F0é ", max_size=6), max_size=70), st.booleans())
+def test_the_token_form_reads_exactly_as_parse_qsl_reads_it(parts: list[str], names: bool):
+    """Any body: the same parameters, or the same refusal (a field without '=', an empty
+    field, too many fields, bad percent-encoding, a repeated single parameter)."""
+    fields = [p if i % 7 == 6 else f"{'grant_type' if names and i % 3 == 0 else 'resource'}={p}"
+              for i, p in enumerate(parts)]
+    for body in ("&".join(fields).encode(), "&".join(parts).encode(), b"a=%FF", b"%FF=a",
+                 b"a=%e9", b"%C3%A9+x=%2B+&resource=a%2Fb+c", b"=", b"&", b"a=b&"):
+        assert _parsed_form(body) == _reference_form(body), body

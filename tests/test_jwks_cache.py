@@ -326,6 +326,24 @@ def test_a_fork_while_the_first_fetch_is_in_flight_fetches_again_in_the_child(
         assert server.fetches == 2
 
 
+def test_a_fork_while_another_thread_holds_the_verified_cache_lock_verifies_in_the_child(
+    ring: KeyRing, server: JwksServer, clock: FakeClock
+):
+    # A thread of the parent is inside the verified-token cache when another thread forks:
+    # the child's copy of that lock is held by a thread that does not exist there.
+    key = ring.active.signing_key
+    with make_verifier(server.url, clock) as v:
+        v.verify(token(key, clock))
+        lock = v._verified_lock
+        lock.acquire()
+        try:
+            result = in_forked_child(lambda: v.verify(token(key, clock, sub="bob")).subject,
+                                     timeout=10)
+        finally:
+            lock.release()
+        assert result == "bob"
+
+
 # --- acceptance 3: a misbehaving JWKS server -------------------------------------------------
 
 

@@ -20,6 +20,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from jwtmcp import keys as keys_module
 from jwtmcp.errors import KeyRingError
 from jwtmcp.keys import (
     STATE_FILE,
@@ -455,6 +456,53 @@ def test_watcher_keeps_the_last_good_ring_when_the_state_breaks(
     mono.advance(1)
     assert watcher.current().active.kid == ring.active.kid
     assert watcher.last_error is not None and "corrupted" in watcher.last_error
+
+
+def test_watcher_sees_a_revoke_that_lands_between_its_first_load_and_stat(
+    ring: KeyRing, ring_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The interleaving, made deterministic: the real load_ring runs, then a `keys revoke`
+    # lands before the watcher takes the state file's stat signature.
+    real_load = keys_module.load_ring
+    revoked: list[str] = []
+
+    def load_then_revoke(directory: str | os.PathLike[str]) -> KeyRing:
+        loaded = real_load(directory)
+        if not revoked:
+            revoked.append(ring.active.kid)
+            revoke_key(ring_dir, ring.active.kid)
+        return loaded
+
+    monkeypatch.setattr(keys_module, "load_ring", load_then_revoke)
+    mono = FakeClock(0)
+    watcher = RingWatcher(ring_dir, interval=0.25, monotonic=mono)
+    mono.advance(1)
+    assert watcher.current().get(revoked[0]) is None
+
+
+def test_watcher_sees_an_in_place_rewrite_that_keeps_inode_size_and_mtime(
+    ring: KeyRing, ring_dir: Path
+) -> None:
+    # An in-place write (editor, `rsync --inplace -t`, a restore with `cp -p`) of a state file
+    # of the same size whose mtime is put back: only ctime or the content tells.
+    state = ring_dir / STATE_FILE
+    mono = FakeClock(0)
+    watcher = RingWatcher(ring_dir, interval=0.25, monotonic=mono)
+    assert watcher.current().max_lifetime == 3600
+    before = state.stat()
+    text = state.read_text()
+    assert '"max_lifetime": 3600' in text
+    with state.open("r+") as handle:
+        handle.write(text.replace('"max_lifetime": 3600', '"max_lifetime": 1800'))
+    os.utime(state, ns=(before.st_atime_ns, before.st_mtime_ns))
+    after = state.stat()
+    assert (after.st_ino, after.st_size, after.st_mtime_ns) == (
+        before.st_ino,
+        before.st_size,
+        before.st_mtime_ns,
+    )
+    mono.advance(1)
+    assert watcher.current().max_lifetime == 1800
 
 
 # --- concurrency and crashes (real processes) ----------------------------------------------

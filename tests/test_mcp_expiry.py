@@ -169,5 +169,5 @@ def test_token_past_exp_and_leeway_is_refused_by_server_and_cli_with_the_same_re
     assert answer.status_code == 401
     description = answer.json()["error_description"]
     assert message == f"jwtmcp: error: {description}"
-    assert "(expired)" in description
+    assert "(token_expired)" in description
     assert f'error_description="{description}"' in answer.headers["www-authenticate"]

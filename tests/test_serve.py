@@ -6,6 +6,7 @@ import base64
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
 import time
@@ -85,12 +86,15 @@ def test_first_run_needs_nothing_and_its_printed_commands_work(tmp_path: Path) -
         assert json.loads(fetched.stdout)["token_type"] == "Bearer"
         start = lines.index("Check it:")
         check = "\n".join(line.strip() for line in lines[start + 1 : start + 3])
-        assert check.splitlines()[1].startswith("jwtmcp verify ")
-        env = dict(
-            os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
+        # As a new user's shell runs it: the venv is not activated, so no PATH entry holds
+        # a jwtmcp command; from the directory serve ran in.
+        path = os.pathsep.join(
+            d for d in os.environ["PATH"].split(os.pathsep) if d and not Path(d, "jwtmcp").exists()
         )
+        env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH")}
+        env["PATH"] = path
         verified = subprocess.run(
-            ["bash", "-c", check], capture_output=True, text=True, timeout=30, env=env
+            ["bash", "-c", check], capture_output=True, text=True, timeout=30, env=env, cwd=workdir
         )
         assert verified.returncode == 0, verified.stderr
         claims = json.loads(verified.stdout)
@@ -247,3 +251,33 @@ def test_start_up_errors_are_one_line(
     assert result.stderr.startswith("jwtmcp: error: ")
     assert message in result.stderr
     assert result.stderr.count("\n") == 1
+
+
+def test_a_busy_port_is_one_line_and_exit_status_69(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = jwtmcp("serve", "--port", str(port), cwd=tmp_path, timeout=30)
+    assert result.returncode == 69  # EX_UNAVAILABLE
+    assert result.stderr == (
+        f"jwtmcp: error: cannot listen on 127.0.0.1:{port}: the port is in use by another "
+        "program; stop it or pick another port with --port\n"
+    )
+    assert not (tmp_path / "keys").exists()  # nothing set up, no secret printed
+    assert result.stdout == ""
+
+
+@pytest.mark.parametrize(
+    "name", ["clients.json", ".clients.json.lock", "keys/ring.json", "keys/.lock", "keys/x.pem"]
+)
+def test_what_serve_creates_in_the_checkout_is_git_ignored(name: str) -> None:
+    # scripts/serve runs in the checkout: its secrets, keys and lock files must never be
+    # committed by a `git add -A`.
+    repo = Path(__file__).resolve().parent.parent
+    if not (repo / ".git").exists():
+        pytest.skip("not a git checkout")
+    ignored = subprocess.run(
+        ["git", "check-ignore", "--no-index", "-q", name], cwd=repo, check=False, timeout=30
+    )
+    assert ignored.returncode == 0, f"{name} is not git-ignored"

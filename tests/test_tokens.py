@@ -534,3 +534,39 @@ def test_mint_raises_config_error_or_signs_what_the_verifier_accepts(
     for name, value in (extra or {}).items():
         assert got.claims[name] == json.loads(json.dumps(value))
     assert set(got.claims) == REGISTERED_CLAIMS | set(extra or {})
+
+
+# --- byte for byte what PyJWT writes --------------------------------------------------------
+
+_json_leaf = (
+    st.none() | st.booleans() | st.integers(min_value=-(2**53) + 1, max_value=2**53 - 1)
+    | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=8)
+)
+_json_value = st.recursive(
+    _json_leaf,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner,
+                                                                max_size=3),
+    max_leaves=8,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    subject=st.text(min_size=1, max_size=12),
+    audiences=st.lists(st.sampled_from([AUD, "https://a.example/mcp/x", "http://h:1/a%20b"]),
+                       min_size=1, max_size=3),
+    extra=st.dictionaries(st.text(min_size=1, max_size=6).filter(
+        lambda k: k not in RESERVED_CLAIMS), _json_value, max_size=3),
+)
+def test_sign_writes_the_token_pyjwt_writes(
+    ring: KeyRing, subject: str, audiences: list[str], extra: dict[str, Any]
+) -> None:
+    """RS256 (PKCS#1 v1.5) is deterministic, so the whole token can be compared: same header
+    bytes (sorted keys), same payload bytes (compact, ASCII-escaped), same signature. Subjects
+    are any text (non-ASCII, DEL, quotes); extra claims any JSON value mint accepts."""
+    claims = build_claims(issuer=ISS, subject=subject, audience=audiences, tools=["add"],
+                          extra_claims=extra, now=1_800_000_000, jti="j")
+    key = ring.active.signing_key
+    expected = jwt.encode(claims, key.private_key, algorithm="RS256",
+                          headers={"typ": "at+jwt", "kid": key.kid})
+    assert sign(claims, key) == expected

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import dataclasses
 import json
@@ -187,7 +188,7 @@ def test_leeway_bounds_expiry_and_not_before(jwks_path: Path, ring: KeyRing) -> 
     key = ring.active.private_key
     assert v.verify(jws(header(ring.active.kid), claims(NOW, exp=int(NOW) - 29), key))
     assert _code(v, jws(header(ring.active.kid), claims(NOW, exp=int(NOW) - 30), key)) == (
-        "expired"
+        "token_expired"
     )
     assert v.verify(jws(header(ring.active.kid), claims(NOW, nbf=int(NOW) + 30), key))
     assert _code(v, jws(header(ring.active.kid), claims(NOW, nbf=int(NOW) + 31), key)) == (
@@ -196,7 +197,7 @@ def test_leeway_bounds_expiry_and_not_before(jwks_path: Path, ring: KeyRing) -> 
     strict = Verifier(issuer=ISSUER, audience=AUDIENCE, jwks_file=jwks_path, clock=clock,
                       leeway=0)
     assert _code(strict, jws(header(ring.active.kid), claims(NOW, exp=int(NOW)), key)) == (
-        "expired"
+        "token_expired"
     )
 
 
@@ -352,7 +353,7 @@ def test_a_reused_token_still_expires(verifier: Verifier, ring: KeyRing, clock: 
     clock.advance(60 + 29)
     assert verifier.verify(token).subject == "alice"
     clock.advance(1)
-    assert _code(verifier, token) == "expired"
+    assert _code(verifier, token) == "token_expired"
 
 
 def test_a_reused_token_is_not_valid_before_its_time_if_the_clock_goes_back(
@@ -362,6 +363,24 @@ def test_a_reused_token_is_not_valid_before_its_time_if_the_clock_goes_back(
     verifier.verify(token)
     clock.advance(-120)
     assert _code(verifier, token) == "not_yet_valid"
+
+
+def test_a_reused_token_keeps_its_time_window_in_verify_async(
+    verifier: Verifier, ring: KeyRing, clock: FakeClock
+):
+    """verify_async has its own copy of the cache-hit path: the same window holds there."""
+    token = _mint(ring, clock, lifetime=60)
+    assert asyncio.run(verifier.verify_async(token)).subject == "alice"
+    clock.advance(-31)
+    with pytest.raises(TokenError) as early:
+        asyncio.run(verifier.verify_async(token))
+    clock.advance(31 + 60 + 29)
+    assert asyncio.run(verifier.verify_async(token)).subject == "alice"
+    clock.advance(1)
+    with pytest.raises(TokenError) as late:
+        asyncio.run(verifier.verify_async(token))
+    assert (early.value.code, late.value.code) == ("not_yet_valid", "token_expired")
+    assert verifier.verified_cache_len == 1
 
 
 def test_the_verified_cache_is_bounded_lru(jwks_path: Path, ring: KeyRing, clock: FakeClock):
@@ -542,6 +561,65 @@ def test_fast_and_strict_json_agree_on_random_objects(value: dict[str, Any], dat
         fast, strict = _both_paths(raw)
         assert fast == strict
 
+
+# --- base64url: one spelling per value (RFC 7515 2, RFC 4648 5 and 3.5) ----------------------
+
+B64URL = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+
+
+def _reference_b64decode(segment: bytes) -> bytes | None:
+    """The definition, from the standard library: the bytes, or None when not canonical."""
+    text = segment.decode("latin-1")
+    if len(text) % 4 == 1 or any(c not in B64URL for c in text):
+        return None
+    data = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    return data if base64.urlsafe_b64encode(data).rstrip(b"=") == segment else None
+
+
+def _decoded_segment(segment: bytes) -> bytes | None:
+    try:
+        return verifier_module._b64decode(segment, "signature")
+    except TokenError as exc:
+        assert exc.code == "malformed"
+        return None
+
+
+@settings(max_examples=1500, deadline=None)
+@given(
+    st.binary(max_size=40),
+    st.integers(min_value=0, max_value=3),
+    st.text(alphabet=B64URL + "+/=.\n é\x00", max_size=3),
+)
+def test_base64url_segments_decode_exactly_in_their_canonical_spelling(
+    data: bytes, cut: int, noise: str
+) -> None:
+    """Every other spelling is refused: padding, '+' or '/', a last character with unused
+    bits set, whitespace, other bytes. Spellings near the canonical one are tried too."""
+    canonical = base64.urlsafe_b64encode(data).rstrip(b"=")
+    assert _decoded_segment(canonical) == data
+    for spelling in (
+        canonical + noise.encode(),
+        noise.encode() + canonical,
+        canonical[: len(canonical) - cut],
+        canonical[:-1] + B64URL[(B64URL.index(chr(canonical[-1])) + cut) % 64].encode()
+        if canonical else noise.encode(),
+        base64.b64encode(data).rstrip(b"="),
+        base64.urlsafe_b64encode(data),
+    ):
+        assert _decoded_segment(spelling) == _reference_b64decode(spelling), spelling
+
+
+
+def test_a_segment_spelled_with_plus_or_slash_is_refused_without_a_warning() -> None:
+    """A hostile token must not make the decoder warn (a log line per request where
+    warnings are shown, an error where they are errors): refused, and nothing else."""
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for spelling in (b"YW+/", b"ab/c", b"Y+Q", b"YW-_"):
+            _decoded_segment(spelling)
+    assert [str(w.message) for w in caught] == []
 
 # --- the command line ------------------------------------------------------------------------
 
