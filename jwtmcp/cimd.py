@@ -62,15 +62,14 @@ from .client_metadata import (
     PUBLIC_AUTH_METHOD,
     SHARED_SECRET_AUTH_METHODS,
     OAuthClient,
-    check_redirect_uris,
     frozen_jwks,
-    is_loopback_host,
     scope_problem,
     string_list_problem,
     text_problem,
 )
 from .errors import ClientMetadataError, ClientMetadataUnavailable, ConfigError
 from .numeric import parse_whole_number
+from .redirect_uris import check_redirect_uris, is_loopback_host
 from .tokens import Clock
 
 log = logging.getLogger("jwtmcp.cimd")

@@ -452,6 +452,7 @@ def _serve_setting(value: float | None, env: str, default: float, *, integer: bo
 
 
 def cmd_serve(args: argparse.Namespace, clock: Clock) -> int:
+    from .cli_users import users_file
     from .issuer import (
         DEFAULT_JWKS_MAX_AGE,
         DEFAULT_RATE_BURST,
@@ -465,6 +466,8 @@ def cmd_serve(args: argparse.Namespace, clock: Clock) -> int:
         issuer_url=args.issuer or os.environ.get(ENV_ISSUER) or None,
         keys_dir=str(keys_dir(args)),
         clients_file=str(clients_file(args)),
+        users_file=str(users_file(args)),
+        store=args.store or os.environ.get("JWTMCP_STORE") or None,
         workers=args.workers,
         jwks_max_age=int(
             _serve_setting(
@@ -1013,6 +1016,18 @@ connection limits (environment; sizes in bytes, times in seconds):
     _add_issuer_flag(p, f"default: ${ENV_ISSUER}, else http://HOST:PORT")
     _add_keys_flag(p)
     _add_clients_flag(p)
+    p.add_argument(
+        "--users",
+        metavar="FILE",
+        help="users who may sign in (default: $JWTMCP_USERS, else 'users.json' beside the "
+        "clients file; created with a demo user on first run)",
+    )
+    p.add_argument(
+        "--store",
+        metavar="PATH",
+        help="state store for sign-in: codes, refresh tokens, login counters (default: "
+        "$JWTMCP_STORE, else 'jwtmcp-state.db' beside the keys directory)",
+    )
     p.add_argument(
         "--workers",
         type=_positive_int,

@@ -6,24 +6,22 @@ registration whose ``client_id`` carries its signed metadata (:mod:`jwtmcp.regis
 an entry of the clients file. All three end as the same frozen :class:`OAuthClient`.
 
 This module is the pure core both sources share: the RFC 7591 §2 metadata members jwtmcp
-accepts, with limits on every one, and which redirect URIs a client may register
-(RFC 8252 §7: https, loopback http on any port, or a private-use scheme). No I/O here.
+accepts, with limits on every one. Which redirect URIs a client may register, and which
+requests match them, is :mod:`jwtmcp.redirect_uris`. No I/O here.
 """
 
 from __future__ import annotations
 
-import ipaddress
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Literal
-from urllib.parse import urlsplit
 
 ClientSource = Literal["cimd", "registered", "file"]
 
 MAX_URI_LENGTH = 1024
-"""Longest redirect URI (or ``jwks_uri``) accepted, in characters."""
+"""Longest ``jwks_uri`` accepted, in characters."""
 MAX_CLIENT_NAME_LENGTH = 100
 """Longest ``client_name``, in characters: it is shown on the consent page."""
 MAX_SCOPE_LENGTH = 1000
@@ -38,16 +36,6 @@ SHARED_SECRET_AUTH_METHODS = frozenset(
 SUPPORTED_GRANT_TYPES = frozenset({"authorization_code", "refresh_token"})
 SUPPORTED_RESPONSE_TYPES = frozenset({"code"})
 
-# Schemes that would run code or read local data in the user agent if a browser were sent
-# there: never a redirect target, whatever a client registers (RFC 8252 §7.1 allows
-# private-use schemes such as cursor:// or vscode://, not these).
-_FORBIDDEN_SCHEMES = frozenset(
-    {"javascript", "data", "file", "vbscript", "blob", "about", "filesystem", "view-source"}
-)
-_SCHEME = re.compile(r"[a-z][a-z0-9+.\-]*")
-# RFC 3986 characters only: printable ASCII without space, quotes, angle brackets, braces,
-# backslash, caret, backtick and pipe. Anything else is an attack or a client bug.
-_URI_CHARS = re.compile(r"[A-Za-z0-9\-._~:/?#\[\]@!$&'()*+,;=%]+")
 # RFC 6749 §3.3 scope-token characters, separated by single spaces.
 _SCOPE = re.compile(r"[\x21\x23-\x5b\x5d-\x7e]+( [\x21\x23-\x5b\x5d-\x7e]+)*")
 
@@ -92,57 +80,6 @@ def frozen_jwks(value: Mapping[str, Any] | None) -> Mapping[str, Any] | None:
     return None if value is None else MappingProxyType(dict(value))
 
 
-# --- redirect URIs -------------------------------------------------------------------------
-
-
-def is_loopback_host(host: str) -> bool:
-    """True for ``localhost`` and loopback IP literals (127.0.0.0/8, ``::1``)."""
-    host = host.lower()
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def redirect_uri_problem(uri: object) -> str | None:
-    """Why ``uri`` cannot be registered as a redirect URI, or None when it can.
-
-    Accepted (RFC 8252 §7, OAuth 2.1 §2.3.1): absolute ``https`` URIs with a host and no user
-    info; ``http`` only on a loopback host (``127.0.0.1``, ``[::1]``, ``localhost``), any port;
-    private-use schemes (``cursor://…``, ``com.example.app:/cb``) except those that run code or
-    read local data (``javascript:``, ``data:``, ``file:`` …). Never a fragment (RFC 6749
-    §3.1.2), never more than :data:`MAX_URI_LENGTH` characters, only RFC 3986 characters.
-    """
-    if not isinstance(uri, str) or not uri:
-        return "each redirect URI must be a non-empty string"
-    if len(uri) > MAX_URI_LENGTH:
-        return f"a redirect URI is longer than {MAX_URI_LENGTH} characters"
-    if not _URI_CHARS.fullmatch(uri):
-        return "a redirect URI holds characters a URI cannot hold"
-    if "#" in uri:
-        return "a redirect URI must not hold a fragment"
-    try:
-        parts = urlsplit(uri)
-        parts.port  # noqa: B018 - raises ValueError for a malformed port
-    except ValueError:
-        return "a redirect URI is not a valid URI"
-    scheme = parts.scheme.lower()
-    if not scheme or not _SCHEME.fullmatch(scheme):
-        return "a redirect URI must be absolute (with a scheme)"
-    if scheme in _FORBIDDEN_SCHEMES:
-        return f"the {scheme}: scheme is not allowed for redirect URIs"
-    if scheme in ("http", "https"):
-        if "@" in parts.netloc:
-            return "a redirect URI must not hold user information"
-        if not parts.hostname:
-            return "an http(s) redirect URI must name a host"
-        if scheme == "http" and not is_loopback_host(parts.hostname):
-            return "plain http redirect URIs are allowed only on loopback hosts (RFC 8252 §7.3)"
-    return None
-
-
 # --- other metadata members (RFC 7591 §2) -------------------------------------------------
 
 
@@ -182,24 +119,3 @@ def string_list_problem(value: object, name: str, allowed: frozenset[str] | None
         if allowed is not None and item not in allowed:
             return f"{name} value {item[:40]!r} is not supported (allowed: {sorted(allowed)})"
     return None
-
-
-def check_redirect_uris(
-    value: object, max_count: int, fail: Callable[[str, str], Exception]
-) -> tuple[str, ...]:
-    """The ``redirect_uris`` member as a tuple, or ``fail(code, message)`` raised.
-
-    ``code`` is ``"invalid_redirect_uri"`` for a bad URI and ``"invalid_client_metadata"`` for
-    a missing, empty, too long or duplicated list.
-    """
-    if not isinstance(value, list) or not value:
-        raise fail("invalid_redirect_uri", "redirect_uris must be a non-empty list of URIs")
-    if len(value) > max_count:
-        raise fail("invalid_redirect_uri", f"redirect_uris has more than {max_count} entries")
-    for uri in value:
-        problem = redirect_uri_problem(uri)
-        if problem is not None:
-            raise fail("invalid_redirect_uri", problem)
-    if len(set(value)) != len(value):
-        raise fail("invalid_redirect_uri", "redirect_uris lists a URI twice")
-    return tuple(value)

@@ -10,13 +10,15 @@ Endpoints (all relative to the issuer URL):
 - ``GET /.well-known/jwks.json`` — the ring's public keys, cacheable.
 - ``GET /.well-known/oauth-authorization-server`` — RFC 8414 metadata.
 - ``GET /healthz`` — liveness, the active kid and the state of the ring and clients file.
-- ``GET /authorize`` — always an ``unsupported_response_type`` error: RFC 8414 (and the MCP
-  SDK's metadata model) want an authorization endpoint, but this issuer only serves
-  machine clients.
+- ``GET /authorize``, ``/authorize/login``, ``/authorize/consent`` — interactive sign-in
+  (authorization code + PKCE; :mod:`jwtmcp.authorize`), ``POST /register`` — RFC 7591
+  registration (:mod:`jwtmcp.registration`); assembled by :mod:`jwtmcp.signin`.
 
-The service holds no state besides two files it watches (the key ring and the clients
-file): a ``stat`` at most every ``reload_interval`` seconds notices a rotation or a client
-change, so the request path never reads a file. Replicas sharing both files answer alike.
+The client_credentials path holds no state besides two files it watches (the key ring and
+the clients file): a ``stat`` at most every ``reload_interval`` seconds notices a rotation or
+a client change, so the request path never reads a file. Replicas sharing both files answer
+alike. Interactive sign-in keeps its codes, refresh families and failed-login counters in the
+store (:mod:`jwtmcp.store`); client_credentials never touches it.
 """
 
 from __future__ import annotations
@@ -47,6 +49,8 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from .authorize import LoginLimits
+from .cimd import ClientMetadataFetcher
 from .clients import Client, ClientsWatcher, ClientTable, ensure_clients
 from .errors import ConfigError, JwtMcpError
 from .identifiers import canonical_issuer, canonical_or_none
@@ -54,7 +58,9 @@ from .keys import KeyRing, RingWatcher, ensure_ring
 from .numeric import parse_whole_number
 from .server import ServerLimits, bind_socket
 from .server import run as run_server
+from .store import Store
 from .tokens import DEFAULT_LIFETIME, Clock, build_claims, scope_grants_scope, sign
+from .users import ensure_users, users_file_beside
 
 log = logging.getLogger("jwtmcp.issuer")
 
@@ -65,6 +71,7 @@ DEFAULT_RATE_BURST = 20
 DEFAULT_MAX_BODY_BYTES = 8192
 DEFAULT_RELOAD_INTERVAL = 0.25
 DEMO_CLIENT = "demo"
+DEMO_USER = "demo"
 DEMO_TOOLS = ("add", "subtract", "multiply")
 DEMO_AUDIENCE = "http://127.0.0.1:8001/mcp"
 ENV_SETTINGS = "JWTMCP_ISSUER_SETTINGS"
@@ -113,6 +120,10 @@ class IssuerSettings:
     rate_burst: int = DEFAULT_RATE_BURST
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     reload_interval: float = DEFAULT_RELOAD_INTERVAL
+    users_file: str = ""
+    """The users file; empty: ``users.json`` beside the clients file."""
+    store: str = ""
+    """The state store's location (:func:`jwtmcp.store.open_store`); empty: beside the ring."""
 
 
 def _is_loopback(host: str) -> bool:
@@ -384,6 +395,7 @@ class IssuerService:
         *,
         clock: Clock = time.time,
         rate_limit_clock: Clock = time.monotonic,
+        sign_in: Mapping[str, Any] | None = None,
     ) -> None:
         self.settings = settings
         self.issuer = canonical_issuer(settings.issuer_url)
@@ -405,6 +417,20 @@ class IssuerService:
         )
         self._jwks_cache: tuple[KeyRing, bytes, str] | None = None
         self._metadata_cache: tuple[ClientTable, bytes] | None = None
+        from .signin import build_sign_in
+
+        options: dict[str, Any] = {
+            "users_file": settings.users_file or None,
+            "store": settings.store or None,
+            "clock": clock,
+        }
+        options.update(sign_in or {})
+        self.sign_in = build_sign_in(
+            issuer=self.issuer,
+            keys_dir=settings.keys_dir,
+            clients_file=settings.clients_file,
+            **options,
+        )
 
     # -- documents ----------------------------------------------------------------------
 
@@ -425,14 +451,12 @@ class IssuerService:
             "issuer": base,
             "token_endpoint": f"{base}/token",
             "jwks_uri": f"{base}/.well-known/jwks.json",
-            # Required by RFC 8414 when any grant uses it and by the MCP SDK's model; this
-            # one always answers unsupported_response_type (machine clients only).
-            "authorization_endpoint": f"{base}/authorize",
-            "response_types_supported": [],
-            "grant_types_supported": ["client_credentials"],
+            **self.sign_in.metadata(base),
+            "grant_types_supported": ["client_credentials", "authorization_code", "refresh_token"],
             "token_endpoint_auth_methods_supported": [
                 "client_secret_basic",
                 "client_secret_post",
+                "none",
             ],
             "scopes_supported": list(self.clients.current().all_scopes()),
         }
@@ -460,13 +484,6 @@ class IssuerService:
     async def oauth_metadata(self, request: Request) -> Response:
         headers = {"Cache-Control": "public, max-age=300", "Access-Control-Allow-Origin": "*"}
         return Response(self.metadata_document(), headers=headers, media_type=JSON_TYPE)
-
-    async def authorize(self, request: Request) -> Response:
-        return OAuthError(
-            "unsupported_response_type",
-            "this issuer serves machine clients only: use the client_credentials grant "
-            f"at {self.issuer}/token",
-        ).response()
 
     async def healthz(self, request: Request) -> Response:
         """Liveness for anyone: states only. Why a file failed to reload goes to the log
@@ -682,13 +699,32 @@ def create_app(
     reload_interval: float = DEFAULT_RELOAD_INTERVAL,
     clock: Clock = time.time,
     rate_limit_clock: Clock = time.monotonic,
+    users_file: str | os.PathLike[str] | None = None,
+    store: Store | str | os.PathLike[str] | None = None,
+    metadata_fetcher: ClientMetadataFetcher | None = None,
+    login_limits: LoginLimits | None = None,
 ) -> Starlette:
     """The issuer as a Starlette app over an existing key ring and clients file.
 
     ``rate_limit`` is token requests per second per client (``0`` turns limiting off) with
     bursts of ``rate_burst``; ``clock`` stamps tokens; ``rate_limit_clock`` drives the
     buckets. Raises :class:`KeyRingError` or :class:`ClientsError` if a file is unusable.
+
+    Interactive sign-in (:mod:`jwtmcp.signin`): ``users_file`` (default ``users.json``
+    beside ``clients_file``), ``store`` (a :class:`~jwtmcp.store.Store` or its location;
+    default ``jwtmcp-state.db`` beside ``keys_dir``), ``metadata_fetcher`` (Client ID
+    Metadata Documents; the default refuses private and loopback hosts) and
+    ``login_limits`` (failed logins per user and per address). Raises
+    :class:`~jwtmcp.errors.StoreUnavailable` when the store cannot be opened.
     """
+    sign_in: dict[str, Any] = {}
+    if store is not None and not isinstance(store, (str, os.PathLike)):
+        sign_in["store"] = store
+        store = None
+    if metadata_fetcher is not None:
+        sign_in["metadata_fetcher"] = metadata_fetcher
+    if login_limits is not None:
+        sign_in["login_limits"] = login_limits
     settings = IssuerSettings(
         issuer_url=issuer_url,
         keys_dir=os.fspath(keys_dir),
@@ -699,8 +735,13 @@ def create_app(
         rate_burst=rate_burst,
         max_body_bytes=max_body_bytes,
         reload_interval=reload_interval,
+        users_file=os.fspath(users_file) if users_file is not None else "",
+        store=os.fspath(store) if store is not None else "",
     )
-    return _build_app(IssuerService(settings, clock=clock, rate_limit_clock=rate_limit_clock))
+    service = IssuerService(
+        settings, clock=clock, rate_limit_clock=rate_limit_clock, sign_in=sign_in
+    )
+    return _build_app(service)
 
 
 def _build_app(service: IssuerService) -> Starlette:
@@ -715,7 +756,7 @@ def _build_app(service: IssuerService) -> Starlette:
         Route("/.well-known/jwks.json", service.jwks, methods=["GET"]),
         *(Route(p, service.oauth_metadata, methods=["GET"]) for p in metadata_paths),
         Route("/healthz", service.healthz, methods=["GET"]),
-        Route("/authorize", service.authorize, methods=["GET", "POST"]),
+        *service.sign_in.routes(),
     ]
     app = Starlette(routes=routes, middleware=[Middleware(_TokenEndpoint, service=service)])
     app.state.issuer = service
@@ -808,6 +849,21 @@ def first_run_banner(
     )
 
 
+def first_run_user_banner(
+    *, base_url: str, users_file: str, name: str, password: str, audience: str
+) -> str:
+    """The text ``serve`` prints once when it created the demo user."""
+    return (
+        f"jwtmcp: created the users file {users_file} with a demo user for the sign-in page\n"
+        f"  user name:     {name}\n"
+        f"  user password: {password}\n"
+        f"  (tools: {', '.join(DEMO_TOOLS)}; audience: {audience}; the password is shown only "
+        "now; only its Argon2 hash is stored)\n"
+        f"  Interactive MCP clients sign in at {base_url}/authorize; add people with\n"
+        f"  jwtmcp users add NAME --tools add,subtract --aud {audience}\n"
+    )
+
+
 def serve(
     *,
     host: str = "127.0.0.1",
@@ -815,6 +871,8 @@ def serve(
     issuer_url: str | None = None,
     keys_dir: str = "keys",
     clients_file: str = "clients.json",
+    users_file: str | None = None,
+    store: str | None = None,
     workers: int = 1,
     jwks_max_age: int = DEFAULT_JWKS_MAX_AGE,
     default_ttl: int = DEFAULT_LIFETIME,
@@ -822,9 +880,12 @@ def serve(
     rate_burst: int = DEFAULT_RATE_BURST,
     out: IO[str] | None = None,
 ) -> None:
-    """Set up on first run (ring, clients file with a demo client), print how to use it, serve.
+    """Set up on first run (ring, clients file with a demo client, users file with a demo
+    user), print how to use it, serve.
 
-    ``issuer_url`` defaults to ``http://HOST:PORT``. Blocks until the server stops.
+    ``issuer_url`` defaults to ``http://HOST:PORT``; ``users_file`` to ``users.json`` beside
+    ``clients_file``; ``store`` to ``jwtmcp-state.db`` beside ``keys_dir``. Blocks until the
+    server stops.
     """
     out = out or sys.stdout
     if not 0 < port < 65536:
@@ -866,8 +927,27 @@ def serve(
             ),
             file=out,
         )
+    users_path = Path(users_file) if users_file else users_file_beside(clients_file)
+    users, demo_user = ensure_users(
+        users_path,
+        demo_name=DEMO_USER,
+        demo_tools=DEMO_TOOLS,
+        demo_audiences=(DEMO_AUDIENCE,),
+    )
+    if demo_user is not None:
+        user, password = demo_user
+        print(
+            first_run_user_banner(
+                base_url=base_url,
+                users_file=str(users_path),
+                name=user.name,
+                password=password,
+                audience=user.audiences[0],
+            ),
+            file=out,
+        )
     print(
-        f"jwtmcp: issuer {issuer} on {base_url} ({len(table)} client(s), "
+        f"jwtmcp: issuer {issuer} on {base_url} ({len(table)} client(s), {len(users)} user(s), "
         f"active kid {ring.active.kid}, {workers} worker(s))",
         file=out,
         flush=True,
@@ -880,6 +960,8 @@ def serve(
         default_ttl=default_ttl,
         rate_limit=rate_limit,
         rate_burst=rate_burst,
+        users_file=str(users_path.resolve()),
+        store=str(Path(store).resolve()) if store else "",
     )
     common: dict[str, Any] = {
         "host": host,

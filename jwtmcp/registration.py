@@ -4,7 +4,7 @@
 register for the authorization code flow and nothing more:
 
 * ``redirect_uris`` (required, at most ``max_redirect_uris``): https, loopback http on any
-  port, or a private-use scheme (:func:`jwtmcp.client_metadata.redirect_uri_problem`);
+  port, or a private-use scheme (:func:`jwtmcp.redirect_uris.redirect_uri_problem`);
   anything else is ``invalid_redirect_uri`` (RFC 7591 §3.2.2).
 * ``token_endpoint_auth_method``: ``none`` only. When absent, ``none`` is registered (RFC 7591
   §3.2.1 lets the server substitute values, and the response says so); a secret-based method
@@ -58,13 +58,13 @@ from .client_metadata import (
     SUPPORTED_GRANT_TYPES,
     SUPPORTED_RESPONSE_TYPES,
     OAuthClient,
-    check_redirect_uris,
     scope_problem,
     string_list_problem,
     text_problem,
 )
 from .errors import ConfigError, RegistrationError, UnknownClient
 from .numeric import parse_whole_number
+from .redirect_uris import check_redirect_uris
 from .tokens import Clock
 
 log = logging.getLogger("jwtmcp.registration")

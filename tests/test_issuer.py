@@ -652,12 +652,22 @@ def test_metadata_parses_with_the_mcp_sdk_model(make_issuer: Callable[..., Issue
     assert str(meta.issuer).rstrip("/") == "https://auth.example.com"
     assert str(meta.token_endpoint) == "https://auth.example.com/token"
     assert doc["jwks_uri"] == "https://auth.example.com/.well-known/jwks.json"
-    assert meta.grant_types_supported == ["client_credentials"]
+    assert meta.grant_types_supported == [
+        "client_credentials",
+        "authorization_code",
+        "refresh_token",
+    ]
     assert meta.token_endpoint_auth_methods_supported == [
         "client_secret_basic",
         "client_secret_post",
+        "none",
     ]
-    assert meta.response_types_supported == []
+    assert meta.response_types_supported == ["code"]
+    assert str(meta.authorization_endpoint) == "https://auth.example.com/authorize"
+    assert str(meta.registration_endpoint) == "https://auth.example.com/register"
+    assert meta.code_challenge_methods_supported == ["S256"]
+    assert doc["client_id_metadata_document_supported"] is True
+    assert doc["authorization_response_iss_parameter_supported"] is True
     assert meta.scopes_supported == ["tool:add", "tool:read_*", "tool:subtract"]
 
 
@@ -671,10 +681,13 @@ def test_metadata_of_an_issuer_with_a_path_is_also_at_the_rfc8414_path(
     assert r.json()["token_endpoint"] == "https://example.com/auth/token"
 
 
-def test_authorize_endpoint_says_machine_clients_only(make_issuer: Callable[..., Issuer]) -> None:
+def test_authorize_without_a_client_is_an_error_page_not_a_redirect(
+    make_issuer: Callable[..., Issuer],
+) -> None:
     iss = make_issuer()
     r = iss.http.get("/authorize", params={"response_type": "code"})
-    assert r.status_code == 400 and error_of(r) == "unsupported_response_type"
+    assert r.status_code == 400 and "location" not in r.headers
+    assert r.headers["content-type"].startswith("text/html")
 
 
 def test_healthz_reports_the_active_kid(make_issuer: Callable[..., Issuer]) -> None:

@@ -20,6 +20,7 @@ from jwtmcp.redirect_uris import check_redirect_uri, redirect_uri_matches
         "cursor://anysphere.cursor-retrieval/oauth/callback",
         "vscode://vscode.github-authentication/did-authenticate",
         "com.example.app:/oauth2redirect",
+        "http://127.0.0.2:8000/cb",  # all of 127.0.0.0/8 is loopback
     ],
 )
 def test_a_client_may_register(uri: str) -> None:
@@ -48,7 +49,9 @@ def test_a_client_may_register(uri: str) -> None:
         ("http://127.0.0.1:0/cb", "port 0"),
         ("cursor:", "destination"),
         ("", "empty"),
-        ("https://app.example/" + "a" * 2000, "longer"),
+        ("https://app.example/" + "a" * 1100, "longer"),
+        ("https://app.example/c<b>", "cannot hold"),
+        ('https://app.example/"cb"', "cannot hold"),
     ],
 )
 def test_a_client_may_not_register(uri: str, why: str) -> None:
@@ -117,3 +120,17 @@ def test_a_registered_uri_that_is_invalid_never_matches() -> None:
 
 def test_nothing_matches_an_empty_registration() -> None:
     assert not redirect_uri_matches("http://127.0.0.1:5000/cb", [])
+
+
+def test_registration_and_metadata_documents_share_these_rules() -> None:
+    # One module decides; RFC 7591 registration and CIMD documents raise through it.
+    from jwtmcp.redirect_uris import check_redirect_uris
+
+    def fail(code: str, message: str) -> Exception:
+        return OAuthRequestError(message, code=code)
+
+    with pytest.raises(OAuthRequestError, match="destination"):
+        check_redirect_uris(["cursor:"], 5, fail)
+    with pytest.raises(OAuthRequestError, match="twice"):
+        check_redirect_uris(["cursor://a/cb", "cursor://a/cb"], 5, fail)
+    assert check_redirect_uris(["cursor://a/cb"], 5, fail) == ("cursor://a/cb",)
