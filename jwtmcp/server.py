@@ -97,7 +97,15 @@ class ServerLimits:
         return replace(cls(), **values)
 
     def uvicorn_options(self) -> dict[str, Any]:
-        """Keyword arguments for ``uvicorn.Config`` that apply these limits."""
+        """Keyword arguments for ``uvicorn.Config``: the hardened protocol, no WebSocket,
+        and this object's ``max_connections``, ``keep_alive_timeout`` and (for h11)
+        ``max_header_bytes``.
+
+        The protocol reads its own limits (head size, header lines, timeouts, connections
+        per address) from the config's ``limits`` attribute, which a plain
+        ``uvicorn.Config`` lacks: it then uses :meth:`from_environment`, not this object.
+        To apply every field of this object, use :class:`HardenedConfig` ``(app, limits=self)``.
+        """
         return {
             "http": HardenedHttpToolsProtocol,
             "ws": "none",  # no WebSocket upgrade: MCP speaks HTTP, and upgrades skip the limits
