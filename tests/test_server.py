@@ -323,3 +323,49 @@ def test_a_body_left_unsent_after_an_early_answer_is_closed_without_a_second_ans
         answer = answer_or_close(sock)
     assert answer is not None and status_of(answer) == 401
     assert answer.count(b"HTTP/1.1 ") == 1, answer
+
+
+# --- ServerLimits in a uvicorn the application runs itself ------------------------------------
+
+
+@contextlib.contextmanager
+def own_uvicorn(options: dict[str, object]) -> Iterator[str]:
+    """A plain ``uvicorn.Config`` built by the application with ``options``, in a thread."""
+    import threading
+
+    import uvicorn
+    from starlette.applications import Starlette
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Route
+
+    app = Starlette(routes=[Route("/", lambda request: PlainTextResponse("ok"))])
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", **options))  # type: ignore[arg-type]
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + CUT_WITHIN
+    while not server.started and thread.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(CUT_WITHIN)
+        sock.close()
+
+
+def test_uvicorn_options_apply_the_limits_of_the_object_they_come_from() -> None:
+    from jwtmcp.server import ServerLimits
+
+    head = b"GET / HTTP/1.1\r\nHost: x\r\nX-Pad: " + b"a" * 4000 + b"\r\n\r\n"
+    with own_uvicorn(ServerLimits(max_header_bytes=2048).uvicorn_options()) as url:
+        sock = connect(url)
+        with sock:
+            sock.sendall(head)
+            assert status_of(answer_or_close(sock)) == 431
+    with own_uvicorn(ServerLimits().uvicorn_options()) as url:  # the default: 32 KiB
+        sock = connect(url)
+        with sock:
+            sock.sendall(head)
+            assert status_of(answer_or_close(sock)) == 200
