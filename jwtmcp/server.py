@@ -97,17 +97,14 @@ class ServerLimits:
         return replace(cls(), **values)
 
     def uvicorn_options(self) -> dict[str, Any]:
-        """Keyword arguments for ``uvicorn.Config``: the hardened protocol, no WebSocket,
-        and this object's ``max_connections``, ``keep_alive_timeout`` and (for h11)
-        ``max_header_bytes``.
-
-        The protocol reads its own limits (head size, header lines, timeouts, connections
-        per address) from the config's ``limits`` attribute, which a plain
-        ``uvicorn.Config`` lacks: it then uses :meth:`from_environment`, not this object.
-        To apply every field of this object, use :class:`HardenedConfig` ``(app, limits=self)``.
+        """Keyword arguments for ``uvicorn.Config`` that apply every field of this object:
+        the hardened protocol bound to these limits (head size, header lines, timeouts,
+        connections per address), no WebSocket, ``max_connections``, ``keep_alive_timeout``
+        and, for ``--http h11``, ``max_header_bytes``. The protocol is a
+        :func:`functools.partial`, so the config still pickles for ``workers > 1``.
         """
         return {
-            "http": HardenedHttpToolsProtocol,
+            "http": functools.partial(HardenedHttpToolsProtocol, limits=self),
             "ws": "none",  # no WebSocket upgrade: MCP speaks HTTP, and upgrades skip the limits
             "limit_concurrency": self.max_connections,
             "timeout_keep_alive": self.keep_alive_timeout,
@@ -145,9 +142,13 @@ class HardenedHttpToolsProtocol(HttpToolsProtocol):
         server_state: ServerState,
         app_state: dict[str, Any],
         _loop: asyncio.AbstractEventLoop | None = None,
+        *,
+        limits: ServerLimits | None = None,
     ) -> None:
         super().__init__(config, server_state, app_state, _loop)
-        limits = getattr(config, "limits", None)
+        # Bound by uvicorn_options(), else carried by a HardenedConfig, else the environment
+        # (``uvicorn --http jwtmcp.server:HardenedHttpToolsProtocol`` on the command line).
+        limits = limits or getattr(config, "limits", None)
         self.limits = limits if isinstance(limits, ServerLimits) else _environment_limits()
         self._open = _per_address.setdefault(server_state, Counter())
         self._address: str | None = None
