@@ -43,6 +43,15 @@ MAX_CODE_TTL = 60
 DEFAULT_CODE_TOMBSTONE_TTL = 24 * 3600
 """How long a redeemed code is remembered, so a late second use still revokes its tokens."""
 
+DEFAULT_REFRESH_IDLE_TTL = 14 * 24 * 3600
+"""A refresh family unused for 14 days stops working (seconds): long enough for someone who
+opens their MCP client every week or two to stay signed in, short enough that a token left
+on an abandoned machine dies on its own."""
+
+DEFAULT_REFRESH_MAX_TTL = 90 * 24 * 3600
+"""Every refresh family ends 90 days after its sign-in (seconds), however often it is used:
+the user signs in again (and passes the login and consent checks again) once a quarter."""
+
 DEFAULT_STORE_FILE = "jwtmcp-state.db"
 """The SQLite file's name; by default it sits beside the key ring directory."""
 
@@ -203,6 +212,16 @@ class Store(Protocol):
         """
         ...
 
+    def find_refresh(self, refresh_token: str) -> RefreshFamily | None:
+        """The family ``refresh_token`` belongs to, changing nothing; None for an unknown token.
+
+        For checks that must refuse a request *before* :meth:`rotate_refresh` consumes the
+        token (a wider ``scope``, another ``resource``): the family's grant never changes, so
+        what is read here still holds when the rotation runs. Says nothing about whether the
+        token is the family's current one; only :meth:`rotate_refresh` decides that.
+        """
+        ...
+
     def list_families(
         self, *, subject: str | None = None, client_id: str | None = None
     ) -> Sequence[RefreshFamily]:
@@ -286,6 +305,8 @@ def open_store(location: str | os.PathLike[str], *, clock: Clock = time.time) ->
 
 __all__ = [
     "DEFAULT_CODE_TOMBSTONE_TTL",
+    "DEFAULT_REFRESH_IDLE_TTL",
+    "DEFAULT_REFRESH_MAX_TTL",
     "DEFAULT_STORE_FILE",
     "MAX_CODE_TTL",
     "CodeRedemption",

@@ -438,6 +438,15 @@ class SqliteStore:
             )
             return Rotation("rotated", rotated)
 
+    def find_refresh(self, refresh_token: str) -> RefreshFamily | None:
+        with self._read() as (conn, _now):
+            row = conn.execute(
+                f"SELECT {_FAMILY_COLUMNS} FROM families WHERE family_id ="  # noqa: S608
+                " (SELECT family_id FROM refresh_tokens WHERE token_hash = ?)",
+                (digest(refresh_token),),
+            ).fetchone()
+        return None if row is None else _family(row)
+
     def list_families(
         self, *, subject: str | None = None, client_id: str | None = None
     ) -> Sequence[RefreshFamily]:
