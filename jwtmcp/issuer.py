@@ -35,7 +35,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from starlette.applications import Starlette
@@ -49,7 +49,14 @@ from .clients import Client, ClientsWatcher, ClientTable, ensure_clients
 from .errors import ConfigError, JwtMcpError
 from .identifiers import canonical_issuer, canonical_or_none
 from .keys import KeyRing, RingWatcher, ensure_ring
+from .store import DEFAULT_REFRESH_IDLE_TTL, DEFAULT_REFRESH_MAX_TTL
 from .tokens import DEFAULT_LIFETIME, Clock, build_claims, scope_grants_scope, sign
+
+if TYPE_CHECKING:
+    from .grants import InteractiveGrants
+    from .identity import PasswordSource
+    from .resolver import ClientResolver
+    from .store import Store
 
 log = logging.getLogger("jwtmcp.issuer")
 
@@ -87,9 +94,23 @@ class _Disconnected(Exception):
     """The client went away before its request body arrived."""
 
 
-_SINGLE_PARAMS = frozenset({"grant_type", "scope", "client_id", "client_secret", "expires_in"})
+_SINGLE_PARAMS = frozenset(
+    {
+        "grant_type",
+        "scope",
+        "client_id",
+        "client_secret",
+        "expires_in",
+        "code",
+        "redirect_uri",
+        "code_verifier",
+        "refresh_token",
+    }
+)
 """Parameters that may appear once (RFC 6749 3.2); ``resource`` may repeat (RFC 8707 2)."""
 _MAX_FIELDS = 64
+INTERACTIVE_GRANT_TYPES = frozenset({"authorization_code", "refresh_token"})
+"""Grants answered by :mod:`jwtmcp.grants` (they need the state store)."""
 
 
 # --- settings ------------------------------------------------------------------------------
@@ -108,6 +129,12 @@ class IssuerSettings:
     rate_burst: int = DEFAULT_RATE_BURST
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     reload_interval: float = DEFAULT_RELOAD_INTERVAL
+    store_file: str = ""
+    """The state store (codes, refresh families); empty: ``jwtmcp-state.db`` beside the ring."""
+    users_file: str = ""
+    """The users file; empty: ``users.json`` beside the clients file."""
+    refresh_idle_ttl: int = DEFAULT_REFRESH_IDLE_TTL
+    refresh_max_ttl: int = DEFAULT_REFRESH_MAX_TTL
 
 
 def _is_loopback(host: str) -> bool:
@@ -347,6 +374,9 @@ class IssuerService:
         *,
         clock: Clock = time.time,
         rate_limit_clock: Clock = time.monotonic,
+        store: Store | None = None,
+        client_resolver: ClientResolver | None = None,
+        identity_sources: Mapping[str, PasswordSource] | None = None,
     ) -> None:
         self.settings = settings
         self.issuer = canonical_issuer(settings.issuer_url)
@@ -359,6 +389,24 @@ class IssuerService:
             settings.rate_limit, settings.rate_burst, monotonic=rate_limit_clock
         )
         self._jwks_cache: tuple[KeyRing, bytes, str] | None = None
+        from .grants import grants_for_issuer  # it imports this module
+
+        self.grants: InteractiveGrants = grants_for_issuer(
+            issuer=self.issuer,
+            rings=self.rings,
+            clients=self.clients,
+            keys_dir=settings.keys_dir,
+            clients_file=settings.clients_file,
+            store_file=settings.store_file,
+            users_file=settings.users_file,
+            default_ttl=settings.default_ttl,
+            refresh_idle_ttl=settings.refresh_idle_ttl,
+            refresh_max_ttl=settings.refresh_max_ttl,
+            clock=clock,
+            store=store,
+            resolver=client_resolver,
+            identity_sources=identity_sources,
+        )
         self._metadata_cache: tuple[ClientTable, bytes] | None = None
 
     # -- documents ----------------------------------------------------------------------
@@ -494,6 +542,9 @@ class IssuerService:
             raise _invalid_request(f"the token request must be a {FORM_TYPE} form")
         form = parse_form(await self._read_body(receive, content_length))
         params = form.params
+        if params.get("grant_type") in INTERACTIVE_GRANT_TYPES:
+            # Sign-in grants: public clients, the state store (jwtmcp.grants).
+            return await self.grants.token(form, authorizations)
 
         # Client authentication: one method only (RFC 6749 2.3).
         if len(authorizations) > 1:
@@ -545,7 +596,8 @@ class IssuerService:
             raise _invalid_request("the grant_type parameter is missing")
         if grant_type != "client_credentials":
             raise OAuthError(
-                "unsupported_grant_type", "only the client_credentials grant is supported"
+                "unsupported_grant_type",
+                "supported grants: client_credentials, authorization_code, refresh_token",
             )
 
         # The resource first: a client asking for a server it may not use gets that reason,
@@ -631,12 +683,22 @@ def create_app(
     reload_interval: float = DEFAULT_RELOAD_INTERVAL,
     clock: Clock = time.time,
     rate_limit_clock: Clock = time.monotonic,
+    store_file: str | os.PathLike[str] = "",
+    users_file: str | os.PathLike[str] = "",
+    refresh_idle_ttl: int = DEFAULT_REFRESH_IDLE_TTL,
+    refresh_max_ttl: int = DEFAULT_REFRESH_MAX_TTL,
+    store: Store | None = None,
+    client_resolver: ClientResolver | None = None,
+    identity_sources: Mapping[str, PasswordSource] | None = None,
 ) -> Starlette:
     """The issuer as a Starlette app over an existing key ring and clients file.
 
     ``rate_limit`` is token requests per second per client (``0`` turns limiting off) with
     bursts of ``rate_burst``; ``clock`` stamps tokens; ``rate_limit_clock`` drives the
-    buckets. Raises :class:`KeyRingError` or :class:`ClientsError` if a file is unusable.
+    buckets. ``store_file`` (default: beside the ring), ``users_file`` (default: beside the
+    clients file) and the refresh lifetimes (seconds) serve the sign-in grants; ``store``,
+    ``client_resolver`` and ``identity_sources`` replace the defaults built from them. Raises
+    :class:`KeyRingError` or :class:`ClientsError` if a file is unusable.
     """
     settings = IssuerSettings(
         issuer_url=issuer_url,
@@ -648,8 +710,20 @@ def create_app(
         rate_burst=rate_burst,
         max_body_bytes=max_body_bytes,
         reload_interval=reload_interval,
+        store_file=os.fspath(store_file),
+        users_file=os.fspath(users_file),
+        refresh_idle_ttl=refresh_idle_ttl,
+        refresh_max_ttl=refresh_max_ttl,
     )
-    return _build_app(IssuerService(settings, clock=clock, rate_limit_clock=rate_limit_clock))
+    service = IssuerService(
+        settings,
+        clock=clock,
+        rate_limit_clock=rate_limit_clock,
+        store=store,
+        client_resolver=client_resolver,
+        identity_sources=identity_sources,
+    )
+    return _build_app(service)
 
 
 def _build_app(service: IssuerService) -> Starlette:
@@ -756,11 +830,15 @@ def serve(
     default_ttl: int = DEFAULT_LIFETIME,
     rate_limit: float = DEFAULT_RATE_LIMIT,
     rate_burst: int = DEFAULT_RATE_BURST,
+    store_file: str = "",
+    refresh_idle_ttl: int = DEFAULT_REFRESH_IDLE_TTL,
+    refresh_max_ttl: int = DEFAULT_REFRESH_MAX_TTL,
     out: IO[str] | None = None,
 ) -> None:
     """Set up on first run (ring, clients file with a demo client), print how to use it, serve.
 
-    ``issuer_url`` defaults to ``http://HOST:PORT``. Blocks until the server stops.
+    ``issuer_url`` defaults to ``http://HOST:PORT``; ``store_file`` to ``jwtmcp-state.db``
+    beside the ring; refresh lifetimes are seconds. Blocks until the server stops.
     """
     import uvicorn
 
@@ -816,6 +894,9 @@ def serve(
         default_ttl=default_ttl,
         rate_limit=rate_limit,
         rate_burst=rate_burst,
+        store_file=str(Path(store_file).resolve()) if store_file else "",
+        refresh_idle_ttl=refresh_idle_ttl,
+        refresh_max_ttl=refresh_max_ttl,
     )
     common: dict[str, Any] = {
         "host": host,
