@@ -444,12 +444,27 @@ def _serve_setting(value: float | None, env: str, default: float, *, integer: bo
 
 
 def cmd_serve(args: argparse.Namespace, clock: Clock) -> int:
+    from .cli_sessions import ENV_STORE
     from .issuer import (
         DEFAULT_JWKS_MAX_AGE,
         DEFAULT_RATE_BURST,
         DEFAULT_RATE_LIMIT,
         serve,
     )
+    from .store import DEFAULT_REFRESH_IDLE_TTL, DEFAULT_REFRESH_MAX_TTL
+
+    refresh_idle = int(
+        _serve_setting(
+            args.refresh_idle, "JWTMCP_REFRESH_IDLE", DEFAULT_REFRESH_IDLE_TTL, integer=True
+        )
+    )
+    refresh_max = int(
+        _serve_setting(
+            args.refresh_max, "JWTMCP_REFRESH_MAX", DEFAULT_REFRESH_MAX_TTL, integer=True
+        )
+    )
+    if refresh_idle <= 0 or refresh_max <= 0:
+        raise CliError("the refresh token lifetimes must be positive numbers of seconds")
 
     serve(
         host=args.host,
@@ -472,6 +487,9 @@ def cmd_serve(args: argparse.Namespace, clock: Clock) -> int:
         rate_burst=int(
             _serve_setting(args.rate_burst, "JWTMCP_RATE_BURST", DEFAULT_RATE_BURST, integer=True)
         ),
+        store_file=args.store or os.environ.get(ENV_STORE) or "",
+        refresh_idle_ttl=refresh_idle,
+        refresh_max_ttl=refresh_max,
     )
     return 0
 
@@ -965,6 +983,11 @@ examples:
 
     add_users_commands(commands)
 
+    # sessions ... (its own module)
+    from .cli_sessions import add_sessions_commands
+
+    add_sessions_commands(commands)
+
     # serve
     p = commands.add_parser(
         "serve",
@@ -1017,6 +1040,26 @@ examples:
         metavar="N",
         help="requests a client may make at once before the rate applies "
         "(default: $JWTMCP_RATE_BURST, else 20)",
+    )
+    p.add_argument(
+        "--store",
+        metavar="PATH",
+        help="the sign-in state store, an SQLite file (default: $JWTMCP_STORE, else "
+        "'jwtmcp-state.db' beside the key ring)",
+    )
+    p.add_argument(
+        "--refresh-idle",
+        type=_positive_int,
+        metavar="SECONDS",
+        help="a refresh token unused this long stops working (default: "
+        "$JWTMCP_REFRESH_IDLE, else 1209600 = 14 days)",
+    )
+    p.add_argument(
+        "--refresh-max",
+        type=_positive_int,
+        metavar="SECONDS",
+        help="every refresh-token family ends this long after its sign-in (default: "
+        "$JWTMCP_REFRESH_MAX, else 7776000 = 90 days)",
     )
     p.set_defaults(func=cmd_serve)
 
