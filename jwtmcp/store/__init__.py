@@ -282,8 +282,16 @@ def default_store_path(keys_dir: str | os.PathLike[str]) -> Path:
     return Path(keys_dir).absolute().parent / DEFAULT_STORE_FILE
 
 
-def open_store(location: str | os.PathLike[str], *, clock: Clock = time.time) -> Store:
+def open_store(
+    location: str | os.PathLike[str],
+    *,
+    clock: Clock = time.time,
+    busy_timeout: float | None = None,
+) -> Store:
     """Open the store at ``location``: a file path or ``sqlite:///abs/path``.
+
+    ``busy_timeout`` (seconds; None: the backend's default) is how long a call waits for
+    another writer before :class:`~jwtmcp.errors.StoreUnavailable`.
 
     Raises :class:`~jwtmcp.errors.ConfigError` for a location it does not understand and
     :class:`~jwtmcp.errors.StoreUnavailable` when the database cannot be opened.
@@ -300,7 +308,9 @@ def open_store(location: str | os.PathLike[str], *, clock: Clock = time.time) ->
         raise ConfigError(f"unknown store {scheme!r}: give a file path or sqlite:///PATH")
     from .sqlite import SqliteStore
 
-    return SqliteStore(text, clock=clock)
+    if busy_timeout is None:
+        return SqliteStore(text, clock=clock)
+    return SqliteStore(text, clock=clock, busy_timeout=busy_timeout)
 
 
 __all__ = [
