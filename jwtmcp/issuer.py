@@ -135,6 +135,8 @@ class IssuerSettings:
     """The users file; empty: ``users.json`` beside the clients file."""
     refresh_idle_ttl: int = DEFAULT_REFRESH_IDLE_TTL
     refresh_max_ttl: int = DEFAULT_REFRESH_MAX_TTL
+    store_busy_timeout: float | None = None
+    """Seconds a sign-in request waits for another writer's lock; None: the store's default."""
 
 
 def _is_loopback(host: str) -> bool:
@@ -406,6 +408,7 @@ class IssuerService:
             store=store,
             resolver=client_resolver,
             identity_sources=identity_sources,
+            store_busy_timeout=settings.store_busy_timeout,
         )
         self._metadata_cache: tuple[ClientTable, bytes] | None = None
 
@@ -687,6 +690,7 @@ def create_app(
     users_file: str | os.PathLike[str] = "",
     refresh_idle_ttl: int = DEFAULT_REFRESH_IDLE_TTL,
     refresh_max_ttl: int = DEFAULT_REFRESH_MAX_TTL,
+    store_busy_timeout: float | None = None,
     store: Store | None = None,
     client_resolver: ClientResolver | None = None,
     identity_sources: Mapping[str, PasswordSource] | None = None,
@@ -714,6 +718,7 @@ def create_app(
         users_file=os.fspath(users_file),
         refresh_idle_ttl=refresh_idle_ttl,
         refresh_max_ttl=refresh_max_ttl,
+        store_busy_timeout=store_busy_timeout,
     )
     service = IssuerService(
         settings,

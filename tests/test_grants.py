@@ -149,14 +149,13 @@ def running_issuer(
     tmp_path: Path,
     *,
     store_path: Path | None = None,
-    store: SqliteStore | None = None,
-    inject_store: bool = True,
     **options: Any,
 ) -> Iterator[World]:
+    """The issuer opens its store as ``jwtmcp serve`` does; the test writes codes into it
+    through its own handle on the same file and the same clock, as /authorize would."""
     clock = FakeClock()
     store_path = store_path or tmp_path / "state.db"
-    if store is None:
-        store = SqliteStore(tmp_path / "state.db", clock=clock)
+    store = SqliteStore(tmp_path / "state.db", clock=clock)
     users_file = tmp_path / "users.json"
     add_user(
         users_file,
@@ -189,7 +188,6 @@ def running_issuer(
         clock=clock,
         rate_limit=0,
         store_file=store_path,
-        store=store if inject_store else None,
         client_resolver=resolver,
         identity_sources={source.source_id: source},
         **options,
@@ -449,9 +447,7 @@ def test_an_unreachable_store_answers_503_with_retry_after_and_client_credential
 ) -> None:
     blocker = tmp_path / "not-a-directory"
     blocker.write_text("a file where the store's directory should be")
-    with running_issuer(
-        ring_dir, tmp_path, store_path=blocker / "state.db", inject_store=False
-    ) as world:
+    with running_issuer(ring_dir, tmp_path, store_path=blocker / "state.db") as world:
         answer = world.refresh(new_opaque_token())
         _refused(answer, "temporarily_unavailable", 503)
         assert int(answer.headers["retry-after"]) >= 1
@@ -461,9 +457,7 @@ def test_an_unreachable_store_answers_503_with_retry_after_and_client_credential
 def test_a_locked_store_answers_503_with_retry_after_and_client_credentials_works(
     ring_dir: Path, tmp_path: Path
 ) -> None:
-    clock = FakeClock()
-    store = SqliteStore(tmp_path / "state.db", clock=clock, busy_timeout=0.2)
-    with running_issuer(ring_dir, tmp_path, store=store) as world:
+    with running_issuer(ring_dir, tmp_path, store_busy_timeout=0.2) as world:
         code = world.code()
         holder = sqlite3.connect(tmp_path / "state.db", isolation_level=None)
         holder.execute("BEGIN EXCLUSIVE")
