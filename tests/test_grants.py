@@ -34,7 +34,7 @@ from jwtmcp.store.sqlite import SqliteStore
 from jwtmcp.tokens import VerifiedClaims
 from jwtmcp.users import UsersWatcher, add_user, remove_user
 from jwtmcp.verifier import Verifier
-from tests.support import FakeClock, serve_app
+from tests.support import FakeClock, issuer_process, serve_app
 
 ISSUER = "https://issuer.example.com"
 AUD = "http://127.0.0.1:9000/mcp"
@@ -515,3 +515,61 @@ def test_sessions_list_of_a_missing_store_is_one_line_and_exit_1(tmp_path: Path)
     listed = _cli("sessions", "list", "--store", str(tmp_path / "none.db"))
     assert listed.returncode == 1
     assert listed.stderr.count("\n") == 1 and "no state store" in listed.stderr
+
+
+# --- a real `jwtmcp serve` ----------------------------------------------------------------
+
+
+def test_jwtmcp_serve_redeems_a_code_and_rotates_its_refresh_token(tmp_path: Path) -> None:
+    add_user(tmp_path / "users.json", "alice", password=PASSWORD, tools=["add"], audiences=[AUD])
+    store_path = tmp_path / "sign-in.db"
+    args = ["--store", str(store_path), "--refresh-idle", "600"]
+    with issuer_process(tmp_path, args=args) as running:
+        registrar = StatelessRegistrar.from_keys_dir(running.keys_dir)
+        client_id = str(registrar.issue({"redirect_uris": [REDIRECT]})["client_id"])
+        code = new_opaque_token()
+        with SqliteStore(store_path) as store:
+            store.put_code(
+                code,
+                {
+                    "client_id": client_id,
+                    "redirect_uri": REDIRECT,
+                    "code_challenge": s256_challenge(VERIFIER),
+                    "resource": AUD,
+                    "scope": "tool:add",
+                    "subject": "alice",
+                    "source_id": "users",
+                    "auth_time": 0,
+                    "claims": {},
+                    "max_lifetime": None,
+                },
+                ttl=60,
+            )
+        form = {
+            "grant_type": "authorization_code",
+            "code": code,
+            "redirect_uri": REDIRECT,
+            "code_verifier": VERIFIER,
+            "client_id": client_id,
+        }
+        exchanged = httpx2.post(running.token_url, data=form, timeout=10)
+        assert exchanged.status_code == 200, exchanged.text
+        refreshed = httpx2.post(
+            running.token_url,
+            data={
+                "grant_type": "refresh_token",
+                "refresh_token": exchanged.json()["refresh_token"],
+                "client_id": client_id,
+            },
+            timeout=10,
+        )
+        assert refreshed.status_code == 200, refreshed.text
+        with SqliteStore(store_path) as store:
+            (family,) = store.list_families(subject="alice")
+        assert family.idle_ttl == 600 and family.generation == 1
+
+
+def test_jwtmcp_serve_refuses_a_refresh_lifetime_of_zero(tmp_path: Path) -> None:
+    refused = _cli("serve", "--refresh-idle", "0", "--keys", str(tmp_path / "keys"))
+    assert refused.returncode == 2
+    assert "--refresh-idle" in refused.stderr and refused.stderr.count("\n") == 1
