@@ -50,6 +50,7 @@ from .errors import (
     ConfigError,
     JwtMcpError,
     OAuthClientError,
+    StoreError,
     StoreUnavailable,
 )
 from .identifiers import canonical_or_none
@@ -209,20 +210,25 @@ class InteractiveGrants:
         becomes :class:`OAuthError` 503 ``temporarily_unavailable`` + ``Retry-After``.
         """
         nowait = self._nowait()
-        if nowait is not None:
-            try:
-                return call(nowait)
-            except StoreUnavailable:
-                pass  # a failed transaction changed nothing: wait for the lock in a thread
-
-        def run() -> T:
-            return call(self.store())
-
         try:
+            if nowait is not None:
+                try:
+                    return call(nowait)
+                except StoreUnavailable:
+                    pass  # a failed transaction changed nothing: wait for the lock in a thread
+
+            def run() -> T:
+                return call(self.store())
+
             return await anyio.to_thread.run_sync(run)
         except StoreUnavailable as exc:
             log.error(json.dumps({"event": "store_unavailable", "error": exc.message}))
             raise _unavailable(exc, exc.retry_after) from None
+        except StoreError as exc:  # a refused call is a bug or a bad record, not the caller's
+            log.error(json.dumps({"event": "store_error", "error": exc.message}))
+            raise OAuthError(
+                "server_error", "the sign-in state store refused the request", 500
+            ) from None
 
     def _nowait(self) -> Store | None:
         if self._nowait_store is None and self._open_nowait_store is not None:
