@@ -542,3 +542,28 @@ def test_processes_counting_at_once_lose_no_count(
 ) -> None:
     _run_race(tmp_path / "state.db", clock, "count", "user:alice")
     assert store.peek_count("user:alice") == WORKERS * 20
+
+
+# --- redeem_code: take a code and start its family in one write ---------------------------
+
+
+def test_redeem_code_starts_the_family_with_the_codes_grant(store: Store) -> None:
+    code, refresh_token = new_opaque_token(), new_opaque_token()
+    store.put_code(code, {"client_id": "app", "subject": "alice", "scope": "tool:add"}, ttl=60)
+    taken = store.redeem_code(code, refresh_token, idle_ttl=60, absolute_ttl=600)
+    assert taken is not None and not taken.reused
+    (family,) = store.list_families(subject="alice", client_id="app")
+    assert family.family_id == taken.family_id and family.grant["scope"] == "tool:add"
+    rotation = store.rotate_refresh(refresh_token, new_opaque_token(), client_id="app")
+    assert rotation is not None and rotation.status == "rotated"
+
+
+def test_a_code_reused_after_redeem_code_revokes_the_family_it_started(store: Store) -> None:
+    code, refresh_token = new_opaque_token(), new_opaque_token()
+    store.put_code(code, {"client_id": "app", "subject": "alice"}, ttl=60)
+    assert store.redeem_code(code, refresh_token, idle_ttl=60, absolute_ttl=600) is not None
+    again = store.redeem_code(code, new_opaque_token(), idle_ttl=60, absolute_ttl=600)
+    assert again is not None and again.reused
+    assert store.list_families(subject="alice") == ()
+    rotation = store.rotate_refresh(refresh_token, new_opaque_token(), client_id="app")
+    assert rotation is not None and rotation.status == "revoked"

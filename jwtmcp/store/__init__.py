@@ -182,6 +182,20 @@ class Store(Protocol):
         """
         ...
 
+    def redeem_code(
+        self, code: str, refresh_token: str, *, idle_ttl: float, absolute_ttl: float
+    ) -> CodeRedemption | None:
+        """:meth:`take_code` and :meth:`start_family` in one atomic step (one write, not two).
+
+        When the code is taken for the first time, its family starts at once with
+        ``refresh_token``, the code's ``grant`` as the family's grant and the grant's
+        ``client_id`` and ``subject`` members (:class:`~jwtmcp.errors.StoreError` when they
+        are missing). A caller whose checks then refuse the request revokes that family
+        (:meth:`revoke_families`); its refresh token was never handed out. Returns what
+        :meth:`take_code` returns; a reused code starts nothing and revokes as there.
+        """
+        ...
+
     def start_family(
         self,
         family_id: str,
