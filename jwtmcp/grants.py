@@ -28,9 +28,10 @@ signing the token); when another writer holds the lock, the call runs again in a
 thread (:func:`anyio.to_thread.run_sync`) on the patient connection, so waiting for another
 process never stalls the event loop. Handing every call to a thread instead cost about a
 third of the grant's throughput (measured with ``scripts/bench.py``). A code exchange makes
-two store calls (take the code, start the refresh family), a refresh one (rotate), or two
-when ``scope`` or ``resource`` is sent (the family is read first, so a refused request does
-not consume the refresh token).
+one store write (take the code and start its refresh family together,
+:meth:`~jwtmcp.store.Store.redeem_code`; a refused exchange then revokes that family), a
+refresh one (rotate), or a read and a write when ``scope`` or ``resource`` is sent (the
+family is read first, so a refused request does not consume the refresh token).
 """
 
 from __future__ import annotations
@@ -434,8 +435,14 @@ class AuthorizationCodeGrant:
             raise _invalid_request("the code parameter is missing")
         if params.get("redirect_uri") is None:
             raise _invalid_request("the redirect_uri parameter is missing")
+        # With refresh tokens, the family starts in the same write that takes the code
+        # (one store transaction instead of two); a refused request revokes it below.
+        refresh_token = new_opaque_token() if REFRESH_TOKEN in client.grant_types else None
+        idle, absolute = self.grants.refresh_idle_ttl, self.grants.refresh_max_ttl
         redemption: CodeRedemption | None = await self.grants.call_store(
             lambda store: store.take_code(code)
+            if refresh_token is None
+            else store.redeem_code(code, refresh_token, idle_ttl=idle, absolute_ttl=absolute)
         )
         if redemption is None:
             raise _invalid_grant("the authorization code is unknown or expired")
@@ -452,48 +459,23 @@ class AuthorizationCodeGrant:
             raise _invalid_grant(
                 "the authorization code was used already; tokens issued from it are revoked"
             )
-        grant = redemption.grant
-        if grant.get("client_id") != client.client_id:
-            raise _invalid_grant("the authorization code was issued to another client")
-        if grant.get("redirect_uri") != params["redirect_uri"]:
-            raise _invalid_grant("redirect_uri differs from the authorization request's")
-        if not verify_code_verifier(params.get("code_verifier"), str(grant.get("code_challenge"))):
-            raise _invalid_grant("the code_verifier is missing or does not match (PKCE)")
+        try:
+            grant = self._check(client, form, redemption)
+        except OAuthError:
+            if refresh_token is not None:
+                family_id = redemption.family_id
+                await self.grants.call_store(
+                    lambda store: store.revoke_families(
+                        family_id=family_id, reason="authorization code refused"
+                    )
+                )
+            raise
         resource = str(grant.get("resource"))
-        _requested_resource(form.resources, resource)
-
         scopes = tuple(str(grant.get("scope", "")).split())
         subject = str(grant.get("subject"))
         claims = dict(grant.get("claims") or {})
         raw_max = grant.get("max_lifetime")
         max_lifetime = raw_max if type(raw_max) is int else None
-        refresh_token: str | None = None
-        if REFRESH_TOKEN in client.grant_types:
-            refresh_token = new_opaque_token()
-            family_grant = {
-                "client_id": client.client_id,
-                "subject": subject,
-                "source_id": grant.get("source_id"),
-                "resource": resource,
-                "scope": " ".join(scopes),
-                "auth_time": grant.get("auth_time"),
-            }
-            family_id, first_token = redemption.family_id, refresh_token
-            family = await self.grants.call_store(
-                lambda store: store.start_family(
-                    family_id,
-                    first_token,
-                    client_id=client.client_id,
-                    subject=subject,
-                    grant=family_grant,
-                    idle_ttl=self.grants.refresh_idle_ttl,
-                    absolute_ttl=self.grants.refresh_max_ttl,
-                )
-            )
-            if family is None:  # the code was reused while this request ran
-                raise _invalid_grant(
-                    "the authorization code was used already; tokens issued from it are revoked"
-                )
         return IssuedTokens(
             subject=subject,
             client_id=client.client_id,
@@ -503,6 +485,23 @@ class AuthorizationCodeGrant:
             max_lifetime=max_lifetime,
             refresh_token=refresh_token,
         )
+
+
+    @staticmethod
+    def _check(
+        client: TokenClient, form: TokenRequest, redemption: CodeRedemption
+    ) -> Mapping[str, Any]:
+        """The code's grant once it binds this client, redirect URI, verifier and resource."""
+        grant = redemption.grant
+        params = form.params
+        if grant.get("client_id") != client.client_id:
+            raise _invalid_grant("the authorization code was issued to another client")
+        if grant.get("redirect_uri") != params["redirect_uri"]:
+            raise _invalid_grant("redirect_uri differs from the authorization request's")
+        if not verify_code_verifier(params.get("code_verifier"), str(grant.get("code_challenge"))):
+            raise _invalid_grant("the code_verifier is missing or does not match (PKCE)")
+        _requested_resource(form.resources, str(grant.get("resource")))
+        return grant
 
 
 class RefreshTokenGrant:

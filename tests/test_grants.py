@@ -281,6 +281,11 @@ def test_a_reused_code_is_refused_and_the_refresh_token_of_its_first_use_is_revo
     _refused(world.refresh(first.json()["refresh_token"]), "invalid_grant")
 
 
+def test_a_refused_code_exchange_leaves_no_refresh_family(world: World) -> None:
+    _refused(world.exchange(world.code(), code_verifier="w" * 64), "invalid_grant")
+    assert world.store.list_families(subject="alice") == ()
+
+
 def test_a_code_redeemed_by_another_client_is_invalid_grant(world: World) -> None:
     answer = world.exchange(world.code(), world.other_id)
     assert "another client" in _refused(answer, "invalid_grant")
