@@ -256,9 +256,12 @@ def test_family_ends_at_its_absolute_lifetime_however_often_used(
     assert statuses == ["rotated"] * 28 + ["expired"]  # at 87000 s, the first use past 86400
 
 
-def test_families_are_listed_and_revoked_by_user_and_client(store: Store) -> None:
+def test_families_are_listed_and_revoked_by_user_and_client(
+    store: Store, clock: FakeClock
+) -> None:
     made = {}
     for subject, client in [("alice", "app"), ("alice", "cli"), ("bob", "app")]:
+        clock.advance(1)  # "oldest first": at one instant the order would be the random ids'
         taken = _code_for(store)
         family = store.start_family(
             taken,
