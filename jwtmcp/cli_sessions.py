@@ -81,7 +81,10 @@ def cmd_sessions_revoke(args: argparse.Namespace, clock: Clock) -> int:
         )
     finally:
         store.close()
-    print(f"revoked {count} session(s); their refresh tokens no longer work")
+    if count == 0:
+        print("no active session matched; nothing was revoked")
+    else:
+        print(f"revoked {count} session(s); their refresh tokens no longer work")
     return 0
 
 
