@@ -53,7 +53,7 @@ import logging
 import re
 import secrets
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -335,7 +335,7 @@ class Authorizer:
         issuer: str,
         resolver: ClientResolver,
         identity_source: PasswordSource,
-        store: Store,
+        open_store: Callable[[], Store],
         key: bytes,
         clock: Clock = time.time,
         login_limits: LoginLimits | None = None,
@@ -343,7 +343,8 @@ class Authorizer:
         self.issuer = issuer
         self.resolver = resolver
         self.source = identity_source
-        self.store = store
+        self._store: Store | None = None
+        self._open_store = open_store
         self.clock = clock
         self.limits = login_limits or LoginLimits()
         self.secure_cookies = issuer.startswith("https://")
@@ -355,6 +356,16 @@ class Authorizer:
             autoescape=True,
             undefined=jinja2.StrictUndefined,
         )
+
+
+    @property
+    def store(self) -> Store:
+        """The state store, opened on first use: an issuer whose store cannot be opened still
+        starts (and serves ``client_credentials``); each sign-in step raises
+        :class:`~jwtmcp.errors.StoreUnavailable` (a 503 page) until it opens."""
+        if self._store is None:
+            self._store = self._open_store()
+        return self._store
 
     def routes(self) -> list[BaseRoute]:
         """The routes to mount on the issuer app."""

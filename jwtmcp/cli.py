@@ -452,6 +452,7 @@ def _serve_setting(value: float | None, env: str, default: float, *, integer: bo
 
 
 def cmd_serve(args: argparse.Namespace, clock: Clock) -> int:
+    from .cli_sessions import ENV_STORE
     from .cli_users import users_file
     from .issuer import (
         DEFAULT_JWKS_MAX_AGE,
@@ -459,6 +460,20 @@ def cmd_serve(args: argparse.Namespace, clock: Clock) -> int:
         DEFAULT_RATE_LIMIT,
         serve,
     )
+    from .store import DEFAULT_REFRESH_IDLE_TTL, DEFAULT_REFRESH_MAX_TTL
+
+    refresh_idle = int(
+        _serve_setting(
+            args.refresh_idle, "JWTMCP_REFRESH_IDLE", DEFAULT_REFRESH_IDLE_TTL, integer=True
+        )
+    )
+    refresh_max = int(
+        _serve_setting(
+            args.refresh_max, "JWTMCP_REFRESH_MAX", DEFAULT_REFRESH_MAX_TTL, integer=True
+        )
+    )
+    if refresh_idle <= 0 or refresh_max <= 0:
+        raise CliError("the refresh token lifetimes must be positive numbers of seconds")
 
     serve(
         host=args.host,
@@ -467,7 +482,7 @@ def cmd_serve(args: argparse.Namespace, clock: Clock) -> int:
         keys_dir=str(keys_dir(args)),
         clients_file=str(clients_file(args)),
         users_file=str(users_file(args)),
-        store=args.store or os.environ.get("JWTMCP_STORE") or None,
+        store=args.store or os.environ.get(ENV_STORE) or None,
         workers=args.workers,
         jwks_max_age=int(
             _serve_setting(
@@ -483,6 +498,8 @@ def cmd_serve(args: argparse.Namespace, clock: Clock) -> int:
         rate_burst=int(
             _serve_setting(args.rate_burst, "JWTMCP_RATE_BURST", DEFAULT_RATE_BURST, integer=True)
         ),
+        refresh_idle_ttl=refresh_idle,
+        refresh_max_ttl=refresh_max,
     )
     return 0
 
@@ -990,6 +1007,11 @@ examples:
 
     add_users_commands(commands)
 
+    # sessions ... (its own module)
+    from .cli_sessions import add_sessions_commands
+
+    add_sessions_commands(commands)
+
     # serve
     p = commands.add_parser(
         "serve",
@@ -1061,6 +1083,20 @@ connection limits (environment; sizes in bytes, times in seconds):
         metavar="N",
         help="requests a client may make at once before the rate applies "
         "(default: $JWTMCP_RATE_BURST, else 20)",
+    )
+    p.add_argument(
+        "--refresh-idle",
+        type=_positive_int,
+        metavar="SECONDS",
+        help="a refresh token unused this long stops working (default: "
+        "$JWTMCP_REFRESH_IDLE, else 1209600 = 14 days)",
+    )
+    p.add_argument(
+        "--refresh-max",
+        type=_positive_int,
+        metavar="SECONDS",
+        help="every refresh-token family ends this long after its sign-in (default: "
+        "$JWTMCP_REFRESH_MAX, else 7776000 = 90 days)",
     )
     p.set_defaults(func=cmd_serve)
 

@@ -39,7 +39,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
 
 from starlette.applications import Starlette
@@ -58,9 +58,15 @@ from .keys import KeyRing, RingWatcher, ensure_ring
 from .numeric import parse_whole_number
 from .server import ServerLimits, bind_socket
 from .server import run as run_server
-from .store import Store
+from .store import DEFAULT_REFRESH_IDLE_TTL, DEFAULT_REFRESH_MAX_TTL
 from .tokens import DEFAULT_LIFETIME, Clock, build_claims, scope_grants_scope, sign
 from .users import ensure_users, users_file_beside
+
+if TYPE_CHECKING:
+    from .grants import InteractiveGrants
+    from .identity import PasswordSource
+    from .resolver import ClientResolver
+    from .store import Store
 
 log = logging.getLogger("jwtmcp.issuer")
 
@@ -99,9 +105,23 @@ class _Disconnected(Exception):
     """The client went away before its request body arrived."""
 
 
-_SINGLE_PARAMS = frozenset({"grant_type", "scope", "client_id", "client_secret", "expires_in"})
+_SINGLE_PARAMS = frozenset(
+    {
+        "grant_type",
+        "scope",
+        "client_id",
+        "client_secret",
+        "expires_in",
+        "code",
+        "redirect_uri",
+        "code_verifier",
+        "refresh_token",
+    }
+)
 """Parameters that may appear once (RFC 6749 3.2); ``resource`` may repeat (RFC 8707 2)."""
 _MAX_FIELDS = 64
+INTERACTIVE_GRANT_TYPES = frozenset({"authorization_code", "refresh_token"})
+"""Grants answered by :mod:`jwtmcp.grants` (they need the state store)."""
 
 
 # --- settings ------------------------------------------------------------------------------
@@ -124,6 +144,12 @@ class IssuerSettings:
     """The users file; empty: ``users.json`` beside the clients file."""
     store: str = ""
     """The state store's location (:func:`jwtmcp.store.open_store`); empty: beside the ring."""
+    refresh_idle_ttl: int = DEFAULT_REFRESH_IDLE_TTL
+    """Seconds a refresh token may go unused before its family expires."""
+    refresh_max_ttl: int = DEFAULT_REFRESH_MAX_TTL
+    """Seconds after sign-in after which a refresh family expires, used or not."""
+    store_busy_timeout: float | None = None
+    """Seconds a sign-in request waits for another writer's lock; None: the store's default."""
 
 
 def _is_loopback(host: str) -> bool:
@@ -417,11 +443,15 @@ class IssuerService:
         )
         self._jwks_cache: tuple[KeyRing, bytes, str] | None = None
         self._metadata_cache: tuple[ClientTable, bytes] | None = None
+        from .grants import grants_for_issuer  # it imports this module
         from .signin import build_sign_in
 
+        # One set of sign-in parts: /authorize and the token endpoint's grants share the
+        # client resolver, the identity source and the store file.
         options: dict[str, Any] = {
             "users_file": settings.users_file or None,
             "store": settings.store or None,
+            "store_busy_timeout": settings.store_busy_timeout,
             "clock": clock,
         }
         options.update(sign_in or {})
@@ -430,6 +460,27 @@ class IssuerService:
             keys_dir=settings.keys_dir,
             clients_file=settings.clients_file,
             **options,
+        )
+        given_store = options.get("store")
+        identity = self.sign_in.identity
+        self.grants: InteractiveGrants = grants_for_issuer(
+            issuer=self.issuer,
+            rings=self.rings,
+            clients=self.clients,
+            keys_dir=settings.keys_dir,
+            clients_file=settings.clients_file,
+            store_file=settings.store,
+            users_file=settings.users_file,
+            default_ttl=settings.default_ttl,
+            refresh_idle_ttl=settings.refresh_idle_ttl,
+            refresh_max_ttl=settings.refresh_max_ttl,
+            clock=clock,
+            # A Store object is shared as it is; a location is opened by the grants too (a
+            # second connection to one file, plus the no-wait one they try first).
+            store=given_store if not isinstance(given_store, str | os.PathLike | None) else None,
+            resolver=self.sign_in.resolver,
+            identity_sources={identity.source_id: identity},
+            store_busy_timeout=settings.store_busy_timeout,
         )
 
     # -- documents ----------------------------------------------------------------------
@@ -559,6 +610,9 @@ class IssuerService:
             raise _invalid_request(f"the token request must be a {FORM_TYPE} form")
         form = parse_form(await self._read_body(receive, content_length))
         params = form.params
+        if params.get("grant_type") in INTERACTIVE_GRANT_TYPES:
+            # Sign-in grants: public clients, the state store (jwtmcp.grants).
+            return await self.grants.token(form, authorizations)
 
         # Client authentication: one method only (RFC 6749 2.3).
         if len(authorizations) > 1:
@@ -610,7 +664,8 @@ class IssuerService:
             raise _invalid_request("the grant_type parameter is missing")
         if grant_type != "client_credentials":
             raise OAuthError(
-                "unsupported_grant_type", "only the client_credentials grant is supported"
+                "unsupported_grant_type",
+                "supported grants: client_credentials, authorization_code, refresh_token",
             )
 
         # The resource first: a client asking for a server it may not use gets that reason,
@@ -703,6 +758,11 @@ def create_app(
     store: Store | str | os.PathLike[str] | None = None,
     metadata_fetcher: ClientMetadataFetcher | None = None,
     login_limits: LoginLimits | None = None,
+    refresh_idle_ttl: int = DEFAULT_REFRESH_IDLE_TTL,
+    refresh_max_ttl: int = DEFAULT_REFRESH_MAX_TTL,
+    store_busy_timeout: float | None = None,
+    client_resolver: ClientResolver | None = None,
+    identity_source: PasswordSource | None = None,
 ) -> Starlette:
     """The issuer as a Starlette app over an existing key ring and clients file.
 
@@ -710,12 +770,15 @@ def create_app(
     bursts of ``rate_burst``; ``clock`` stamps tokens; ``rate_limit_clock`` drives the
     buckets. Raises :class:`KeyRingError` or :class:`ClientsError` if a file is unusable.
 
-    Interactive sign-in (:mod:`jwtmcp.signin`): ``users_file`` (default ``users.json``
-    beside ``clients_file``), ``store`` (a :class:`~jwtmcp.store.Store` or its location;
-    default ``jwtmcp-state.db`` beside ``keys_dir``), ``metadata_fetcher`` (Client ID
-    Metadata Documents; the default refuses private and loopback hosts) and
-    ``login_limits`` (failed logins per user and per address). Raises
-    :class:`~jwtmcp.errors.StoreUnavailable` when the store cannot be opened.
+    Interactive sign-in (:mod:`jwtmcp.signin`, :mod:`jwtmcp.grants`): ``users_file``
+    (default ``users.json`` beside ``clients_file``), ``store`` (a
+    :class:`~jwtmcp.store.Store` or its location; default ``jwtmcp-state.db`` beside
+    ``keys_dir``), ``metadata_fetcher`` (Client ID Metadata Documents; the default refuses
+    private and loopback hosts), ``login_limits`` (failed logins per user and per address),
+    the refresh-token lifetimes (seconds) and ``store_busy_timeout`` (seconds a request waits
+    for another writer). ``client_resolver`` and ``identity_source`` replace the ones built
+    from those files. The store is opened on first use: while it cannot be, sign-in and the
+    code and refresh grants answer 503 with ``Retry-After`` and ``client_credentials`` works.
     """
     sign_in: dict[str, Any] = {}
     if store is not None and not isinstance(store, (str, os.PathLike)):
@@ -725,6 +788,10 @@ def create_app(
         sign_in["metadata_fetcher"] = metadata_fetcher
     if login_limits is not None:
         sign_in["login_limits"] = login_limits
+    if client_resolver is not None:
+        sign_in["resolver"] = client_resolver
+    if identity_source is not None:
+        sign_in["identity_source"] = identity_source
     settings = IssuerSettings(
         issuer_url=issuer_url,
         keys_dir=os.fspath(keys_dir),
@@ -737,6 +804,9 @@ def create_app(
         reload_interval=reload_interval,
         users_file=os.fspath(users_file) if users_file is not None else "",
         store=os.fspath(store) if store is not None else "",
+        refresh_idle_ttl=refresh_idle_ttl,
+        refresh_max_ttl=refresh_max_ttl,
+        store_busy_timeout=store_busy_timeout,
     )
     service = IssuerService(
         settings, clock=clock, rate_limit_clock=rate_limit_clock, sign_in=sign_in
@@ -878,14 +948,16 @@ def serve(
     default_ttl: int = DEFAULT_LIFETIME,
     rate_limit: float = DEFAULT_RATE_LIMIT,
     rate_burst: int = DEFAULT_RATE_BURST,
+    refresh_idle_ttl: int = DEFAULT_REFRESH_IDLE_TTL,
+    refresh_max_ttl: int = DEFAULT_REFRESH_MAX_TTL,
     out: IO[str] | None = None,
 ) -> None:
     """Set up on first run (ring, clients file with a demo client, users file with a demo
     user), print how to use it, serve.
 
     ``issuer_url`` defaults to ``http://HOST:PORT``; ``users_file`` to ``users.json`` beside
-    ``clients_file``; ``store`` to ``jwtmcp-state.db`` beside ``keys_dir``. Blocks until the
-    server stops.
+    ``clients_file``; ``store`` to ``jwtmcp-state.db`` beside ``keys_dir``; refresh lifetimes
+    are seconds. Blocks until the server stops.
     """
     out = out or sys.stdout
     if not 0 < port < 65536:
@@ -962,6 +1034,8 @@ def serve(
         rate_burst=rate_burst,
         users_file=str(users_path.resolve()),
         store=str(Path(store).resolve()) if store else "",
+        refresh_idle_ttl=refresh_idle_ttl,
+        refresh_max_ttl=refresh_max_ttl,
     )
     common: dict[str, Any] = {
         "host": host,

@@ -72,7 +72,6 @@ class UsersFileOnDemand:
 class SignIn:
     """The parts of interactive sign-in, shared by the issuer's endpoints."""
 
-    store: Store
     resolver: ClientResolver
     registrar: StatelessRegistrar
     identity: PasswordSource
@@ -113,22 +112,35 @@ def build_sign_in(
     login_limits: LoginLimits | None = None,
     clock: Clock = time.time,
     configured_clients: Mapping[str, Any] | None = None,
+    resolver: ClientResolver | None = None,
+    store_busy_timeout: float | None = None,
 ) -> SignIn:
     """Everything interactive sign-in needs, from the issuer's settings.
 
     ``store`` is a :class:`~jwtmcp.store.Store` or a location for
     :func:`~jwtmcp.store.open_store` (default: beside ``keys_dir``); ``users_file`` defaults
     to ``users.json`` beside ``clients_file``; ``metadata_fetcher`` defaults to a
-    :class:`~jwtmcp.cimd.ClientMetadataFetcher` that refuses private and loopback hosts.
+    :class:`~jwtmcp.cimd.ClientMetadataFetcher` that refuses private and loopback hosts;
+    ``resolver`` replaces the client resolver built from those; ``store_busy_timeout``
+    (seconds, None: the store's default) is how long a request waits for another writer.
     Raises :class:`~jwtmcp.errors.ConfigError` for an unusable key directory and
-    :class:`~jwtmcp.errors.StoreUnavailable` when the store cannot be opened.
+    :class:`~jwtmcp.errors.StoreUnavailable` from the sign-in steps (not here) while the
+    store cannot be opened.
     """
     key = load_or_create_registration_key(keys_dir)
     if store is None:
         store = default_store_path(keys_dir)
-    opened = store if not isinstance(store, (str, os.PathLike)) else open_store(store, clock=clock)
+    location = store
+
+    def open_the_store() -> Store:
+        # Opened on the first sign-in step, not here: an issuer whose store cannot be opened
+        # still starts and serves client_credentials; sign-in answers 503 until it opens.
+        if not isinstance(location, (str, os.PathLike)):
+            return location
+        return open_store(location, clock=clock, busy_timeout=store_busy_timeout)
+
     registrar = StatelessRegistrar(key, clock=clock)
-    resolver = ClientResolver(
+    resolver = resolver or ClientResolver(
         metadata_documents=metadata_fetcher or ClientMetadataFetcher(clock=clock),
         registrar=registrar,
         clients=configured_clients,
@@ -138,13 +150,12 @@ def build_sign_in(
         issuer=issuer,
         resolver=resolver,
         identity_source=source,
-        store=opened,
+        open_store=open_the_store,
         key=key,
         clock=clock,
         login_limits=login_limits,
     )
     return SignIn(
-        store=opened,
         resolver=resolver,
         registrar=registrar,
         identity=source,

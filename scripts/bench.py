@@ -12,7 +12,9 @@ in this same run, so the ratios mean something on a shared, noisy machine.
 
 CPU figures are measured round-robin: each benchmark runs for a short slice in turn, for
 several rounds, and the best slice counts. ``/token`` runs against a real ``jwtmcp serve``
-subprocess (one worker) on loopback; ``tools/call`` goes through the official MCP SDK client
+subprocess (one worker) on loopback, for ``client_credentials`` and for the sign-in grants
+(``authorization_code`` exchanges and ``refresh_token`` rotations, see :func:`sign_in_http`);
+``tools/call`` goes through the official MCP SDK client
 to a real MCP server subprocess, plain and protected, alternating between the two.
 Everything binds 127.0.0.1 and is bounded in time.
 """
@@ -28,6 +30,7 @@ import http.client
 import json
 import os
 import platform
+import sqlite3
 import statistics
 import sys
 import tempfile
@@ -82,6 +85,8 @@ TARGETS: dict[str, tuple[str, str, float]] = {
     "verify_reused_vs_raw": ("verify, reused token / raw verify", ">=", 25.0),
     "mint_vs_raw_sign": ("mint / raw sign", ">=", 0.95),
     "token_http_vs_raw_sign": ("/token over HTTP, 1 worker / raw sign", ">=", 0.80),
+    "code_exchange_http_vs_raw_sign": ("code exchange over HTTP, 1 worker / raw sign", ">=", 0.35),
+    "refresh_http_vs_raw_sign": ("refresh grant over HTTP, 1 worker / raw sign", ">=", 0.35),
     "tools_call_p50_auth_vs_noauth": ("tools/call p50 with auth / without", "<=", 1.05),
     "verify_50keys_vs_1key": ("verify throughput, 50 keys / 1 key", ">=", 0.95),
 }
@@ -464,6 +469,161 @@ def _token_burst(port: int, body: bytes, headers: dict[str, str], connections: i
     return sum(c[0] for c in counts), sum(c[1] for c in counts)
 
 
+# --- the sign-in grants over HTTP ----------------------------------------------------------
+
+REDIRECT_URI = "http://127.0.0.1:33418/callback"
+BENCH_USER = "bench-user"
+PKCE_VERIFIER = "bench-" + "v" * 60
+
+
+def sign_in_http(workdir: Path, settings: Settings) -> dict[str, Any]:
+    """Code exchanges and refresh grants per second on one ``jwtmcp serve`` worker.
+
+    The front channel (a browser, the login and consent pages) is not what is measured, so
+    the bench makes codes the way ``/authorize`` does after consent: it writes code records
+    (the sign-in contract's fields) straight into the issuer's SQLite store with
+    ``Store.put_code``, untimed, before each round. The client is an RFC 7591 registration
+    signed with the issuer's own registration key, as ``POST /register`` would issue it.
+    Every exchange sends the PKCE verifier and gets an access token and a refresh token (two
+    store writes: take the code, start the family). Every refresh presents the connection's
+    newest refresh token and gets the next (one store write, one users-file lookup). Figures
+    per server CPU-second when ``/proc`` tells it, as for ``client_credentials``.
+    """
+    from jwtmcp.pkce import s256_challenge
+    from jwtmcp.registration import StatelessRegistrar
+    from jwtmcp.store import default_store_path, new_opaque_token, open_store
+
+    issuer = Issuer(workdir / "sign-in", rate_limit=0)
+    issuer.workdir.mkdir(parents=True, exist_ok=True)
+    issuer.cli("users", "add", BENCH_USER, "--tools", ",".join(TOOLS), "--audience", AUDIENCE)
+    with running(issuer):
+        assert issuer.process is not None
+        pid = issuer.process.pid
+        # The issuer reads its registration key lazily, on the first sign-in request.
+        registrar = StatelessRegistrar.from_keys_dir(issuer.keys_dir)
+        client_id = registrar.issue({"redirect_uris": [REDIRECT_URI]})["client_id"]
+        store_path = default_store_path(issuer.keys_dir)
+        store = open_store(store_path)
+        record = {
+            "client_id": client_id,
+            "redirect_uri": REDIRECT_URI,
+            "code_challenge": s256_challenge(PKCE_VERIFIER),
+            "resource": AUDIENCE,
+            "scope": " ".join(f"tool:{t}" for t in TOOLS),
+            "subject": BENCH_USER,
+            "source_id": "users",
+            "auth_time": int(time.time()),
+            "claims": {},
+            "max_lifetime": None,
+        }
+        headers = {"Content-Type": "application/x-www-form-urlencoded"}
+
+        def codes(count: int) -> list[bytes]:
+            bodies = []
+            for _ in range(count):
+                code = new_opaque_token()
+                store.put_code(code, record, ttl=60)
+                bodies.append(urlencode({
+                    "grant_type": "authorization_code", "code": code, "client_id": client_id,
+                    "redirect_uri": REDIRECT_URI, "code_verifier": PKCE_VERIFIER,
+                }).encode())
+            # Writing the codes is the front channel's work: move it out of the write-ahead
+            # log now, or the issuer's next checkpoint would copy it inside the timed window.
+            with contextlib.closing(sqlite3.connect(store_path)) as db:
+                db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            return bodies
+
+        def refresh_body(token: str) -> bytes:
+            return urlencode({"grant_type": "refresh_token", "refresh_token": token,
+                              "client_id": client_id}).encode()
+
+        out: dict[str, Any] = {}
+        try:
+            _grant_round(issuer.port, pid, headers, codes(50), 1, 0.5)  # warm-up
+            per_round = max(200, int(settings.http_seconds * 1500))
+            for _ in range(settings.http_rounds):
+                figures = _grant_round(issuer.port, pid, headers, codes(per_round),
+                                       settings.http_connections, settings.http_seconds)
+                _keep_best(out, "code_exchange_http", figures)
+            for _ in range(settings.http_rounds):
+                starts = [json.loads(answer)["refresh_token"] for answer in _grant_round(
+                    issuer.port, pid, headers, codes(settings.http_connections),
+                    settings.http_connections, settings.http_seconds, keep=True)[2]]
+                figures = _grant_round(issuer.port, pid, headers, [], settings.http_connections,
+                                       settings.http_seconds, chains=starts, next_body=refresh_body)
+                _keep_best(out, "refresh_http", figures)
+        finally:
+            store.close()
+        return out
+
+
+def _keep_best(out: dict[str, Any], name: str, figures: tuple[float, float | None, list[bytes]]
+               ) -> None:
+    wall, per_cpu, _ = figures
+    if wall > out.get(f"{name}_per_s", 0.0):
+        out[f"{name}_per_s"] = wall
+    if per_cpu is not None and per_cpu > out.get(f"{name}_per_server_cpu_s", 0.0):
+        out[f"{name}_per_server_cpu_s"] = per_cpu
+
+
+def _grant_round(port: int, pid: int, headers: dict[str, str], bodies: list[bytes],
+                 connections: int, seconds: float, *, keep: bool = False,
+                 chains: list[str] | None = None,
+                 next_body: Callable[[str], bytes] | None = None,
+                 ) -> tuple[float, float | None, list[bytes]]:
+    """POST ``bodies`` (each once) or, with ``chains``, refresh one chain per connection.
+
+    Stops when the bodies run out or after ``seconds``. Returns (successes per wall second,
+    successes per server CPU-second or None, the answers when ``keep``). Any refusal raises.
+    """
+    deadline = time.perf_counter() + seconds
+    pending = list(reversed(bodies))
+    answers: list[bytes] = []
+    counts = [0] * connections
+    failures: list[str] = []
+
+    def worker(slot: int) -> None:
+        conn = http.client.HTTPConnection(LOOPBACK, port, timeout=10)
+        chain = chains[slot] if chains is not None else None
+        try:
+            while time.perf_counter() < deadline and not failures:
+                if chain is not None and next_body is not None:
+                    body = next_body(chain)
+                else:
+                    try:
+                        body = pending.pop()
+                    except IndexError:
+                        return
+                conn.request("POST", "/token", body, headers)
+                resp = conn.getresponse()
+                data = resp.read()
+                if resp.status != 200 or b'"access_token"' not in data:
+                    failures.append(f"{resp.status} {data[:200]!r}")
+                    return
+                counts[slot] += 1
+                if chain is not None:
+                    chain = json.loads(data)["refresh_token"]
+                if keep:
+                    answers.append(data)
+        finally:
+            conn.close()
+
+    cpu0 = proc_cpu_seconds(pid)
+    t0 = time.perf_counter()
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(connections)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    elapsed = time.perf_counter() - t0
+    cpu1 = proc_cpu_seconds(pid)
+    if failures:
+        raise RuntimeError(f"a sign-in grant failed during the benchmark: {failures[0]}")
+    ok = sum(counts)
+    per_cpu = ok / (cpu1 - cpu0) if cpu0 is not None and cpu1 is not None and cpu1 > cpu0 else None
+    return ok / elapsed, per_cpu, answers
+
+
 # --- tools/call through the SDK ----------------------------------------------------------
 
 
@@ -582,7 +742,8 @@ def run(settings: Settings) -> dict[str, Any]:
         else:
             log("bench: verified-token cache memory ...")
             results.update(cache_memory(world, verifier_cls, settings.fill_cache))
-        for name, fn in (("token_http", token_http), ("tools_call", tools_call)):
+        for name, fn in (("token_http", token_http), ("sign_in_http", sign_in_http),
+                         ("tools_call", tools_call)):
             log(f"bench: {name} ...")
             try:
                 results.update(fn(workdir, settings))
@@ -596,7 +757,8 @@ def run(settings: Settings) -> dict[str, Any]:
         results["unavailable"] = unavailable
     for key in (
         "raw_verify_per_s", "raw_sign_per_s", "pyjwt_verify_per_s", "verify_fresh_per_s",
-        "verify_reused_per_s", "mint_per_s", "token_http_per_s", "tools_call_p50_ms_auth",
+        "verify_reused_per_s", "mint_per_s", "token_http_per_s", "code_exchange_http_per_s",
+        "refresh_http_per_s", "tools_call_p50_ms_auth",
         "tools_call_p50_ms_noauth", "verify_1key_per_s", "verify_50keys_per_s",
     ):
         results.setdefault(key, None)
@@ -623,6 +785,10 @@ def ratios(results: dict[str, Any]) -> dict[str, float | None]:
         _ratio(results, "token_http_per_server_cpu_s", "raw_sign_per_s")
         or out["token_http_wall_vs_raw_sign"]
     )
+    for grant in ("code_exchange_http", "refresh_http"):
+        out[f"{grant}_vs_raw_sign"] = _ratio(
+            results, f"{grant}_per_server_cpu_s", "raw_sign_per_s"
+        ) or _ratio(results, f"{grant}_per_s", "raw_sign_per_s")
     out["tools_call_p50_auth_vs_noauth"] = _ratio(
         results, "tools_call_p50_ms_auth", "tools_call_p50_ms_noauth"
     )
@@ -671,6 +837,10 @@ def table(results: dict[str, Any]) -> str:
          ratio("token_http_vs_raw_sign"), "token_http_vs_raw_sign"),
         ("POST /token, 1 worker, per wall second", rate("token_http_per_s"),
          ratio("token_http_wall_vs_raw_sign"), ""),
+        ("code exchange, 1 worker, per server CPU-s", rate("code_exchange_http_per_server_cpu_s"),
+         ratio("code_exchange_http_vs_raw_sign"), "code_exchange_http_vs_raw_sign"),
+        ("refresh grant, 1 worker, per server CPU-s", rate("refresh_http_per_server_cpu_s"),
+         ratio("refresh_http_vs_raw_sign"), "refresh_http_vs_raw_sign"),
         ("tools/call p50, no auth", ms("tools_call_p50_ms_noauth"), "1.00", "baseline"),
         ("tools/call p50, jwtmcp auth", ms("tools_call_p50_ms_auth"),
          ratio("tools_call_p50_auth_vs_noauth"), "tools_call_p50_auth_vs_noauth"),

@@ -8,7 +8,9 @@ input name). Codes are read back from the store to see exactly what the back cha
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import json
 import re
 import sqlite3
 from collections.abc import Iterator
@@ -620,7 +622,7 @@ def test_the_sdk_oauth_client_provider_gets_a_code_from_the_pages(tmp_path: Path
             audiences=[resource],
             clock=w.clock,
         )
-        server = protected_server("calc", issuer=w.issuer, resource=resource)
+        server = protected_server("calc", issuer=w.issuer, resource=resource, clock=w.clock)
 
         @server.tool()
         def add(a: int, b: int) -> int:
@@ -633,8 +635,6 @@ def test_the_sdk_oauth_client_provider_gets_a_code_from_the_pages(tmp_path: Path
             async with sign_in_client(resource, handlers, storage) as client:
                 await client.list_tools()
 
-        # The token exchange needs the back channel (grants.py): this test goes up to the
-        # code, so the provider's exchange is refused (no authorization_code grant yet).
         with serve_app(server.streamable_http_app(), port=port):
             try:
                 asyncio.run(connect())
@@ -645,10 +645,13 @@ def test_the_sdk_oauth_client_provider_gets_a_code_from_the_pages(tmp_path: Path
         assert storage.client_info is not None  # registered by RFC 7591 at /register
         (round_,) = handlers.rounds
         assert round_.pages == ("login", "consent") and round_.params["iss"] == w.issuer
-        grant = w.grant(str(round_.code))
-    assert grant["client_id"] == storage.client_info.client_id
-    assert grant["resource"] == resource and grant["scope"] == "tool:add"
-    assert "OAuthTokenError" in repr(refused) or refused is None
+        assert storage.tokens is not None and storage.tokens.refresh_token
+        claims = json.loads(
+            base64.urlsafe_b64decode(storage.tokens.access_token.split(".")[1] + "==")
+        )
+    assert refused is None  # the code exchange (jwtmcp.grants) gave a token the server took
+    assert claims["client_id"] == storage.client_info.client_id and claims["sub"] == "carol"
+    assert claims["aud"] == resource and claims["scope"] == "tool:add"
 
 
 def test_a_sign_in_that_fails_says_why(world: World) -> None:

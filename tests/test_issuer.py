@@ -383,7 +383,8 @@ def test_one_bad_resource_among_good_ones_is_invalid_target(
 
 def test_other_grant_types_are_unsupported(make_issuer: Callable[..., Issuer]) -> None:
     iss = make_issuer()
-    for grant in ("password", "authorization_code", "refresh_token"):
+    # authorization_code and refresh_token are jwtmcp.grants' (tests/test_grants.py).
+    for grant in ("password", "implicit", "urn:ietf:params:oauth:grant-type:device_code"):
         r = iss.token(grant_type=grant)
         assert r.status_code == 400 and error_of(r) == "unsupported_grant_type"
 

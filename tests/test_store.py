@@ -256,9 +256,12 @@ def test_family_ends_at_its_absolute_lifetime_however_often_used(
     assert statuses == ["rotated"] * 28 + ["expired"]  # at 87000 s, the first use past 86400
 
 
-def test_families_are_listed_and_revoked_by_user_and_client(store: Store) -> None:
+def test_families_are_listed_and_revoked_by_user_and_client(
+    store: Store, clock: FakeClock
+) -> None:
     made = {}
     for subject, client in [("alice", "app"), ("alice", "cli"), ("bob", "app")]:
+        clock.advance(1)  # "oldest first": at one instant the order would be the random ids'
         taken = _code_for(store)
         family = store.start_family(
             taken,
@@ -542,3 +545,28 @@ def test_processes_counting_at_once_lose_no_count(
 ) -> None:
     _run_race(tmp_path / "state.db", clock, "count", "user:alice")
     assert store.peek_count("user:alice") == WORKERS * 20
+
+
+# --- redeem_code: take a code and start its family in one write ---------------------------
+
+
+def test_redeem_code_starts_the_family_with_the_codes_grant(store: Store) -> None:
+    code, refresh_token = new_opaque_token(), new_opaque_token()
+    store.put_code(code, {"client_id": "app", "subject": "alice", "scope": "tool:add"}, ttl=60)
+    taken = store.redeem_code(code, refresh_token, idle_ttl=60, absolute_ttl=600)
+    assert taken is not None and not taken.reused
+    (family,) = store.list_families(subject="alice", client_id="app")
+    assert family.family_id == taken.family_id and family.grant["scope"] == "tool:add"
+    rotation = store.rotate_refresh(refresh_token, new_opaque_token(), client_id="app")
+    assert rotation is not None and rotation.status == "rotated"
+
+
+def test_a_code_reused_after_redeem_code_revokes_the_family_it_started(store: Store) -> None:
+    code, refresh_token = new_opaque_token(), new_opaque_token()
+    store.put_code(code, {"client_id": "app", "subject": "alice"}, ttl=60)
+    assert store.redeem_code(code, refresh_token, idle_ttl=60, absolute_ttl=600) is not None
+    again = store.redeem_code(code, new_opaque_token(), idle_ttl=60, absolute_ttl=600)
+    assert again is not None and again.reused
+    assert store.list_families(subject="alice") == ()
+    rotation = store.rotate_refresh(refresh_token, new_opaque_token(), client_id="app")
+    assert rotation is not None and rotation.status == "revoked"

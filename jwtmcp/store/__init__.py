@@ -43,6 +43,15 @@ MAX_CODE_TTL = 60
 DEFAULT_CODE_TOMBSTONE_TTL = 24 * 3600
 """How long a redeemed code is remembered, so a late second use still revokes its tokens."""
 
+DEFAULT_REFRESH_IDLE_TTL = 14 * 24 * 3600
+"""A refresh family unused for 14 days stops working (seconds): long enough for someone who
+opens their MCP client every week or two to stay signed in, short enough that a token left
+on an abandoned machine dies on its own."""
+
+DEFAULT_REFRESH_MAX_TTL = 90 * 24 * 3600
+"""Every refresh family ends 90 days after its sign-in (seconds), however often it is used:
+the user signs in again (and passes the login and consent checks again) once a quarter."""
+
 DEFAULT_STORE_FILE = "jwtmcp-state.db"
 """The SQLite file's name; by default it sits beside the key ring directory."""
 
@@ -173,6 +182,20 @@ class Store(Protocol):
         """
         ...
 
+    def redeem_code(
+        self, code: str, refresh_token: str, *, idle_ttl: float, absolute_ttl: float
+    ) -> CodeRedemption | None:
+        """:meth:`take_code` and :meth:`start_family` in one atomic step (one write, not two).
+
+        When the code is taken for the first time, its family starts at once with
+        ``refresh_token``, the code's ``grant`` as the family's grant and the grant's
+        ``client_id`` and ``subject`` members (:class:`~jwtmcp.errors.StoreError` when they
+        are missing). A caller whose checks then refuse the request revokes that family
+        (:meth:`revoke_families`); its refresh token was never handed out. Returns what
+        :meth:`take_code` returns; a reused code starts nothing and revokes as there.
+        """
+        ...
+
     def start_family(
         self,
         family_id: str,
@@ -200,6 +223,16 @@ class Store(Protocol):
         ``client_id`` is the client presenting it. Returns None for an unknown token;
         otherwise a :class:`Rotation`. Presenting a token that was already rotated, or one
         issued to another client, revokes the whole family (``reused``, ``wrong_client``).
+        """
+        ...
+
+    def find_refresh(self, refresh_token: str) -> RefreshFamily | None:
+        """The family ``refresh_token`` belongs to, changing nothing; None for an unknown token.
+
+        For checks that must refuse a request *before* :meth:`rotate_refresh` consumes the
+        token (a wider ``scope``, another ``resource``): the family's grant never changes, so
+        what is read here still holds when the rotation runs. Says nothing about whether the
+        token is the family's current one; only :meth:`rotate_refresh` decides that.
         """
         ...
 
@@ -263,8 +296,16 @@ def default_store_path(keys_dir: str | os.PathLike[str]) -> Path:
     return Path(keys_dir).absolute().parent / DEFAULT_STORE_FILE
 
 
-def open_store(location: str | os.PathLike[str], *, clock: Clock = time.time) -> Store:
+def open_store(
+    location: str | os.PathLike[str],
+    *,
+    clock: Clock = time.time,
+    busy_timeout: float | None = None,
+) -> Store:
     """Open the store at ``location``: a file path or ``sqlite:///abs/path``.
+
+    ``busy_timeout`` (seconds; None: the backend's default) is how long a call waits for
+    another writer before :class:`~jwtmcp.errors.StoreUnavailable`.
 
     Raises :class:`~jwtmcp.errors.ConfigError` for a location it does not understand and
     :class:`~jwtmcp.errors.StoreUnavailable` when the database cannot be opened.
@@ -281,11 +322,15 @@ def open_store(location: str | os.PathLike[str], *, clock: Clock = time.time) ->
         raise ConfigError(f"unknown store {scheme!r}: give a file path or sqlite:///PATH")
     from .sqlite import SqliteStore
 
-    return SqliteStore(text, clock=clock)
+    if busy_timeout is None:
+        return SqliteStore(text, clock=clock)
+    return SqliteStore(text, clock=clock, busy_timeout=busy_timeout)
 
 
 __all__ = [
     "DEFAULT_CODE_TOMBSTONE_TTL",
+    "DEFAULT_REFRESH_IDLE_TTL",
+    "DEFAULT_REFRESH_MAX_TTL",
     "DEFAULT_STORE_FILE",
     "MAX_CODE_TTL",
     "CodeRedemption",

@@ -308,6 +308,63 @@ class SqliteStore:
             )
             return CodeRedemption(_from_json(grant_json), family_id, reused=False)
 
+    def redeem_code(
+        self, code: str, refresh_token: str, *, idle_ttl: float, absolute_ttl: float
+    ) -> CodeRedemption | None:
+        idle = _positive("the refresh idle lifetime", idle_ttl)
+        absolute = _positive("the refresh absolute lifetime", absolute_ttl)
+        code_hash, token_hash = digest(code), digest(refresh_token)
+        with self._write() as (conn, now):
+            row = conn.execute(
+                "SELECT grant_json, family_id, expires_at, taken_at FROM codes"
+                " WHERE code_hash = ? AND forget_at > ?",
+                (code_hash, now),
+            ).fetchone()
+            if row is None:
+                return None
+            grant_json, family_id, expires_at, taken_at = row
+            grant = _from_json(grant_json)
+            if taken_at is not None:
+                self._revoke_family_id(conn, now, family_id, "authorization code reused")
+                return CodeRedemption(grant, family_id, reused=True)
+            if now >= expires_at:
+                conn.execute("DELETE FROM codes WHERE code_hash = ?", (code_hash,))
+                return None
+            client_id, subject = grant.get("client_id"), grant.get("subject")
+            if not isinstance(client_id, str) or not isinstance(subject, str):
+                raise StoreError("a code redeemed with a refresh token needs client_id and subject")
+            conn.execute(
+                "UPDATE codes SET taken_at = ?, forget_at = ? WHERE code_hash = ?",
+                (now, now + self._tombstone_ttl, code_hash),
+            )
+            try:
+                conn.execute(
+                    "INSERT INTO refresh_tokens (token_hash, family_id, generation)"
+                    " VALUES (?, ?, 0)",
+                    (token_hash, family_id),
+                )
+            except sqlite3.IntegrityError:
+                raise StoreError("this refresh token was issued already") from None
+            absolute_expires_at = now + absolute
+            conn.execute(
+                "INSERT INTO families (family_id, client_id, subject, grant_json, created_at,"
+                " last_used_at, idle_ttl, absolute_expires_at, generation, current_hash,"
+                " forget_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?)",
+                (
+                    family_id,
+                    client_id,
+                    subject,
+                    grant_json,
+                    now,
+                    now,
+                    idle,
+                    absolute_expires_at,
+                    token_hash,
+                    min(absolute_expires_at, now + idle),
+                ),
+            )
+            return CodeRedemption(grant, family_id, reused=False)
+
     def _revoke_family_id(
         self, conn: sqlite3.Connection, now: float, family_id: str, reason: str
     ) -> None:
@@ -437,6 +494,15 @@ class SqliteStore:
                 (new_hash, rotated.generation, now, rotated.expires_at, family.family_id),
             )
             return Rotation("rotated", rotated)
+
+    def find_refresh(self, refresh_token: str) -> RefreshFamily | None:
+        with self._read() as (conn, _now):
+            row = conn.execute(
+                f"SELECT {_FAMILY_COLUMNS} FROM families WHERE family_id ="  # noqa: S608
+                " (SELECT family_id FROM refresh_tokens WHERE token_hash = ?)",
+                (digest(refresh_token),),
+            ).fetchone()
+        return None if row is None else _family(row)
 
     def list_families(
         self, *, subject: str | None = None, client_id: str | None = None
