@@ -113,6 +113,17 @@ class RunningIssuer:
         return self._stderr.read_text(errors="replace")
 
 
+def stop_process(process: subprocess.Popen[bytes]) -> None:
+    """Stop a child this test started, by its PID: SIGTERM, then SIGKILL after 10 s."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(10)
+
+
 def _first_run_credentials(text: str) -> tuple[str | None, str | None]:
     client_id = re.search(r"^\s*client id:\s*(\S+)\s*$", text, re.MULTILINE)
     secret = re.search(r"^\s*client secret:\s*(\S+)\s*$", text, re.MULTILINE)
@@ -191,10 +202,4 @@ def issuer_process(
             _stderr=err_path,
         )
     finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(10)
+        stop_process(process)

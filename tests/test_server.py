@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import os
 import select
-import signal
 import socket
 import subprocess
 import sys
@@ -25,7 +24,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 
 from jwtmcp.keys import init_ring
-from tests.support import free_port, issuer_process
+from tests.support import free_port, issuer_process, stop_process
 
 REPO = Path(__file__).resolve().parent.parent
 SEND_CAP = 64 * 1024 * 1024
@@ -96,13 +95,7 @@ def mcp_server_process(directory: Path, env: dict[str, str]) -> Iterator[str]:
             time.sleep(0.05)
         yield base
     finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(10)
+        stop_process(process)
 
 
 @pytest.fixture
