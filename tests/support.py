@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx2
 import uvicorn
 
 
@@ -122,6 +123,42 @@ def stop_process(process: subprocess.Popen[bytes]) -> None:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait(10)
+
+
+MATH_SERVER = Path(__file__).resolve().parent.parent / "scripts" / "math_server.py"
+
+
+@contextlib.contextmanager
+def math_server(
+    url: str, log: Path, env: Mapping[str, str], args: Sequence[str] = ()
+) -> Iterator[subprocess.Popen[bytes]]:
+    """scripts/math_server.py (``args``) as a child process, its output in ``log``.
+
+    Its environment is this one without ``JWTMCP_*``/``MCP_*`` variables, plus ``env`` (give
+    ``MCP_PORT``). Yields once ``url`` answers 401 (the server is up and protected); raises
+    RuntimeError with its log if it exits or does not answer within 30 s. Stopped by PID.
+    """
+    child_env = {k: v for k, v in os.environ.items() if not k.startswith(("JWTMCP_", "MCP_"))}
+    child_env.update(env)
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, str(MATH_SERVER), *args],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=child_env,
+        )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            with contextlib.suppress(httpx2.HTTPError):
+                if httpx2.get(url, timeout=2).status_code == 401:
+                    break
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("math_server.py did not start:\n" + log.read_text())
+            time.sleep(0.05)
+        yield process
+    finally:
+        stop_process(process)
 
 
 def _first_run_credentials(text: str) -> tuple[str | None, str | None]:
