@@ -31,11 +31,11 @@ from jwtmcp.keys import KeyRing, init_ring
 from jwtmcp.mcp import JwtTokenVerifier, ToolScopeGuard, protected_server
 from jwtmcp.tokens import mint
 from jwtmcp.verifier import DEFAULT_LEEWAY, Verifier
+from tests.mcp_support import post_mcp
 from tests.support import FakeClock, free_port, serve_app
 
 T = TypeVar("T")
 ISSUER = "https://issuer.example"
-MCP_ACCEPT = "application/json, text/event-stream"
 LIFETIME = 300
 
 
@@ -135,12 +135,9 @@ async def sdk_add(url: str, token: str) -> Any:
 
 
 def refusal(url: str, token: str) -> httpx2.Response:
-    headers = {"authorization": f"Bearer {token}"}
     if url.endswith("/sse"):
-        return httpx2.get(url, headers=headers, timeout=10)
-    ping = {"jsonrpc": "2.0", "id": 1, "method": "ping"}
-    headers.update({"accept": MCP_ACCEPT, "content-type": "application/json"})
-    return httpx2.post(url, content=json.dumps(ping), headers=headers, timeout=10)
+        return httpx2.get(url, headers={"authorization": f"Bearer {token}"}, timeout=10)
+    return post_mcp(url, token, {"jsonrpc": "2.0", "id": 1, "method": "ping"}, timeout=10)
 
 
 PROTECTED = ["streamable", "sse"]

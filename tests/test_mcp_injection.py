@@ -28,10 +28,10 @@ from jwtmcp.mcp import JwtTokenVerifier, ToolScopeGuard, protected_server
 from jwtmcp.tokens import mint
 from jwtmcp.verifier import Verifier
 from tests.jwks_support import claims, header, jws
+from tests.mcp_support import post_mcp
 from tests.support import free_port, serve_app
 
 ISSUER = "https://issuer.example"
-MCP_ACCEPT = "application/json, text/event-stream"
 
 # Names that cannot be a scope token (RFC 6749 §3.3: %x21 / %x23-5B / %x5D-7E).
 BAD_NAMES = {
@@ -108,16 +108,7 @@ def injection(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Injection]:
 
 
 def call(url: str, token: str, body: Any) -> httpx2.Response:
-    return httpx2.post(
-        url,
-        content=json.dumps(body),
-        headers={
-            "authorization": f"Bearer {token}",
-            "accept": MCP_ACCEPT,
-            "content-type": "application/json",
-        },
-        timeout=10,
-    )
+    return post_mcp(url, token, body, timeout=10)
 
 
 def tools_call(name: str, request_id: int = 7) -> dict[str, Any]:

@@ -21,19 +21,19 @@ from mcp.client.auth.extensions.client_credentials import ClientCredentialsOAuth
 from mcp.client.streamable_http import streamable_http_client
 from mcp.server.auth.settings import AuthSettings
 from mcp.server.mcpserver import MCPServer
-from mcp.shared.auth import OAuthClientInformationFull, OAuthToken
+from mcp.shared.auth import OAuthToken
 
 from jwtmcp.clients import add_client
 from jwtmcp.keys import KeyRing, init_ring
 from jwtmcp.mcp import JwtTokenVerifier, ToolScopeGuard, current_caller, protected_server
 from jwtmcp.tokens import mint
 from jwtmcp.verifier import Verifier
+from tests.mcp_support import MCP_ACCEPT, MemoryStorage, post_mcp
 from tests.support import FakeClock, RunningIssuer, free_port, issuer_process, serve_app
 
 T = TypeVar("T")
 
 TOOLS = ("add", "subtract", "multiply", "read_file", "read_env", "whoami", "whoami_async")
-MCP_ACCEPT = "application/json, text/event-stream"
 
 
 def run(factory: Callable[[], Awaitable[T]]) -> T:
@@ -191,10 +191,7 @@ def raw_call(url: str, token: str | None, tool: str, **headers: str) -> httpx2.R
         "method": "tools/call",
         "params": {"name": tool, "arguments": {"a": 5, "b": 3}},
     }
-    sent = {"accept": MCP_ACCEPT, "content-type": "application/json", **headers}
-    if token is not None:
-        sent["authorization"] = f"Bearer {token}"
-    return httpx2.post(url, content=json.dumps(body), headers=sent, timeout=10)
+    return post_mcp(url, token, body, headers=headers, timeout=10)
 
 
 def metadata_url(resource: str) -> str:
@@ -255,16 +252,7 @@ def test_batch_with_one_forbidden_call_is_refused_whole(world: World) -> None:
         {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "add"}},
         {"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "multiply"}},
     ]
-    answer = httpx2.post(
-        world.a,
-        content=json.dumps(batch),
-        headers={
-            "authorization": f"Bearer {world.token('adder')}",
-            "accept": MCP_ACCEPT,
-            "content-type": "application/json",
-        },
-        timeout=10,
-    )
+    answer = post_mcp(world.a, world.token("adder"), json.dumps(batch), timeout=10)
     assert answer.status_code == 403
     assert 'scope="tool:multiply"' in answer.headers["www-authenticate"]
     assert world.calls["add"] == before
@@ -276,16 +264,7 @@ def test_json_escaped_method_name_is_still_recognised(world: World) -> None:
         '{"jsonrpc":"2.0","id":3,"method":"tools\\/call",'
         '"params":{"name":"sub\\u0074ract","arguments":{"a":1,"b":1}}}'
     )
-    answer = httpx2.post(
-        world.a,
-        content=body,
-        headers={
-            "authorization": f"Bearer {world.token('adder')}",
-            "accept": MCP_ACCEPT,
-            "content-type": "application/json",
-        },
-        timeout=10,
-    )
+    answer = post_mcp(world.a, world.token("adder"), body, timeout=10)
     assert answer.status_code == 403
     assert 'scope="tool:subtract"' in answer.headers["www-authenticate"]
     assert world.calls["subtract"] == before
@@ -296,44 +275,18 @@ def test_duplicate_keys_in_a_tools_call_are_refused(world: World) -> None:
         '{"jsonrpc":"2.0","id":3,"method":"tools/call",'
         '"params":{"name":"add","name":"subtract","arguments":{"a":1,"b":1}}}'
     )
-    answer = httpx2.post(
-        world.a,
-        content=body,
-        headers={
-            "authorization": f"Bearer {world.token('adder')}",
-            "accept": MCP_ACCEPT,
-            "content-type": "application/json",
-        },
-        timeout=10,
-    )
+    answer = post_mcp(world.a, world.token("adder"), body, timeout=10)
     assert answer.status_code == 400
 
 
 def test_garbage_body_is_answered_by_the_sdk_not_a_500(world: World) -> None:
-    answer = httpx2.post(
-        world.a,
-        content=b"\xff\xfe not json",
-        headers={
-            "authorization": f"Bearer {world.token('adder')}",
-            "accept": MCP_ACCEPT,
-            "content-type": "application/json",
-        },
-        timeout=10,
-    )
+    answer = post_mcp(world.a, world.token("adder"), b"\xff\xfe not json", timeout=10)
     assert 400 <= answer.status_code < 500
 
 
 def test_oversized_body_is_refused_413(world: World) -> None:
-    answer = httpx2.post(
-        world.a,
-        content=b"[" + b" " * (4 * 1024 * 1024) + b"]",
-        headers={
-            "authorization": f"Bearer {world.token('adder')}",
-            "accept": MCP_ACCEPT,
-            "content-type": "application/json",
-        },
-        timeout=10,
-    )
+    body = b"[" + b" " * (4 * 1024 * 1024) + b"]"
+    answer = post_mcp(world.a, world.token("adder"), body, timeout=10)
     assert answer.status_code == 413
 
 
@@ -517,24 +470,6 @@ def test_guard_alone_refuses_call_with_mcp_error_naming_scope(world: World) -> N
 
 
 # --- the SDK's OAuth client, discovering everything (acceptance 2) -----------------------
-
-
-class MemoryStorage:
-    def __init__(self, tokens: OAuthToken | None = None) -> None:
-        self.tokens = tokens
-        self.client_info: OAuthClientInformationFull | None = None
-
-    async def get_tokens(self) -> OAuthToken | None:
-        return self.tokens
-
-    async def set_tokens(self, tokens: OAuthToken) -> None:
-        self.tokens = tokens
-
-    async def get_client_info(self) -> OAuthClientInformationFull | None:
-        return self.client_info
-
-    async def set_client_info(self, client_info: OAuthClientInformationFull) -> None:
-        self.client_info = client_info
 
 
 def oauth_client(world: World, name: str, storage: MemoryStorage) -> Client:

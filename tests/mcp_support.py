@@ -1,0 +1,53 @@
+"""Helpers for the tests that talk to real MCP servers: raw JSON-RPC posts and SDK pieces."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+import httpx2
+from mcp.shared.auth import OAuthClientInformationFull, OAuthToken
+
+MCP_ACCEPT = "application/json, text/event-stream"
+"""The Accept header a streamable-HTTP MCP client must send."""
+
+
+def post_mcp(
+    url: str,
+    token: str | None,
+    body: Any,
+    *,
+    accept: bool = True,
+    headers: Mapping[str, str] | None = None,
+    timeout: float = 20,
+) -> httpx2.Response:
+    """POST ``body`` to an MCP endpoint as a client would: JSON content (``body`` as given
+    when it is str or bytes, else JSON-encoded), :data:`MCP_ACCEPT` unless ``accept`` is
+    False, then ``headers``, then ``Bearer token`` unless ``token`` is None."""
+    sent = {"accept": MCP_ACCEPT} if accept else {}
+    sent |= {"content-type": "application/json", **(headers or {})}
+    if token is not None:
+        sent["authorization"] = f"Bearer {token}"
+    content = body if isinstance(body, str | bytes) else json.dumps(body)
+    return httpx2.post(url, content=content, headers=sent, timeout=timeout)
+
+
+class MemoryStorage:
+    """The SDK's ``TokenStorage`` for one test: tokens and client info in memory."""
+
+    def __init__(self, tokens: OAuthToken | None = None) -> None:
+        self.tokens = tokens
+        self.client_info: OAuthClientInformationFull | None = None
+
+    async def get_tokens(self) -> OAuthToken | None:
+        return self.tokens
+
+    async def set_tokens(self, tokens: OAuthToken) -> None:
+        self.tokens = tokens
+
+    async def get_client_info(self) -> OAuthClientInformationFull | None:
+        return self.client_info
+
+    async def set_client_info(self, client_info: OAuthClientInformationFull) -> None:
+        self.client_info = client_info
