@@ -7,7 +7,12 @@ from collections.abc import Mapping
 from typing import Any
 
 import httpx2
+from mcp.server.auth.settings import AuthSettings
+from mcp.server.mcpserver import MCPServer
 from mcp.shared.auth import OAuthClientInformationFull, OAuthToken
+
+from jwtmcp.mcp import JwtTokenVerifier, ToolScopeGuard
+from jwtmcp.verifier import Verifier
 
 MCP_ACCEPT = "application/json, text/event-stream"
 """The Accept header a streamable-HTTP MCP client must send."""
@@ -31,6 +36,23 @@ def post_mcp(
         sent["authorization"] = f"Bearer {token}"
     content = body if isinstance(body, str | bytes) else json.dumps(body)
     return httpx2.post(url, content=content, headers=sent, timeout=timeout)
+
+
+def sdk_guarded_server(
+    name: str, verifier: Verifier, *, issuer: str, resource: str
+) -> MCPServer[Any]:
+    """The SDK's own ``MCPServer`` (no jwtmcp HTTP layer) with only jwtmcp's
+    ``JwtTokenVerifier`` and ``ToolScopeGuard`` inside: the guard as defence in depth."""
+    return MCPServer(
+        name,
+        token_verifier=JwtTokenVerifier(verifier, resource),
+        auth=AuthSettings(
+            issuer_url=issuer,  # type: ignore[arg-type]
+            resource_server_url=resource,  # type: ignore[arg-type]
+            validate_token_resource=True,
+        ),
+        middleware=[ToolScopeGuard()],
+    )
 
 
 class MemoryStorage:

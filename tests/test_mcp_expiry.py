@@ -23,15 +23,14 @@ import pytest
 from mcp import Client
 from mcp.client.sse import sse_client
 from mcp.client.streamable_http import streamable_http_client
-from mcp.server.auth.settings import AuthSettings
 from mcp.server.mcpserver import MCPServer
 
 from jwtmcp.cli import main as jwtmcp_main
 from jwtmcp.keys import KeyRing, init_ring
-from jwtmcp.mcp import JwtTokenVerifier, ToolScopeGuard, protected_server
+from jwtmcp.mcp import protected_server
 from jwtmcp.tokens import mint
 from jwtmcp.verifier import DEFAULT_LEEWAY, Verifier
-from tests.mcp_support import post_mcp
+from tests.mcp_support import post_mcp, sdk_guarded_server
 from tests.support import FakeClock, free_port, serve_app
 
 T = TypeVar("T")
@@ -100,16 +99,7 @@ def expiry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Expiry]:
     )
     server_e = protected_server("e", issuer=ISSUER, resource=sse, jwks_file=str(jwks), clock=clock)
     verifier = Verifier(issuer=ISSUER, audience=sdk_only, jwks_file=str(jwks), clock=clock)
-    server_g: MCPServer[Any] = MCPServer(
-        "g",
-        token_verifier=JwtTokenVerifier(verifier, sdk_only),
-        auth=AuthSettings(
-            issuer_url=ISSUER,  # type: ignore[arg-type]
-            resource_server_url=sdk_only,  # type: ignore[arg-type]
-            validate_token_resource=True,
-        ),
-        middleware=[ToolScopeGuard()],
-    )
+    server_g = sdk_guarded_server("g", verifier, issuer=ISSUER, resource=sdk_only)
     for server in (server_s, server_e, server_g):
         add_tool(server)
     with (

@@ -20,15 +20,13 @@ import httpx2
 import pytest
 from mcp import Client, MCPError
 from mcp.client.streamable_http import streamable_http_client
-from mcp.server.auth.settings import AuthSettings
-from mcp.server.mcpserver import MCPServer
 
 from jwtmcp.keys import KeyRing, init_ring
-from jwtmcp.mcp import JwtTokenVerifier, ToolScopeGuard, protected_server
+from jwtmcp.mcp import protected_server
 from jwtmcp.tokens import mint
 from jwtmcp.verifier import Verifier
 from tests.jwks_support import claims, header, jws
-from tests.mcp_support import post_mcp
+from tests.mcp_support import post_mcp, sdk_guarded_server
 from tests.support import free_port, serve_app
 
 ISSUER = "https://issuer.example"
@@ -82,16 +80,7 @@ def injection(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Injection]:
     sdk_only = f"http://127.0.0.1:{g_port}/mcp"
     server = protected_server("inj", issuer=ISSUER, resource=url, jwks_file=str(jwks))
     verifier = Verifier(issuer=ISSUER, audience=sdk_only, jwks_file=str(jwks))
-    guarded: MCPServer[Any] = MCPServer(
-        "inj-guarded",
-        token_verifier=JwtTokenVerifier(verifier, sdk_only),
-        auth=AuthSettings(
-            issuer_url=ISSUER,  # type: ignore[arg-type]
-            resource_server_url=sdk_only,  # type: ignore[arg-type]
-            validate_token_resource=True,
-        ),
-        middleware=[ToolScopeGuard()],
-    )
+    guarded = sdk_guarded_server("inj-guarded", verifier, issuer=ISSUER, resource=sdk_only)
     for each in (server, guarded):
 
         @each.tool()

@@ -19,16 +19,15 @@ import pytest
 from mcp import Client, MCPError
 from mcp.client.auth.extensions.client_credentials import ClientCredentialsOAuthProvider
 from mcp.client.streamable_http import streamable_http_client
-from mcp.server.auth.settings import AuthSettings
 from mcp.server.mcpserver import MCPServer
 from mcp.shared.auth import OAuthToken
 
 from jwtmcp.clients import add_client
 from jwtmcp.keys import KeyRing, init_ring
-from jwtmcp.mcp import JwtTokenVerifier, ToolScopeGuard, current_caller, protected_server
+from jwtmcp.mcp import current_caller, protected_server
 from jwtmcp.tokens import mint
 from jwtmcp.verifier import Verifier
-from tests.mcp_support import MCP_ACCEPT, MemoryStorage, post_mcp
+from tests.mcp_support import MCP_ACCEPT, MemoryStorage, post_mcp, sdk_guarded_server
 from tests.support import FakeClock, RunningIssuer, free_port, issuer_process, serve_app
 
 T = TypeVar("T")
@@ -145,16 +144,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         add_math_tools(server_b, Counter())
         # Defence in depth: the SDK's own app (no jwtmcp HTTP layer), only the guard inside.
         verifier = Verifier(issuer=issuer.issuer, audience=guarded, jwks_url=issuer.jwks_url)
-        server_g: MCPServer[Any] = MCPServer(
-            "guarded",
-            token_verifier=JwtTokenVerifier(verifier, guarded),
-            auth=AuthSettings(
-                issuer_url=issuer.issuer,  # type: ignore[arg-type]
-                resource_server_url=guarded,  # type: ignore[arg-type]
-                validate_token_resource=True,
-            ),
-            middleware=[ToolScopeGuard()],
-        )
+        server_g = sdk_guarded_server("guarded", verifier, issuer=issuer.issuer, resource=guarded)
         add_math_tools(server_g, calls)
         with (
             serve_app(server_a.streamable_http_app(), port=a_port),
