@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import re
@@ -33,6 +34,20 @@ class FakeClock:
 
     def advance(self, seconds: float) -> None:
         self.now += seconds
+
+
+def run_cli(*args: str, clock: FakeClock | None = None) -> tuple[int, str, str]:
+    """``jwtmcp.cli.main(ARGS)`` in this process (fast; the same code path as the command):
+    (exit status, stdout, stderr). A usage error's ``SystemExit`` becomes its status."""
+    from jwtmcp.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main(list(args), clock=clock) if clock else main(list(args))
+        except SystemExit as exc:
+            code = int(exc.code or 0)
+    return code, out.getvalue(), err.getvalue()
 
 
 def free_port() -> int:
