@@ -50,6 +50,24 @@ def run_cli(*args: str, clock: FakeClock | None = None) -> tuple[int, str, str]:
     return code, out.getvalue(), err.getvalue()
 
 
+def rewrite_keeping_stat(path: Path, old: str, new: str) -> None:
+    """Replace ``old`` by ``new`` (same length) in ``path`` in place, then put its mtime back:
+    the inode, size and mtime a watcher might compare stay equal (only ctime moves)."""
+    assert len(old) == len(new)
+    before = path.stat()
+    text = path.read_text()
+    assert old in text
+    with path.open("r+") as handle:
+        handle.write(text.replace(old, new))
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    after = path.stat()
+    assert (after.st_ino, after.st_size, after.st_mtime_ns) == (
+        before.st_ino,
+        before.st_size,
+        before.st_mtime_ns,
+    )
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
