@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, TypeVar
 
 import httpx2
 from mcp.server.auth.settings import AuthSettings
@@ -16,6 +17,17 @@ from jwtmcp.verifier import Verifier
 
 MCP_ACCEPT = "application/json, text/event-stream"
 """The Accept header a streamable-HTTP MCP client must send."""
+
+T = TypeVar("T")
+
+
+def run(factory: Callable[[], Awaitable[T]]) -> T:
+    """``await factory()`` in a new event loop, bounded to 30 s (a hang fails the test)."""
+
+    async def bounded() -> T:
+        return await asyncio.wait_for(factory(), 30)
+
+    return asyncio.run(bounded())
 
 
 def post_mcp(

@@ -6,12 +6,11 @@ everything from the 401 it gets.
 
 from __future__ import annotations
 
-import asyncio
 import json
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx2
 import pytest
@@ -25,19 +24,11 @@ from jwtmcp.issuer import create_app
 from jwtmcp.keys import KeyRing, init_ring
 from jwtmcp.mcp import protected_server
 from jwtmcp.tokens import mint
-from tests.mcp_support import MemoryStorage, post_mcp
+from tests.mcp_support import MemoryStorage, post_mcp, run
 from tests.support import free_port, serve_app
 
-T = TypeVar("T")
 TOOLS = ("add", "subtract", "multiply")
 ALL_TOOL_SCOPES = "tool:add tool:subtract tool:multiply"
-
-
-def run(factory: Callable[[], Awaitable[T]]) -> T:
-    async def bounded() -> T:
-        return await asyncio.wait_for(factory(), 30)
-
-    return asyncio.run(bounded())
 
 
 def add_tools(server: MCPServer[Any]) -> None:

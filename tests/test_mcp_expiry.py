@@ -8,15 +8,14 @@ accept) or leeway + 1 s past it (both refuse, with the same reason).
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import io
 import json
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx2
 import pytest
@@ -30,19 +29,11 @@ from jwtmcp.keys import KeyRing, init_ring
 from jwtmcp.mcp import protected_server
 from jwtmcp.tokens import mint
 from jwtmcp.verifier import DEFAULT_LEEWAY, Verifier
-from tests.mcp_support import post_mcp, sdk_guarded_server
+from tests.mcp_support import post_mcp, run, sdk_guarded_server
 from tests.support import FakeClock, free_port, serve_app
 
-T = TypeVar("T")
 ISSUER = "https://issuer.example"
 LIFETIME = 300
-
-
-def run(factory: Callable[[], Awaitable[T]]) -> T:
-    async def bounded() -> T:
-        return await asyncio.wait_for(factory(), 30)
-
-    return asyncio.run(bounded())
 
 
 @dataclass

@@ -12,7 +12,7 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx2
 import pytest
@@ -27,16 +27,10 @@ from jwtmcp.keys import KeyRing, init_ring
 from jwtmcp.mcp import current_caller, protected_server
 from jwtmcp.tokens import mint
 from jwtmcp.verifier import Verifier
-from tests.mcp_support import MCP_ACCEPT, MemoryStorage, post_mcp, sdk_guarded_server
+from tests.mcp_support import MCP_ACCEPT, MemoryStorage, post_mcp, run, sdk_guarded_server
 from tests.support import FakeClock, RunningIssuer, free_port, issuer_process, serve_app
 
-T = TypeVar("T")
-
 TOOLS = ("add", "subtract", "multiply", "read_file", "read_env", "whoami", "whoami_async")
-
-
-def run(factory: Callable[[], Awaitable[T]]) -> T:
-    return asyncio.run(asyncio.wait_for(factory(), 30))  # type: ignore[arg-type]
 
 
 def run_error(factory: Callable[[], Awaitable[Any]]) -> BaseException:
