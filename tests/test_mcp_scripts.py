@@ -29,6 +29,16 @@ class Setup:
     secret: str
     server_log: Path
 
+    def token(self, audience: str) -> str:
+        """alice's token for ``audience``, granting the tool add."""
+        return mint(
+            self.ring.active.signing_key,
+            issuer=self.issuer,
+            subject="alice",
+            audience=audience,
+            tools=["add"],
+        )
+
 
 def script(
     name: str, *args: str, env: dict[str, str] | None = None
@@ -65,13 +75,7 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
 
 
 def test_call_tool_with_a_static_bearer_token(setup: Setup) -> None:
-    token = mint(
-        setup.ring.active.signing_key,
-        issuer=setup.issuer,
-        subject="alice",
-        audience=setup.url,
-        tools=["add"],
-    )
+    token = setup.token(setup.url)
     done = script(
         "call_tool.py", "--url", setup.url, "add", "a=2", "b=3", env={"JWTMCP_TOKEN": token}
     )
@@ -81,13 +85,7 @@ def test_call_tool_with_a_static_bearer_token(setup: Setup) -> None:
 
 
 def test_call_tool_reports_a_forbidden_tool_in_one_line(setup: Setup) -> None:
-    token = mint(
-        setup.ring.active.signing_key,
-        issuer=setup.issuer,
-        subject="alice",
-        audience=setup.url,
-        tools=["add"],
-    )
+    token = setup.token(setup.url)
     done = script("call_tool.py", "--url", setup.url, "--token", token, "multiply", "a=2", "b=3")
     assert done.returncode == 1
     assert done.stderr.strip() == (
@@ -99,13 +97,7 @@ def test_call_tool_reports_a_forbidden_tool_in_one_line(setup: Setup) -> None:
 def test_call_tool_prints_the_servers_reason_for_a_token_for_another_server(
     setup: Setup,
 ) -> None:
-    token = mint(
-        setup.ring.active.signing_key,
-        issuer=setup.issuer,
-        subject="alice",
-        audience="http://127.0.0.1:9/mcp",
-        tools=["add"],
-    )
+    token = setup.token("http://127.0.0.1:9/mcp")
     done = script("call_tool.py", "--url", setup.url, "--token", token, "add", "a=2", "b=3")
     assert done.returncode == 1
     assert done.stderr.startswith("call_tool: error: token refused (wrong_audience): ")
@@ -126,13 +118,7 @@ def sse_url(setup: Setup, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
 def test_call_tool_over_sse_reports_a_forbidden_tool_in_one_line_not_a_timeout(
     setup: Setup, sse_url: str
 ) -> None:
-    token = mint(
-        setup.ring.active.signing_key,
-        issuer=setup.issuer,
-        subject="alice",
-        audience=sse_url,
-        tools=["add"],
-    )
+    token = setup.token(sse_url)
     done = script("call_tool.py", "--url", sse_url, "--token", token, "multiply", "a=2", "b=3")
     assert done.returncode == 1
     assert done.stderr.strip() == (
@@ -144,13 +130,7 @@ def test_call_tool_over_sse_reports_a_forbidden_tool_in_one_line_not_a_timeout(
 def test_call_tool_over_sse_prints_the_servers_reason_for_a_refused_token(
     setup: Setup, sse_url: str
 ) -> None:
-    token = mint(
-        setup.ring.active.signing_key,
-        issuer=setup.issuer,
-        subject="alice",
-        audience=setup.url,  # the Streamable HTTP server's, not this one's
-        tools=["add"],
-    )
+    token = setup.token(setup.url)  # the Streamable HTTP server's, not this one's
     done = script("call_tool.py", "--url", sse_url, "--token", token, "add", "a=2", "b=3")
     assert done.returncode == 1
     assert done.stderr.startswith("call_tool: error: token refused (wrong_audience): ")
