@@ -410,13 +410,17 @@ def cmd_clients_list(args: argparse.Namespace, clock: Clock) -> int:
         print(f"no clients in {where}")
         return 0
     for client in clients:
-        ttl = f"{client.max_ttl} s" if client.max_ttl else "issuer default"
         print(client.client_id)
         print(f"  subject    {client.subject}")
-        print(f"  scopes     {' '.join(client.allowed_scopes) or '-'}")
-        print(f"  audiences  {' '.join(client.audiences)}")
-        print(f"  max ttl    {ttl}")
+        print_grants(client.allowed_scopes, client.audiences, client.max_ttl)
     return 0
+
+
+def print_grants(scopes: Sequence[str], audiences: Sequence[str], max_ttl: int | None) -> None:
+    """The ``scopes``, ``audiences`` and ``max ttl`` lines of ``clients list``/``users list``."""
+    print(f"  scopes     {' '.join(scopes) or '-'}")
+    print(f"  audiences  {' '.join(audiences)}")
+    print(f"  max ttl    {f'{max_ttl} s' if max_ttl else 'issuer default'}")
 
 
 def cmd_clients_remove(args: argparse.Namespace, clock: Clock) -> int:
@@ -637,6 +641,36 @@ def _add_issuer_flag(
         "--iss",
         metavar="URL",
         help=help_text or f"issuer URL, the 'iss' claim ({default_text})",
+    )
+
+
+def _add_grant_flags(
+    parser: argparse.ArgumentParser, *, holder: str, verb: str, whose: str
+) -> None:
+    """``--tools``, ``--audience`` (``--aud``), ``--max-ttl``: what ``holder`` may be granted.
+
+    Shared by ``clients add`` (``holder="the client"``) and ``users add``; read them back
+    with :func:`tool_names` and :func:`audience_urls`.
+    """
+    parser.add_argument(
+        "--tools",
+        action="append",
+        required=True,
+        metavar="A,B",
+        help=f"tools {holder} may {verb}, comma-separated ('*' and 'prefix*' allowed); "
+        "repeatable",
+    )
+    _add_flag(
+        parser,
+        "--audience",
+        "--aud",
+        action="append",
+        required=True,
+        metavar="URL",
+        help=f"an MCP server (resource URL) {holder} may get tokens for; repeatable",
+    )
+    parser.add_argument(
+        "--max-ttl", type=_positive_int, metavar="SECONDS", help=f"cap on {whose} tokens' lifetime"
     )
 
 
@@ -942,25 +976,7 @@ examples:
         formatter_class=_Formatter,
     )
     p.add_argument("name", metavar="NAME", help="the client id")
-    p.add_argument(
-        "--tools",
-        action="append",
-        required=True,
-        metavar="A,B",
-        help="tools the client may get, comma-separated ('*' and 'prefix*' allowed); repeatable",
-    )
-    _add_flag(
-        p,
-        "--audience",
-        "--aud",
-        action="append",
-        required=True,
-        metavar="URL",
-        help="an MCP server (resource URL) the client may get tokens for; repeatable",
-    )
-    p.add_argument(
-        "--max-ttl", type=_positive_int, metavar="SECONDS", help="cap on its tokens' lifetime"
-    )
+    _add_grant_flags(p, holder="the client", verb="get", whose="its")
     _add_flag(
         p, "--subject", "--sub", metavar="SUB", help="the 'sub' of its tokens (default: NAME)"
     )

@@ -17,12 +17,12 @@ from .cli import (
     PROG,
     CliError,
     _add_clients_flag,
-    _add_flag,
+    _add_grant_flags,
     _Formatter,
     _Parser,
-    _positive_int,
     audience_urls,
     clients_file,
+    print_grants,
     tool_names,
 )
 from .tokens import Clock
@@ -56,11 +56,24 @@ def _read_password_line() -> str:
     return password
 
 
-def cmd_users_add(args: argparse.Namespace, clock: Clock) -> int:
-    from .users import add_user, new_password
+def _password(args: argparse.Namespace) -> str:
+    """``--password-stdin``'s line, else a new strong password (see :func:`_show_generated`)."""
+    from .users import new_password
 
-    generated = not args.password_stdin
-    password = new_password() if generated else _read_password_line()
+    return _read_password_line() if args.password_stdin else new_password()
+
+
+def _show_generated(args: argparse.Namespace, password: str) -> None:
+    """Print a generated password once; one read from stdin is never echoed."""
+    if not args.password_stdin:
+        print("their password (shown once, only an Argon2id hash is stored):")
+        print(password)
+
+
+def cmd_users_add(args: argparse.Namespace, clock: Clock) -> int:
+    from .users import add_user
+
+    password = _password(args)
     where = users_file(args)
     user = add_user(
         where,
@@ -74,9 +87,7 @@ def cmd_users_add(args: argparse.Namespace, clock: Clock) -> int:
         clock=clock,
     )
     print(f"added user {user.name!r} to {where}")
-    if generated:
-        print("their password (shown once, only an Argon2id hash is stored):")
-        print(password)
+    _show_generated(args, password)
     return 0
 
 
@@ -93,9 +104,7 @@ def cmd_users_list(args: argparse.Namespace, clock: Clock) -> int:
         who = [user.display_name or "", f"<{user.email}>" if user.email else ""]
         if any(who):
             print(f"  who        {' '.join(w for w in who if w)}")
-        print(f"  scopes     {' '.join(user.allowed_scopes) or '-'}")
-        print(f"  audiences  {' '.join(user.audiences)}")
-        print(f"  max ttl    {f'{user.max_ttl} s' if user.max_ttl else 'issuer default'}")
+        print_grants(user.allowed_scopes, user.audiences, user.max_ttl)
     return 0
 
 
@@ -108,15 +117,12 @@ def cmd_users_remove(args: argparse.Namespace, clock: Clock) -> int:
 
 
 def cmd_users_set_password(args: argparse.Namespace, clock: Clock) -> int:
-    from .users import new_password, set_password
+    from .users import set_password
 
-    generated = not args.password_stdin
-    password = new_password() if generated else _read_password_line()
+    password = _password(args)
     set_password(users_file(args), args.name, password)
     print(f"new password set for user {args.name!r}; the old one no longer works")
-    if generated:
-        print("their password (shown once, only an Argon2id hash is stored):")
-        print(password)
+    _show_generated(args, password)
     return 0
 
 
@@ -170,26 +176,7 @@ examples:
         formatter_class=_Formatter,
     )
     p.add_argument("name", metavar="NAME", help="the user name (the tokens' 'sub')")
-    p.add_argument(
-        "--tools",
-        action="append",
-        required=True,
-        metavar="A,B",
-        help="tools the user may approve, comma-separated ('*' and 'prefix*' allowed); "
-        "repeatable",
-    )
-    _add_flag(
-        p,
-        "--audience",
-        "--aud",
-        action="append",
-        required=True,
-        metavar="URL",
-        help="an MCP server (resource URL) the user may get tokens for; repeatable",
-    )
-    p.add_argument(
-        "--max-ttl", type=_positive_int, metavar="SECONDS", help="cap on their tokens' lifetime"
-    )
+    _add_grant_flags(p, holder="the user", verb="approve", whose="their")
     p.add_argument("--display-name", metavar="TEXT", help="the 'name' claim of their tokens")
     p.add_argument("--email", metavar="ADDRESS", help="the 'email' claim of their tokens")
     _add_password_stdin_flag(p)

@@ -29,7 +29,6 @@ import base64
 import contextlib
 import hashlib
 import hmac
-import json
 import math
 import os
 import re
@@ -43,7 +42,7 @@ from types import MappingProxyType
 from typing import Any
 
 from .errors import ClientsError, ConfigError
-from .files import WatchedFile, atomic_write, locked
+from .files import WatchedFile, locked, read_file, versioned_entries, write_versioned
 from .identifiers import canonical_resource
 from .tokens import Clock, check_scope, split_scope, tool_scope
 
@@ -210,6 +209,12 @@ def check_audience(url: str) -> str:
         raise ClientsError(exc.message) from None
 
 
+def check_audiences(audiences: Iterable[str]) -> tuple[str, ...]:
+    """:func:`check_audience` of each URL (one str is one URL), deduplicated, in order."""
+    urls = [audiences] if isinstance(audiences, str) else audiences
+    return tuple(dict.fromkeys(check_audience(url) for url in urls))
+
+
 def check_tools(tools: Iterable[str]) -> tuple[str, ...]:
     """Tool names (``*`` and ``prefix*`` allowed), stripped and deduplicated; else ClientsError."""
     out = []
@@ -266,15 +271,7 @@ def _parse(path: Path, raw: bytes) -> ClientTable:
     def bad(what: str) -> ClientsError:
         return ClientsError(f"the clients file {path} is invalid: {what}")
 
-    try:
-        doc = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
-        raise bad("not valid JSON") from None
-    if not isinstance(doc, dict) or doc.get("version") != FORMAT_VERSION:
-        raise bad("unknown format (expected version 1)")
-    entries = doc.get("clients")
-    if not isinstance(entries, dict):
-        raise bad("'clients' must be an object")
+    entries = versioned_entries(raw, section="clients", version=FORMAT_VERSION, bad=bad)
     clients: dict[str, Client] = {}
     for name, entry in entries.items():
         if not isinstance(entry, dict) or not _NAME.fullmatch(name):
@@ -302,7 +299,7 @@ def _parse(path: Path, raw: bytes) -> ClientTable:
                 subject=subject,
                 tools=check_tools(tools),
                 scopes=_check_scopes(scopes),
-                audiences=tuple(dict.fromkeys(check_audience(a) for a in audiences)),
+                audiences=check_audiences(audiences),
                 max_ttl=check_max_ttl(max_ttl),
                 created_at=check_created_at(entry.get("created_at")),
                 secret_hash=secret_hash,
@@ -318,17 +315,13 @@ def _parse(path: Path, raw: bytes) -> ClientTable:
 def load_clients(path: str | os.PathLike[str]) -> ClientTable:
     """Read the clients file. Raises :class:`ClientsError` with a one-line reason."""
     where = Path(path)
-    try:
-        raw = where.read_bytes()
-    except FileNotFoundError:
-        raise ClientsError(
-            f"no clients file at {where}; add a client with: "
-            f"jwtmcp clients add NAME --tools ... --audience URL --clients {where}"
-        ) from None
-    except IsADirectoryError:
-        raise ClientsError(f"{where} is a directory, not a clients file") from None
-    except OSError as exc:
-        raise ClientsError(f"cannot read {where}: {exc.strerror}") from None
+    raw = read_file(
+        where,
+        what="clients file",
+        error=ClientsError,
+        missing=f"no clients file at {where}; add a client with: "
+        f"jwtmcp clients add NAME --tools ... --audience URL --clients {where}",
+    )
     return _parse(where, raw)
 
 
@@ -347,14 +340,13 @@ def _locked(path: Path, timeout: float = 30.0) -> contextlib.AbstractContextMana
 
 
 def _write(table: ClientTable) -> None:
-    doc = {
-        "version": FORMAT_VERSION,
-        "clients": {c.client_id: c._entry() for c in sorted(table, key=lambda c: c.client_id)},
-    }
-    try:
-        atomic_write(table.path, json.dumps(doc, indent=2).encode() + b"\n")
-    except OSError as exc:
-        raise ClientsError(f"cannot write {table.path}: {exc.strerror}") from None
+    write_versioned(
+        table.path,
+        section="clients",
+        version=FORMAT_VERSION,
+        entries={c.client_id: c._entry() for c in sorted(table, key=lambda c: c.client_id)},
+        error=ClientsError,
+    )
 
 
 def _load_or_empty(path: Path) -> ClientTable:
@@ -384,11 +376,7 @@ def add_client(
     check_name(name)
     tool_list = check_tools([tools] if isinstance(tools, str) else tools)
     scope_list = _check_scopes([scopes] if isinstance(scopes, str) else scopes)
-    aud_list = tuple(
-        dict.fromkeys(
-            check_audience(a) for a in ([audiences] if isinstance(audiences, str) else audiences)
-        )
-    )
+    aud_list = check_audiences(audiences)
     if not aud_list:
         raise ClientsError("a client needs at least one audience (--audience URL)")
     if subject is not None and (not subject or subject != subject.strip()):

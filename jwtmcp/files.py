@@ -10,13 +10,14 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import json
 import os
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from .errors import JwtMcpError
 
@@ -134,6 +135,60 @@ def locked(
         yield
     finally:
         release_lock(fd)
+
+
+def read_file(path: Path, *, what: str, error: type[JwtMcpError], missing: str) -> bytes:
+    """The bytes of ``path``, the ``what`` ("clients file"); else ``error`` with one line.
+
+    ``missing`` is the whole message for a file that does not exist (say how to make one).
+    """
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise error(missing) from None
+    except IsADirectoryError:
+        raise error(f"{path} is a directory, not a {what}") from None
+    except OSError as exc:
+        raise error(f"cannot read {path}: {exc.strerror}") from None
+
+
+def versioned_entries(
+    raw: bytes, *, section: str, version: int, bad: Callable[[str], JwtMcpError]
+) -> dict[str, Any]:
+    """The ``section`` object of a JSON file ``{"version": version, section: {...}}``.
+
+    Raises ``bad(reason)`` when ``raw`` is not JSON, has another version, or ``section`` is
+    not an object. The inverse of :func:`write_versioned`.
+    """
+    try:
+        doc = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise bad("not valid JSON") from None
+    if not isinstance(doc, dict) or doc.get("version") != version:
+        raise bad(f"unknown format (expected version {version})")
+    entries = doc.get(section)
+    if not isinstance(entries, dict):
+        raise bad(f"'{section}' must be an object")
+    return entries
+
+
+def write_versioned(
+    path: Path,
+    *,
+    section: str,
+    version: int,
+    entries: Mapping[str, Any],
+    error: type[JwtMcpError],
+) -> None:
+    """Write ``{"version": version, section: entries}`` to ``path`` atomically (mode 0600).
+
+    A write that fails raises ``error`` ("cannot write <path>: <reason>").
+    """
+    doc = {"version": version, section: entries}
+    try:
+        atomic_write(path, json.dumps(doc, indent=2).encode() + b"\n")
+    except OSError as exc:
+        raise error(f"cannot write {path}: {exc.strerror}") from None
 
 
 class WatchedFile(Generic[T]):

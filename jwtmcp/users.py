@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import json
 import os
 import secrets
 import time
@@ -44,9 +43,9 @@ from typing import Any
 from argon2 import PasswordHasher, Type, extract_parameters
 from argon2.exceptions import InvalidHashError, VerificationError
 
-from .clients import check_audience, check_created_at, check_max_ttl, check_name, check_tools
+from .clients import check_audiences, check_created_at, check_max_ttl, check_name, check_tools
 from .errors import ClientsError, UsersError
-from .files import WatchedFile, atomic_write, locked
+from .files import WatchedFile, locked, read_file, versioned_entries, write_versioned
 from .tokens import Clock, tool_scope
 
 FORMAT_VERSION = 1
@@ -209,12 +208,7 @@ def _check_lists(
 ) -> tuple[tuple[str, ...], tuple[str, ...]]:
     try:
         tool_list = check_tools([tools] if isinstance(tools, str) else tools)
-        aud_list = tuple(
-            dict.fromkeys(
-                check_audience(a)
-                for a in ([audiences] if isinstance(audiences, str) else audiences)
-            )
-        )
+        aud_list = check_audiences(audiences)
     except ClientsError as exc:
         raise _as_users_error(exc) from None
     if not aud_list:
@@ -236,15 +230,7 @@ def _parse(path: Path, raw: bytes) -> UserTable:
     def bad(what: str) -> UsersError:
         return UsersError(f"the users file {path} is invalid: {what}")
 
-    try:
-        doc = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
-        raise bad("not valid JSON") from None
-    if not isinstance(doc, dict) or doc.get("version") != FORMAT_VERSION:
-        raise bad("unknown format (expected version 1)")
-    entries = doc.get("users")
-    if not isinstance(entries, dict):
-        raise bad("'users' must be an object")
+    entries = versioned_entries(raw, section="users", version=FORMAT_VERSION, bad=bad)
     users: dict[str, User] = {}
     for name, entry in entries.items():
         if not isinstance(entry, dict):
@@ -281,17 +267,13 @@ def _parse(path: Path, raw: bytes) -> UserTable:
 def load_users(path: str | os.PathLike[str]) -> UserTable:
     """Read the users file. Raises :class:`~jwtmcp.errors.UsersError` with a one-line reason."""
     where = Path(path)
-    try:
-        raw = where.read_bytes()
-    except FileNotFoundError:
-        raise UsersError(
-            f"no users file at {where}; add a user with: "
-            f"jwtmcp users add NAME --tools ... --aud URL --users {where}"
-        ) from None
-    except IsADirectoryError:
-        raise UsersError(f"{where} is a directory, not a users file") from None
-    except OSError as exc:
-        raise UsersError(f"cannot read {where}: {exc.strerror}") from None
+    raw = read_file(
+        where,
+        what="users file",
+        error=UsersError,
+        missing=f"no users file at {where}; add a user with: "
+        f"jwtmcp users add NAME --tools ... --aud URL --users {where}",
+    )
     return _parse(where, raw)
 
 
@@ -313,14 +295,13 @@ def _locked(path: Path) -> contextlib.AbstractContextManager[None]:
 
 
 def _write(table: UserTable) -> None:
-    doc = {
-        "version": FORMAT_VERSION,
-        "users": {u.name: u._entry() for u in sorted(table, key=lambda u: u.name)},
-    }
-    try:
-        atomic_write(table.path, json.dumps(doc, indent=2).encode() + b"\n")
-    except OSError as exc:
-        raise UsersError(f"cannot write {table.path}: {exc.strerror}") from None
+    write_versioned(
+        table.path,
+        section="users",
+        version=FORMAT_VERSION,
+        entries={u.name: u._entry() for u in sorted(table, key=lambda u: u.name)},
+        error=UsersError,
+    )
 
 
 def _load_or_empty(path: Path) -> UserTable:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import re
@@ -18,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx2
 import uvicorn
 
 
@@ -32,6 +34,38 @@ class FakeClock:
 
     def advance(self, seconds: float) -> None:
         self.now += seconds
+
+
+def run_cli(*args: str, clock: FakeClock | None = None) -> tuple[int, str, str]:
+    """``jwtmcp.cli.main(ARGS)`` in this process (fast; the same code path as the command):
+    (exit status, stdout, stderr). A usage error's ``SystemExit`` becomes its status."""
+    from jwtmcp.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main(list(args), clock=clock) if clock else main(list(args))
+        except SystemExit as exc:
+            code = int(exc.code or 0)
+    return code, out.getvalue(), err.getvalue()
+
+
+def rewrite_keeping_stat(path: Path, old: str, new: str) -> None:
+    """Replace ``old`` by ``new`` (same length) in ``path`` in place, then put its mtime back:
+    the inode, size and mtime a watcher might compare stay equal (only ctime moves)."""
+    assert len(old) == len(new)
+    before = path.stat()
+    text = path.read_text()
+    assert old in text
+    with path.open("r+") as handle:
+        handle.write(text.replace(old, new))
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    after = path.stat()
+    assert (after.st_ino, after.st_size, after.st_mtime_ns) == (
+        before.st_ino,
+        before.st_size,
+        before.st_mtime_ns,
+    )
 
 
 def free_port() -> int:
@@ -113,6 +147,53 @@ class RunningIssuer:
         return self._stderr.read_text(errors="replace")
 
 
+def stop_process(process: subprocess.Popen[bytes]) -> None:
+    """Stop a child this test started, by its PID: SIGTERM, then SIGKILL after 10 s."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(10)
+
+
+MATH_SERVER = Path(__file__).resolve().parent.parent / "scripts" / "math_server.py"
+
+
+@contextlib.contextmanager
+def math_server(
+    url: str, log: Path, env: Mapping[str, str], args: Sequence[str] = ()
+) -> Iterator[subprocess.Popen[bytes]]:
+    """scripts/math_server.py (``args``) as a child process, its output in ``log``.
+
+    Its environment is this one without ``JWTMCP_*``/``MCP_*`` variables, plus ``env`` (give
+    ``MCP_PORT``). Yields once ``url`` answers 401 (the server is up and protected); raises
+    RuntimeError with its log if it exits or does not answer within 30 s. Stopped by PID.
+    """
+    child_env = {k: v for k, v in os.environ.items() if not k.startswith(("JWTMCP_", "MCP_"))}
+    child_env.update(env)
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, str(MATH_SERVER), *args],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=child_env,
+        )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            with contextlib.suppress(httpx2.HTTPError):
+                if httpx2.get(url, timeout=2).status_code == 401:
+                    break
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("math_server.py did not start:\n" + log.read_text())
+            time.sleep(0.05)
+        yield process
+    finally:
+        stop_process(process)
+
+
 def _first_run_credentials(text: str) -> tuple[str | None, str | None]:
     client_id = re.search(r"^\s*client id:\s*(\S+)\s*$", text, re.MULTILINE)
     secret = re.search(r"^\s*client secret:\s*(\S+)\s*$", text, re.MULTILINE)
@@ -191,10 +272,4 @@ def issuer_process(
             _stderr=err_path,
         )
     finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(10)
+        stop_process(process)

@@ -525,13 +525,16 @@ def test_public_addresses_pass():
 # --- caching -------------------------------------------------------------------------------
 
 
-def test_cache_honours_max_age(docs: DocServer, clock: FakeClock):
-    fetch = fetcher(clock)
+def _assert_cached_for(
+    fetch: ClientMetadataFetcher, docs: DocServer, clock: FakeClock, seconds: int
+) -> None:
+    """/good is fetched once, served from the cache 1 s before ``seconds``, fetched again
+    1 s after."""
     url = f"{docs.base}/good"
 
     async def run() -> None:
         await fetch.fetch(url)
-        clock.advance(119)
+        clock.advance(seconds - 1)
         await fetch.fetch(url)
         assert docs.hits["/good"] == 1
         clock.advance(2)
@@ -539,37 +542,20 @@ def test_cache_honours_max_age(docs: DocServer, clock: FakeClock):
         assert docs.hits["/good"] == 2
 
     asyncio.run(run())
+
+
+def test_cache_honours_max_age(docs: DocServer, clock: FakeClock):
+    _assert_cached_for(fetcher(clock), docs, clock, 120)
 
 
 def test_cache_lifetime_has_a_floor(docs: DocServer, clock: FakeClock):
     docs.max_age = "0"
-    fetch = fetcher(clock, min_cache_seconds=30)
-    url = f"{docs.base}/good"
-
-    async def run() -> None:
-        await fetch.fetch(url)
-        clock.advance(29)
-        await fetch.fetch(url)
-        assert docs.hits["/good"] == 1
-        clock.advance(2)
-        await fetch.fetch(url)
-        assert docs.hits["/good"] == 2
-
-    asyncio.run(run())
+    _assert_cached_for(fetcher(clock, min_cache_seconds=30), docs, clock, 30)
 
 
 def test_cache_lifetime_has_a_ceiling(docs: DocServer, clock: FakeClock):
     docs.max_age = "31536000"
-    fetch = fetcher(clock, max_cache_seconds=600)
-    url = f"{docs.base}/good"
-
-    async def run() -> None:
-        await fetch.fetch(url)
-        clock.advance(601)
-        await fetch.fetch(url)
-        assert docs.hits["/good"] == 2
-
-    asyncio.run(run())
+    _assert_cached_for(fetcher(clock, max_cache_seconds=600), docs, clock, 600)
 
 
 def test_cache_holds_at_most_the_configured_number(docs: DocServer, clock: FakeClock):

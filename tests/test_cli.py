@@ -3,8 +3,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import os
 import re
@@ -25,7 +23,7 @@ from starlette.routing import Route
 from jwtmcp.cli import build_parser, main
 from jwtmcp.keys import STATE_FILE, KeyRing, jwk_thumbprint, load_ring, rotate_ring
 from tests.jwks_support import JwksServer
-from tests.support import FakeClock, free_port, serve_app
+from tests.support import FakeClock, free_port, run_cli, serve_app
 
 REPO = Path(__file__).resolve().parent.parent
 ISS = "http://127.0.0.1:8000"
@@ -73,13 +71,7 @@ def run(*args: str, cwd: Path | None = None, stdin: str | None = None, **env: st
 
 def cli(*args: str, clock: FakeClock | None = None) -> Result:
     """``jwtmcp.cli.main(ARGS)`` in this process, output captured (fast; same code path)."""
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            code = main(list(args), clock=clock) if clock else main(list(args))
-        except SystemExit as exc:
-            code = int(exc.code or 0)
-    return Result(code, out.getvalue(), err.getvalue())
+    return Result(*run_cli(*args, clock=clock))
 
 
 @pytest.fixture(autouse=True)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import stat
 import threading
 from pathlib import Path
@@ -21,7 +20,7 @@ from jwtmcp.clients import (
     rotate_secret,
 )
 from jwtmcp.errors import ClientsError
-from tests.support import FakeClock
+from tests.support import FakeClock, rewrite_keeping_stat
 
 AUD = "http://127.0.0.1:9000/mcp"
 
@@ -201,17 +200,7 @@ def test_watcher_sees_an_in_place_rewrite_that_keeps_inode_size_and_mtime(path: 
     tick = FakeClock(0.0)
     watcher = ClientsWatcher(path, interval=0.25, monotonic=tick)
     assert watcher.current().get("a") is not None
-    before = path.stat()
-    text = path.read_text()
-    with path.open("r+") as handle:  # same length: the client is renamed "a" -> "z"
-        handle.write(text.replace('"a"', '"z"'))
-    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
-    after = path.stat()
-    assert (after.st_ino, after.st_size, after.st_mtime_ns) == (
-        before.st_ino,
-        before.st_size,
-        before.st_mtime_ns,
-    )
+    rewrite_keeping_stat(path, '"a"', '"z"')  # the client is renamed "a" -> "z"
     tick.advance(1)
     assert watcher.current().get("z") is not None
 

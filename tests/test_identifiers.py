@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import io
 import json
 import os
 import socket
@@ -28,31 +27,19 @@ from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
 from jwtmcp import JwtMcpError, Verifier, mint
-from jwtmcp.cli import main
 from jwtmcp.clients import add_client, list_clients
 from jwtmcp.issuer import create_app
 from jwtmcp.keys import KeyRing
 from jwtmcp.mcp import protected_server
 from jwtmcp.middleware import JwtAuthMiddleware
 from jwtmcp.tokens import build_claims, sign
-from tests.support import FakeClock, free_port, issuer_process, serve_app
+from tests.support import FakeClock, free_port, issuer_process, run_cli, serve_app
 
 DEMO_AUD = "http://127.0.0.1:8001/mcp"
 GOOD_ISSUER = "https://auth.example.com"
 GOOD_RESOURCE = "https://mcp.example.com/mcp"
 
 # --- helpers -------------------------------------------------------------------------------
-
-
-def cli(*args: str, clock: FakeClock | None = None) -> tuple[int, str, str]:
-    """``jwtmcp.cli.main(ARGS)`` in this process: (exit status, stdout, stderr)."""
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            code = main(list(args), clock=clock) if clock else main(list(args))
-        except SystemExit as exc:
-            code = int(exc.code or 0)
-    return code, out.getvalue(), err.getvalue()
 
 
 def unverified_claims(token: str) -> dict[str, Any]:
@@ -128,7 +115,7 @@ def test_serve_mint_and_protected_server_agree_on_an_issuer_spelled_with_a_trail
             timeout=10,
         )
         assert answer.status_code == 200, answer.text
-        code, minted, err = cli(
+        code, minted, err = run_cli(
             "mint", "--keys", str(issuer.keys_dir), "--sub", "alice", "--tools", "add",
             "--aud", DEMO_AUD, "--issuer", spelled,
         )  # fmt: skip
@@ -190,7 +177,7 @@ def test_issuer_metadata_and_tokens_carry_the_canonical_issuer(
 def test_minted_tokens_carry_canonical_identifiers_from_the_command_line(
     ring_dir: Path, ring: KeyRing
 ) -> None:
-    code, out, err = cli(
+    code, out, err = run_cli(
         "mint", "--keys", str(ring_dir), "--sub", "alice", "--tools", "add",
         "--issuer", "HTTPS://Auth.Example.com:443/", "--aud", "HTTP://127.0.0.1:80/mcp/",
     )  # fmt: skip
@@ -203,7 +190,7 @@ def test_minted_tokens_carry_the_canonical_issuer_from_the_environment(
     ring_dir: Path, ring: KeyRing, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("JWTMCP_ISSUER", "http://127.0.0.1:8000/")
-    code, out, err = cli(
+    code, out, err = run_cli(
         "mint", "--keys", str(ring_dir), "--sub", "alice", "--tools", "add", "--aud", DEMO_AUD
     )
     assert code == 0, err
@@ -225,7 +212,7 @@ def test_mint_in_python_writes_canonical_identifiers(ring: KeyRing) -> None:
 
 def test_clients_add_stores_the_canonical_audience(tmp_path: Path) -> None:
     where = tmp_path / "clients.json"
-    code, _, err = cli(
+    code, _, err = run_cli(
         "clients", "add", "bot", "--tools", "add", "--aud", "HTTP://127.0.0.1:80/mcp/",
         "--clients", str(where),
     )  # fmt: skip
@@ -428,7 +415,7 @@ def test_the_command_line_refuses_a_malformed_identifier_in_one_line(
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = ["--port", str(busy.getsockname()[1])] if args[0] == "serve" else []
-        code, out, err = cli(*filled, *keys, *clients, *port)
+        code, out, err = run_cli(*filled, *keys, *clients, *port)
     assert code == 1, (out, err)
     assert err.startswith("jwtmcp: error: invalid ") and err.count("\n") == 1, err
     assert "user:pw" in err and "Traceback" not in err
@@ -497,7 +484,7 @@ def test_every_accepted_spelling_verifies_tokens_from_token_and_from_mint(
     with serve_app(app) as url:
         answer = token_from(url, secret, resource=aud_spelled[1])
     assert answer.status_code == 200, answer.text
-    code, minted, err = cli(
+    code, minted, err = run_cli(
         "mint", "--keys", str(ring_dir), "--sub", "bot", "--tools", "add",
         "--issuer", iss_spelled[0], "--aud", aud_spelled[2], clock=clock,
     )  # fmt: skip

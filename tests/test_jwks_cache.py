@@ -700,6 +700,15 @@ def _code_with_the_issuer_down(ring: KeyRing, clock: FakeClock, url: str, cache:
             return exc.code
 
 
+def _refusals_with_the_issuer_down(
+    ring: KeyRing, clock: FakeClock, url: str, cache: Path, caplog: pytest.LogCaptureFixture
+) -> tuple[str, list[str]]:
+    """:func:`_code_with_the_issuer_down` and the "refusing" log lines it caused."""
+    with caplog.at_level("WARNING", logger="jwtmcp.jwks"):
+        code = _code_with_the_issuer_down(ring, clock, url, cache)
+    return code, [r.getMessage() for r in caplog.records if "refusing" in r.getMessage()]
+
+
 def test_the_cache_file_is_written_0600(ring: KeyRing, clock: FakeClock, tmp_path: Path) -> None:
     cache, _url = _written_cache_file(ring, clock, tmp_path)
     assert stat.S_IMODE(cache.stat().st_mode) == 0o600
@@ -717,9 +726,7 @@ def test_a_group_or_world_writable_cache_file_is_refused_with_a_log_line(
 ) -> None:
     cache, url = _written_cache_file(ring, clock, tmp_path)
     cache.chmod(mode)
-    with caplog.at_level("WARNING", logger="jwtmcp.jwks"):
-        code = _code_with_the_issuer_down(ring, clock, url, cache)
-    refusals = [r.getMessage() for r in caplog.records if "refusing" in r.getMessage()]
+    code, refusals = _refusals_with_the_issuer_down(ring, clock, url, cache, caplog)
     if trusted:
         assert (code, refusals) == ("alice", [])
     else:
@@ -742,9 +749,7 @@ def test_a_cache_file_in_a_directory_others_may_write_is_refused(
     is sticky (like /tmp, where others cannot replace a file they do not own)."""
     cache, url = _written_cache_file(ring, clock, tmp_path)
     cache.parent.chmod(mode)
-    with caplog.at_level("WARNING", logger="jwtmcp.jwks"):
-        code = _code_with_the_issuer_down(ring, clock, url, cache)
-    refusals = [r.getMessage() for r in caplog.records if "refusing" in r.getMessage()]
+    code, refusals = _refusals_with_the_issuer_down(ring, clock, url, cache, caplog)
     if trusted:
         assert (code, refusals) == ("alice", [])
     else:
@@ -760,10 +765,8 @@ def test_a_cache_file_owned_by_another_user_is_refused(
 ) -> None:
     cache, url = _written_cache_file(ring, clock, tmp_path)
     os.chown(cache if what == "file" else cache.parent, OTHER_UID, OTHER_UID)
-    with caplog.at_level("WARNING", logger="jwtmcp.jwks"):
-        code = _code_with_the_issuer_down(ring, clock, url, cache)
+    code, refusals = _refusals_with_the_issuer_down(ring, clock, url, cache, caplog)
     assert code == "keys_unavailable"
-    refusals = [r.getMessage() for r in caplog.records if "refusing" in r.getMessage()]
     assert len(refusals) == 1 and f"uid {OTHER_UID}" in refusals[0], refusals
 
 

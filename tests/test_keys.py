@@ -35,7 +35,7 @@ from jwtmcp.keys import (
     rotate_ring,
     rsa_kid,
 )
-from tests.support import FakeClock
+from tests.support import FakeClock, rewrite_keeping_stat
 
 REPO = Path(__file__).resolve().parent.parent
 PRIVATE_MEMBERS = {"d", "p", "q", "dp", "dq", "qi", "oth", "k"}
@@ -489,18 +489,7 @@ def test_watcher_sees_an_in_place_rewrite_that_keeps_inode_size_and_mtime(
     mono = FakeClock(0)
     watcher = RingWatcher(ring_dir, interval=0.25, monotonic=mono)
     assert watcher.current().max_lifetime == 3600
-    before = state.stat()
-    text = state.read_text()
-    assert '"max_lifetime": 3600' in text
-    with state.open("r+") as handle:
-        handle.write(text.replace('"max_lifetime": 3600', '"max_lifetime": 1800'))
-    os.utime(state, ns=(before.st_atime_ns, before.st_mtime_ns))
-    after = state.stat()
-    assert (after.st_ino, after.st_size, after.st_mtime_ns) == (
-        before.st_ino,
-        before.st_size,
-        before.st_mtime_ns,
-    )
+    rewrite_keeping_stat(state, '"max_lifetime": 3600', '"max_lifetime": 1800')
     mono.advance(1)
     assert watcher.current().max_lifetime == 1800
 

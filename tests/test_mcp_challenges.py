@@ -6,12 +6,11 @@ everything from the 401 it gets.
 
 from __future__ import annotations
 
-import asyncio
 import json
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx2
 import pytest
@@ -19,26 +18,17 @@ from mcp import Client
 from mcp.client.auth.extensions.client_credentials import ClientCredentialsOAuthProvider
 from mcp.client.streamable_http import streamable_http_client
 from mcp.server.mcpserver import MCPServer
-from mcp.shared.auth import OAuthClientInformationFull, OAuthToken
 
 from jwtmcp.clients import add_client
 from jwtmcp.issuer import create_app
 from jwtmcp.keys import KeyRing, init_ring
 from jwtmcp.mcp import protected_server
 from jwtmcp.tokens import mint
+from tests.mcp_support import MemoryStorage, post_mcp, run
 from tests.support import free_port, serve_app
 
-T = TypeVar("T")
-MCP_ACCEPT = "application/json, text/event-stream"
 TOOLS = ("add", "subtract", "multiply")
 ALL_TOOL_SCOPES = "tool:add tool:subtract tool:multiply"
-
-
-def run(factory: Callable[[], Awaitable[T]]) -> T:
-    async def bounded() -> T:
-        return await asyncio.wait_for(factory(), 30)
-
-    return asyncio.run(bounded())
 
 
 def add_tools(server: MCPServer[Any]) -> None:
@@ -121,12 +111,11 @@ def hidden(world: World) -> Iterator[str]:
 
 
 def request(url: str, token: str | None, body: Any = None) -> httpx2.Response:
-    headers = {} if token is None else {"authorization": f"Bearer {token}"}
     if url.endswith("/sse"):
+        headers = {} if token is None else {"authorization": f"Bearer {token}"}
         return httpx2.get(url, headers=headers, timeout=10)
     body = body if body is not None else {"jsonrpc": "2.0", "id": 1, "method": "ping"}
-    headers.update({"accept": MCP_ACCEPT, "content-type": "application/json"})
-    return httpx2.post(url, content=json.dumps(body), headers=headers, timeout=10)
+    return post_mcp(url, token, body, timeout=10)
 
 
 def metadata_url(resource: str) -> str:
@@ -203,24 +192,6 @@ def test_hidden_server_still_refuses_a_tool_with_its_scope(world: World, hidden:
     answer = request(hidden, world.token(hidden), call)
     assert answer.status_code == 403
     assert 'scope="tool:subtract"' in answer.headers["www-authenticate"]
-
-
-class MemoryStorage:
-    def __init__(self) -> None:
-        self.tokens: OAuthToken | None = None
-        self.client_info: OAuthClientInformationFull | None = None
-
-    async def get_tokens(self) -> OAuthToken | None:
-        return self.tokens
-
-    async def set_tokens(self, tokens: OAuthToken) -> None:
-        self.tokens = tokens
-
-    async def get_client_info(self) -> OAuthClientInformationFull | None:
-        return self.client_info
-
-    async def set_client_info(self, client_info: OAuthClientInformationFull) -> None:
-        self.client_info = client_info
 
 
 def test_sdk_oauth_client_gets_a_least_privilege_token_from_a_hidden_server(

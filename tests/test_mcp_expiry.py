@@ -8,42 +8,32 @@ accept) or leeway + 1 s past it (both refuse, with the same reason).
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import io
 import json
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx2
 import pytest
 from mcp import Client
 from mcp.client.sse import sse_client
 from mcp.client.streamable_http import streamable_http_client
-from mcp.server.auth.settings import AuthSettings
 from mcp.server.mcpserver import MCPServer
 
 from jwtmcp.cli import main as jwtmcp_main
 from jwtmcp.keys import KeyRing, init_ring
-from jwtmcp.mcp import JwtTokenVerifier, ToolScopeGuard, protected_server
+from jwtmcp.mcp import protected_server
 from jwtmcp.tokens import mint
 from jwtmcp.verifier import DEFAULT_LEEWAY, Verifier
+from tests.mcp_support import post_mcp, run, sdk_guarded_server
 from tests.support import FakeClock, free_port, serve_app
 
-T = TypeVar("T")
 ISSUER = "https://issuer.example"
-MCP_ACCEPT = "application/json, text/event-stream"
 LIFETIME = 300
-
-
-def run(factory: Callable[[], Awaitable[T]]) -> T:
-    async def bounded() -> T:
-        return await asyncio.wait_for(factory(), 30)
-
-    return asyncio.run(bounded())
 
 
 @dataclass
@@ -100,16 +90,7 @@ def expiry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Expiry]:
     )
     server_e = protected_server("e", issuer=ISSUER, resource=sse, jwks_file=str(jwks), clock=clock)
     verifier = Verifier(issuer=ISSUER, audience=sdk_only, jwks_file=str(jwks), clock=clock)
-    server_g: MCPServer[Any] = MCPServer(
-        "g",
-        token_verifier=JwtTokenVerifier(verifier, sdk_only),
-        auth=AuthSettings(
-            issuer_url=ISSUER,  # type: ignore[arg-type]
-            resource_server_url=sdk_only,  # type: ignore[arg-type]
-            validate_token_resource=True,
-        ),
-        middleware=[ToolScopeGuard()],
-    )
+    server_g = sdk_guarded_server("g", verifier, issuer=ISSUER, resource=sdk_only)
     for server in (server_s, server_e, server_g):
         add_tool(server)
     with (
@@ -135,12 +116,9 @@ async def sdk_add(url: str, token: str) -> Any:
 
 
 def refusal(url: str, token: str) -> httpx2.Response:
-    headers = {"authorization": f"Bearer {token}"}
     if url.endswith("/sse"):
-        return httpx2.get(url, headers=headers, timeout=10)
-    ping = {"jsonrpc": "2.0", "id": 1, "method": "ping"}
-    headers.update({"accept": MCP_ACCEPT, "content-type": "application/json"})
-    return httpx2.post(url, content=json.dumps(ping), headers=headers, timeout=10)
+        return httpx2.get(url, headers={"authorization": f"Bearer {token}"}, timeout=10)
+    return post_mcp(url, token, {"jsonrpc": "2.0", "id": 1, "method": "ping"}, timeout=10)
 
 
 PROTECTED = ["streamable", "sse"]

@@ -20,18 +20,16 @@ import httpx2
 import pytest
 from mcp import Client, MCPError
 from mcp.client.streamable_http import streamable_http_client
-from mcp.server.auth.settings import AuthSettings
-from mcp.server.mcpserver import MCPServer
 
 from jwtmcp.keys import KeyRing, init_ring
-from jwtmcp.mcp import JwtTokenVerifier, ToolScopeGuard, protected_server
+from jwtmcp.mcp import protected_server
 from jwtmcp.tokens import mint
 from jwtmcp.verifier import Verifier
 from tests.jwks_support import claims, header, jws
+from tests.mcp_support import post_mcp, sdk_guarded_server
 from tests.support import free_port, serve_app
 
 ISSUER = "https://issuer.example"
-MCP_ACCEPT = "application/json, text/event-stream"
 
 # Names that cannot be a scope token (RFC 6749 §3.3: %x21 / %x23-5B / %x5D-7E).
 BAD_NAMES = {
@@ -82,16 +80,7 @@ def injection(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Injection]:
     sdk_only = f"http://127.0.0.1:{g_port}/mcp"
     server = protected_server("inj", issuer=ISSUER, resource=url, jwks_file=str(jwks))
     verifier = Verifier(issuer=ISSUER, audience=sdk_only, jwks_file=str(jwks))
-    guarded: MCPServer[Any] = MCPServer(
-        "inj-guarded",
-        token_verifier=JwtTokenVerifier(verifier, sdk_only),
-        auth=AuthSettings(
-            issuer_url=ISSUER,  # type: ignore[arg-type]
-            resource_server_url=sdk_only,  # type: ignore[arg-type]
-            validate_token_resource=True,
-        ),
-        middleware=[ToolScopeGuard()],
-    )
+    guarded = sdk_guarded_server("inj-guarded", verifier, issuer=ISSUER, resource=sdk_only)
     for each in (server, guarded):
 
         @each.tool()
@@ -108,16 +97,7 @@ def injection(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Injection]:
 
 
 def call(url: str, token: str, body: Any) -> httpx2.Response:
-    return httpx2.post(
-        url,
-        content=json.dumps(body),
-        headers={
-            "authorization": f"Bearer {token}",
-            "accept": MCP_ACCEPT,
-            "content-type": "application/json",
-        },
-        timeout=10,
-    )
+    return post_mcp(url, token, body, timeout=10)
 
 
 def tools_call(name: str, request_id: int = 7) -> dict[str, Any]:

@@ -7,7 +7,6 @@ server that answers 500; the token is signed by a real key of a real ring.
 from __future__ import annotations
 
 import contextlib
-import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,10 +24,10 @@ from jwtmcp.mcp import protected_server
 from jwtmcp.middleware import JwtAuthMiddleware
 from jwtmcp.tokens import mint
 from jwtmcp.verifier import Verifier
+from tests.mcp_support import post_mcp
 from tests.support import free_port, serve_app
 
 ISSUER = "https://issuer.example"
-MCP_ACCEPT = "application/json, text/event-stream"
 
 
 async def broken_jwks(scope: Any, receive: Any, send: Any) -> None:
@@ -135,16 +134,7 @@ def test_streamable_http_answers_503_retry_after_when_keys_are_unavailable(
     outage: Outage, how: str
 ) -> None:
     url = f"{outage.streamable[how]}/mcp"
-    answer = httpx2.post(
-        url,
-        content=json.dumps(CALL_ADD),
-        headers={
-            "authorization": f"Bearer {outage.token(url)}",
-            "accept": MCP_ACCEPT,
-            "content-type": "application/json",
-        },
-        timeout=20,
-    )
+    answer = post_mcp(url, outage.token(url), CALL_ADD)
     assert_unavailable(answer)
 
 
@@ -162,14 +152,11 @@ def test_sse_message_endpoint_answers_503_retry_after_when_keys_are_unavailable(
     outage: Outage, how: str
 ) -> None:
     base = outage.sse[how]
-    answer = httpx2.post(
+    answer = post_mcp(
         f"{base}/messages/?session_id=0123456789abcdef0123456789abcdef",
-        content=json.dumps(CALL_ADD),
-        headers={
-            "authorization": f"Bearer {outage.token(f'{base}/sse')}",
-            "content-type": "application/json",
-        },
-        timeout=20,
+        outage.token(f"{base}/sse"),
+        CALL_ADD,
+        accept=False,
     )
     assert_unavailable(answer)
 

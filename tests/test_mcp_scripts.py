@@ -5,19 +5,17 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx2
 import pytest
 
 from jwtmcp.clients import add_client
 from jwtmcp.issuer import create_app
 from jwtmcp.keys import KeyRing, init_ring
 from jwtmcp.tokens import mint
-from tests.support import free_port, serve_app
+from tests.support import free_port, math_server, serve_app
 
 REPO = Path(__file__).resolve().parent.parent
 SCRIPTS = REPO / "scripts"
@@ -30,6 +28,16 @@ class Setup:
     ring: KeyRing
     secret: str
     server_log: Path
+
+    def token(self, audience: str) -> str:
+        """alice's token for ``audience``, granting the tool add."""
+        return mint(
+            self.ring.active.signing_key,
+            issuer=self.issuer,
+            subject="alice",
+            audience=audience,
+            tools=["add"],
+        )
 
 
 def script(
@@ -61,40 +69,13 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
         issuer_url=issuer, keys_dir=directory / "keys", clients_file=directory / "clients.json"
     )
     log = directory / "server.log"
-    with serve_app(app, port=issuer_port), log.open("w") as out:
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("JWTMCP_", "MCP_"))}
-        env.update({"JWTMCP_ISSUER": issuer, "MCP_PORT": str(port)})
-        server = subprocess.Popen(
-            [sys.executable, str(SCRIPTS / "math_server.py")],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env=env,
-        )
-        try:
-            deadline = time.monotonic() + 30
-            while True:
-                try:
-                    if httpx2.get(url, timeout=1).status_code == 401:
-                        break
-                except httpx2.HTTPError:
-                    pass
-                if server.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("math_server.py did not start:\n" + log.read_text())
-                time.sleep(0.05)
-            yield Setup(issuer, url, ring, secret, log)
-        finally:
-            server.terminate()
-            server.wait(10)
+    env = {"JWTMCP_ISSUER": issuer, "MCP_PORT": str(port)}
+    with serve_app(app, port=issuer_port), math_server(url, log, env):
+        yield Setup(issuer, url, ring, secret, log)
 
 
 def test_call_tool_with_a_static_bearer_token(setup: Setup) -> None:
-    token = mint(
-        setup.ring.active.signing_key,
-        issuer=setup.issuer,
-        subject="alice",
-        audience=setup.url,
-        tools=["add"],
-    )
+    token = setup.token(setup.url)
     done = script(
         "call_tool.py", "--url", setup.url, "add", "a=2", "b=3", env={"JWTMCP_TOKEN": token}
     )
@@ -104,13 +85,7 @@ def test_call_tool_with_a_static_bearer_token(setup: Setup) -> None:
 
 
 def test_call_tool_reports_a_forbidden_tool_in_one_line(setup: Setup) -> None:
-    token = mint(
-        setup.ring.active.signing_key,
-        issuer=setup.issuer,
-        subject="alice",
-        audience=setup.url,
-        tools=["add"],
-    )
+    token = setup.token(setup.url)
     done = script("call_tool.py", "--url", setup.url, "--token", token, "multiply", "a=2", "b=3")
     assert done.returncode == 1
     assert done.stderr.strip() == (
@@ -122,13 +97,7 @@ def test_call_tool_reports_a_forbidden_tool_in_one_line(setup: Setup) -> None:
 def test_call_tool_prints_the_servers_reason_for_a_token_for_another_server(
     setup: Setup,
 ) -> None:
-    token = mint(
-        setup.ring.active.signing_key,
-        issuer=setup.issuer,
-        subject="alice",
-        audience="http://127.0.0.1:9/mcp",
-        tools=["add"],
-    )
+    token = setup.token("http://127.0.0.1:9/mcp")
     done = script("call_tool.py", "--url", setup.url, "--token", token, "add", "a=2", "b=3")
     assert done.returncode == 1
     assert done.stderr.startswith("call_tool: error: token refused (wrong_audience): ")
@@ -141,42 +110,15 @@ def sse_url(setup: Setup, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
     port = free_port()
     url = f"http://127.0.0.1:{port}/sse"
     log = tmp_path_factory.mktemp("sse-server") / "server.log"
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("JWTMCP_", "MCP_"))}
-    env.update({"JWTMCP_ISSUER": setup.issuer, "MCP_PORT": str(port), "MCP_TRANSPORT": "sse"})
-    with log.open("w") as out:
-        server = subprocess.Popen(
-            [sys.executable, str(SCRIPTS / "math_server.py")],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env=env,
-        )
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx2.get(url, timeout=1).status_code == 401:
-                    break
-            except httpx2.HTTPError:
-                pass
-            if server.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("math_server.py did not start:\n" + log.read_text())
-            time.sleep(0.05)
+    env = {"JWTMCP_ISSUER": setup.issuer, "MCP_PORT": str(port), "MCP_TRANSPORT": "sse"}
+    with math_server(url, log, env):
         yield url
-    finally:
-        server.terminate()
-        server.wait(10)
 
 
 def test_call_tool_over_sse_reports_a_forbidden_tool_in_one_line_not_a_timeout(
     setup: Setup, sse_url: str
 ) -> None:
-    token = mint(
-        setup.ring.active.signing_key,
-        issuer=setup.issuer,
-        subject="alice",
-        audience=sse_url,
-        tools=["add"],
-    )
+    token = setup.token(sse_url)
     done = script("call_tool.py", "--url", sse_url, "--token", token, "multiply", "a=2", "b=3")
     assert done.returncode == 1
     assert done.stderr.strip() == (
@@ -188,13 +130,7 @@ def test_call_tool_over_sse_reports_a_forbidden_tool_in_one_line_not_a_timeout(
 def test_call_tool_over_sse_prints_the_servers_reason_for_a_refused_token(
     setup: Setup, sse_url: str
 ) -> None:
-    token = mint(
-        setup.ring.active.signing_key,
-        issuer=setup.issuer,
-        subject="alice",
-        audience=setup.url,  # the Streamable HTTP server's, not this one's
-        tools=["add"],
-    )
+    token = setup.token(setup.url)  # the Streamable HTTP server's, not this one's
     done = script("call_tool.py", "--url", sse_url, "--token", token, "add", "a=2", "b=3")
     assert done.returncode == 1
     assert done.stderr.startswith("call_tool: error: token refused (wrong_audience): ")

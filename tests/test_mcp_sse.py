@@ -5,14 +5,13 @@ A real issuer app (in-thread uvicorn) and one protected SSE server are shared by
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx2
 import pytest
@@ -24,16 +23,8 @@ from jwtmcp.issuer import create_app
 from jwtmcp.keys import KeyRing, init_ring
 from jwtmcp.mcp import current_caller, protected_server
 from jwtmcp.tokens import mint
+from tests.mcp_support import run
 from tests.support import free_port, serve_app
-
-T = TypeVar("T")
-
-
-def run(factory: Callable[[], Awaitable[T]]) -> T:
-    async def bounded() -> T:
-        return await asyncio.wait_for(factory(), 30)
-
-    return asyncio.run(bounded())
 
 
 @dataclass

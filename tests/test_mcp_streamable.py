@@ -12,32 +12,25 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx2
 import pytest
 from mcp import Client, MCPError
 from mcp.client.auth.extensions.client_credentials import ClientCredentialsOAuthProvider
 from mcp.client.streamable_http import streamable_http_client
-from mcp.server.auth.settings import AuthSettings
 from mcp.server.mcpserver import MCPServer
-from mcp.shared.auth import OAuthClientInformationFull, OAuthToken
+from mcp.shared.auth import OAuthToken
 
 from jwtmcp.clients import add_client
 from jwtmcp.keys import KeyRing, init_ring
-from jwtmcp.mcp import JwtTokenVerifier, ToolScopeGuard, current_caller, protected_server
+from jwtmcp.mcp import current_caller, protected_server
 from jwtmcp.tokens import mint
 from jwtmcp.verifier import Verifier
+from tests.mcp_support import MCP_ACCEPT, MemoryStorage, post_mcp, run, sdk_guarded_server
 from tests.support import FakeClock, RunningIssuer, free_port, issuer_process, serve_app
 
-T = TypeVar("T")
-
 TOOLS = ("add", "subtract", "multiply", "read_file", "read_env", "whoami", "whoami_async")
-MCP_ACCEPT = "application/json, text/event-stream"
-
-
-def run(factory: Callable[[], Awaitable[T]]) -> T:
-    return asyncio.run(asyncio.wait_for(factory(), 30))  # type: ignore[arg-type]
 
 
 def run_error(factory: Callable[[], Awaitable[Any]]) -> BaseException:
@@ -145,16 +138,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         add_math_tools(server_b, Counter())
         # Defence in depth: the SDK's own app (no jwtmcp HTTP layer), only the guard inside.
         verifier = Verifier(issuer=issuer.issuer, audience=guarded, jwks_url=issuer.jwks_url)
-        server_g: MCPServer[Any] = MCPServer(
-            "guarded",
-            token_verifier=JwtTokenVerifier(verifier, guarded),
-            auth=AuthSettings(
-                issuer_url=issuer.issuer,  # type: ignore[arg-type]
-                resource_server_url=guarded,  # type: ignore[arg-type]
-                validate_token_resource=True,
-            ),
-            middleware=[ToolScopeGuard()],
-        )
+        server_g = sdk_guarded_server("guarded", verifier, issuer=issuer.issuer, resource=guarded)
         add_math_tools(server_g, calls)
         with (
             serve_app(server_a.streamable_http_app(), port=a_port),
@@ -191,10 +175,7 @@ def raw_call(url: str, token: str | None, tool: str, **headers: str) -> httpx2.R
         "method": "tools/call",
         "params": {"name": tool, "arguments": {"a": 5, "b": 3}},
     }
-    sent = {"accept": MCP_ACCEPT, "content-type": "application/json", **headers}
-    if token is not None:
-        sent["authorization"] = f"Bearer {token}"
-    return httpx2.post(url, content=json.dumps(body), headers=sent, timeout=10)
+    return post_mcp(url, token, body, headers=headers, timeout=10)
 
 
 def metadata_url(resource: str) -> str:
@@ -255,16 +236,7 @@ def test_batch_with_one_forbidden_call_is_refused_whole(world: World) -> None:
         {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "add"}},
         {"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "multiply"}},
     ]
-    answer = httpx2.post(
-        world.a,
-        content=json.dumps(batch),
-        headers={
-            "authorization": f"Bearer {world.token('adder')}",
-            "accept": MCP_ACCEPT,
-            "content-type": "application/json",
-        },
-        timeout=10,
-    )
+    answer = post_mcp(world.a, world.token("adder"), json.dumps(batch), timeout=10)
     assert answer.status_code == 403
     assert 'scope="tool:multiply"' in answer.headers["www-authenticate"]
     assert world.calls["add"] == before
@@ -276,16 +248,7 @@ def test_json_escaped_method_name_is_still_recognised(world: World) -> None:
         '{"jsonrpc":"2.0","id":3,"method":"tools\\/call",'
         '"params":{"name":"sub\\u0074ract","arguments":{"a":1,"b":1}}}'
     )
-    answer = httpx2.post(
-        world.a,
-        content=body,
-        headers={
-            "authorization": f"Bearer {world.token('adder')}",
-            "accept": MCP_ACCEPT,
-            "content-type": "application/json",
-        },
-        timeout=10,
-    )
+    answer = post_mcp(world.a, world.token("adder"), body, timeout=10)
     assert answer.status_code == 403
     assert 'scope="tool:subtract"' in answer.headers["www-authenticate"]
     assert world.calls["subtract"] == before
@@ -296,44 +259,18 @@ def test_duplicate_keys_in_a_tools_call_are_refused(world: World) -> None:
         '{"jsonrpc":"2.0","id":3,"method":"tools/call",'
         '"params":{"name":"add","name":"subtract","arguments":{"a":1,"b":1}}}'
     )
-    answer = httpx2.post(
-        world.a,
-        content=body,
-        headers={
-            "authorization": f"Bearer {world.token('adder')}",
-            "accept": MCP_ACCEPT,
-            "content-type": "application/json",
-        },
-        timeout=10,
-    )
+    answer = post_mcp(world.a, world.token("adder"), body, timeout=10)
     assert answer.status_code == 400
 
 
 def test_garbage_body_is_answered_by_the_sdk_not_a_500(world: World) -> None:
-    answer = httpx2.post(
-        world.a,
-        content=b"\xff\xfe not json",
-        headers={
-            "authorization": f"Bearer {world.token('adder')}",
-            "accept": MCP_ACCEPT,
-            "content-type": "application/json",
-        },
-        timeout=10,
-    )
+    answer = post_mcp(world.a, world.token("adder"), b"\xff\xfe not json", timeout=10)
     assert 400 <= answer.status_code < 500
 
 
 def test_oversized_body_is_refused_413(world: World) -> None:
-    answer = httpx2.post(
-        world.a,
-        content=b"[" + b" " * (4 * 1024 * 1024) + b"]",
-        headers={
-            "authorization": f"Bearer {world.token('adder')}",
-            "accept": MCP_ACCEPT,
-            "content-type": "application/json",
-        },
-        timeout=10,
-    )
+    body = b"[" + b" " * (4 * 1024 * 1024) + b"]"
+    answer = post_mcp(world.a, world.token("adder"), body, timeout=10)
     assert answer.status_code == 413
 
 
@@ -517,24 +454,6 @@ def test_guard_alone_refuses_call_with_mcp_error_naming_scope(world: World) -> N
 
 
 # --- the SDK's OAuth client, discovering everything (acceptance 2) -----------------------
-
-
-class MemoryStorage:
-    def __init__(self, tokens: OAuthToken | None = None) -> None:
-        self.tokens = tokens
-        self.client_info: OAuthClientInformationFull | None = None
-
-    async def get_tokens(self) -> OAuthToken | None:
-        return self.tokens
-
-    async def set_tokens(self, tokens: OAuthToken) -> None:
-        self.tokens = tokens
-
-    async def get_client_info(self) -> OAuthClientInformationFull | None:
-        return self.client_info
-
-    async def set_client_info(self, client_info: OAuthClientInformationFull) -> None:
-        self.client_info = client_info
 
 
 def oauth_client(world: World, name: str, storage: MemoryStorage) -> Client:

@@ -6,14 +6,13 @@ by hand inside the SSE endpoint - no jwtmcp server class, only the ASGI middlewa
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx2
 import pytest
@@ -31,17 +30,10 @@ from jwtmcp.mcp import ToolScopeGuard
 from jwtmcp.middleware import JwtAuthMiddleware, called_tools, current_caller, get_caller
 from jwtmcp.tokens import mint
 from jwtmcp.verifier import Verifier
+from tests.mcp_support import run
 from tests.support import free_port, serve_app
 
-T = TypeVar("T")
 ISSUER = "https://issuer.example"
-
-
-def run(factory: Callable[[], Awaitable[T]]) -> T:
-    async def bounded() -> T:
-        return await asyncio.wait_for(factory(), 30)
-
-    return asyncio.run(bounded())
 
 
 def seed_style_app(mcp: MCPServer[Any]) -> Starlette:

@@ -12,10 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 import select
-import signal
 import socket
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,7 +22,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 
 from jwtmcp.keys import init_ring
-from tests.support import free_port, issuer_process
+from tests.support import free_port, issuer_process, math_server
 
 REPO = Path(__file__).resolve().parent.parent
 SEND_CAP = 64 * 1024 * 1024
@@ -71,38 +68,14 @@ def mcp_server_process(directory: Path, env: dict[str, str]) -> Iterator[str]:
         )
     )
     port = free_port()
-    child_env = {k: v for k, v in os.environ.items() if not k.startswith(("JWTMCP_", "MCP_"))}
-    child_env.update(env, MCP_PORT=str(port), PYTHONUNBUFFERED="1")
+    child_env = {**env, "MCP_PORT": str(port), "PYTHONUNBUFFERED": "1"}
     child_env["PYTHONPATH"] = os.pathsep.join(
-        p for p in (str(REPO), child_env.get("PYTHONPATH")) if p
+        p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p
     )
-    log = directory / "server.log"
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, str(REPO / "scripts" / "math_server.py"), "--public-key", str(pem)],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env=child_env,
-        )
     base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            with contextlib.suppress(httpx2.HTTPError):
-                if httpx2.get(f"{base}/mcp", timeout=2).status_code == 401:
-                    break
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("math_server.py did not start:\n" + log.read_text())
-            time.sleep(0.05)
+    log = directory / "server.log"
+    with math_server(f"{base}/mcp", log, child_env, ["--public-key", str(pem)]):
         yield base
-    finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(10)
 
 
 @pytest.fixture
