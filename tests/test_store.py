@@ -570,3 +570,40 @@ def test_a_code_reused_after_redeem_code_revokes_the_family_it_started(store: St
     assert store.list_families(subject="alice") == ()
     rotation = store.rotate_refresh(refresh_token, new_opaque_token(), client_id="app")
     assert rotation is not None and rotation.status == "revoked"
+
+
+# --- several connections: the issuer's two in one process, the CLI in another ---------------
+
+
+def _families_seen_by_another_process(path: Path, now: float) -> int:
+    """``list_families()`` as another process sees it (``jwtmcp sessions list`` does this)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from jwtmcp.store.sqlite import SqliteStore; "
+        f"s = SqliteStore(sys.argv[1], clock=lambda: {now!r}); "
+        "print(len(s.list_families())); s.close()"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    return int(done.stdout)
+
+
+def test_a_second_connection_in_the_process_keeps_the_first_ones_locks(
+    make_store: MakeStore, tmp_path: Path, clock: FakeClock
+) -> None:
+    # The issuer holds two connections to one file (sign-in pages and grants). Opening the
+    # second must not drop the first one's POSIX locks (closing any descriptor of the file
+    # does): another process would then think itself the last user, fold the WAL into the
+    # database and delete it while the issuer still writes there.
+    first = make_store()
+    _family_from_code(first, "code-1", "refresh-1")
+    second = make_store()
+    second.peek_count("opens the second connection")
+    assert _families_seen_by_another_process(tmp_path / "state.db", clock()) == 1
+    _family_from_code(first, "code-2", "refresh-2")
+    assert _families_seen_by_another_process(tmp_path / "state.db", clock()) == 2
+    assert (tmp_path / "state.db-wal").exists()
