@@ -172,6 +172,21 @@ class SqliteStore:
             f"the state store {self.path} is unavailable: {text}", retry_after=1 if busy else 5
         )
 
+    def _create_private(self) -> None:
+        """Create the database file 0600 if it does not exist yet (SQLite would use 0644).
+
+        Only a file that does not exist is opened here: closing any descriptor of the file
+        drops every POSIX lock this process holds on it, including those of another open
+        connection, and another process would then take itself for the last user, fold the
+        WAL into the database and delete it under us. SQLite gives the -wal and -shm files
+        the database file's mode.
+        """
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            return
+        os.close(fd)
+
     def _connection(self) -> sqlite3.Connection:
         if self._closed:
             raise StoreError("the state store was closed")
@@ -182,8 +197,7 @@ class SqliteStore:
         self._conn = None
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
-            os.close(fd)
+            self._create_private()
             conn = sqlite3.connect(
                 self.path,
                 timeout=self._busy_timeout,
