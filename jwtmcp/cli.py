@@ -1031,10 +1031,12 @@ examples:
     # serve
     p = commands.add_parser(
         "serve",
-        help="run the issuer service (JWKS, OAuth metadata, /token)",
+        help="run the issuer service (JWKS, OAuth metadata, /token, sign-in pages)",
         description="Run the token issuer over HTTP: /.well-known/jwks.json, "
-        "/.well-known/oauth-authorization-server, POST /token (client_credentials) and "
-        "/healthz. On first start it creates the key ring and a demo client and says so. "
+        "/.well-known/oauth-authorization-server, POST /token (client_credentials, "
+        "authorization_code, refresh_token), /authorize with its login and consent pages, "
+        "POST /register and /healthz. On first start it creates the key ring, a demo client "
+        "and a demo user and says so. "
         "Exits with status 69 when it cannot listen (the port is in use).",
         epilog=f"""\
 examples:
