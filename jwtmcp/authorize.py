@@ -79,6 +79,7 @@ from .errors import (
 )
 from .identifiers import canonical_or_none
 from .identity import Identity, PasswordSource
+from .numeric import declared_length
 from .pkce import check_code_challenge
 from .redirect_uris import redirect_uri_matches
 from .resolver import ClientResolver
@@ -742,7 +743,7 @@ class Authorizer:
         if media != "application/x-www-form-urlencoded":
             raise _PageError(415, "Unsupported form", "The form must be sent as a web form.")
         declared = request.headers.get("content-length")
-        if declared is not None and (not declared.isdigit() or int(declared) > MAX_FORM_BYTES):
+        if declared is not None and declared_length(declared) > MAX_FORM_BYTES:
             raise _PageError(413, "Form too large", "The form is larger than this page allows.")
         body = b""
         try:

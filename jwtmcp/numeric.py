@@ -39,6 +39,15 @@ def parse_whole_number(text: str | bytes) -> int:
     return int(raw)
 
 
+def declared_length(text: str | bytes) -> int:
+    """A ``Content-Length`` value for a size check: the number it states, or ``2**63`` when
+    it is not ASCII digits (a length nobody can read is refused like an oversize one)."""
+    try:
+        return parse_whole_number(text)
+    except ValueError:
+        return 2**63
+
+
 def parse_decimal_number(text: str | bytes) -> float:
     """``text`` as a finite number >= 0: ASCII digits with an optional ``.`` and fraction.
 

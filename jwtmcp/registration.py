@@ -63,7 +63,7 @@ from .client_metadata import (
     text_problem,
 )
 from .errors import ConfigError, RegistrationError, UnknownClient
-from .numeric import parse_whole_number
+from .numeric import declared_length
 from .redirect_uris import check_redirect_uris
 from .tokens import Clock
 
@@ -334,7 +334,7 @@ class StatelessRegistrar:
             return _error("invalid_client_metadata", "the body must be application/json", 415)
         limit = self.policy.max_body_bytes
         declared = request.headers.get("content-length")
-        if declared is not None and _declared_length(declared) > limit:
+        if declared is not None and declared_length(declared) > limit:
             return _error("invalid_client_metadata", f"the body is larger than {limit} bytes", 413)
         body = b""
         try:
@@ -365,14 +365,6 @@ class StatelessRegistrar:
             )
         )
         return JSONResponse(answer, status_code=201, headers=_NO_STORE)
-
-
-def _declared_length(text: str) -> int:
-    """A Content-Length in ASCII digits; one that is not is refused like an oversize one."""
-    try:
-        return parse_whole_number(text)
-    except ValueError:
-        return 2**63
 
 
 def _error(code: str, description: str, status: int) -> Response:
