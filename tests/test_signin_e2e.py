@@ -269,6 +269,7 @@ def assert_ts_runs(sites: Sites, user: str, first: Any, second: Any) -> None:
     assert first["token_claims"]["sub"] == user
     assert first["authorizations"] == 1 and first["callback_iss"] == [sites.world.issuer]
     assert second["refreshes"] >= 1  # the expired token was refreshed, not signed in again
+    assert max(f.generation for f in sites.families(user)) >= 1  # a refresh_token grant
     assert [r["structuredContent"] for r in second["results"]] == [
         {"result": 9},
         {"result": 5},
