@@ -278,6 +278,22 @@ def offered_scopes(identity: Identity, requested: Sequence[str] | None) -> tuple
     return tuple(dict.fromkeys(out))
 
 
+def split_held(
+    offered: Sequence[str], held: Sequence[str]
+) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """``offered`` split into (scopes to ask for, scopes the client holds already).
+
+    ``held`` are the scopes this user granted this client for this resource before (its
+    active refresh families). A step-up (MCP: 403 ``insufficient_scope``, the client asks
+    again for its old scopes plus the new one, SEP-2350) then asks only for what is new;
+    the held scopes go into the code without asking again. When nothing offered is new,
+    every offered scope is asked for, as on a first consent.
+    """
+    kept = tuple(s for s in offered if any(scope_grants_scope(h, s) for h in held))
+    ask = tuple(s for s in offered if s not in kept)
+    return (ask, kept) if ask else (tuple(offered), ())
+
+
 def pick_resource(identity: Identity, resource: str | None) -> str:
     """The resource the code is for: the requested one if the user may use it (RFC 8707).
 
@@ -715,6 +731,7 @@ class Authorizer:
                 )
         except _RedirectError as exc:
             return self._error_redirect(pending, exc)
+        ask, kept = split_held(offered, self._held_scopes(identity, pending, resource))
         return self._page(
             "consent.html",
             redirect_uri=pending.redirect_uri,
@@ -731,10 +748,29 @@ class Authorizer:
                     "name": s[len(TOOL_SCOPE_PREFIX) :],
                     "id": "scope-" + re.sub(r"[^A-Za-z0-9_-]", "-", s),
                 }
-                for s in offered
+                for s in ask
             ],
+            kept=[s[len(TOOL_SCOPE_PREFIX) :] for s in kept],
             error=error,
         )
+
+    def _held_scopes(
+        self, identity: Identity, pending: PendingRequest, resource: str
+    ) -> tuple[str, ...]:
+        """The scopes this user already granted this client for ``resource``: those of its
+        active refresh-token families. Raises :class:`_PageError` (503) when the store is
+        down."""
+        try:
+            families = self.store.list_families(
+                subject=identity.subject, client_id=pending.client_id
+            )
+        except StoreUnavailable as exc:
+            raise self._store_down(exc) from None
+        held: dict[str, None] = {}
+        for family in families:
+            if family.grant.get("resource") == resource:
+                held.update(dict.fromkeys(str(family.grant.get("scope", "")).split()))
+        return tuple(held)
 
     # -- form posts -----------------------------------------------------------------------------
 
@@ -899,8 +935,9 @@ class Authorizer:
             except _RedirectError as exc:
                 return self._error_redirect(pending, exc)
             offered = offered_scopes(identity, pending.scope)
+            ask, kept = split_held(offered, self._held_scopes(identity, pending, resource))
             ticked = set(form.get("scope", []))
-            approved = [s for s in offered if s in ticked]
+            approved = [s for s in offered if s in kept or (s in ask and s in ticked)]
             if not approved:
                 return await self._consent_or_error(
                     pending, session, identity, error="Choose at least one tool, or Deny."

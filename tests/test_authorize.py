@@ -121,8 +121,16 @@ def _docs_app(state: dict[str, Any]) -> Starlette:
 
 
 def make_world(
-    directory: Path, *, limits: LoginLimits | None = None, store: SqliteStore | None = None
+    directory: Path,
+    *,
+    limits: LoginLimits | None = None,
+    store: SqliteStore | None = None,
+    fetcher_options: dict[str, Any] | None = None,
 ) -> contextlib.AbstractContextManager[World]:
+    """A running issuer on loopback (users alice and bob, a clients file, a store, a plain
+    http CIMD document server); ``fetcher_options`` go to its ClientMetadataFetcher (e.g.
+    ``ssl_context=`` and ``resolve=`` for documents served over https on loopback)."""
+
     @contextlib.contextmanager
     def run() -> Iterator[World]:
         clock = FakeClock()
@@ -143,7 +151,9 @@ def make_world(
             add_user(users, "bob", password=PASSWORD, tools=["add"], audiences=[CALC], clock=clock)
         the_store = store or SqliteStore(directory / "state.db", clock=clock)
         state: dict[str, Any] = {}
-        fetcher = ClientMetadataFetcher(clock=clock, allow_loopback_for_development=True)
+        fetcher = ClientMetadataFetcher(
+            clock=clock, allow_loopback_for_development=True, **(fetcher_options or {})
+        )
         with serve_app(_docs_app(state)) as docs:
             state["base"] = docs
             port = free_port()
@@ -290,6 +300,48 @@ def test_signed_in_user_goes_straight_to_consent(world: World) -> None:
     sign_in(world.authorize_url(client_id), cookies=jar)
     again = sign_in(world.authorize_url(client_id, state="second"), cookies=jar)
     assert again.pages == ("consent",) and again.state == "second"
+
+
+def _hold_a_refresh_family(world: World, client_id: str, code: str) -> None:
+    """Redeem ``code`` at /token, so the client holds a refresh family for its scopes."""
+    answer = httpx2.post(
+        f"{world.base}/token",
+        data={
+            "grant_type": "authorization_code",
+            "code": code,
+            "redirect_uri": REDIRECT,
+            "code_verifier": VERIFIER,
+            "client_id": client_id,
+            "resource": CALC,
+        },
+        timeout=10,
+        trust_env=False,
+    )
+    assert answer.status_code == 200, answer.text
+
+
+def test_a_step_up_consent_offers_only_the_tools_the_client_does_not_hold_yet(
+    world: World,
+) -> None:
+    """Step-up (issue 10 item 7): the client holds tool:add and asks again for add and
+    subtract (SEP-2350 unions the scopes); consent asks only for subtract, and the code
+    carries both."""
+    client_id = world.register()
+    jar = httpx2.Cookies()
+    first = sign_in(world.authorize_url(client_id), cookies=jar, untick=["tool:subtract"])
+    _hold_a_refresh_family(world, client_id, first.code)
+    again = sign_in(world.authorize_url(client_id, state="up"), cookies=jar)
+    assert again.offered_scopes == ("tool:subtract",)
+    assert world.grant(again.code)["scope"] == "tool:add tool:subtract"
+
+
+def test_consent_for_another_client_offers_every_tool_again(world: World) -> None:
+    jar = httpx2.Cookies()
+    holder = world.register()
+    first = sign_in(world.authorize_url(holder), cookies=jar, untick=["tool:subtract"])
+    _hold_a_refresh_family(world, holder, first.code)
+    other = sign_in(world.authorize_url(world.register(name="Other App")), cookies=jar)
+    assert other.offered_scopes == ("tool:add", "tool:subtract")
 
 
 def test_cimd_client_signs_in_and_is_named_on_consent(world: World) -> None:
