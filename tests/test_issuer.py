@@ -583,6 +583,25 @@ def test_other_methods_on_token_are_405(make_issuer: Callable[..., Issuer]) -> N
         assert r.status_code == 405 and r.headers["allow"] == "POST"
 
 
+def test_empty_token_request_is_invalid_request_naming_grant_type(
+    make_issuer: Callable[..., Issuer],
+) -> None:
+    iss = make_issuer()
+    r = iss.http.post("/token", content=b"", headers=FORM)
+    assert r.status_code == 400 and error_of(r) == "invalid_request"
+    assert "grant_type" in r.json()["error_description"]
+
+
+def test_unknown_grant_type_is_unsupported_grant_type_before_client_authentication(
+    make_issuer: Callable[..., Issuer],
+) -> None:
+    iss = make_issuer()
+    anonymous = iss.http.post("/token", data={"grant_type": "bogus"})
+    wrong_secret = iss.http.post("/token", data={"grant_type": "bogus"}, auth=("bot", "nope"))
+    for r in (anonymous, wrong_secret):
+        assert r.status_code == 400 and error_of(r) == "unsupported_grant_type"
+
+
 # --- rate limit ------------------------------------------------------------------------------
 
 
