@@ -610,9 +610,20 @@ class IssuerService:
             raise _invalid_request(f"the token request must be a {FORM_TYPE} form")
         form = parse_form(await self._read_body(receive, content_length))
         params = form.params
-        if params.get("grant_type") in INTERACTIVE_GRANT_TYPES:
+        # The grant type before the client (RFC 6749 5.2): a request no grant can answer is
+        # invalid_request / unsupported_grant_type whoever sends it, and says nothing of the
+        # credentials, so a wrong secret and an unknown client still look the same.
+        grant_type = params.get("grant_type")
+        if grant_type is None:
+            raise _invalid_request("the grant_type parameter is missing")
+        if grant_type in INTERACTIVE_GRANT_TYPES:
             # Sign-in grants: public clients, the state store (jwtmcp.grants).
             return await self.grants.token(form, authorizations)
+        if grant_type != "client_credentials":
+            raise OAuthError(
+                "unsupported_grant_type",
+                "supported grants: client_credentials, authorization_code, refresh_token",
+            )
 
         # Client authentication: one method only (RFC 6749 2.3).
         if len(authorizations) > 1:
@@ -647,7 +658,7 @@ class IssuerService:
             raise
 
     def _grant(self, client: Client, form: TokenRequest) -> _Encoded:
-        """Everything after authentication: rate limit, grant type, scope, audience, mint."""
+        """Everything after authentication: rate limit, scope, audience, mint."""
         params = form.params
         wait = self.limiter.acquire(client.client_id)
         if wait > 0:
@@ -657,15 +668,6 @@ class IssuerService:
                 f"too many token requests for this client; retry in {retry} s",
                 429,
                 {"Retry-After": str(retry)},
-            )
-
-        grant_type = params.get("grant_type")
-        if grant_type is None:
-            raise _invalid_request("the grant_type parameter is missing")
-        if grant_type != "client_credentials":
-            raise OAuthError(
-                "unsupported_grant_type",
-                "supported grants: client_credentials, authorization_code, refresh_token",
             )
 
         # The resource first: a client asking for a server it may not use gets that reason,
