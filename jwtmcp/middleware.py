@@ -40,6 +40,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .errors import KeysUnavailable, TokenError
 from .identifiers import canonical_issuer, canonical_resource
+from .strict_json import unique_members
 from .tokens import TOOL_SCOPE_PREFIX, VerifiedClaims
 
 logger = logging.getLogger("jwtmcp.middleware")
@@ -261,21 +262,10 @@ class _BodyTooLarge(Exception):
     pass
 
 
-class _DuplicateKey(ValueError):
-    pass
-
-
-def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    # Two "method" or "name" keys could make this parser and the SDK's disagree on which
-    # tool is called; a body like that is refused instead of guessed at.
-    result = dict(pairs)
-    if len(result) != len(pairs):
-        raise _DuplicateKey("duplicate key in JSON object")
-    return result
-
-
-# One decoder for every body: json.loads(..., object_pairs_hook=...) builds a new one per call.
-_BODY_JSON = json.JSONDecoder(object_pairs_hook=_no_duplicate_keys)
+# Two "method" or "name" keys could make this parser and the SDK's disagree on which tool is
+# called; a body like that is refused instead of guessed at. One decoder for every body:
+# json.loads(..., object_pairs_hook=...) builds a new one per call.
+_BODY_JSON = json.JSONDecoder(object_pairs_hook=unique_members)
 
 
 def called_tools(body: bytes) -> list[tuple[Any, str]] | None:
