@@ -515,3 +515,42 @@ def test_oauth_client_not_allowed_a_tool_cannot_step_up_and_tool_never_runs(worl
     assert isinstance(error, MCPError)
     assert error.data == {"error": "insufficient_scope", "scope": "tool:subtract"}
     assert world.calls["subtract"] == before
+
+
+# --- CORS preflight ------------------------------------------------------------------------
+
+
+def test_cors_preflight_needs_no_token_and_never_reaches_a_tool(world: World) -> None:
+    # A browser sends a preflight without credentials (Fetch standard, CORS-preflight
+    # request): it must reach the app (whose CORS setting answers it), not get a 401; and
+    # whatever body it carries must never run a tool.
+    before = world.calls["add"]
+    body = json.dumps(
+        {
+            "jsonrpc": "2.0",
+            "id": 1,
+            "method": "tools/call",
+            "params": {"name": "add", "arguments": {"a": 1, "b": 2}},
+        }
+    )
+    r = httpx2.request(
+        "OPTIONS",
+        world.a,
+        content=body,
+        headers={
+            "Origin": "http://localhost:6274",
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "authorization, content-type",
+            "Content-Type": "application/json",
+            "Accept": "application/json, text/event-stream",
+        },
+        timeout=10,
+    )
+    assert r.status_code != 401 and "www-authenticate" not in r.headers
+    assert r.status_code < 500
+    assert world.calls["add"] == before
+
+
+def test_options_that_is_no_preflight_still_needs_a_token(world: World) -> None:
+    r = httpx2.request("OPTIONS", world.a, timeout=10)
+    assert r.status_code == 401
