@@ -554,3 +554,36 @@ def test_cors_preflight_needs_no_token_and_never_reaches_a_tool(world: World) ->
 def test_options_that_is_no_preflight_still_needs_a_token(world: World) -> None:
     r = httpx2.request("OPTIONS", world.a, timeout=10)
     assert r.status_code == 401
+
+
+def test_preflight_is_answered_for_any_origin_without_credentials(world: World) -> None:
+    r = httpx2.request(
+        "OPTIONS",
+        world.a,
+        headers={
+            "Origin": "http://localhost:6274",
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "authorization, content-type, mcp-session-id",
+        },
+        timeout=10,
+    )
+    assert r.status_code == 204
+    assert r.headers["access-control-allow-origin"] == "*"
+    methods = {m.strip() for m in r.headers["access-control-allow-methods"].split(",")}
+    assert {"GET", "POST", "DELETE"} <= methods
+    allowed = {h.strip().lower() for h in r.headers["access-control-allow-headers"].split(",")}
+    assert {"authorization", "content-type", "mcp-session-id", "mcp-protocol-version"} <= allowed
+    assert "access-control-allow-credentials" not in r.headers
+
+
+def test_browser_clients_can_read_the_401_challenge_and_the_session_id(world: World) -> None:
+    origin = {"Origin": "http://localhost:6274"}
+    challenge = raw_call(world.a, None, "add", **origin)
+    answered = raw_call(world.a, world.token("calc"), "add", **origin)
+    # (the SDK's 400 - no session yet - is an answer of the app all the same)
+    assert challenge.status_code == 401 and answered.status_code in (200, 400)
+    for r in (challenge, answered):
+        assert r.headers["access-control-allow-origin"] == "*"
+        exposed = {h.strip().lower() for h in r.headers["access-control-expose-headers"].split(",")}
+        assert {"www-authenticate", "mcp-session-id"} <= exposed
+        assert "access-control-allow-credentials" not in r.headers
