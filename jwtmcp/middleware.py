@@ -297,6 +297,46 @@ def called_tools(body: bytes) -> list[tuple[Any, str]] | None:
     return calls
 
 
+# CORS for browser-based MCP clients. Any origin and never credentials: a bearer token is
+# no ambient credential, so another origin's page can only use a token it already holds.
+_PREFLIGHT = [
+    (b"access-control-allow-origin", b"*"),
+    (b"access-control-allow-methods", b"GET, POST, DELETE, OPTIONS"),
+    (
+        b"access-control-allow-headers",
+        b"Authorization, Content-Type, Accept, mcp-protocol-version, mcp-session-id, "
+        b"last-event-id",
+    ),
+    (b"access-control-max-age", b"600"),
+]
+_EXPOSE = (b"access-control-expose-headers", b"WWW-Authenticate, mcp-session-id")
+
+
+def _is_cors_preflight(headers: Iterable[tuple[bytes, bytes]]) -> bool:
+    """``Origin`` and ``Access-Control-Request-Method`` present, ``Authorization`` absent."""
+    names = {name.lower() for name, _ in headers}
+    return (
+        b"origin" in names
+        and b"access-control-request-method" in names
+        and b"authorization" not in names
+    )
+
+
+def _readable_cross_origin(send: Send) -> Send:
+    """``send`` adding ``Access-Control-Allow-Origin: *`` and exposing ``WWW-Authenticate``
+    and ``mcp-session-id`` unless the answer already has CORS headers (an app's own, e.g.
+    Starlette's ``CORSMiddleware`` with an origin list, is kept as it is)."""
+
+    async def send_readable(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            headers = list(message.get("headers", ()))
+            if not any(name.lower() == _PREFLIGHT[0][0] for name, _ in headers):
+                message = {**message, "headers": [*headers, _PREFLIGHT[0], _EXPOSE]}
+        await send(message)
+
+    return send_readable
+
+
 class JwtAuthMiddleware:
     """Protect an ASGI app serving MCP over HTTP with jwtmcp bearer tokens.
 
@@ -357,7 +397,14 @@ class JwtAuthMiddleware:
             # No bearer-token handshake for websockets here: refuse rather than pass through.
             await send({"type": "websocket.close", "code": 1008})
             return
-        await self._protected(scope, receive, send)
+        if scope["method"] == "OPTIONS" and _is_cors_preflight(scope["headers"]):
+            # A browser sends a CORS preflight without credentials (Fetch standard, CORS
+            # protocol), so it cannot be authenticated; answered here, it never reaches the
+            # app (the SDK's own RequireAuthMiddleware would refuse it with 401 too).
+            await send({"type": "http.response.start", "status": 204, "headers": _PREFLIGHT})
+            await send({"type": "http.response.body", "body": b""})
+            return
+        await self._protected(scope, receive, _readable_cross_origin(send))
 
     def _protects(self, path: str) -> bool:
         if self._paths is None:
