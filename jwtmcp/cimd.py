@@ -54,8 +54,6 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-import orjson
-
 from .client_metadata import (
     MAX_CLIENT_NAME_LENGTH,
     MAX_URI_LENGTH,
@@ -70,6 +68,7 @@ from .client_metadata import (
 from .errors import ClientMetadataError, ClientMetadataUnavailable, ConfigError
 from .numeric import parse_whole_number
 from .redirect_uris import check_redirect_uris, is_loopback_host
+from .strict_json import DuplicateMember, loads_document
 from .tokens import Clock
 
 log = logging.getLogger("jwtmcp.cimd")
@@ -431,7 +430,11 @@ class ClientMetadataFetcher:
                 code="cimd_timeout",
             ) from None
         try:
-            document = orjson.loads(body)
+            document = loads_document(body)
+        except DuplicateMember:
+            raise ClientMetadataError(
+                "the client metadata document repeats a JSON member name", code="cimd_not_json"
+            ) from None
         except ValueError:
             raise ClientMetadataError(
                 "the client metadata document is not valid JSON", code="cimd_not_json"

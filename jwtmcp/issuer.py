@@ -47,7 +47,7 @@ from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .authorize import LoginLimits
 from .cimd import ClientMetadataFetcher
@@ -93,10 +93,16 @@ _Encoded = tuple[bytes, int, list[tuple[bytes, bytes]]]
 """A ready response: body, status, raw headers."""
 
 
+_ALLOW_ANY_ORIGIN = (b"access-control-allow-origin", b"*")
+
+
 def _json_headers(length: int, extra: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    """Headers of a token endpoint answer (success or error): JSON, and readable by a
+    browser-based client of any origin (CORS, without credentials)."""
     return [
         (b"content-type", b"application/json"),
         (b"content-length", str(length).encode()),
+        _ALLOW_ANY_ORIGIN,
         *extra,
     ]
 
@@ -610,9 +616,20 @@ class IssuerService:
             raise _invalid_request(f"the token request must be a {FORM_TYPE} form")
         form = parse_form(await self._read_body(receive, content_length))
         params = form.params
-        if params.get("grant_type") in INTERACTIVE_GRANT_TYPES:
+        # The grant type before the client (RFC 6749 5.2): a request no grant can answer is
+        # invalid_request / unsupported_grant_type whoever sends it, and says nothing of the
+        # credentials, so a wrong secret and an unknown client still look the same.
+        grant_type = params.get("grant_type")
+        if grant_type is None:
+            raise _invalid_request("the grant_type parameter is missing")
+        if grant_type in INTERACTIVE_GRANT_TYPES:
             # Sign-in grants: public clients, the state store (jwtmcp.grants).
             return await self.grants.token(form, authorizations)
+        if grant_type != "client_credentials":
+            raise OAuthError(
+                "unsupported_grant_type",
+                "supported grants: client_credentials, authorization_code, refresh_token",
+            )
 
         # Client authentication: one method only (RFC 6749 2.3).
         if len(authorizations) > 1:
@@ -647,7 +664,7 @@ class IssuerService:
             raise
 
     def _grant(self, client: Client, form: TokenRequest) -> _Encoded:
-        """Everything after authentication: rate limit, grant type, scope, audience, mint."""
+        """Everything after authentication: rate limit, scope, audience, mint."""
         params = form.params
         wait = self.limiter.acquire(client.client_id)
         if wait > 0:
@@ -657,15 +674,6 @@ class IssuerService:
                 f"too many token requests for this client; retry in {retry} s",
                 429,
                 {"Retry-After": str(retry)},
-            )
-
-        grant_type = params.get("grant_type")
-        if grant_type is None:
-            raise _invalid_request("the grant_type parameter is missing")
-        if grant_type != "client_credentials":
-            raise OAuthError(
-                "unsupported_grant_type",
-                "supported grants: client_credentials, authorization_code, refresh_token",
             )
 
         # The resource first: a client asking for a server it may not use gets that reason,
@@ -821,6 +829,14 @@ def _build_app(service: IssuerService) -> Starlette:
         # RFC 8414 3: an issuer with a path has its metadata at the well-known URI plus
         # that path (useful behind a proxy that forwards the whole well-known tree).
         metadata_paths.append(f"/.well-known/oauth-authorization-server{issuer_path}")
+    # CORS (as the MCP SDK's own authorization server does) for what a browser-based client
+    # calls: any origin, never credentials. Not /authorize: its pages are same-origin.
+    cors = {
+        "/token": _preflight_headers(b"POST, OPTIONS"),
+        "/register": _preflight_headers(b"POST, OPTIONS"),
+        **{p: _preflight_headers(b"GET, HEAD, OPTIONS") for p in metadata_paths},
+        "/.well-known/jwks.json": _preflight_headers(b"GET, HEAD, OPTIONS"),
+    }
     routes = [
         Route("/token", _token_method_not_allowed, methods=["GET", "PUT", "PATCH", "DELETE"]),
         Route("/.well-known/jwks.json", service.jwks, methods=["GET"]),
@@ -828,27 +844,79 @@ def _build_app(service: IssuerService) -> Starlette:
         Route("/healthz", service.healthz, methods=["GET"]),
         *service.sign_in.routes(),
     ]
-    app = Starlette(routes=routes, middleware=[Middleware(_TokenEndpoint, service=service)])
+    app = Starlette(
+        routes=routes, middleware=[Middleware(_TokenEndpoint, service=service, cors=cors)]
+    )
     app.state.issuer = service
     return app
 
 
 async def _token_method_not_allowed(request: Request) -> Response:
-    return Response("Method Not Allowed", 405, headers={"Allow": "POST"})
+    return Response("Method Not Allowed", 405, headers={"Allow": "POST, OPTIONS"})
+
+
+_RawHeaders = list[tuple[bytes, bytes]]
+
+CORS_ALLOW_HEADERS = b"Authorization, Content-Type, mcp-protocol-version"
+"""Request headers a browser-based client may send cross-origin (the Fetch standard also
+allows the CORS-safelisted ones)."""
+CORS_MAX_AGE = 600
+"""Seconds a browser may cache a preflight answer (as Starlette's CORSMiddleware)."""
+
+
+def _preflight_headers(methods: bytes) -> _RawHeaders:
+    """The answer to ``OPTIONS`` on a CORS endpoint (Fetch standard, CORS protocol): any
+    origin, ``methods``, the headers MCP clients send, and no ``-Allow-Credentials``."""
+    return [
+        (b"allow", methods),
+        _ALLOW_ANY_ORIGIN,
+        (b"access-control-allow-methods", methods),
+        (b"access-control-allow-headers", CORS_ALLOW_HEADERS),
+        (b"access-control-max-age", str(CORS_MAX_AGE).encode()),
+    ]
+
+
+def _allowing_any_origin(send: Send) -> Send:
+    """``send`` adding ``Access-Control-Allow-Origin: *`` to an answer that lacks it."""
+
+    async def send_with_cors(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            headers = list(message.get("headers", ()))
+            if not any(name.lower() == _ALLOW_ANY_ORIGIN[0] for name, _ in headers):
+                headers.append(_ALLOW_ANY_ORIGIN)
+                message = {**message, "headers": headers}
+        await send(message)
+
+    return send_with_cors
 
 
 class _TokenEndpoint:
-    """Sends ``POST /token`` straight to the issuer, ahead of routing (the hot path)."""
+    """Sends ``POST /token`` straight to the issuer, ahead of routing (the hot path), and does
+    CORS for the ``cors`` paths: ``OPTIONS`` is 204 with their preflight headers, every other
+    answer (the routes' own, 405, 413...) gets ``Access-Control-Allow-Origin: *``."""
 
-    def __init__(self, app: ASGIApp, service: IssuerService) -> None:
+    def __init__(
+        self, app: ASGIApp, service: IssuerService, cors: Mapping[str, _RawHeaders]
+    ) -> None:
         self.app = app
         self.service = service
+        self.cors = dict(cors)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["path"] == "/token" and scope["method"] == "POST":
-            await self.service.token(scope, receive, send)
-        else:
-            await self.app(scope, receive, send)
+        if scope["type"] == "http":
+            path = scope["path"]
+            if path == "/token" and scope["method"] == "POST":
+                await self.service.token(scope, receive, send)
+                return
+            preflight = self.cors.get(path)
+            if preflight is not None:
+                if scope["method"] == "OPTIONS":
+                    await send({"type": "http.response.start", "status": 204, "headers": preflight})
+                    await send({"type": "http.response.body", "body": b""})
+                else:
+                    await self.app(scope, receive, _allowing_any_origin(send))
+                return
+        await self.app(scope, receive, send)
 
 
 # --- serve ---------------------------------------------------------------------------------

@@ -75,6 +75,7 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from .errors import ConfigError, KeysUnavailable, UnknownKid
 from .files import atomic_write
 from .numeric import parse_whole_number
+from .strict_json import DuplicateMember, unique_members
 from .tokens import Clock
 
 if TYPE_CHECKING:
@@ -129,13 +130,6 @@ class PublicKey:
 
 class JwksError(Exception):
     """A JWKS document (or its download) cannot be used as a whole. Internal."""
-
-
-def _unique_members(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out = dict(pairs)
-    if len(out) != len(pairs):
-        raise JwksError("duplicate JSON member names")
-    return out
 
 
 def _reject_constant(name: str) -> Any:
@@ -210,8 +204,10 @@ def parse_jwks(
         try:
             text = data.decode("utf-8") if isinstance(data, bytes) else data
             doc = json.loads(
-                text, object_pairs_hook=_unique_members, parse_constant=_reject_constant
+                text, object_pairs_hook=unique_members, parse_constant=_reject_constant
             )
+        except DuplicateMember as exc:
+            raise JwksError(str(exc)) from None
         except (UnicodeDecodeError, ValueError, RecursionError) as exc:
             raise JwksError(f"{where} is not valid JSON ({exc})") from None
     else:

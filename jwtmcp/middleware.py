@@ -40,6 +40,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .errors import KeysUnavailable, TokenError
 from .identifiers import canonical_issuer, canonical_resource
+from .strict_json import unique_members
 from .tokens import TOOL_SCOPE_PREFIX, VerifiedClaims
 
 logger = logging.getLogger("jwtmcp.middleware")
@@ -261,21 +262,10 @@ class _BodyTooLarge(Exception):
     pass
 
 
-class _DuplicateKey(ValueError):
-    pass
-
-
-def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    # Two "method" or "name" keys could make this parser and the SDK's disagree on which
-    # tool is called; a body like that is refused instead of guessed at.
-    result = dict(pairs)
-    if len(result) != len(pairs):
-        raise _DuplicateKey("duplicate key in JSON object")
-    return result
-
-
-# One decoder for every body: json.loads(..., object_pairs_hook=...) builds a new one per call.
-_BODY_JSON = json.JSONDecoder(object_pairs_hook=_no_duplicate_keys)
+# Two "method" or "name" keys could make this parser and the SDK's disagree on which tool is
+# called; a body like that is refused instead of guessed at. One decoder for every body:
+# json.loads(..., object_pairs_hook=...) builds a new one per call.
+_BODY_JSON = json.JSONDecoder(object_pairs_hook=unique_members)
 
 
 def called_tools(body: bytes) -> list[tuple[Any, str]] | None:
@@ -305,6 +295,46 @@ def called_tools(body: bytes) -> list[tuple[Any, str]] | None:
             return None
         calls.append((item.get("id"), name))
     return calls
+
+
+# CORS for browser-based MCP clients. Any origin and never credentials: a bearer token is
+# no ambient credential, so another origin's page can only use a token it already holds.
+_PREFLIGHT = [
+    (b"access-control-allow-origin", b"*"),
+    (b"access-control-allow-methods", b"GET, POST, DELETE, OPTIONS"),
+    (
+        b"access-control-allow-headers",
+        b"Authorization, Content-Type, Accept, mcp-protocol-version, mcp-session-id, "
+        b"last-event-id",
+    ),
+    (b"access-control-max-age", b"600"),
+]
+_EXPOSE = (b"access-control-expose-headers", b"WWW-Authenticate, mcp-session-id")
+
+
+def _is_cors_preflight(headers: Iterable[tuple[bytes, bytes]]) -> bool:
+    """``Origin`` and ``Access-Control-Request-Method`` present, ``Authorization`` absent."""
+    names = {name.lower() for name, _ in headers}
+    return (
+        b"origin" in names
+        and b"access-control-request-method" in names
+        and b"authorization" not in names
+    )
+
+
+def _readable_cross_origin(send: Send) -> Send:
+    """``send`` adding ``Access-Control-Allow-Origin: *`` and exposing ``WWW-Authenticate``
+    and ``mcp-session-id`` unless the answer already has CORS headers (an app's own, e.g.
+    Starlette's ``CORSMiddleware`` with an origin list, is kept as it is)."""
+
+    async def send_readable(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            headers = list(message.get("headers", ()))
+            if not any(name.lower() == _PREFLIGHT[0][0] for name, _ in headers):
+                message = {**message, "headers": [*headers, _PREFLIGHT[0], _EXPOSE]}
+        await send(message)
+
+    return send_readable
 
 
 class JwtAuthMiddleware:
@@ -367,7 +397,14 @@ class JwtAuthMiddleware:
             # No bearer-token handshake for websockets here: refuse rather than pass through.
             await send({"type": "websocket.close", "code": 1008})
             return
-        await self._protected(scope, receive, send)
+        if scope["method"] == "OPTIONS" and _is_cors_preflight(scope["headers"]):
+            # A browser sends a CORS preflight without credentials (Fetch standard, CORS
+            # protocol), so it cannot be authenticated; answered here, it never reaches the
+            # app (the SDK's own RequireAuthMiddleware would refuse it with 401 too).
+            await send({"type": "http.response.start", "status": 204, "headers": _PREFLIGHT})
+            await send({"type": "http.response.body", "body": b""})
+            return
+        await self._protected(scope, receive, _readable_cross_origin(send))
 
     def _protects(self, path: str) -> bool:
         if self._paths is None:

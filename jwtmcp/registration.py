@@ -65,6 +65,7 @@ from .client_metadata import (
 from .errors import ConfigError, RegistrationError, UnknownClient
 from .numeric import declared_length
 from .redirect_uris import check_redirect_uris
+from .strict_json import DuplicateMember, loads_document
 from .tokens import Clock
 
 log = logging.getLogger("jwtmcp.registration")
@@ -347,7 +348,9 @@ class StatelessRegistrar:
         except ClientDisconnect:
             return Response(status_code=400)
         try:
-            document = orjson.loads(body)
+            document = loads_document(body)
+        except DuplicateMember:
+            return _error("invalid_client_metadata", "the body repeats a JSON member name", 400)
         except ValueError:
             return _error("invalid_client_metadata", "the body is not valid JSON", 400)
         try:

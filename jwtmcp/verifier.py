@@ -28,7 +28,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import json
 import logging
 import math
 import os
@@ -72,6 +71,7 @@ from .jwks import (
     PublicKey,
     StaticKeys,
 )
+from .strict_json import STRICT_DECODER, DuplicateMember
 from .tokens import (
     DEFAULT_MAX_LIFETIME,
     MAX_NUMERIC_DATE,
@@ -117,22 +117,7 @@ class _Entry(NamedTuple):
     expires_at: float  # applies at each use
 
 
-class _DuplicateMember(ValueError):
-    pass
-
-
-def _unique_members(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out = dict(pairs)
-    if len(out) != len(pairs):
-        raise _DuplicateMember("duplicate JSON member names")
-    return out
-
-
-def _no_constants(name: str) -> Any:
-    raise ValueError(f"{name} is not valid JSON")
-
-
-_JSON = json.JSONDecoder(object_pairs_hook=_unique_members, parse_constant=_no_constants)
+_JSON = STRICT_DECODER
 _orjson_loads = orjson.loads
 _orjson_dumps = orjson.dumps
 _pybase64_decode = pybase64.b64decode
@@ -201,7 +186,7 @@ def _strict_json_object(raw: bytes, what: str) -> dict[str, Any]:
         value, end = _JSON.raw_decode(text)
         if end != len(text) and not text[end:].isspace():
             raise ValueError("trailing data")
-    except _DuplicateMember:
+    except DuplicateMember:
         raise MalformedToken(f"the token's {what} repeats a JSON member name") from None
     except (UnicodeDecodeError, ValueError, RecursionError):
         raise MalformedToken(f"the token's {what} is not valid JSON") from None

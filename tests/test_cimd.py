@@ -97,6 +97,13 @@ class DocServer:
             await count(request)
             return Response(b'{"client_id": ', media_type="application/json")
 
+        async def duplicate(request: Request) -> Response:
+            # Two redirect_uris members: a parser that keeps the last one sees a good document.
+            await count(request)
+            good = json.dumps(self.doc(request.url.path))
+            body = '{"redirect_uris": ["http://evil.example/cb"], ' + good[1:]
+            return Response(body.encode(), media_type="application/json")
+
         async def bad_redirect(request: Request) -> Response:
             await count(request)
             return JSONResponse(
@@ -124,6 +131,7 @@ class DocServer:
             Route("/secret", secret),
             Route("/text", text),
             Route("/not-json", not_json),
+            Route("/duplicate", duplicate),
             Route("/bad-redirect", bad_redirect),
             Route("/elsewhere", elsewhere),
             Route("/same-host", same_host),
@@ -274,6 +282,10 @@ def test_document_not_served_as_json_is_refused(docs: DocServer, clock: FakeCloc
 
 def test_malformed_json_is_refused(docs: DocServer, clock: FakeClock):
     assert refusal(fetcher(clock), f"{docs.base}/not-json").code == "cimd_not_json"
+
+
+def test_document_with_duplicate_members_is_refused(docs: DocServer, clock: FakeClock):
+    assert refusal(fetcher(clock), f"{docs.base}/duplicate").code == "cimd_not_json"
 
 
 def test_not_found_is_refused(docs: DocServer, clock: FakeClock):

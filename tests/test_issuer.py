@@ -580,7 +580,129 @@ def test_other_methods_on_token_are_405(make_issuer: Callable[..., Issuer]) -> N
     iss = make_issuer()
     for method in ("GET", "PUT", "DELETE"):
         r = iss.http.request(method, "/token")
-        assert r.status_code == 405 and r.headers["allow"] == "POST"
+        assert r.status_code == 405 and r.headers["allow"] == "POST, OPTIONS"
+
+
+def test_empty_token_request_is_invalid_request_naming_grant_type(
+    make_issuer: Callable[..., Issuer],
+) -> None:
+    iss = make_issuer()
+    r = iss.http.post("/token", content=b"", headers=FORM)
+    assert r.status_code == 400 and error_of(r) == "invalid_request"
+    assert "grant_type" in r.json()["error_description"]
+
+
+def test_unknown_grant_type_is_unsupported_grant_type_before_client_authentication(
+    make_issuer: Callable[..., Issuer],
+) -> None:
+    iss = make_issuer()
+    anonymous = iss.http.post("/token", data={"grant_type": "bogus"})
+    wrong_secret = iss.http.post("/token", data={"grant_type": "bogus"}, auth=("bot", "nope"))
+    for r in (anonymous, wrong_secret):
+        assert r.status_code == 400 and error_of(r) == "unsupported_grant_type"
+
+
+# --- CORS for browser-based clients ----------------------------------------------------------
+
+ORIGIN = "http://localhost:6274"
+CORS_ENDPOINTS = [
+    ("/token", "POST"),
+    ("/register", "POST"),
+    ("/.well-known/oauth-authorization-server", "GET"),
+    ("/.well-known/jwks.json", "GET"),
+]
+
+
+def preflight(http: httpx2.Client, path: str, method: str) -> httpx2.Response:
+    return http.options(
+        path,
+        headers={
+            "Origin": ORIGIN,
+            "Access-Control-Request-Method": method,
+            "Access-Control-Request-Headers": "authorization, content-type, mcp-protocol-version",
+        },
+    )
+
+
+def _listed(value: str) -> set[str]:
+    return {item.strip().lower() for item in value.split(",")}
+
+
+@pytest.mark.parametrize(("path", "method"), CORS_ENDPOINTS)
+def test_cors_preflight_is_204_for_any_origin_without_credentials(
+    make_issuer: Callable[..., Issuer], path: str, method: str
+) -> None:
+    iss = make_issuer()
+    r = preflight(iss.http, path, method)
+    assert r.status_code == 204
+    assert r.headers["access-control-allow-origin"] == "*"
+    assert method.lower() in _listed(r.headers["access-control-allow-methods"])
+    assert {"authorization", "content-type", "mcp-protocol-version"} <= _listed(
+        r.headers["access-control-allow-headers"]
+    )
+    assert int(r.headers["access-control-max-age"]) > 0
+    assert "access-control-allow-credentials" not in r.headers
+
+
+def test_cors_preflight_of_metadata_at_the_issuer_path(make_issuer: Callable[..., Issuer]) -> None:
+    iss = make_issuer(issuer_url="http://127.0.0.1:1/tenant")
+    r = preflight(iss.http, "/.well-known/oauth-authorization-server/tenant", "GET")
+    assert r.status_code == 204 and r.headers["access-control-allow-origin"] == "*"
+
+
+def test_options_on_token_allows_post_and_options(make_issuer: Callable[..., Issuer]) -> None:
+    iss = make_issuer()
+    r = iss.http.options("/token")
+    assert r.status_code == 204 and _listed(r.headers["allow"]) == {"post", "options"}
+
+
+def test_token_answers_allow_any_origin_on_success_and_error(
+    make_issuer: Callable[..., Issuer],
+) -> None:
+    iss = make_issuer()
+    origin = {"Origin": ORIGIN}
+    ok = iss.http.post(
+        "/token",
+        data={"grant_type": "client_credentials"},
+        auth=("bot", iss.secrets["bot"]),
+        headers=origin,
+    )
+    refused = iss.http.post("/token", data={"grant_type": "client_credentials"}, headers=origin)
+    assert ok.status_code == 200 and refused.status_code == 401
+    for r in (ok, refused):
+        assert r.headers["access-control-allow-origin"] == "*"
+        assert "access-control-allow-credentials" not in r.headers
+
+
+def test_register_answers_allow_any_origin_on_success_and_error(
+    make_issuer: Callable[..., Issuer],
+) -> None:
+    iss = make_issuer()
+    origin = {"Origin": ORIGIN}
+    ok = iss.http.post(
+        "/register", json={"redirect_uris": ["http://localhost:1234/cb"]}, headers=origin
+    )
+    refused = iss.http.post("/register", json={"redirect_uris": "nope"}, headers=origin)
+    assert ok.status_code == 201 and refused.status_code == 400
+    for r in (ok, refused):
+        assert r.headers["access-control-allow-origin"] == "*"
+        assert "access-control-allow-credentials" not in r.headers
+
+
+def test_metadata_and_jwks_allow_any_origin(make_issuer: Callable[..., Issuer]) -> None:
+    iss = make_issuer()
+    for path in ("/.well-known/oauth-authorization-server", "/.well-known/jwks.json"):
+        r = iss.http.get(path, headers={"Origin": ORIGIN})
+        assert r.status_code == 200 and r.headers["access-control-allow-origin"] == "*"
+
+
+def test_authorize_pages_get_no_cors(make_issuer: Callable[..., Issuer]) -> None:
+    iss = make_issuer()
+    page = iss.http.get("/authorize", headers={"Origin": ORIGIN})
+    asked = preflight(iss.http, "/authorize", "POST")
+    for r in (page, asked):
+        assert "access-control-allow-origin" not in r.headers
+    assert asked.status_code != 204
 
 
 # --- rate limit ------------------------------------------------------------------------------

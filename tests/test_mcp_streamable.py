@@ -515,3 +515,75 @@ def test_oauth_client_not_allowed_a_tool_cannot_step_up_and_tool_never_runs(worl
     assert isinstance(error, MCPError)
     assert error.data == {"error": "insufficient_scope", "scope": "tool:subtract"}
     assert world.calls["subtract"] == before
+
+
+# --- CORS preflight ------------------------------------------------------------------------
+
+
+def test_cors_preflight_needs_no_token_and_never_reaches_a_tool(world: World) -> None:
+    # A browser sends a preflight without credentials (Fetch standard, CORS-preflight
+    # request): it must reach the app (whose CORS setting answers it), not get a 401; and
+    # whatever body it carries must never run a tool.
+    before = world.calls["add"]
+    body = json.dumps(
+        {
+            "jsonrpc": "2.0",
+            "id": 1,
+            "method": "tools/call",
+            "params": {"name": "add", "arguments": {"a": 1, "b": 2}},
+        }
+    )
+    r = httpx2.request(
+        "OPTIONS",
+        world.a,
+        content=body,
+        headers={
+            "Origin": "http://localhost:6274",
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "authorization, content-type",
+            "Content-Type": "application/json",
+            "Accept": "application/json, text/event-stream",
+        },
+        timeout=10,
+    )
+    assert r.status_code != 401 and "www-authenticate" not in r.headers
+    assert r.status_code < 500
+    assert world.calls["add"] == before
+
+
+def test_options_that_is_no_preflight_still_needs_a_token(world: World) -> None:
+    r = httpx2.request("OPTIONS", world.a, timeout=10)
+    assert r.status_code == 401
+
+
+def test_preflight_is_answered_for_any_origin_without_credentials(world: World) -> None:
+    r = httpx2.request(
+        "OPTIONS",
+        world.a,
+        headers={
+            "Origin": "http://localhost:6274",
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "authorization, content-type, mcp-session-id",
+        },
+        timeout=10,
+    )
+    assert r.status_code == 204
+    assert r.headers["access-control-allow-origin"] == "*"
+    methods = {m.strip() for m in r.headers["access-control-allow-methods"].split(",")}
+    assert {"GET", "POST", "DELETE"} <= methods
+    allowed = {h.strip().lower() for h in r.headers["access-control-allow-headers"].split(",")}
+    assert {"authorization", "content-type", "mcp-session-id", "mcp-protocol-version"} <= allowed
+    assert "access-control-allow-credentials" not in r.headers
+
+
+def test_browser_clients_can_read_the_401_challenge_and_the_session_id(world: World) -> None:
+    origin = {"Origin": "http://localhost:6274"}
+    challenge = raw_call(world.a, None, "add", **origin)
+    answered = raw_call(world.a, world.token("calc"), "add", **origin)
+    # (the SDK's 400 - no session yet - is an answer of the app all the same)
+    assert challenge.status_code == 401 and answered.status_code in (200, 400)
+    for r in (challenge, answered):
+        assert r.headers["access-control-allow-origin"] == "*"
+        exposed = {h.strip().lower() for h in r.headers["access-control-expose-headers"].split(",")}
+        assert {"www-authenticate", "mcp-session-id"} <= exposed
+        assert "access-control-allow-credentials" not in r.headers

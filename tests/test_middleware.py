@@ -296,3 +296,31 @@ def test_current_caller_outside_a_request_raises_lookup_error() -> None:
 )
 def test_called_tools_reads_json_rpc_bodies(body: bytes, expected: Any) -> None:
     assert called_tools(body) == expected
+
+
+def test_cors_preflight_passes_without_a_token_but_its_body_never_reaches_the_server(
+    seed: Seed,
+) -> None:
+    # A preflight carries no credentials (Fetch standard), so it is no 401; and the SSE
+    # transport takes any method on /messages/ as a message post: the preflight's body must
+    # not be accepted (202) into a live session.
+    token = seed.token(seed.plain, ["add"])
+    call = {"jsonrpc": "2.0", "id": 4, "method": "tools/call", "params": {"name": "add"}}
+
+    async def go() -> httpx2.Response:
+        async with sse_stream(seed.plain, token) as endpoint, httpx2.AsyncClient() as http:
+            return await http.request(
+                "OPTIONS",
+                endpoint,
+                content=json.dumps(call),
+                headers={
+                    "origin": "http://localhost:6274",
+                    "access-control-request-method": "POST",
+                    "content-type": "application/json",
+                },
+                timeout=10,
+            )
+
+    answer = run(go)
+    assert answer.status_code != 401 and "www-authenticate" not in answer.headers
+    assert answer.status_code != 202

@@ -373,3 +373,17 @@ def test_sdk_registration_asking_for_a_secret_is_refused(endpoint: str):
     with httpx2.Client(timeout=10) as http:
         response = http.send(request)
     assert (response.status_code, response.json()["error"]) == (400, "invalid_client_metadata")
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"redirect_uris": ["javascript:x"], "redirect_uris": ["http://localhost:1234/cb"]}',
+        b'{"redirect_uris": ["http://localhost:1234/cb"], "client_name": "a", "client_name": "b"}',
+        b'{"redirect_uris": ["http://localhost:1234/cb"], "dropped": {"k": 1, "k": 2}}',
+    ],
+)
+def test_duplicate_json_members_are_invalid_client_metadata(endpoint: str, body: bytes):
+    response = post(endpoint, content=body, headers={"Content-Type": "application/json"})
+    assert response.status_code == 400
+    assert response.json()["error"] == "invalid_client_metadata"
