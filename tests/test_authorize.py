@@ -694,3 +694,60 @@ def test_first_serve_prints_a_demo_user_who_can_sign_in(tmp_path: Path) -> None:
         assert (tmp_path / "users.json").exists() and (tmp_path / "jwtmcp-state.db").exists()
     with issuer_process(tmp_path) as again:
         assert "user password" not in again.stdout()
+
+
+# --- a pending request is used once -----------------------------------------------------------
+
+
+def consent_form(http: httpx2.Client, world: World, client_id: str) -> dict[str, Any]:
+    """Signed in as alice: the fields of the consent form (ticked boxes), ready to post."""
+    html = login_page(http, world.authorize_url(client_id))
+    consent = http.get(
+        world.base + post_login(http, world, html, "alice", PASSWORD).headers["location"]
+    )
+    return form_fields(consent.text, "/authorize/consent")
+
+
+def stored_codes(world: World) -> int:
+    with contextlib.closing(sqlite3.connect(world.directory / "state.db")) as db:
+        return int(db.execute("SELECT count(*) FROM codes").fetchone()[0])
+
+
+@pytest.mark.parametrize("second", ["approve", "deny"])
+def test_a_consent_form_posted_twice_gives_one_code(world: World, second: str) -> None:
+    with browser() as http:
+        fields = consent_form(http, world, world.register())
+        first = http.post(f"{world.base}/authorize/consent", data={**fields, "decision": "approve"})
+        again = http.post(f"{world.base}/authorize/consent", data={**fields, "decision": second})
+    assert first.status_code == 303 and "code=" in first.headers["location"]
+    assert_error_page(again, "already been used")
+    assert stored_codes(world) == 1
+
+
+def test_a_consent_page_shown_again_for_a_used_request_gives_no_second_code(
+    world: World,
+) -> None:
+    with browser() as http:
+        fields = consent_form(http, world, world.register())
+        first = http.post(f"{world.base}/authorize/consent", data={**fields, "decision": "approve"})
+        world.clock.advance(1)  # the page signs the request again, later
+        shown = http.get(
+            f"{world.base}/authorize/consent?" + urlencode({"request": fields["request"]})
+        )
+        refreshed = form_fields(shown.text, "/authorize/consent")
+        again = http.post(
+            f"{world.base}/authorize/consent", data={**refreshed, "decision": "approve"}
+        )
+    assert first.status_code == 303 and refreshed["request"] != fields["request"]
+    assert_error_page(again, "already been used")
+    assert stored_codes(world) == 1
+
+
+def test_a_consent_form_denied_then_approved_gives_no_code(world: World) -> None:
+    with browser() as http:
+        fields = consent_form(http, world, world.register())
+        first = http.post(f"{world.base}/authorize/consent", data={**fields, "decision": "deny"})
+        again = http.post(f"{world.base}/authorize/consent", data={**fields, "decision": "approve"})
+    assert error_redirect(first)["error"] == "access_denied"
+    assert_error_page(again, "already been used")
+    assert stored_codes(world) == 0
