@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import hmac as std_hmac
 import json
 import logging
@@ -166,8 +167,12 @@ class Signer:
 
     def dumps(self, value: Mapping[str, Any], ttl: int) -> str:
         """``value`` with an ``exp`` ``ttl`` seconds ahead, as ``payload.mac`` (base64url)."""
+        return self.dumps_until(value, int(self._clock()) + ttl)
+
+    def dumps_until(self, value: Mapping[str, Any], exp: int) -> str:
+        """``value`` with the ``exp`` given (epoch seconds), as ``payload.mac`` (base64url)."""
         body = dict(value)
-        body["exp"] = int(self._clock()) + ttl
+        body["exp"] = exp
         payload = _b64(json.dumps(body, separators=(",", ":"), sort_keys=True).encode())
         return f"{payload}.{_b64(self.mac(payload.encode()))}"
 
@@ -207,9 +212,15 @@ class PendingRequest:
     """Requested scopes, or None when the request had no ``scope``."""
     client_name: str = ""
     """The client's display name (from its metadata), for the pages."""
+    request_id: str = ""
+    """A random id given at ``/authorize``: the request is answered (Allow or Deny) once."""
+    expires_at: int = 0
+    """Epoch seconds after which the request is refused (``REQUEST_TTL`` after
+    ``/authorize``; every later page carries the same expiry)."""
 
     def as_dict(self) -> dict[str, Any]:
         return {
+            "rid": self.request_id,
             "cid": self.client_id,
             "ru": self.redirect_uri,
             "st": self.state,
@@ -230,7 +241,16 @@ class PendingRequest:
             resource=None if value.get("res") is None else str(value["res"]),
             scope=None if scope is None else tuple(str(s) for s in scope),
             client_name=str(value.get("cn") or value["cid"]),
+            request_id=str(value["rid"]),
+            expires_at=int(value["exp"]),
         )
+
+    def once_key(self) -> str:
+        """The replay-window key of this request: a SHA-256 digest of all it holds."""
+        body = json.dumps(
+            {**self.as_dict(), "exp": self.expires_at}, separators=(",", ":"), sort_keys=True
+        )
+        return "authorize-request:" + hashlib.sha256(body.encode()).hexdigest()
 
 
 class _PageError(Exception):
@@ -357,7 +377,6 @@ class Authorizer:
             autoescape=True,
             undefined=jinja2.StrictUndefined,
         )
-
 
     @property
     def store(self) -> Store:
@@ -571,6 +590,8 @@ class Authorizer:
             resource=None,
             scope=None,
             client_name=client.display_name,
+            request_id=secrets.token_urlsafe(16),
+            expires_at=int(self.clock()) + REQUEST_TTL,
         )
         try:
             return self._checked(params, resources, fallback)
@@ -618,6 +639,8 @@ class Authorizer:
             resource=resource,
             scope=scope,
             client_name=base.client_name,
+            request_id=base.request_id,
+            expires_at=base.expires_at,
         )
 
     async def _client(self, client_id: str) -> OAuthClient:
@@ -692,7 +715,7 @@ class Authorizer:
             redirect_uri=pending.redirect_uri,
             headers=headers,
             csrf_token=self._csrf_token(session),
-            request_blob=self._requests.dumps(pending.as_dict(), REQUEST_TTL),
+            request_blob=self._request_blob(pending),
             source_name=self.source.display_name,
             client_name=pending.client_name,
             error=error,
@@ -719,7 +742,7 @@ class Authorizer:
             "consent.html",
             redirect_uri=pending.redirect_uri,
             csrf_token=self._csrf_token(session),
-            request_blob=self._requests.dumps(pending.as_dict(), REQUEST_TTL),
+            request_blob=self._request_blob(pending),
             client_name=pending.client_name,
             client_id=pending.client_id,
             redirect_target=_shown_target(pending.redirect_uri),
@@ -782,6 +805,37 @@ class Authorizer:
             raise _PageError(
                 400, "Invalid sign-in request", "The sign-in request is damaged."
             ) from None
+
+    def _request_blob(self, pending: PendingRequest) -> str:
+        """The hidden ``request`` field: signed again, with its first expiry kept."""
+        return self._requests.dumps_until(pending.as_dict(), pending.expires_at)
+
+    def _answer_once(self, pending: PendingRequest) -> None:
+        """Mark ``pending`` answered (Allow or Deny); raise a 400 page if it was already.
+
+        One authorization request gives at most one answer, so a consent form posted again
+        (replayed, double-clicked, or shown again from its URL) mints no second code. The
+        mark lives in the store's replay window until the request expires.
+        """
+        try:
+            first = self.store.remember_once(pending.once_key(), until=pending.expires_at)
+        except StoreUnavailable as exc:
+            raise self._store_down(exc) from None
+        if not first:
+            log.info(
+                json.dumps(
+                    {
+                        "event": "authorize_request_reused",
+                        "client_id": pending.client_id,
+                    }
+                )
+            )
+            raise _PageError(
+                400,
+                "This sign-in was already answered",
+                "This sign-in request has already been used. Go back to the application and "
+                "start signing in again.",
+            )
 
     def _store_down(self, exc: StoreUnavailable) -> _PageError:
         log.warning(json.dumps({"event": "store_unavailable", "error": exc.message}))
@@ -854,9 +908,7 @@ class Authorizer:
             "src": identity.source_id,
             "at": int(self.clock()),
         }
-        location = "/authorize/consent?" + urlencode(
-            {"request": self._requests.dumps(pending.as_dict(), REQUEST_TTL)}
-        )
+        location = "/authorize/consent?" + urlencode({"request": self._request_blob(pending)})
         response = self._redirect(location, pending.redirect_uri)
         self._set_session(response, signed_in)
         return response
@@ -889,6 +941,7 @@ class Authorizer:
                 return self._login_page(pending, session)
             decision = form.get("decision", [""])
             if decision == ["deny"]:
+                self._answer_once(pending)
                 return self._error_redirect(
                     pending, _RedirectError("access_denied", "the user denied the request")
                 )
@@ -905,6 +958,7 @@ class Authorizer:
                 return await self._consent_or_error(
                     pending, session, identity, error="Choose at least one tool, or Deny."
                 )
+            self._answer_once(pending)
             auth_time = session.get("at")
             grant = {
                 "client_id": pending.client_id,

@@ -730,7 +730,7 @@ def test_a_consent_page_shown_again_for_a_used_request_gives_no_second_code(
     with browser() as http:
         fields = consent_form(http, world, world.register())
         first = http.post(f"{world.base}/authorize/consent", data={**fields, "decision": "approve"})
-        world.clock.advance(1)  # the page signs the request again, later
+        world.clock.advance(1)  # the page is shown again, later
         shown = http.get(
             f"{world.base}/authorize/consent?" + urlencode({"request": fields["request"]})
         )
@@ -738,7 +738,7 @@ def test_a_consent_page_shown_again_for_a_used_request_gives_no_second_code(
         again = http.post(
             f"{world.base}/authorize/consent", data={**refreshed, "decision": "approve"}
         )
-    assert first.status_code == 303 and refreshed["request"] != fields["request"]
+    assert first.status_code == 303
     assert_error_page(again, "already been used")
     assert stored_codes(world) == 1
 
