@@ -751,3 +751,65 @@ def test_a_consent_form_denied_then_approved_gives_no_code(world: World) -> None
     assert error_redirect(first)["error"] == "access_denied"
     assert_error_page(again, "already been used")
     assert stored_codes(world) == 0
+
+
+# --- echoed parameters are refused, never altered ---------------------------------------------
+
+
+def raw_authorize_url(world: World, client_id: str, **raw: str) -> str:
+    """``authorize_url`` with some parameters given already percent-encoded, as sent."""
+    url = world.authorize_url(client_id, **dict.fromkeys(raw))
+    return url + "".join(f"&{name}={value}" for name, value in raw.items())
+
+
+@pytest.mark.parametrize(
+    "state",
+    [
+        pytest.param("%ff%fe%00%0d%0a", id="review-case"),
+        pytest.param("ab%ffcd", id="invalid-utf8"),
+        pytest.param("a%00b", id="nul"),
+        pytest.param("a%0d%0aLocation:x", id="crlf"),
+        pytest.param("a%09b", id="tab"),
+        pytest.param("a%7fb", id="del"),
+        pytest.param("caf%C3%A9", id="non-ascii-utf8"),
+        pytest.param("x" * 2049, id="too-long"),
+    ],
+)
+def test_a_state_outside_vschar_is_an_error_page_not_an_altered_redirect(
+    world: World, state: str
+) -> None:
+    with browser() as http:
+        response = http.get(raw_authorize_url(world, world.register(), state=state))
+    assert_error_page(response, "state")
+
+
+def test_a_state_of_every_vschar_comes_back_unchanged(world: World) -> None:
+    state = "".join(chr(c) for c in range(0x20, 0x7F)) + "x" * 1953  # 2048 characters
+    result = sign_in(world.authorize_url(world.register(), state=state))
+    assert result.params["state"] == state and result.code
+
+
+@pytest.mark.parametrize(
+    "name", ["scope", "resource", "redirect_uri", "code_challenge", "client_id", "response_type"]
+)
+def test_a_parameter_that_is_not_utf8_is_an_error_page_not_replaced(
+    world: World, name: str
+) -> None:
+    client_id = world.register()
+    good = parse_qs(urlsplit(world.authorize_url(client_id)).query)[name][0]
+    with browser() as http:
+        response = http.get(
+            raw_authorize_url(world, client_id, **{name: urlencode({"": good})[1:] + "%ff"})
+        )
+    assert_error_page(response, name, "UTF-8")
+
+
+@pytest.mark.parametrize("name", ["scope", "resource", "redirect_uri", "code_challenge"])
+def test_a_parameter_with_control_characters_is_an_error_page(world: World, name: str) -> None:
+    client_id = world.register()
+    good = parse_qs(urlsplit(world.authorize_url(client_id)).query)[name][0]
+    with browser() as http:
+        response = http.get(
+            raw_authorize_url(world, client_id, **{name: urlencode({"": good})[1:] + "%0d%0a"})
+        )
+    assert_error_page(response, name, "control characters")
