@@ -99,6 +99,8 @@ CODE_TTL = MAX_CODE_TTL
 """Seconds an authorization code lives (60, OAuth 2.1 §4.1.2)."""
 MAX_FORM_BYTES = 8192
 MAX_PARAM_LENGTH = 4096
+MAX_STATE_LENGTH = 2048
+"""Characters of ``state`` accepted; it comes back unchanged in the redirect."""
 STATIC_PATH = "/authorize/static"
 
 _HERE = Path(__file__).resolve().parent
@@ -111,7 +113,11 @@ _SINGLE = (
     "code_challenge",
     "code_challenge_method",
 )
+_KNOWN = (*_SINGLE, "resource")
 _B64 = re.compile(r"[A-Za-z0-9_-]+")
+_VSCHAR = re.compile(r"[\x20-\x7e]*")  # RFC 6749 Appendix A.5 (the state parameter)
+_NOT_UTF8 = re.compile("[\udc80-\udcff]")  # bytes kept by errors="surrogateescape"
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 # A form-action source for a redirect target: scheme://host[:port] or a bare scheme.
 _CSP_ORIGIN = re.compile(r"(?:https?://[A-Za-z0-9.\-]+|http://\[[0-9a-fA-F:.]+\])(?::\d{1,5})?")
 _CSP_SCHEME = re.compile(r"[a-z][a-z0-9+.\-]*:")
@@ -339,6 +345,55 @@ def _shown_target(redirect_uri: str) -> str:
     return f"{parts.scheme}:" + (f"//{parts.netloc}" if parts.netloc else "")
 
 
+def _query_pairs(request: Request) -> list[tuple[str, str]]:
+    """The query's parameters decoded strictly: bytes that are not UTF-8 stay visible (as
+    lone surrogates) for :func:`_check_characters` to refuse, never replaced by U+FFFD."""
+    raw: bytes = request.scope.get("query_string", b"")
+    try:
+        text = raw.decode("ascii")
+    except UnicodeDecodeError:
+        raise _PageError(
+            400,
+            "Invalid sign-in request",
+            "The request address holds characters that are not percent-encoded.",
+        ) from None
+    try:
+        return parse_qsl(
+            text,
+            keep_blank_values=True,
+            encoding="utf-8",
+            errors="surrogateescape",
+            max_num_fields=100,
+        )
+    except ValueError:
+        raise _PageError(400, "Invalid sign-in request", "The request is too large.") from None
+
+
+def _check_characters(name: str, value: str) -> None:
+    """Refuse (an error page, no redirect) a parameter that could not go back unchanged.
+
+    Not UTF-8 or holding control characters: refused for every parameter of the request.
+    ``state`` must be VSCHAR (``%x20-7E``, RFC 6749 §4.1.1, Appendix A.5) and at most
+    :data:`MAX_STATE_LENGTH` characters: the client compares it to what it sent, so an
+    altered one must never be sent back. Raises :class:`_PageError` (400).
+    """
+    if _NOT_UTF8.search(value):
+        raise _PageError(
+            400, "Invalid sign-in request", f"The {name} parameter is not valid UTF-8."
+        )
+    if name == "state" and (len(value) > MAX_STATE_LENGTH or not _VSCHAR.fullmatch(value)):
+        raise _PageError(
+            400,
+            "Invalid sign-in request",
+            "The state parameter may hold only printable ASCII characters (at most "
+            f"{MAX_STATE_LENGTH}); it could not be sent back unchanged, so sign-in stops here.",
+        )
+    if _CONTROL.search(value):
+        raise _PageError(
+            400, "Invalid sign-in request", f"The {name} parameter holds control characters."
+        )
+
+
 # --- the endpoint ----------------------------------------------------------------------------
 
 
@@ -535,11 +590,14 @@ class Authorizer:
     async def _check_request(self, request: Request) -> PendingRequest:
         params: dict[str, str] = {}
         resources: list[str] = []
-        for name, value in request.query_params.multi_items():
+        for name, value in _query_pairs(request):
+            if name not in _KNOWN:
+                continue  # unknown parameters are ignored (RFC 6749 §3.1)
             if len(value) > MAX_PARAM_LENGTH:
                 raise _PageError(
                     400, "Invalid sign-in request", f"The {name} parameter is too long."
                 )
+            _check_characters(name, value)
             if name == "resource":
                 if value:
                     resources.append(value)

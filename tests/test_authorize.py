@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlencode, urlsplit
+from urllib.parse import parse_qs, parse_qsl, urlencode, urlsplit
 
 import httpx2
 import pytest
@@ -756,10 +756,13 @@ def test_a_consent_form_denied_then_approved_gives_no_code(world: World) -> None
 # --- echoed parameters are refused, never altered ---------------------------------------------
 
 
-def raw_authorize_url(world: World, client_id: str, **raw: str) -> str:
+def raw_authorize_url(world: World, client_id: str, /, **raw: str) -> str:
     """``authorize_url`` with some parameters given already percent-encoded, as sent."""
-    url = world.authorize_url(client_id, **dict.fromkeys(raw))
-    return url + "".join(f"&{name}={value}" for name, value in raw.items())
+    parts = urlsplit(world.authorize_url(client_id))
+    kept = [(k, v) for k, v in parse_qsl(parts.query) if k not in raw]
+    return f"{world.base}/authorize?{urlencode(kept)}" + "".join(
+        f"&{name}={value}" for name, value in raw.items()
+    )
 
 
 @pytest.mark.parametrize(
