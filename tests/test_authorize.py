@@ -11,6 +11,7 @@ import asyncio
 import base64
 import contextlib
 import json
+import logging
 import re
 import sqlite3
 from collections.abc import Iterator
@@ -816,3 +817,64 @@ def test_a_parameter_with_control_characters_is_an_error_page(world: World, name
             raw_authorize_url(world, client_id, **{name: urlencode({"": good})[1:] + "%0d%0a"})
         )
     assert_error_page(response, name, "control characters")
+
+
+# --- failed and refused logins are logged -----------------------------------------------------
+
+TRICKY_NAME = 'eve\n{"event": "login", "sub": "alice"}\u2028<b>'
+SECRET = "hunter2-never-logged"
+
+
+def sign_in_events(caplog: pytest.LogCaptureFixture, event: str) -> list[dict[str, Any]]:
+    """The JSON log lines of ``event`` from the sign-in pages, each checked to be one line."""
+    found = []
+    for record in caplog.records:
+        if record.name != "jwtmcp.authorize":
+            continue
+        message = record.getMessage()
+        assert "\n" not in message and "\r" not in message and "\u2028" not in message
+        line = json.loads(message)
+        if line["event"] == event:
+            found.append(line)
+    return found
+
+
+def test_a_failed_login_is_logged_with_the_name_escaped_and_the_address(
+    world: World, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="jwtmcp.authorize")
+    with browser() as http:
+        html = login_page(http, world.authorize_url(world.register()))
+        assert post_login(http, world, html, TRICKY_NAME, SECRET).status_code == 401
+    (line,) = sign_in_events(caplog, "login_failed")
+    assert line["user"] == TRICKY_NAME and line["address"] == "127.0.0.1"
+    assert SECRET not in caplog.text
+
+
+def test_unknown_user_and_wrong_password_are_logged_alike(
+    world: World, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="jwtmcp.authorize")
+    with browser() as http:
+        html = login_page(http, world.authorize_url(world.register()))
+        post_login(http, world, html, "nobody", SECRET)
+        post_login(http, world, html, "alice", SECRET)
+    unknown, wrong = sign_in_events(caplog, "login_failed")
+    assert (unknown["user"], wrong["user"]) == ("nobody", "alice")
+    assert {**unknown, "user": "X"} == {**wrong, "user": "X"}
+    assert SECRET not in caplog.text
+
+
+def test_a_locked_out_login_is_logged_with_the_name_and_address(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="jwtmcp.authorize")
+    limits = LoginLimits(per_user=1, per_address=100, window=60)
+    with make_world(tmp_path, limits=limits) as w, browser() as http:
+        html = login_page(http, w.authorize_url(w.register()))
+        post_login(http, w, html, TRICKY_NAME, "wrong")
+        assert post_login(http, w, html, TRICKY_NAME, SECRET).status_code == 429
+    (line,) = sign_in_events(caplog, "login_rate_limited")
+    assert line["user"] == TRICKY_NAME and line["address"] == "127.0.0.1"
+    assert line["limit"] == "user"
+    assert SECRET not in caplog.text
