@@ -878,3 +878,38 @@ def test_a_locked_out_login_is_logged_with_the_name_and_address(
     assert line["user"] == TRICKY_NAME and line["address"] == "127.0.0.1"
     assert line["limit"] == "user"
     assert SECRET not in caplog.text
+
+
+# --- messages say what happened ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("blob", ["abc.def", "", "x" * 40, "eyJ9.AAAA"])
+def test_a_tampered_pending_request_is_called_invalid_not_expired(world: World, blob: str) -> None:
+    with browser() as http:
+        response = http.get(f"{world.base}/authorize/consent?" + urlencode({"request": blob}))
+    assert_error_page(response, "invalid")
+    assert "expired" not in page_text(response.text)
+
+
+def test_an_altered_pending_request_posted_to_login_is_called_invalid(world: World) -> None:
+    with browser() as http:
+        html = login_page(http, world.authorize_url(world.register()))
+        fields = form_fields(html, "/authorize/login")
+        payload, mac = fields["request"].split(".")
+        fields["request"] = payload + "." + mac[:-2] + ("AA" if mac[-2:] != "AA" else "BB")
+        response = http.post(
+            f"{world.base}/authorize/login",
+            data={**fields, "username": "alice", "password": PASSWORD},
+        )
+    assert_error_page(response, "invalid")
+    assert "expired" not in page_text(response.text)
+
+
+def test_an_expired_pending_request_is_still_called_expired(world: World) -> None:
+    with browser() as http:
+        html = login_page(http, world.authorize_url(world.register()))
+        blob = form_fields(html, "/authorize/login")["request"]
+        world.clock.advance(601)
+        response = http.get(f"{world.base}/authorize/consent?" + urlencode({"request": blob}))
+    assert_error_page(response, "expired")
+    assert "invalid" not in page_text(response.text)

@@ -281,6 +281,28 @@ def test_a_reused_code_is_refused_and_the_refresh_token_of_its_first_use_is_revo
     _refused(world.refresh(first.json()["refresh_token"]), "invalid_grant")
 
 
+@pytest.mark.parametrize("refresh", [True, False], ids=["with-refresh", "code-only"])
+def test_a_code_reused_after_a_refused_exchange_says_it_is_used_up_and_nothing_was_issued(
+    world: World, refresh: bool
+) -> None:
+    client_id = world.public_id if refresh else CODE_ONLY_CLIENT
+    code = world.code(client_id)
+    first = _refused(world.exchange(code, client_id, code_verifier="w" * 64), "invalid_grant")
+    again = _refused(world.exchange(code, client_id), "invalid_grant")
+    assert "used up" in first and "start the sign-in again" in first
+    assert "no tokens were issued" in again and "start the sign-in again" in again
+    assert "revoked" not in again
+
+
+def test_a_code_reused_after_tokens_were_issued_says_they_are_revoked(world: World) -> None:
+    code = world.code()
+    assert world.exchange(code).status_code == 200
+    first_reuse = _refused(world.exchange(code), "invalid_grant")
+    second_reuse = _refused(world.exchange(code), "invalid_grant")
+    assert "revoked" in first_reuse and "start the sign-in again" in first_reuse
+    assert second_reuse == first_reuse
+
+
 def test_a_refused_code_exchange_leaves_no_refresh_family(world: World) -> None:
     _refused(world.exchange(world.code(), code_verifier="w" * 64), "invalid_grant")
     assert world.store.list_families(subject="alice") == ()
