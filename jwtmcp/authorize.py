@@ -184,21 +184,30 @@ class Signer:
 
     def loads(self, text: str | None) -> dict[str, Any] | None:
         """The value of a blob made by :meth:`dumps`, or None when forged, altered or expired."""
-        if not text or len(text) > MAX_PARAM_LENGTH * 2:
-            return None
+        value, _ = self.read(text)
+        return value
+
+    def read(self, text: str | None) -> tuple[dict[str, Any] | None, str]:
+        """``(value, "ok")`` for a valid blob, else ``(None, why)``: ``"missing"``,
+        ``"invalid"`` (forged, altered, not a blob) or ``"expired"`` (valid but past its
+        ``exp``). Only a blob whose MAC verifies can be called expired."""
+        if not text:
+            return None, "missing"
+        if len(text) > MAX_PARAM_LENGTH * 2:
+            return None, "invalid"
         payload, _, mac_text = text.partition(".")
         try:
             mac = _unb64(mac_text)
             if not std_hmac.compare_digest(mac, self.mac(payload.encode("ascii"))):
-                return None
+                return None, "invalid"
             value = json.loads(_unb64(payload))
         except (ValueError, UnicodeEncodeError):
-            return None
+            return None, "invalid"
         if not isinstance(value, dict) or not isinstance(value.get("exp"), int):
-            return None
+            return None, "invalid"
         if value["exp"] <= self._clock():
-            return None
-        return value
+            return None, "expired"
+        return value, "ok"
 
 
 # --- the pending request ---------------------------------------------------------------------
@@ -849,19 +858,26 @@ class Authorizer:
 
     def _pending(self, form: Mapping[str, list[str]]) -> PendingRequest:
         blob = form.get("request", [""])
-        value = self._requests.loads(blob[0]) if len(blob) == 1 else None
-        if value is None:
+        value, why = self._requests.read(blob[0]) if len(blob) == 1 else (None, "invalid")
+        if why == "expired":
             raise _PageError(
                 400,
                 "This sign-in has expired",
-                "The sign-in request is missing or too old. Go back to the application and "
+                "The sign-in request is too old. Go back to the application and "
                 "start signing in again.",
+            )
+        if value is None:
+            raise _PageError(
+                400,
+                "This sign-in request is invalid",
+                "The sign-in request is missing, damaged or was changed. Go back to the "
+                "application and start signing in again.",
             )
         try:
             return PendingRequest.from_dict(value)
         except (KeyError, TypeError, ValueError):
             raise _PageError(
-                400, "Invalid sign-in request", "The sign-in request is damaged."
+                400, "This sign-in request is invalid", "The sign-in request is damaged."
             ) from None
 
     def _request_blob(self, pending: PendingRequest) -> str:

@@ -73,6 +73,7 @@ from .resolver import ClientResolver
 from .store import (
     DEFAULT_REFRESH_IDLE_TTL,
     DEFAULT_REFRESH_MAX_TTL,
+    MAX_CODE_TTL,
     CodeRedemption,
     RefreshFamily,
     Rotation,
@@ -94,6 +95,10 @@ REFRESH_TOKEN = "refresh_token"  # noqa: S105 - a grant type
 GRANT_TYPES = (AUTHORIZATION_CODE, REFRESH_TOKEN)
 
 T = TypeVar("T")
+
+
+_REFUSED_CODE = "code-refused:"
+"""Counter key prefix (+ the code's family id) marking a code whose first use was refused."""
 
 
 def _invalid_grant(description: str) -> OAuthError:
@@ -412,7 +417,9 @@ class AuthorizationCodeGrant:
     consumes it: a thief guessing verifiers gets one try, and the rightful client's later
     attempt is a *reuse*. A reused code is ``invalid_grant`` and the store revokes the refresh
     family started by its first use (OAuth 2.1 §4.1.3), so the refresh token from that
-    exchange stops working. Then, each refused with ``invalid_grant`` (nothing issued): a
+    exchange stops working; its description says whether tokens had been issued from the
+    code or its first use was refused (a counter ``code-refused:<family id>`` marks that for
+    120 s). Then, each refused with ``invalid_grant`` (nothing issued, the code used up): a
     code issued to another client, another ``redirect_uri`` than in the authorization
     request, a missing, malformed or wrong ``code_verifier``. A ``resource`` that is not the
     approved one is ``invalid_target``. Codes live at most 60 s (the store's limit).
@@ -456,19 +463,32 @@ class AuthorizationCodeGrant:
                     }
                 )
             )
+            refused_key = _REFUSED_CODE + redemption.family_id
+            refused_before = await self.grants.call_store(
+                lambda store: store.peek_count(refused_key)
+            )
+            if refused_before:
+                raise _invalid_grant(
+                    "the authorization code was used already by a request that was refused, "
+                    "so no tokens were issued from it; start the sign-in again"
+                )
             raise _invalid_grant(
-                "the authorization code was used already; tokens issued from it are revoked"
+                "the authorization code was used already; the tokens issued from it are "
+                "revoked; start the sign-in again"
             )
         try:
             grant = self._check(client, form, redemption)
-        except OAuthError:
-            if refresh_token is not None:
-                family_id = redemption.family_id
-                await self.grants.call_store(
-                    lambda store: store.revoke_families(
-                        family_id=family_id, reason="authorization code refused"
-                    )
-                )
+        except OAuthError as exc:
+            family_id = redemption.family_id
+
+            def refuse(store: Store) -> None:
+                # Marked so that a later attempt can say nothing was issued from this code.
+                store.count(_REFUSED_CODE + family_id, window=2 * MAX_CODE_TTL)
+                if refresh_token is not None:
+                    store.revoke_families(family_id=family_id, reason="authorization code refused")
+
+            await self.grants.call_store(refuse)
+            exc.description += "; the code is used up: start the sign-in again"
             raise
         resource = str(grant.get("resource"))
         scopes = tuple(str(grant.get("scope", "")).split())
