@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import hashlib
 import json
 import logging
 import re
@@ -913,3 +914,34 @@ def test_an_expired_pending_request_is_still_called_expired(world: World) -> Non
         response = http.get(f"{world.base}/authorize/consent?" + urlencode({"request": blob}))
     assert_error_page(response, "expired")
     assert "invalid" not in page_text(response.text)
+
+
+# --- log lines name a registered client briefly -----------------------------------------------
+
+
+def logged_client_lines(caplog: pytest.LogCaptureFixture) -> list[dict[str, Any]]:
+    lines = [json.loads(r.getMessage()) for r in caplog.records if r.name.startswith("jwtmcp")]
+    return [line for line in lines if isinstance(line, dict) and "client_id" in line]
+
+
+def test_sign_in_log_lines_name_a_registered_client_by_a_short_stable_id_and_its_name(
+    world: World, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="jwtmcp")
+    client_id = world.register(name="Test App")
+    with browser() as http:
+        html = login_page(http, world.authorize_url(client_id))
+        post_login(http, world, html, "alice", "wrong")
+    sign_in(world.authorize_url(client_id))
+    sign_in(world.authorize_url(client_id), decision="deny")
+    short = "dcr1:" + hashlib.sha256(client_id.encode()).hexdigest()[:16]
+    lines = logged_client_lines(caplog)
+    assert {line["event"] for line in lines} >= {
+        "login_failed",
+        "login",
+        "code_issued",
+        "authorize_refused",
+    }
+    assert all(line["client_id"] == short for line in lines), lines
+    assert all(line["client_name"] == "Test App" for line in lines), lines
+    assert client_id not in caplog.text

@@ -8,7 +8,9 @@ way it makes them, by :meth:`Store.put_code` with a record that follows the sign
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
+import logging
 import os
 import sqlite3
 import subprocess
@@ -600,3 +602,28 @@ def test_jwtmcp_serve_refuses_a_refresh_lifetime_of_zero(tmp_path: Path) -> None
     refused = _cli("serve", "--refresh-idle", "0", "--keys", str(tmp_path / "keys"))
     assert refused.returncode == 2
     assert "--refresh-idle" in refused.stderr and refused.stderr.count("\n") == 1
+
+
+def test_grant_log_lines_name_a_registered_client_by_a_short_stable_id_and_its_name(
+    world: World, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="jwtmcp")
+    code = world.code()
+    world.exchange(code)
+    world.exchange(code)
+    world.exchange(world.code(), code_verifier="w" * 64)
+    refresh_token = world.signed_in()["refresh_token"]
+    world.refresh(refresh_token)
+    world.refresh(refresh_token)
+    short = "dcr1:" + hashlib.sha256(world.public_id.encode()).hexdigest()[:16]
+    lines = [json.loads(r.getMessage()) for r in caplog.records if r.name.startswith("jwtmcp")]
+    lines = [line for line in lines if isinstance(line, dict) and "client_id" in line]
+    assert {line["event"] for line in lines} >= {
+        "token_issued",
+        "code_reused",
+        "token_refused",
+        "refresh_token_reused",
+    }
+    assert all(line["client_id"] == short for line in lines), lines
+    assert all(line["client_name"] == "Public" for line in lines), lines
+    assert world.public_id not in caplog.text
