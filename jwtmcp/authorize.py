@@ -80,6 +80,7 @@ from .errors import (
 )
 from .identifiers import canonical_or_none
 from .identity import Identity, PasswordSource
+from .logfields import client_fields
 from .numeric import declared_length
 from .pkce import check_code_challenge
 from .redirect_uris import redirect_uri_matches
@@ -515,7 +516,11 @@ class Authorizer:
     def _error_redirect(self, pending: PendingRequest, error: _RedirectError) -> Response:
         log.info(
             json.dumps(
-                {"event": "authorize_refused", "error": error.error, "client_id": pending.client_id}
+                {
+                    "event": "authorize_refused",
+                    "error": error.error,
+                    **client_fields(pending.client_id, pending.client_name),
+                }
             )
         )
         location = _with_params(
@@ -638,7 +643,7 @@ class Authorizer:
                     {
                         "event": "authorize_refused",
                         "error": "invalid_redirect_uri",
-                        "client_id": client_id,
+                        **client_fields(client_id, client.client_name),
                     }
                 )
             )
@@ -728,7 +733,7 @@ class Authorizer:
         except ClientMetadataError as exc:
             log.info(
                 json.dumps(
-                    {"event": "authorize_refused", "error": exc.code, "client_id": client_id}
+                    {"event": "authorize_refused", "error": exc.code, **client_fields(client_id)}
                 )
             )
             raise _PageError(
@@ -900,7 +905,7 @@ class Authorizer:
                 json.dumps(
                     {
                         "event": "authorize_request_reused",
-                        "client_id": pending.client_id,
+                        **client_fields(pending.client_id, pending.client_name),
                     }
                 )
             )
@@ -944,7 +949,11 @@ class Authorizer:
             except StoreUnavailable as exc:
                 raise self._store_down(exc) from None
             # Untrusted values (the name) are escaped by json.dumps: one line, no forgery.
-            attempt = {"user": username, "address": address, "client_id": pending.client_id}
+            attempt = {
+                "user": username,
+                "address": address,
+                **client_fields(pending.client_id, pending.client_name),
+            }
             if limited is not None:
                 log.warning(
                     json.dumps({"event": "login_rate_limited", **attempt, "limit": limited})
@@ -983,7 +992,13 @@ class Authorizer:
         except JwtMcpError as exc:  # the identity source itself is unusable
             return self._error_page(self._source_down(exc))
         log.info(
-            json.dumps({"event": "login", "sub": identity.subject, "client_id": pending.client_id})
+            json.dumps(
+                {
+                    "event": "login",
+                    "sub": identity.subject,
+                    **client_fields(pending.client_id, pending.client_name),
+                }
+            )
         )
         signed_in = {
             "sid": secrets.token_urlsafe(24),  # a new id at login: no session fixation
@@ -1066,7 +1081,7 @@ class Authorizer:
             json.dumps(
                 {
                     "event": "code_issued",
-                    "client_id": pending.client_id,
+                    **client_fields(pending.client_id, pending.client_name),
                     "sub": identity.subject,
                     "scope": grant["scope"],
                     "aud": resource,

@@ -68,6 +68,7 @@ from .issuer import (
     parse_basic,
 )
 from .keys import RingWatcher
+from .logfields import client_fields
 from .pkce import verify_code_verifier
 from .resolver import ClientResolver
 from .store import (
@@ -137,6 +138,8 @@ class TokenClient:
     client_id: str
     grant_types: tuple[str, ...]
     confidential: bool
+    client_name: str | None = None
+    """The client's ``client_name`` (for log lines), when it has one."""
 
 
 @dataclass(frozen=True)
@@ -297,7 +300,12 @@ class InteractiveGrants:
             except OAuthClientError:
                 known = None
             grant_types = known.grant_types if known is not None else GRANT_TYPES
-            return TokenClient(client_id, tuple(grant_types), confidential=True)
+            return TokenClient(
+                client_id,
+                tuple(grant_types),
+                confidential=True,
+                client_name=None if known is None else known.client_name,
+            )
         cached = self._registered.get(client_id)
         if cached is not None:
             return cached
@@ -319,7 +327,12 @@ class InteractiveGrants:
                 "supported by this issuer's token endpoint",
                 401,
             )
-        public = TokenClient(client.client_id, tuple(client.grant_types), confidential=False)
+        public = TokenClient(
+            client.client_id,
+            tuple(client.grant_types),
+            confidential=False,
+            client_name=client.client_name,
+        )
         if client.source == "registered":
             if len(self._registered) >= MAX_CACHED_REGISTRATIONS:
                 self._registered.pop(next(iter(self._registered)))  # the oldest
@@ -340,15 +353,19 @@ class InteractiveGrants:
                     f"this client is not registered for the {grant_type} grant",
                 )
             issued = await grant.issue(client, form)
-            return self.respond(issued, grant_type)
+            return self.respond(issued, grant_type, client.client_name)
         except OAuthError as exc:
             exc.client_id = client.client_id
+            exc.client_name = client.client_name
             raise
 
     # -- the answer (RFC 6749 §5.1) ---------------------------------------------------------
 
-    def respond(self, issued: IssuedTokens, grant_type: str) -> _Encoded:
-        """Mint the RFC 9068 access token and build the §5.1 JSON answer."""
+    def respond(
+        self, issued: IssuedTokens, grant_type: str, client_name: str | None = None
+    ) -> _Encoded:
+        """Mint the RFC 9068 access token and build the §5.1 JSON answer (``client_name``
+        is for the log line)."""
         ring = self.rings.current()
         lifetime = min(self.default_ttl, ring.max_lifetime)
         if issued.max_lifetime is not None:
@@ -376,7 +393,7 @@ class InteractiveGrants:
                     {
                         "event": "token_issued",
                         "grant_type": grant_type,
-                        "client_id": issued.client_id,
+                        **client_fields(issued.client_id, client_name),
                         "sub": issued.subject,
                         "scope": claims["scope"],
                         "aud": claims["aud"],
@@ -458,7 +475,7 @@ class AuthorizationCodeGrant:
                 json.dumps(
                     {
                         "event": "code_reused",
-                        "client_id": client.client_id,
+                        **client_fields(client.client_id, client.client_name),
                         "family_id": redemption.family_id,
                     }
                 )
@@ -578,7 +595,7 @@ class RefreshTokenGrant:
                     json.dumps(
                         {
                             "event": "refresh_token_" + rotation.status,
-                            "client_id": client.client_id,
+                            **client_fields(client.client_id, client.client_name),
                             "family_id": family.family_id,
                         }
                     )
