@@ -23,7 +23,17 @@ authorization response ``iss`` (RFC 9207). The steps, all under ``/authorize``:
 travels between the steps as the hidden ``request`` field, a short-lived blob (10 minutes)
 MAC'd with HMAC-SHA256 under a key derived (HKDF) from the registration key in the key ring
 directory (``registration.key``, 0600). It holds nothing secret (the client, redirect URI,
-PKCE challenge, state, resource, scope) and cannot be changed without the MAC failing.
+PKCE challenge, state, resource, scope, a random request id) and cannot be changed without
+the MAC failing; a forged or altered one is "invalid", a valid one past its time "expired".
+Every page carries the expiry set at ``/authorize``. The request is answered once: Allow or
+Deny marks it in the store's replay window (:meth:`jwtmcp.store.Store.remember_once`, keyed
+by a digest of the request, until it expires), so posting a consent form again gives an
+error page (400) and no second code. Replaying the login form needs the password and gives
+only a session; the request it carries is still answered once.
+
+**Parameters are never echoed altered.** The query is decoded strictly: a parameter that is
+not UTF-8 or holds control characters, or a ``state`` outside VSCHAR (``%x20-7E``, RFC 6749
+Appendix A.5) or over 2048 characters, is an error page (400), never a redirect.
 
 **The session** is a signed cookie (``jwtmcp_session``, ``Path=/authorize``, ``HttpOnly``,
 ``SameSite=Lax``, ``Secure`` when the issuer is https, 15 minutes) holding a random session
@@ -35,7 +45,10 @@ without it is refused with 403.
 **Failed logins** are counted in the store per user name and per client address
 (:meth:`jwtmcp.store.Store.count`); past the limit the answer is 429 with ``Retry-After``
 without checking the password. An unknown user and a wrong password get the same page after
-the same work. When the store cannot be reached the answer is 503 with ``Retry-After``.
+the same work, and the same log event (``login_failed``, warning, with the user name, the
+client address and the client; ``login_rate_limited`` with the limit that tripped); never
+the password. Log lines name the client through :func:`jwtmcp.logfields.client_fields`.
+When the store cannot be reached the answer is 503 with ``Retry-After``.
 
 Every page sends ``Content-Security-Policy`` (no scripts, styles from the issuer only,
 ``frame-ancestors 'none'``, ``form-action`` limited to the issuer and the validated redirect
