@@ -23,7 +23,17 @@ authorization response ``iss`` (RFC 9207). The steps, all under ``/authorize``:
 travels between the steps as the hidden ``request`` field, a short-lived blob (10 minutes)
 MAC'd with HMAC-SHA256 under a key derived (HKDF) from the registration key in the key ring
 directory (``registration.key``, 0600). It holds nothing secret (the client, redirect URI,
-PKCE challenge, state, resource, scope) and cannot be changed without the MAC failing.
+PKCE challenge, state, resource, scope, a random request id) and cannot be changed without
+the MAC failing; a forged or altered one is "invalid", a valid one past its time "expired".
+Every page carries the expiry set at ``/authorize``. The request is answered once: Allow or
+Deny marks it in the store's replay window (:meth:`jwtmcp.store.Store.remember_once`, keyed
+by a digest of the request, until it expires), so posting a consent form again gives an
+error page (400) and no second code. Replaying the login form needs the password and gives
+only a session; the request it carries is still answered once.
+
+**Parameters are never echoed altered.** The query is decoded strictly: a parameter that is
+not UTF-8 or holds control characters, or a ``state`` outside VSCHAR (``%x20-7E``, RFC 6749
+Appendix A.5) or over 2048 characters, is an error page (400), never a redirect.
 
 **The session** is a signed cookie (``jwtmcp_session``, ``Path=/authorize``, ``HttpOnly``,
 ``SameSite=Lax``, ``Secure`` when the issuer is https, 15 minutes) holding a random session
@@ -35,7 +45,10 @@ without it is refused with 403.
 **Failed logins** are counted in the store per user name and per client address
 (:meth:`jwtmcp.store.Store.count`); past the limit the answer is 429 with ``Retry-After``
 without checking the password. An unknown user and a wrong password get the same page after
-the same work. When the store cannot be reached the answer is 503 with ``Retry-After``.
+the same work, and the same log event (``login_failed``, warning, with the user name, the
+client address and the client; ``login_rate_limited`` with the limit that tripped); never
+the password. Log lines name the client through :func:`jwtmcp.logfields.client_fields`.
+When the store cannot be reached the answer is 503 with ``Retry-After``.
 
 Every page sends ``Content-Security-Policy`` (no scripts, styles from the issuer only,
 ``frame-ancestors 'none'``, ``form-action`` limited to the issuer and the validated redirect
@@ -47,6 +60,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import hmac as std_hmac
 import json
 import logging
@@ -79,6 +93,7 @@ from .errors import (
 )
 from .identifiers import canonical_or_none
 from .identity import Identity, PasswordSource
+from .logfields import client_fields
 from .numeric import declared_length
 from .pkce import check_code_challenge
 from .redirect_uris import redirect_uri_matches
@@ -98,6 +113,8 @@ CODE_TTL = MAX_CODE_TTL
 """Seconds an authorization code lives (60, OAuth 2.1 §4.1.2)."""
 MAX_FORM_BYTES = 8192
 MAX_PARAM_LENGTH = 4096
+MAX_STATE_LENGTH = 2048
+"""Characters of ``state`` accepted; it comes back unchanged in the redirect."""
 STATIC_PATH = "/authorize/static"
 
 _HERE = Path(__file__).resolve().parent
@@ -110,7 +127,11 @@ _SINGLE = (
     "code_challenge",
     "code_challenge_method",
 )
+_KNOWN = (*_SINGLE, "resource")
 _B64 = re.compile(r"[A-Za-z0-9_-]+")
+_VSCHAR = re.compile(r"[\x20-\x7e]*")  # RFC 6749 Appendix A.5 (the state parameter)
+_NOT_UTF8 = re.compile("[\udc80-\udcff]")  # bytes kept by errors="surrogateescape"
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 # A form-action source for a redirect target: scheme://host[:port] or a bare scheme.
 _CSP_ORIGIN = re.compile(r"(?:https?://[A-Za-z0-9.\-]+|http://\[[0-9a-fA-F:.]+\])(?::\d{1,5})?")
 _CSP_SCHEME = re.compile(r"[a-z][a-z0-9+.\-]*:")
@@ -166,28 +187,41 @@ class Signer:
 
     def dumps(self, value: Mapping[str, Any], ttl: int) -> str:
         """``value`` with an ``exp`` ``ttl`` seconds ahead, as ``payload.mac`` (base64url)."""
+        return self.dumps_until(value, int(self._clock()) + ttl)
+
+    def dumps_until(self, value: Mapping[str, Any], exp: int) -> str:
+        """``value`` with the ``exp`` given (epoch seconds), as ``payload.mac`` (base64url)."""
         body = dict(value)
-        body["exp"] = int(self._clock()) + ttl
+        body["exp"] = exp
         payload = _b64(json.dumps(body, separators=(",", ":"), sort_keys=True).encode())
         return f"{payload}.{_b64(self.mac(payload.encode()))}"
 
     def loads(self, text: str | None) -> dict[str, Any] | None:
         """The value of a blob made by :meth:`dumps`, or None when forged, altered or expired."""
-        if not text or len(text) > MAX_PARAM_LENGTH * 2:
-            return None
+        value, _ = self.read(text)
+        return value
+
+    def read(self, text: str | None) -> tuple[dict[str, Any] | None, str]:
+        """``(value, "ok")`` for a valid blob, else ``(None, why)``: ``"missing"``,
+        ``"invalid"`` (forged, altered, not a blob) or ``"expired"`` (valid but past its
+        ``exp``). Only a blob whose MAC verifies can be called expired."""
+        if not text:
+            return None, "missing"
+        if len(text) > MAX_PARAM_LENGTH * 2:
+            return None, "invalid"
         payload, _, mac_text = text.partition(".")
         try:
             mac = _unb64(mac_text)
             if not std_hmac.compare_digest(mac, self.mac(payload.encode("ascii"))):
-                return None
+                return None, "invalid"
             value = json.loads(_unb64(payload))
         except (ValueError, UnicodeEncodeError):
-            return None
+            return None, "invalid"
         if not isinstance(value, dict) or not isinstance(value.get("exp"), int):
-            return None
+            return None, "invalid"
         if value["exp"] <= self._clock():
-            return None
-        return value
+            return None, "expired"
+        return value, "ok"
 
 
 # --- the pending request ---------------------------------------------------------------------
@@ -207,9 +241,15 @@ class PendingRequest:
     """Requested scopes, or None when the request had no ``scope``."""
     client_name: str = ""
     """The client's display name (from its metadata), for the pages."""
+    request_id: str = ""
+    """A random id given at ``/authorize``: the request is answered (Allow or Deny) once."""
+    expires_at: int = 0
+    """Epoch seconds after which the request is refused (``REQUEST_TTL`` after
+    ``/authorize``; every later page carries the same expiry)."""
 
     def as_dict(self) -> dict[str, Any]:
         return {
+            "rid": self.request_id,
             "cid": self.client_id,
             "ru": self.redirect_uri,
             "st": self.state,
@@ -230,7 +270,16 @@ class PendingRequest:
             resource=None if value.get("res") is None else str(value["res"]),
             scope=None if scope is None else tuple(str(s) for s in scope),
             client_name=str(value.get("cn") or value["cid"]),
+            request_id=str(value["rid"]),
+            expires_at=int(value["exp"]),
         )
+
+    def once_key(self) -> str:
+        """The replay-window key of this request: a SHA-256 digest of all it holds."""
+        body = json.dumps(
+            {**self.as_dict(), "exp": self.expires_at}, separators=(",", ":"), sort_keys=True
+        )
+        return "authorize-request:" + hashlib.sha256(body.encode()).hexdigest()
 
 
 class _PageError(Exception):
@@ -335,6 +384,55 @@ def _shown_target(redirect_uri: str) -> str:
     return f"{parts.scheme}:" + (f"//{parts.netloc}" if parts.netloc else "")
 
 
+def _query_pairs(request: Request) -> list[tuple[str, str]]:
+    """The query's parameters decoded strictly: bytes that are not UTF-8 stay visible (as
+    lone surrogates) for :func:`_check_characters` to refuse, never replaced by U+FFFD."""
+    raw: bytes = request.scope.get("query_string", b"")
+    try:
+        text = raw.decode("ascii")
+    except UnicodeDecodeError:
+        raise _PageError(
+            400,
+            "Invalid sign-in request",
+            "The request address holds characters that are not percent-encoded.",
+        ) from None
+    try:
+        return parse_qsl(
+            text,
+            keep_blank_values=True,
+            encoding="utf-8",
+            errors="surrogateescape",
+            max_num_fields=100,
+        )
+    except ValueError:
+        raise _PageError(400, "Invalid sign-in request", "The request is too large.") from None
+
+
+def _check_characters(name: str, value: str) -> None:
+    """Refuse (an error page, no redirect) a parameter that could not go back unchanged.
+
+    Not UTF-8 or holding control characters: refused for every parameter of the request.
+    ``state`` must be VSCHAR (``%x20-7E``, RFC 6749 §4.1.1, Appendix A.5) and at most
+    :data:`MAX_STATE_LENGTH` characters: the client compares it to what it sent, so an
+    altered one must never be sent back. Raises :class:`_PageError` (400).
+    """
+    if _NOT_UTF8.search(value):
+        raise _PageError(
+            400, "Invalid sign-in request", f"The {name} parameter is not valid UTF-8."
+        )
+    if name == "state" and (len(value) > MAX_STATE_LENGTH or not _VSCHAR.fullmatch(value)):
+        raise _PageError(
+            400,
+            "Invalid sign-in request",
+            "The state parameter may hold only printable ASCII characters (at most "
+            f"{MAX_STATE_LENGTH}); it could not be sent back unchanged, so sign-in stops here.",
+        )
+    if _CONTROL.search(value):
+        raise _PageError(
+            400, "Invalid sign-in request", f"The {name} parameter holds control characters."
+        )
+
+
 # --- the endpoint ----------------------------------------------------------------------------
 
 
@@ -373,7 +471,6 @@ class Authorizer:
             autoescape=True,
             undefined=jinja2.StrictUndefined,
         )
-
 
     @property
     def store(self) -> Store:
@@ -448,7 +545,11 @@ class Authorizer:
     def _error_redirect(self, pending: PendingRequest, error: _RedirectError) -> Response:
         log.info(
             json.dumps(
-                {"event": "authorize_refused", "error": error.error, "client_id": pending.client_id}
+                {
+                    "event": "authorize_refused",
+                    "error": error.error,
+                    **client_fields(pending.client_id, pending.client_name),
+                }
             )
         )
         location = _with_params(
@@ -532,11 +633,14 @@ class Authorizer:
     async def _check_request(self, request: Request) -> PendingRequest:
         params: dict[str, str] = {}
         resources: list[str] = []
-        for name, value in request.query_params.multi_items():
+        for name, value in _query_pairs(request):
+            if name not in _KNOWN:
+                continue  # unknown parameters are ignored (RFC 6749 §3.1)
             if len(value) > MAX_PARAM_LENGTH:
                 raise _PageError(
                     400, "Invalid sign-in request", f"The {name} parameter is too long."
                 )
+            _check_characters(name, value)
             if name == "resource":
                 if value:
                     resources.append(value)
@@ -568,7 +672,7 @@ class Authorizer:
                     {
                         "event": "authorize_refused",
                         "error": "invalid_redirect_uri",
-                        "client_id": client_id,
+                        **client_fields(client_id, client.client_name),
                     }
                 )
             )
@@ -587,6 +691,8 @@ class Authorizer:
             resource=None,
             scope=None,
             client_name=client.display_name,
+            request_id=secrets.token_urlsafe(16),
+            expires_at=int(self.clock()) + REQUEST_TTL,
         )
         try:
             return self._checked(params, resources, fallback)
@@ -634,6 +740,8 @@ class Authorizer:
             resource=resource,
             scope=scope,
             client_name=base.client_name,
+            request_id=base.request_id,
+            expires_at=base.expires_at,
         )
 
     async def _client(self, client_id: str) -> OAuthClient:
@@ -654,7 +762,7 @@ class Authorizer:
         except ClientMetadataError as exc:
             log.info(
                 json.dumps(
-                    {"event": "authorize_refused", "error": exc.code, "client_id": client_id}
+                    {"event": "authorize_refused", "error": exc.code, **client_fields(client_id)}
                 )
             )
             raise _PageError(
@@ -708,7 +816,7 @@ class Authorizer:
             redirect_uri=pending.redirect_uri,
             headers=headers,
             csrf_token=self._csrf_token(session),
-            request_blob=self._requests.dumps(pending.as_dict(), REQUEST_TTL),
+            request_blob=self._request_blob(pending),
             source_name=self.source.display_name,
             client_name=pending.client_name,
             error=error,
@@ -736,7 +844,7 @@ class Authorizer:
             "consent.html",
             redirect_uri=pending.redirect_uri,
             csrf_token=self._csrf_token(session),
-            request_blob=self._requests.dumps(pending.as_dict(), REQUEST_TTL),
+            request_blob=self._request_blob(pending),
             client_name=pending.client_name,
             client_id=pending.client_id,
             redirect_target=_shown_target(pending.redirect_uri),
@@ -804,20 +912,58 @@ class Authorizer:
 
     def _pending(self, form: Mapping[str, list[str]]) -> PendingRequest:
         blob = form.get("request", [""])
-        value = self._requests.loads(blob[0]) if len(blob) == 1 else None
-        if value is None:
+        value, why = self._requests.read(blob[0]) if len(blob) == 1 else (None, "invalid")
+        if why == "expired":
             raise _PageError(
                 400,
                 "This sign-in has expired",
-                "The sign-in request is missing or too old. Go back to the application and "
+                "The sign-in request is too old. Go back to the application and "
                 "start signing in again.",
+            )
+        if value is None:
+            raise _PageError(
+                400,
+                "This sign-in request is invalid",
+                "The sign-in request is missing, damaged or was changed. Go back to the "
+                "application and start signing in again.",
             )
         try:
             return PendingRequest.from_dict(value)
         except (KeyError, TypeError, ValueError):
             raise _PageError(
-                400, "Invalid sign-in request", "The sign-in request is damaged."
+                400, "This sign-in request is invalid", "The sign-in request is damaged."
             ) from None
+
+    def _request_blob(self, pending: PendingRequest) -> str:
+        """The hidden ``request`` field: signed again, with its first expiry kept."""
+        return self._requests.dumps_until(pending.as_dict(), pending.expires_at)
+
+    def _answer_once(self, pending: PendingRequest) -> None:
+        """Mark ``pending`` answered (Allow or Deny); raise a 400 page if it was already.
+
+        One authorization request gives at most one answer, so a consent form posted again
+        (replayed, double-clicked, or shown again from its URL) mints no second code. The
+        mark lives in the store's replay window until the request expires.
+        """
+        try:
+            first = self.store.remember_once(pending.once_key(), until=pending.expires_at)
+        except StoreUnavailable as exc:
+            raise self._store_down(exc) from None
+        if not first:
+            log.info(
+                json.dumps(
+                    {
+                        "event": "authorize_request_reused",
+                        **client_fields(pending.client_id, pending.client_name),
+                    }
+                )
+            )
+            raise _PageError(
+                400,
+                "This sign-in was already answered",
+                "This sign-in request has already been used. Go back to the application and "
+                "start signing in again.",
+            )
 
     def _store_down(self, exc: StoreUnavailable) -> _PageError:
         log.warning(json.dumps({"event": "store_unavailable", "error": exc.message}))
@@ -843,13 +989,24 @@ class Authorizer:
             address_key = f"login-failures:address:{address}"
             try:
                 limited = (
-                    self.store.peek_count(user_key) >= self.limits.per_user
-                    or self.store.peek_count(address_key) >= self.limits.per_address
+                    "user"
+                    if self.store.peek_count(user_key) >= self.limits.per_user
+                    else "address"
+                    if self.store.peek_count(address_key) >= self.limits.per_address
+                    else None
                 )
             except StoreUnavailable as exc:
                 raise self._store_down(exc) from None
-            if limited:
-                log.info(json.dumps({"event": "login_rate_limited"}))
+            # Untrusted values (the name) are escaped by json.dumps: one line, no forgery.
+            attempt = {
+                "user": username,
+                "address": address,
+                **client_fields(pending.client_id, pending.client_name),
+            }
+            if limited is not None:
+                log.warning(
+                    json.dumps({"event": "login_rate_limited", **attempt, "limit": limited})
+                )
                 return self._login_page(
                     pending,
                     session,
@@ -865,7 +1022,9 @@ class Authorizer:
                     self.store.count(address_key, window=self.limits.window)
                 except StoreUnavailable as exc:
                     raise self._store_down(exc) from None
-                log.info(json.dumps({"event": "login_failed", "client_id": pending.client_id}))
+                # Unknown user or wrong password: one event, told apart neither here nor
+                # on the page (no user enumeration through the logs either).
+                log.warning(json.dumps({"event": "login_failed", **attempt}))
                 return self._login_page(
                     pending,
                     session,
@@ -882,7 +1041,13 @@ class Authorizer:
         except JwtMcpError as exc:  # the identity source itself is unusable
             return self._error_page(self._source_down(exc))
         log.info(
-            json.dumps({"event": "login", "sub": identity.subject, "client_id": pending.client_id})
+            json.dumps(
+                {
+                    "event": "login",
+                    "sub": identity.subject,
+                    **client_fields(pending.client_id, pending.client_name),
+                }
+            )
         )
         signed_in = {
             "sid": secrets.token_urlsafe(24),  # a new id at login: no session fixation
@@ -890,9 +1055,7 @@ class Authorizer:
             "src": identity.source_id,
             "at": int(self.clock()),
         }
-        location = "/authorize/consent?" + urlencode(
-            {"request": self._requests.dumps(pending.as_dict(), REQUEST_TTL)}
-        )
+        location = "/authorize/consent?" + urlencode({"request": self._request_blob(pending)})
         response = self._redirect(location, pending.redirect_uri)
         self._set_session(response, signed_in)
         return response
@@ -925,6 +1088,7 @@ class Authorizer:
                 return self._login_page(pending, session)
             decision = form.get("decision", [""])
             if decision == ["deny"]:
+                self._answer_once(pending)
                 return self._error_redirect(
                     pending, _RedirectError("access_denied", "the user denied the request")
                 )
@@ -942,6 +1106,7 @@ class Authorizer:
                 return await self._consent_or_error(
                     pending, session, identity, error="Choose at least one tool, or Deny."
                 )
+            self._answer_once(pending)
             auth_time = session.get("at")
             grant = {
                 "client_id": pending.client_id,
@@ -966,7 +1131,7 @@ class Authorizer:
             json.dumps(
                 {
                     "event": "code_issued",
-                    "client_id": pending.client_id,
+                    **client_fields(pending.client_id, pending.client_name),
                     "sub": identity.subject,
                     "scope": grant["scope"],
                     "aud": resource,

@@ -68,11 +68,13 @@ from .issuer import (
     parse_basic,
 )
 from .keys import RingWatcher
+from .logfields import client_fields
 from .pkce import verify_code_verifier
 from .resolver import ClientResolver
 from .store import (
     DEFAULT_REFRESH_IDLE_TTL,
     DEFAULT_REFRESH_MAX_TTL,
+    MAX_CODE_TTL,
     CodeRedemption,
     RefreshFamily,
     Rotation,
@@ -94,6 +96,10 @@ REFRESH_TOKEN = "refresh_token"  # noqa: S105 - a grant type
 GRANT_TYPES = (AUTHORIZATION_CODE, REFRESH_TOKEN)
 
 T = TypeVar("T")
+
+
+_REFUSED_CODE = "code-refused:"
+"""Counter key prefix (+ the code's family id) marking a code whose first use was refused."""
 
 
 def _invalid_grant(description: str) -> OAuthError:
@@ -132,6 +138,8 @@ class TokenClient:
     client_id: str
     grant_types: tuple[str, ...]
     confidential: bool
+    client_name: str | None = None
+    """The client's ``client_name`` (for log lines), when it has one."""
 
 
 @dataclass(frozen=True)
@@ -292,7 +300,12 @@ class InteractiveGrants:
             except OAuthClientError:
                 known = None
             grant_types = known.grant_types if known is not None else GRANT_TYPES
-            return TokenClient(client_id, tuple(grant_types), confidential=True)
+            return TokenClient(
+                client_id,
+                tuple(grant_types),
+                confidential=True,
+                client_name=None if known is None else known.client_name,
+            )
         cached = self._registered.get(client_id)
         if cached is not None:
             return cached
@@ -314,7 +327,12 @@ class InteractiveGrants:
                 "supported by this issuer's token endpoint",
                 401,
             )
-        public = TokenClient(client.client_id, tuple(client.grant_types), confidential=False)
+        public = TokenClient(
+            client.client_id,
+            tuple(client.grant_types),
+            confidential=False,
+            client_name=client.client_name,
+        )
         if client.source == "registered":
             if len(self._registered) >= MAX_CACHED_REGISTRATIONS:
                 self._registered.pop(next(iter(self._registered)))  # the oldest
@@ -335,15 +353,19 @@ class InteractiveGrants:
                     f"this client is not registered for the {grant_type} grant",
                 )
             issued = await grant.issue(client, form)
-            return self.respond(issued, grant_type)
+            return self.respond(issued, grant_type, client.client_name)
         except OAuthError as exc:
             exc.client_id = client.client_id
+            exc.client_name = client.client_name
             raise
 
     # -- the answer (RFC 6749 §5.1) ---------------------------------------------------------
 
-    def respond(self, issued: IssuedTokens, grant_type: str) -> _Encoded:
-        """Mint the RFC 9068 access token and build the §5.1 JSON answer."""
+    def respond(
+        self, issued: IssuedTokens, grant_type: str, client_name: str | None = None
+    ) -> _Encoded:
+        """Mint the RFC 9068 access token and build the §5.1 JSON answer (``client_name``
+        is for the log line)."""
         ring = self.rings.current()
         lifetime = min(self.default_ttl, ring.max_lifetime)
         if issued.max_lifetime is not None:
@@ -371,7 +393,7 @@ class InteractiveGrants:
                     {
                         "event": "token_issued",
                         "grant_type": grant_type,
-                        "client_id": issued.client_id,
+                        **client_fields(issued.client_id, client_name),
                         "sub": issued.subject,
                         "scope": claims["scope"],
                         "aud": claims["aud"],
@@ -412,7 +434,9 @@ class AuthorizationCodeGrant:
     consumes it: a thief guessing verifiers gets one try, and the rightful client's later
     attempt is a *reuse*. A reused code is ``invalid_grant`` and the store revokes the refresh
     family started by its first use (OAuth 2.1 §4.1.3), so the refresh token from that
-    exchange stops working. Then, each refused with ``invalid_grant`` (nothing issued): a
+    exchange stops working; its description says whether tokens had been issued from the
+    code or its first use was refused (a counter ``code-refused:<family id>`` marks that for
+    120 s). Then, each refused with ``invalid_grant`` (nothing issued, the code used up): a
     code issued to another client, another ``redirect_uri`` than in the authorization
     request, a missing, malformed or wrong ``code_verifier``. A ``resource`` that is not the
     approved one is ``invalid_target``. Codes live at most 60 s (the store's limit).
@@ -451,24 +475,37 @@ class AuthorizationCodeGrant:
                 json.dumps(
                     {
                         "event": "code_reused",
-                        "client_id": client.client_id,
+                        **client_fields(client.client_id, client.client_name),
                         "family_id": redemption.family_id,
                     }
                 )
             )
+            refused_key = _REFUSED_CODE + redemption.family_id
+            refused_before = await self.grants.call_store(
+                lambda store: store.peek_count(refused_key)
+            )
+            if refused_before:
+                raise _invalid_grant(
+                    "the authorization code was used already by a request that was refused, "
+                    "so no tokens were issued from it; start the sign-in again"
+                )
             raise _invalid_grant(
-                "the authorization code was used already; tokens issued from it are revoked"
+                "the authorization code was used already; the tokens issued from it are "
+                "revoked; start the sign-in again"
             )
         try:
             grant = self._check(client, form, redemption)
-        except OAuthError:
-            if refresh_token is not None:
-                family_id = redemption.family_id
-                await self.grants.call_store(
-                    lambda store: store.revoke_families(
-                        family_id=family_id, reason="authorization code refused"
-                    )
-                )
+        except OAuthError as exc:
+            family_id = redemption.family_id
+
+            def refuse(store: Store) -> None:
+                # Marked so that a later attempt can say nothing was issued from this code.
+                store.count(_REFUSED_CODE + family_id, window=2 * MAX_CODE_TTL)
+                if refresh_token is not None:
+                    store.revoke_families(family_id=family_id, reason="authorization code refused")
+
+            await self.grants.call_store(refuse)
+            exc.description += "; the code is used up: start the sign-in again"
             raise
         resource = str(grant.get("resource"))
         scopes = tuple(str(grant.get("scope", "")).split())
@@ -558,7 +595,7 @@ class RefreshTokenGrant:
                     json.dumps(
                         {
                             "event": "refresh_token_" + rotation.status,
-                            "client_id": client.client_id,
+                            **client_fields(client.client_id, client.client_name),
                             "family_id": family.family_id,
                         }
                     )

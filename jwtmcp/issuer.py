@@ -55,6 +55,7 @@ from .clients import Client, ClientsWatcher, ClientTable, ensure_clients
 from .errors import ConfigError, JwtMcpError
 from .identifiers import canonical_issuer, canonical_or_none
 from .keys import KeyRing, RingWatcher, ensure_ring
+from .logfields import client_fields, short_client_id
 from .numeric import parse_whole_number
 from .server import ServerLimits, bind_socket
 from .server import run as run_server
@@ -235,6 +236,7 @@ class OAuthError(Exception):
         self.status = status
         self.headers = dict(headers or {})
         self.client_id: str | None = None  # for the log, once the caller is known
+        self.client_name: str | None = None  # likewise, when the client has a name
 
     def encoded(self) -> _Encoded:
         body = json.dumps({"error": self.error, "error_description": self.description}).encode()
@@ -571,7 +573,11 @@ class IssuerService:
             if log.isEnabledFor(logging.INFO):
                 log.info(
                     json.dumps(
-                        {"event": "token_refused", "error": exc.error, "client_id": exc.client_id}
+                        {
+                            "event": "token_refused",
+                            "error": exc.error,
+                            **client_fields(exc.client_id, exc.client_name),
+                        }
                     )
                 )
             body, status, headers = exc.encoded()
@@ -727,7 +733,7 @@ class IssuerService:
                 json.dumps(
                     {
                         "event": "token_issued",
-                        "client_id": client.client_id,
+                        "client_id": short_client_id(client.client_id),
                         "sub": client.subject,
                         "scope": granted_scope,
                         "aud": claims["aud"],

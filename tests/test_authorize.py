@@ -10,14 +10,16 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import hashlib
 import json
+import logging
 import re
 import sqlite3
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlencode, urlsplit
+from urllib.parse import parse_qs, parse_qsl, urlencode, urlsplit
 
 import httpx2
 import pytest
@@ -746,3 +748,252 @@ def test_first_serve_prints_a_demo_user_who_can_sign_in(tmp_path: Path) -> None:
         assert (tmp_path / "users.json").exists() and (tmp_path / "jwtmcp-state.db").exists()
     with issuer_process(tmp_path) as again:
         assert "user password" not in again.stdout()
+
+
+# --- a pending request is used once -----------------------------------------------------------
+
+
+def consent_form(http: httpx2.Client, world: World, client_id: str) -> dict[str, Any]:
+    """Signed in as alice: the fields of the consent form (ticked boxes), ready to post."""
+    html = login_page(http, world.authorize_url(client_id))
+    consent = http.get(
+        world.base + post_login(http, world, html, "alice", PASSWORD).headers["location"]
+    )
+    return form_fields(consent.text, "/authorize/consent")
+
+
+def stored_codes(world: World) -> int:
+    with contextlib.closing(sqlite3.connect(world.directory / "state.db")) as db:
+        return int(db.execute("SELECT count(*) FROM codes").fetchone()[0])
+
+
+@pytest.mark.parametrize("second", ["approve", "deny"])
+def test_a_consent_form_posted_twice_gives_one_code(world: World, second: str) -> None:
+    with browser() as http:
+        fields = consent_form(http, world, world.register())
+        first = http.post(f"{world.base}/authorize/consent", data={**fields, "decision": "approve"})
+        again = http.post(f"{world.base}/authorize/consent", data={**fields, "decision": second})
+    assert first.status_code == 303 and "code=" in first.headers["location"]
+    assert_error_page(again, "already been used")
+    assert stored_codes(world) == 1
+
+
+def test_a_consent_page_shown_again_for_a_used_request_gives_no_second_code(
+    world: World,
+) -> None:
+    with browser() as http:
+        fields = consent_form(http, world, world.register())
+        first = http.post(f"{world.base}/authorize/consent", data={**fields, "decision": "approve"})
+        world.clock.advance(1)  # the page is shown again, later
+        shown = http.get(
+            f"{world.base}/authorize/consent?" + urlencode({"request": fields["request"]})
+        )
+        refreshed = form_fields(shown.text, "/authorize/consent")
+        again = http.post(
+            f"{world.base}/authorize/consent", data={**refreshed, "decision": "approve"}
+        )
+    assert first.status_code == 303
+    assert_error_page(again, "already been used")
+    assert stored_codes(world) == 1
+
+
+def test_a_consent_form_denied_then_approved_gives_no_code(world: World) -> None:
+    with browser() as http:
+        fields = consent_form(http, world, world.register())
+        first = http.post(f"{world.base}/authorize/consent", data={**fields, "decision": "deny"})
+        again = http.post(f"{world.base}/authorize/consent", data={**fields, "decision": "approve"})
+    assert error_redirect(first)["error"] == "access_denied"
+    assert_error_page(again, "already been used")
+    assert stored_codes(world) == 0
+
+
+# --- echoed parameters are refused, never altered ---------------------------------------------
+
+
+def raw_authorize_url(world: World, client_id: str, /, **raw: str) -> str:
+    """``authorize_url`` with some parameters given already percent-encoded, as sent."""
+    parts = urlsplit(world.authorize_url(client_id))
+    kept = [(k, v) for k, v in parse_qsl(parts.query) if k not in raw]
+    return f"{world.base}/authorize?{urlencode(kept)}" + "".join(
+        f"&{name}={value}" for name, value in raw.items()
+    )
+
+
+@pytest.mark.parametrize(
+    "state",
+    [
+        pytest.param("%ff%fe%00%0d%0a", id="review-case"),
+        pytest.param("ab%ffcd", id="invalid-utf8"),
+        pytest.param("a%00b", id="nul"),
+        pytest.param("a%0d%0aLocation:x", id="crlf"),
+        pytest.param("a%09b", id="tab"),
+        pytest.param("a%7fb", id="del"),
+        pytest.param("caf%C3%A9", id="non-ascii-utf8"),
+        pytest.param("x" * 2049, id="too-long"),
+    ],
+)
+def test_a_state_outside_vschar_is_an_error_page_not_an_altered_redirect(
+    world: World, state: str
+) -> None:
+    with browser() as http:
+        response = http.get(raw_authorize_url(world, world.register(), state=state))
+    assert_error_page(response, "state")
+
+
+def test_a_state_of_every_vschar_comes_back_unchanged(world: World) -> None:
+    state = "".join(chr(c) for c in range(0x20, 0x7F)) + "x" * 1953  # 2048 characters
+    result = sign_in(world.authorize_url(world.register(), state=state))
+    assert result.params["state"] == state and result.code
+
+
+@pytest.mark.parametrize(
+    "name", ["scope", "resource", "redirect_uri", "code_challenge", "client_id", "response_type"]
+)
+def test_a_parameter_that_is_not_utf8_is_an_error_page_not_replaced(
+    world: World, name: str
+) -> None:
+    client_id = world.register()
+    good = parse_qs(urlsplit(world.authorize_url(client_id)).query)[name][0]
+    with browser() as http:
+        response = http.get(
+            raw_authorize_url(world, client_id, **{name: urlencode({"": good})[1:] + "%ff"})
+        )
+    assert_error_page(response, name, "UTF-8")
+
+
+@pytest.mark.parametrize("name", ["scope", "resource", "redirect_uri", "code_challenge"])
+def test_a_parameter_with_control_characters_is_an_error_page(world: World, name: str) -> None:
+    client_id = world.register()
+    good = parse_qs(urlsplit(world.authorize_url(client_id)).query)[name][0]
+    with browser() as http:
+        response = http.get(
+            raw_authorize_url(world, client_id, **{name: urlencode({"": good})[1:] + "%0d%0a"})
+        )
+    assert_error_page(response, name, "control characters")
+
+
+# --- failed and refused logins are logged -----------------------------------------------------
+
+TRICKY_NAME = 'eve\n{"event": "login", "sub": "alice"}\u2028<b>'
+SECRET = "hunter2-never-logged"
+
+
+def sign_in_events(caplog: pytest.LogCaptureFixture, event: str) -> list[dict[str, Any]]:
+    """The JSON log lines of ``event`` from the sign-in pages, each checked to be one line."""
+    found = []
+    for record in caplog.records:
+        if record.name != "jwtmcp.authorize":
+            continue
+        message = record.getMessage()
+        assert "\n" not in message and "\r" not in message and "\u2028" not in message
+        line = json.loads(message)
+        if line["event"] == event:
+            found.append(line)
+    return found
+
+
+def test_a_failed_login_is_logged_with_the_name_escaped_and_the_address(
+    world: World, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="jwtmcp.authorize")
+    with browser() as http:
+        html = login_page(http, world.authorize_url(world.register()))
+        assert post_login(http, world, html, TRICKY_NAME, SECRET).status_code == 401
+    (line,) = sign_in_events(caplog, "login_failed")
+    assert line["user"] == TRICKY_NAME and line["address"] == "127.0.0.1"
+    assert SECRET not in caplog.text
+
+
+def test_unknown_user_and_wrong_password_are_logged_alike(
+    world: World, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="jwtmcp.authorize")
+    with browser() as http:
+        html = login_page(http, world.authorize_url(world.register()))
+        post_login(http, world, html, "nobody", SECRET)
+        post_login(http, world, html, "alice", SECRET)
+    unknown, wrong = sign_in_events(caplog, "login_failed")
+    assert (unknown["user"], wrong["user"]) == ("nobody", "alice")
+    assert {**unknown, "user": "X"} == {**wrong, "user": "X"}
+    assert SECRET not in caplog.text
+
+
+def test_a_locked_out_login_is_logged_with_the_name_and_address(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="jwtmcp.authorize")
+    limits = LoginLimits(per_user=1, per_address=100, window=60)
+    with make_world(tmp_path, limits=limits) as w, browser() as http:
+        html = login_page(http, w.authorize_url(w.register()))
+        post_login(http, w, html, TRICKY_NAME, "wrong")
+        assert post_login(http, w, html, TRICKY_NAME, SECRET).status_code == 429
+    (line,) = sign_in_events(caplog, "login_rate_limited")
+    assert line["user"] == TRICKY_NAME and line["address"] == "127.0.0.1"
+    assert line["limit"] == "user"
+    assert SECRET not in caplog.text
+
+
+# --- messages say what happened ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("blob", ["abc.def", "", "x" * 40, "eyJ9.AAAA"])
+def test_a_tampered_pending_request_is_called_invalid_not_expired(world: World, blob: str) -> None:
+    with browser() as http:
+        response = http.get(f"{world.base}/authorize/consent?" + urlencode({"request": blob}))
+    assert_error_page(response, "invalid")
+    assert "expired" not in page_text(response.text)
+
+
+def test_an_altered_pending_request_posted_to_login_is_called_invalid(world: World) -> None:
+    with browser() as http:
+        html = login_page(http, world.authorize_url(world.register()))
+        fields = form_fields(html, "/authorize/login")
+        payload, mac = fields["request"].split(".")
+        fields["request"] = payload + "." + mac[:-2] + ("AA" if mac[-2:] != "AA" else "BB")
+        response = http.post(
+            f"{world.base}/authorize/login",
+            data={**fields, "username": "alice", "password": PASSWORD},
+        )
+    assert_error_page(response, "invalid")
+    assert "expired" not in page_text(response.text)
+
+
+def test_an_expired_pending_request_is_still_called_expired(world: World) -> None:
+    with browser() as http:
+        html = login_page(http, world.authorize_url(world.register()))
+        blob = form_fields(html, "/authorize/login")["request"]
+        world.clock.advance(601)
+        response = http.get(f"{world.base}/authorize/consent?" + urlencode({"request": blob}))
+    assert_error_page(response, "expired")
+    assert "invalid" not in page_text(response.text)
+
+
+# --- log lines name a registered client briefly -----------------------------------------------
+
+
+def logged_client_lines(caplog: pytest.LogCaptureFixture) -> list[dict[str, Any]]:
+    lines = [json.loads(r.getMessage()) for r in caplog.records if r.name.startswith("jwtmcp")]
+    return [line for line in lines if isinstance(line, dict) and "client_id" in line]
+
+
+def test_sign_in_log_lines_name_a_registered_client_by_a_short_stable_id_and_its_name(
+    world: World, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="jwtmcp")
+    client_id = world.register(name="Test App")
+    with browser() as http:
+        html = login_page(http, world.authorize_url(client_id))
+        post_login(http, world, html, "alice", "wrong")
+    sign_in(world.authorize_url(client_id))
+    sign_in(world.authorize_url(client_id), decision="deny")
+    short = "dcr1:" + hashlib.sha256(client_id.encode()).hexdigest()[:16]
+    lines = logged_client_lines(caplog)
+    assert {line["event"] for line in lines} >= {
+        "login_failed",
+        "login",
+        "code_issued",
+        "authorize_refused",
+    }
+    assert all(line["client_id"] == short for line in lines), lines
+    assert all(line["client_name"] == "Test App" for line in lines), lines
+    assert client_id not in caplog.text

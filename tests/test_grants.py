@@ -8,7 +8,9 @@ way it makes them, by :meth:`Store.put_code` with a record that follows the sign
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
+import logging
 import os
 import sqlite3
 import subprocess
@@ -279,6 +281,28 @@ def test_a_reused_code_is_refused_and_the_refresh_token_of_its_first_use_is_revo
     assert first.status_code == 200, first.text
     assert "used already" in _refused(world.exchange(code), "invalid_grant")
     _refused(world.refresh(first.json()["refresh_token"]), "invalid_grant")
+
+
+@pytest.mark.parametrize("refresh", [True, False], ids=["with-refresh", "code-only"])
+def test_a_code_reused_after_a_refused_exchange_says_it_is_used_up_and_nothing_was_issued(
+    world: World, refresh: bool
+) -> None:
+    client_id = world.public_id if refresh else CODE_ONLY_CLIENT
+    code = world.code(client_id)
+    first = _refused(world.exchange(code, client_id, code_verifier="w" * 64), "invalid_grant")
+    again = _refused(world.exchange(code, client_id), "invalid_grant")
+    assert "used up" in first and "start the sign-in again" in first
+    assert "no tokens were issued" in again and "start the sign-in again" in again
+    assert "revoked" not in again
+
+
+def test_a_code_reused_after_tokens_were_issued_says_they_are_revoked(world: World) -> None:
+    code = world.code()
+    assert world.exchange(code).status_code == 200
+    first_reuse = _refused(world.exchange(code), "invalid_grant")
+    second_reuse = _refused(world.exchange(code), "invalid_grant")
+    assert "revoked" in first_reuse and "start the sign-in again" in first_reuse
+    assert second_reuse == first_reuse
 
 
 def test_a_refused_code_exchange_leaves_no_refresh_family(world: World) -> None:
@@ -578,3 +602,28 @@ def test_jwtmcp_serve_refuses_a_refresh_lifetime_of_zero(tmp_path: Path) -> None
     refused = _cli("serve", "--refresh-idle", "0", "--keys", str(tmp_path / "keys"))
     assert refused.returncode == 2
     assert "--refresh-idle" in refused.stderr and refused.stderr.count("\n") == 1
+
+
+def test_grant_log_lines_name_a_registered_client_by_a_short_stable_id_and_its_name(
+    world: World, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="jwtmcp")
+    code = world.code()
+    world.exchange(code)
+    world.exchange(code)
+    world.exchange(world.code(), code_verifier="w" * 64)
+    refresh_token = world.signed_in()["refresh_token"]
+    world.refresh(refresh_token)
+    world.refresh(refresh_token)
+    short = "dcr1:" + hashlib.sha256(world.public_id.encode()).hexdigest()[:16]
+    lines = [json.loads(r.getMessage()) for r in caplog.records if r.name.startswith("jwtmcp")]
+    lines = [line for line in lines if isinstance(line, dict) and "client_id" in line]
+    assert {line["event"] for line in lines} >= {
+        "token_issued",
+        "code_reused",
+        "token_refused",
+        "refresh_token_reused",
+    }
+    assert all(line["client_id"] == short for line in lines), lines
+    assert all(line["client_name"] == "Public" for line in lines), lines
+    assert world.public_id not in caplog.text
