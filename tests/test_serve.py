@@ -327,3 +327,12 @@ def test_what_serve_creates_in_the_checkout_is_git_ignored(name: str) -> None:
         ["git", "check-ignore", "--no-index", "-q", name], cwd=repo, check=False, timeout=30
     )
     assert ignored.returncode == 0, f"{name} is not git-ignored"
+
+
+def test_banner_default_issuer_is_the_one_the_cli_assumes() -> None:
+    # The banner prints `export JWTMCP_ISSUER=...` only for an issuer other than the CLI's
+    # default; if the two constants drift apart, the default port's banner would omit it.
+    from jwtmcp.cli import DEFAULT_ISSUER
+    from jwtmcp.issuer import TOUR_DEFAULT_ISSUER
+
+    assert TOUR_DEFAULT_ISSUER == DEFAULT_ISSUER
