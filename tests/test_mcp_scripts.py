@@ -190,3 +190,21 @@ def test_call_tool_oauth_names_an_issuer_mismatch_and_the_fix_in_one_line(setup:
     assert "http://127.0.0.1:9" in lines[0] and setup.issuer in lines[0]
     assert "--issuer" in lines[0] and "JWTMCP_ISSUER" in lines[0]
     assert setup.secret not in done.stderr
+
+
+def test_math_server_whoami_tells_the_caller_what_its_verified_token_says(setup: Setup) -> None:
+    # The README's math_server.py excerpt shows current_caller() through this tool.
+    token = mint(
+        setup.ring.active.signing_key,
+        issuer=setup.issuer,
+        subject="alice",
+        audience=setup.url,
+        client_id="robot",
+        tools=["add", "whoami"],
+    )
+    done = script("call_tool.py", "--url", setup.url, "--token", token, "whoami")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == [
+        "tools this token may call: add, whoami",
+        "alice via robot, scopes tool:add tool:whoami",
+    ]
