@@ -122,9 +122,11 @@ def check_client_id_url(client_id: str, *, allow_loopback_http: bool = False) ->
         raise bad("it must not hold a fragment")
     try:
         parts = urlsplit(client_id)
-        parts.port  # noqa: B018 - raises ValueError for a malformed port
+        port = parts.port  # raises ValueError for a malformed port
     except ValueError:
         raise bad("it does not parse") from None
+    if port == 0:
+        raise bad("port 0 is no server's port")
     if parts.scheme != "https":
         loopback = bool(parts.hostname) and is_loopback_host(parts.hostname or "")
         if not (parts.scheme == "http" and allow_loopback_http and loopback):
@@ -133,10 +135,53 @@ def check_client_id_url(client_id: str, *, allow_loopback_http: bool = False) ->
         raise bad("it must not hold a user name or password")
     if not parts.hostname:
         raise bad("it must name a host")
+    problem = host_problem(parts.netloc.rpartition("@")[2])
+    if problem is not None:
+        raise bad(problem)
     if parts.path in ("", "/"):
         raise bad("it must have a path")
     if any(segment in (".", "..") for segment in parts.path.split("/")):
         raise bad("its path must not hold . or .. segments")
+
+
+_DNS_LABEL = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
+_NUMERIC_LABEL = re.compile(r"[0-9]+|0x[0-9a-f]*")
+
+
+def host_problem(hostport: str) -> str | None:
+    """Why the host of ``hostport`` (a URL's authority without userinfo) can never be fetched,
+    or None when it is an IP literal or a DNS name.
+
+    A host is an IPv6 literal in brackets without a zone (RFC 3986 §3.2.2, RFC 6874 zones are
+    refused), an IPv4 address in any form the system resolver reads as one (``127.1``,
+    ``0x7f.1``; the address is judged later), or a DNS name (RFC 1123 §2.1, RFC 1035 §2.3.4):
+    letters, digits and ``-`` in labels of 1-63 characters that neither start nor end with
+    ``-``, at most 253 characters, an optional final ``.``, a last label that is not a number.
+    Anything else (a percent-escape, ``_``, an empty label) no lookup can ever find, so it is
+    refused for good rather than reported as a DNS outage.
+    """
+    if hostport.startswith("["):
+        literal = hostport[1:].partition("]")[0]
+        if "%" in literal:
+            return "its IPv6 host must not hold a zone"
+        try:
+            ipaddress.IPv6Address(literal)
+        except ValueError:
+            return "its bracketed host is not an IPv6 address"
+        return None
+    host = hostport.partition(":")[0].lower()
+    name = host[:-1] if host.endswith(".") else host
+    labels = name.split(".")
+    if _NUMERIC_LABEL.fullmatch(labels[-1]):
+        # The WHATWG URL and the system resolver read such a host as an IPv4 address.
+        try:
+            socket.inet_aton(name)
+        except OSError:
+            return "its host ends in a number but is not an IPv4 address"
+        return None
+    if len(name) > 253 or not all(_DNS_LABEL.fullmatch(label) for label in labels):
+        return "its host is not a DNS name (letters, digits and '-' in dot-separated labels)"
+    return None
 
 
 # --- addresses ---------------------------------------------------------------------------

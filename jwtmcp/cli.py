@@ -39,7 +39,7 @@ from .tokens import DEFAULT_LIFETIME, DEFAULT_MAX_LIFETIME, Clock, mint, tool_sc
 PROG = "jwtmcp"
 DEFAULT_KEYS_DIR = "keys"
 DEFAULT_CLIENTS_FILE = "clients.json"
-DEFAULT_ISSUER = "http://127.0.0.1:8000"
+DEFAULT_ISSUER = "http://127.0.0.1:8000"  # = issuer.TOUR_DEFAULT_ISSUER
 ENV_KEYS = "JWTMCP_KEYS"
 ENV_CLIENTS = "JWTMCP_CLIENTS"
 ENV_ISSUER = "JWTMCP_ISSUER"
@@ -645,17 +645,23 @@ def _add_issuer_flag(
 
 
 def _add_grant_flags(
-    parser: argparse.ArgumentParser, *, holder: str, verb: str, whose: str
+    parser: argparse.ArgumentParser,
+    *,
+    holder: str,
+    verb: str,
+    whose: str,
+    required: bool = True,
 ) -> None:
     """``--tools``, ``--audience`` (``--aud``), ``--max-ttl``: what ``holder`` may be granted.
 
-    Shared by ``clients add`` (``holder="the client"``) and ``users add``; read them back
-    with :func:`tool_names` and :func:`audience_urls`.
+    Shared by ``clients add`` (``holder="the client"``), ``users add`` and ``users set``
+    (``required=False``: each flag given replaces that grant); read them back with
+    :func:`tool_names` and :func:`audience_urls`.
     """
     parser.add_argument(
         "--tools",
         action="append",
-        required=True,
+        required=required,
         metavar="A,B",
         help=f"tools {holder} may {verb}, comma-separated ('*' and 'prefix*' allowed); "
         "repeatable",
@@ -665,7 +671,7 @@ def _add_grant_flags(
         "--audience",
         "--aud",
         action="append",
-        required=True,
+        required=required,
         metavar="URL",
         help=f"an MCP server (resource URL) {holder} may get tokens for; repeatable",
     )

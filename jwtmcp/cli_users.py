@@ -126,6 +126,28 @@ def cmd_users_set_password(args: argparse.Namespace, clock: Clock) -> int:
     return 0
 
 
+def cmd_users_set(args: argparse.Namespace, clock: Clock) -> int:
+    from .users import update_user
+
+    if args.tools is None and args.audience is None and args.max_ttl is None:
+        raise CliError("users set changes nothing; give --tools, --audience or --max-ttl")
+    where = users_file(args)
+    user = update_user(
+        where,
+        args.name,
+        tools=None if args.tools is None else tool_names(args.tools),
+        audiences=None if args.audience is None else audience_urls(args.audience),
+        max_ttl=args.max_ttl,
+    )
+    print(f"updated user {user.name!r} in {where}; the password is unchanged")
+    print_grants(user.allowed_scopes, user.audiences, user.max_ttl)
+    print(
+        "their next sign-in and the next refresh of their sessions get these grants; "
+        "access tokens already issued keep theirs until they expire"
+    )
+    return 0
+
+
 def _add_users_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--users",
@@ -145,10 +167,11 @@ def _add_password_stdin_flag(parser: argparse.ArgumentParser) -> None:
 
 
 def add_users_commands(commands: Any) -> None:
-    """Add ``users add|list|remove|set-password`` to the ``jwtmcp`` subcommands."""
+    """Add ``users add|list|set|remove|set-password`` to the ``jwtmcp`` subcommands."""
     users = commands.add_parser(
         "users",
-        help="manage people who sign in on the login page (add, list, remove, set-password)",
+        help="manage people who sign in on the login page (add, list, set, remove, "
+        "set-password)",
         description="Manage the people who may sign in to the issuer's login page (the OAuth "
         "authorization code flow of interactive MCP clients). Users live in a JSON file "
         "beside the clients file; only Argon2id password hashes are stored. Each user has "
@@ -158,6 +181,7 @@ examples:
   {PROG} users add alice --tools add,subtract --audience http://127.0.0.1:8001/mcp
   printf '%s\\n' "$PASSWORD" | {PROG} users add bob --tools '*' --audience URL --password-stdin
   {PROG} users list
+  {PROG} users set alice --tools add --max-ttl 600
   {PROG} users set-password alice
   {PROG} users remove alice
 """,
@@ -193,6 +217,22 @@ examples:
     )
     _add_users_flag(p)
     p.set_defaults(func=cmd_users_list)
+
+    p = cmds.add_parser(
+        "set",
+        help="change a user's tools, audiences or token lifetime (not their password)",
+        description="Change what user NAME may approve: each of --tools, --audience and "
+        "--max-ttl given replaces that grant; the others, the password and the name and "
+        "email claims stay. Their next sign-in and the next refresh of their sessions get "
+        "the new grants; access tokens already issued keep theirs until they expire.",
+        epilog=f"example:\n  {PROG} users set alice --tools add,subtract --audience "
+        "https://a.example/mcp --max-ttl 600\n",
+        formatter_class=_Formatter,
+    )
+    p.add_argument("name", metavar="NAME", help="the user name")
+    _add_grant_flags(p, holder="the user", verb="approve", whose="their", required=False)
+    _add_users_flag(p)
+    p.set_defaults(func=cmd_users_set)
 
     p = cmds.add_parser(
         "remove",

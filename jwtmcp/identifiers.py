@@ -12,22 +12,29 @@ The canonical form (RFC 3986 §6.2.2 and §6.2.3 normalization, plus the trailin
 
 - the scheme, ``http`` or ``https``, in lower case;
 - the host in lower case (an IPv6 literal compressed, in brackets);
-- no port when it is the scheme's default (80, 443), else the port in plain decimal;
+- no port when it is the scheme's default (80, 443), else the port in plain decimal:
+  a port is one or more ASCII digits (RFC 3986 §3.2.3), its leading zeros do not change
+  it (``:08001`` and ``:018800`` are ``:8001`` and ``:18800``, as in WHATWG URL parsing),
+  and an empty port is no port (§6.2.3);
 - percent-encodings with upper-case hex digits, those of unreserved characters
   (letters, digits, ``-._~``) decoded;
-- no trailing ``/``: ``https://a.example/`` is ``https://a.example`` and
-  ``https://m.example/mcp/`` is ``https://m.example/mcp``. RFC 8414 §3.1 and RFC 9728 §3.1
-  drop a terminating ``/`` before inserting the well-known path, so both spellings
-  already share one metadata document; the MCP authorization spec asks for the form
-  without the slash; and the MCP SDK's URL type writes an empty path as ``/``;
+- no trailing ``/``: exactly one trailing ``/`` is dropped, ``https://a.example/`` is
+  ``https://a.example`` and ``https://m.example/mcp/`` is ``https://m.example/mcp``.
+  RFC 8414 §3.1 and RFC 9728 §3.1 drop a terminating ``/`` before inserting the
+  well-known path, so both spellings already share one metadata document; the MCP
+  authorization spec asks for the form without the slash; and the MCP SDK's URL type
+  writes an empty path as ``/``;
 - a resource keeps its query, if any (RFC 8707 §2 discourages one but allows it); an
   issuer has none (RFC 8414 §2).
 
 Refused, with a :class:`~jwtmcp.errors.ConfigError` that quotes the URL and says why:
 another scheme, no host, userinfo (``user:password@``), a fragment (even an empty ``#``),
 a space, control or non-ASCII character (percent-encode it), a malformed
-percent-encoding, a ``.`` or ``..`` path segment, a port outside 1-65535, and for an
-issuer any query (even an empty ``?``).
+percent-encoding, a ``.`` or ``..`` path segment, a path ending in ``//`` (an empty last
+segment: another path, not a spelling of the one without it, and dropping slashes until
+none is left would make ``/mcp//`` and ``/mcp`` one identifier), a port that is not
+ASCII digits or is outside 1-65535, and for an issuer any query (even an empty ``?``).
+Issuers and resources follow the same rules, except for the query.
 
 Plain ``http`` is accepted here: whether clear text is acceptable is decided where a URL
 is fetched (a JWKS URL must be https unless loopback) or served (``serve`` warns).
@@ -60,7 +67,7 @@ MAX_URL_LENGTH = 2048
 _EXAMPLES = {"issuer": "https://auth.example.com", "resource": "https://mcp.example.com/mcp"}
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 _REG_NAME = re.compile(r"[a-z0-9\-._~!$&'()*+,;=]+")
-_PORT = re.compile(r"[0-9]{1,5}")
+_PORT = re.compile(r"[0-9]+")
 _PATH = re.compile(r"[A-Za-z0-9\-._~!$&'()*+,;=:@/%]*")
 _QUERY = re.compile(r"[A-Za-z0-9\-._~!$&'()*+,;=:@/?%]*")
 _ESCAPE = re.compile(r"%([0-9A-Fa-f]{2})")
@@ -128,7 +135,8 @@ def _canonical(url: str, kind: Kind) -> str:
         raise _Invalid("use an absolute http:// or https:// URL")
     host, port = _host(parts.netloc)
     if port:
-        if not _PORT.fullmatch(port) or not 0 < int(port) < 65536:
+        digits = port.lstrip("0")
+        if not _PORT.fullmatch(port) or len(digits) > 5 or not 0 < int(digits or "0") < 65536:
             raise _Invalid("the port is not a number from 1 to 65535")
         port = "" if int(port) == _DEFAULT_PORTS[scheme] else f":{int(port)}"
     if not _PATH.fullmatch(parts.path):
@@ -136,7 +144,12 @@ def _canonical(url: str, kind: Kind) -> str:
     path = _normalize_escapes(parts.path)
     if any(segment in (".", "..") for segment in path.split("/")):
         raise _Invalid("the path has a '.' or '..' segment; write the path it stands for")
-    path = path.rstrip("/")
+    if path.endswith("//"):
+        raise _Invalid(
+            "the path ends in '//' (an empty last segment, another path than the one "
+            "without it); end it with at most one '/'"
+        )
+    path = path.removesuffix("/")
     query = ""
     if parts.query:
         if not _QUERY.fullmatch(parts.query):

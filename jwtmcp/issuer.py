@@ -967,6 +967,11 @@ def jwtmcp_command() -> str:
     return f"{shlex.quote(sys.executable)} -m jwtmcp"
 
 
+TOUR_DEFAULT_ISSUER = "http://127.0.0.1:8000"
+"""The issuer ``jwtmcp mint``/``verify`` and ``scripts/*.py`` assume without ``$JWTMCP_ISSUER``
+(``jwtmcp.cli.DEFAULT_ISSUER``)."""
+
+
 def first_run_banner(
     *,
     base_url: str,
@@ -975,15 +980,28 @@ def first_run_banner(
     secret: str,
     audience: str,
 ) -> str:
-    """The text ``serve`` prints once when it created the demo client."""
+    """The text ``serve`` prints once when it created the demo client.
+
+    When ``issuer`` is not the default every other command assumes
+    (:data:`TOUR_DEFAULT_ISSUER`: ``jwtmcp mint``/``verify``, ``scripts/*.py``), the text
+    starts with the ``export JWTMCP_ISSUER=...`` line that points them at this issuer.
+    """
     curl = f"curl -s -u '{client_id}:{secret}' -d grant_type=client_credentials {base_url}/token"
     extract = "python3 -c 'import json,sys; print(json.load(sys.stdin)[\"access_token\"])'"
+    point = ""
+    if issuer != TOUR_DEFAULT_ISSUER:
+        point = (
+            f"This issuer is not {TOUR_DEFAULT_ISSUER}, which jwtmcp mint/verify and\n"
+            "scripts/*.py assume; in each shell you run them from, first:\n"
+            f"  export JWTMCP_ISSUER={shlex.quote(issuer)}\n"
+        )
     return (
         f"jwtmcp: created a demo client (tools: {', '.join(DEMO_TOOLS)}; audience: {audience})\n"
         f"  client id:     {client_id}\n"
         f"  client secret: {secret}\n"
         "  (the secret is shown only now; only its hash is stored)\n"
         "\n"
+        f"{point}"
         "Fetch a token:\n"
         f"  {curl}\n"
         "Check it:\n"

@@ -379,6 +379,42 @@ def set_password(path: str | os.PathLike[str], name: str, password: str) -> None
         _write(replace(table, users={**table.users, name: updated}))
 
 
+def update_user(
+    path: str | os.PathLike[str],
+    name: str,
+    *,
+    tools: Iterable[str] | None = None,
+    audiences: Iterable[str] | None = None,
+    max_ttl: int | None = None,
+) -> User:
+    """Change what user ``name`` may approve; None leaves that grant as it is.
+
+    ``tools`` (``*`` and ``prefix*`` allowed) and ``audiences`` (resource URLs) replace the
+    stored lists, ``max_ttl`` (seconds) the cap on their tokens' lifetime. The password, the
+    name and email claims and the creation time stay. The issuer sees the change at once;
+    refresh tokens already issued are checked against it at their next refresh (see
+    :mod:`jwtmcp.grants`). Raises :class:`~jwtmcp.errors.UsersError` for an unknown user or
+    an invalid value.
+    """
+    where = Path(path)
+    with _locked(where):
+        table = load_users(where)
+        user = table.get(name)
+        if user is None:
+            raise UsersError(f"no user named {name!r} in {where}")
+        tool_list, aud_list = _check_lists(
+            user.tools if tools is None else tools,
+            user.audiences if audiences is None else audiences,
+        )
+        try:
+            ttl = user.max_ttl if max_ttl is None else check_max_ttl(max_ttl)
+        except ClientsError as exc:
+            raise _as_users_error(exc) from None
+        updated = replace(user, tools=tool_list, audiences=aud_list, max_ttl=ttl)
+        _write(replace(table, users={**table.users, name: updated}))
+    return updated
+
+
 def ensure_users(
     path: str | os.PathLike[str],
     *,

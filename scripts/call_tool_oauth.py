@@ -19,12 +19,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import os
 import sys
 from typing import Any
 
 import httpx2
 from mcp import Client, MCPError
+from mcp.client.auth.exceptions import OAuthFlowError
 from mcp.client.auth.extensions.client_credentials import ClientCredentialsOAuthProvider
 from mcp.client.sse import sse_client
 from mcp.client.streamable_http import streamable_http_client
@@ -102,12 +104,24 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not args.client_id or not args.client_secret:
         parser.error("give --client-id/--client-secret or $JWTMCP_CLIENT_ID/$JWTMCP_CLIENT_SECRET")
+    # The SDK logs a failed OAuth flow ("OAuth flow error") with a traceback; this script
+    # reports it in one line.
+    logging.getLogger("mcp").addHandler(logging.NullHandler())
     try:
         return asyncio.run(call(args, parse_arguments(args.arguments)))
     except Exception as exc:  # one line, never a traceback
         while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
             exc = exc.exceptions[0]  # type: ignore[assignment]
-        reason = exc.message if isinstance(exc, MCPError) else f"{type(exc).__name__}: {exc}"
+        if isinstance(exc, OAuthFlowError) and "issuer mismatch" in str(exc):
+            reason = (
+                f"the server's authorization server is not the issuer this client trusts "
+                f"({exc}); pass --issuer or set $JWTMCP_ISSUER to the issuer the server names "
+                f"(not {args.issuer})"
+            )
+        elif isinstance(exc, MCPError):
+            reason = exc.message
+        else:
+            reason = f"{type(exc).__name__}: {exc}"
         print(f"call_tool_oauth: error: {reason}", file=sys.stderr)
         return 1
 

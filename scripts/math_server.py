@@ -1,4 +1,5 @@
-"""A protected MCP math server: add, subtract, multiply, each behind its own tool scope.
+"""A protected MCP math server: add, subtract, multiply (and whoami), each behind its own
+tool scope.
 
     python scripts/math_server.py                      # Streamable HTTP on :8001/mcp
     python scripts/math_server.py --transport sse      # legacy SSE on :8001/sse
@@ -15,6 +16,7 @@ Every flag has an environment variable:
     --transport  MCP_TRANSPORT      streamable-http | sse
 
 A token minted with ``--tools add`` lists and calls ``add`` only; ``subtract`` answers 403.
+``whoami`` (``--tools whoami``) answers with what ``current_caller()`` says about the token.
 """
 
 from __future__ import annotations
@@ -66,6 +68,12 @@ def build(args: argparse.Namespace):  # type: ignore[no-untyped-def]
         """Multiply two numbers."""
         _audit("multiply")
         return a * b
+
+    @server.tool()
+    def whoami() -> str:
+        """Who is calling: the subject, client and scopes of the verified token."""
+        caller = current_caller()  # the verified token behind this call
+        return f"{caller.subject} via {caller.client_id}, scopes {' '.join(caller.scopes)}"
 
     return server, audience
 

@@ -416,6 +416,54 @@ def test_invalid_client_id_url_is_refused(client_id: str):
     assert (info.value.code, info.value.oauth_error) == ("cimd_invalid_url", "invalid_request")
 
 
+@pytest.mark.parametrize(
+    "host",
+    [
+        "127.0.0.1%2509:18443",  # a percent-encoded TAB: no host name holds one
+        "client%2eexample",
+        "client_metadata.example",
+        "-client.example",
+        "client-.example",
+        "a..b.example",
+        "a" * 64 + ".example",  # a DNS label holds at most 63 characters
+        ("a" * 60 + ".") * 5 + "example",  # a DNS name holds at most 253
+        "999.1.1.1",  # ends in a number but is no IPv4 address
+        "client.example.123",
+        "[fe80::1%25eth0]",  # a zone in the literal
+        "client.example:0",  # port 0 is never a server's
+    ],
+)
+def test_a_host_that_is_no_dns_name_or_ip_literal_is_refused_for_good_before_any_lookup(
+    clock: FakeClock, host: str
+):
+    looked_up: list[str] = []
+
+    async def resolve(name: str, port: int) -> list[str]:
+        looked_up.append(name)
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    fetch = ClientMetadataFetcher(policy=CimdPolicy(timeout=TIMEOUT), clock=clock, resolve=resolve)
+    error = refusal(fetch, f"https://{host}/c.json")
+    assert not isinstance(error, ClientMetadataUnavailable), error.code  # not "try later"
+    assert (error.code, error.oauth_error) == ("cimd_invalid_url", "invalid_request")
+    assert looked_up == [] and fetch.connect_attempts == 0
+
+
+@pytest.mark.parametrize(
+    "host", ["client.example", "client.example.", "xn--bcher-kva.example", "a1-b.example:08443"]
+)
+def test_a_valid_host_name_is_looked_up(clock: FakeClock, host: str):
+    looked_up: list[str] = []
+
+    async def resolve(name: str, port: int) -> list[str]:
+        looked_up.append(name)
+        return ["10.0.0.1"]
+
+    fetch = ClientMetadataFetcher(policy=CimdPolicy(timeout=TIMEOUT), clock=clock, resolve=resolve)
+    assert refusal(fetch, f"https://{host}/c.json").code == "cimd_address_refused"
+    assert looked_up == [host.split(":")[0]]
+
+
 def test_loopback_http_url_needs_the_development_switch():
     check_client_id_url("http://127.0.0.1:8000/meta.json", allow_loopback_http=True)
     with pytest.raises(ClientMetadataError):

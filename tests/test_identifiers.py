@@ -235,7 +235,7 @@ ISSUER_SPELLINGS = [
     "https://auth.example.com/",
     "HTTPS://AUTH.EXAMPLE.COM",
     "https://auth.example.com:443",
-    "https://Auth.Example.Com:443//",
+    "https://Auth.Example.Com:0443/",
 ]
 RESOURCE_SPELLINGS = [
     "https://mcp.example.com/mcp/",
@@ -312,6 +312,9 @@ BAD_ANYWHERE = {
     "dot-segment": "https://h.example.com/a/../x",
     "bad-escape": "https://h.example.com/%zz",
     "non-ascii": "https://h.example.com/caf\u00e9",
+    # one trailing '/' is dropped; '//' ends in an empty segment, another path (RFC 3986 §6.2)
+    "double-slash-end": "https://h.example.com/x//",
+    "double-slash-root": "https://h.example.com//",
 }
 BAD_ISSUERS = {**BAD_ANYWHERE, "query": "https://h.example.com/?tenant=1"}
 
@@ -430,7 +433,9 @@ def _spelling(draw: st.DrawFn, scheme: str, host: str, port: int | None, path: s
     scheme = draw(st.sampled_from([scheme, scheme.upper(), scheme.capitalize()]))
     host = draw(st.sampled_from([host, host.upper(), host.title()]))
     default = 80 if scheme.lower() == "http" else 443
-    authority = host + (f":{port}" if port else draw(st.sampled_from(["", f":{default}"])))
+    zeros = draw(st.sampled_from(["", "0", "00"]))  # leading zeros: the same port number
+    written = port or draw(st.sampled_from([None, default]))
+    authority = host + (f":{zeros}{written}" if written else "")
     spelled = []
     for char in path:
         if char.isalpha() and draw(st.booleans()):
@@ -438,7 +443,7 @@ def _spelling(draw: st.DrawFn, scheme: str, host: str, port: int | None, path: s
             spelled.append("%" + draw(st.sampled_from([code, code.upper()])))
         else:
             spelled.append(char)
-    slashes = draw(st.sampled_from(["", "/", "//"]))
+    slashes = draw(st.sampled_from(["", "/"]))
     return f"{scheme}://{authority}{''.join(spelled)}{slashes}"
 
 
@@ -508,7 +513,10 @@ def test_every_accepted_spelling_verifies_tokens_from_token_and_from_mint(
     ("spelled", "canonical"),
     [
         ("HTTPS://Auth.Example.COM:443/", "https://auth.example.com"),
-        ("http://127.0.0.1:80//", "http://127.0.0.1"),
+        ("http://127.0.0.1:80/", "http://127.0.0.1"),
+        ("http://127.0.0.1:018800/mcp", "http://127.0.0.1:18800/mcp"),
+        ("https://m.example:0000443/mcp", "https://m.example/mcp"),
+        ("https://m.example/a//b/", "https://m.example/a//b"),
         ("http://127.0.0.1:08000/", "http://127.0.0.1:8000"),
         ("http://[0:0:0:0:0:0:0:1]:8000/mcp/", "http://[::1]:8000/mcp"),
         ("https://m.example/%7euser/%2fx/%c3%a9", "https://m.example/~user/%2Fx/%C3%A9"),
@@ -530,6 +538,36 @@ def test_an_issuer_is_canonical_like_a_resource_but_without_a_query() -> None:
     assert canonical_issuer("HTTP://LOCALHOST:80/tenant/") == "http://localhost/tenant"
     with pytest.raises(JwtMcpError, match="an issuer has none"):
         canonical_issuer("http://localhost/?")
+
+
+@pytest.mark.parametrize(
+    ("spelled", "canonical"),
+    [
+        ("http://127.0.0.1:018800", "http://127.0.0.1:18800"),
+        ("http://127.0.0.1:08001/mcp/", "http://127.0.0.1:8001/mcp"),
+        ("http://127.0.0.1:00080/", "http://127.0.0.1"),
+    ],
+)
+@pytest.mark.parametrize("kind", ["issuer", "resource"])
+def test_a_port_with_leading_zeros_is_the_same_port_for_issuers_and_resources(
+    kind: str, spelled: str, canonical: str
+) -> None:
+    from jwtmcp import canonical_issuer, canonical_resource
+
+    canonical_of = canonical_issuer if kind == "issuer" else canonical_resource
+    assert canonical_of(spelled) == canonical
+
+
+@pytest.mark.parametrize("spelled", ["http://127.0.0.1:18800//", "http://127.0.0.1:8001/mcp//"])
+@pytest.mark.parametrize("kind", ["issuer", "resource"])
+def test_a_path_ending_in_two_slashes_is_refused_for_issuers_and_resources(
+    kind: str, spelled: str
+) -> None:
+    from jwtmcp import canonical_issuer, canonical_resource
+
+    canonical_of = canonical_issuer if kind == "issuer" else canonical_resource
+    with pytest.raises(JwtMcpError, match="ends in '//'"):
+        canonical_of(spelled)
 
 
 def test_the_metadata_url_of_a_resource_keeps_its_query_after_the_path() -> None:

@@ -168,3 +168,43 @@ def test_math_server_takes_the_claim_name_spellings_of_its_flags() -> None:
     assert "invalid issuer URL" in answer.stderr
     helped = script("math_server.py", "--help").stdout
     assert "--audience" in helped and "--aud " not in helped and "--iss " not in helped
+
+
+def test_call_tool_oauth_names_an_issuer_mismatch_and_the_fix_in_one_line(setup: Setup) -> None:
+    done = script(
+        "call_tool_oauth.py",
+        "add",
+        "a=1",
+        "b=2",
+        env={
+            "MCP_URL": setup.url,
+            "JWTMCP_ISSUER": "http://127.0.0.1:9",  # not the issuer the server names
+            "JWTMCP_CLIENT_ID": "robot",
+            "JWTMCP_CLIENT_SECRET": setup.secret,
+        },
+    )
+    assert done.returncode == 1
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr  # no SDK traceback before it
+    assert lines[0].startswith("call_tool_oauth: error: ")
+    assert "http://127.0.0.1:9" in lines[0] and setup.issuer in lines[0]
+    assert "--issuer" in lines[0] and "JWTMCP_ISSUER" in lines[0]
+    assert setup.secret not in done.stderr
+
+
+def test_math_server_whoami_tells_the_caller_what_its_verified_token_says(setup: Setup) -> None:
+    # The README's math_server.py excerpt shows current_caller() through this tool.
+    token = mint(
+        setup.ring.active.signing_key,
+        issuer=setup.issuer,
+        subject="alice",
+        audience=setup.url,
+        client_id="robot",
+        tools=["add", "whoami"],
+    )
+    done = script("call_tool.py", "--url", setup.url, "--token", token, "whoami")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == [
+        "tools this token may call: add, whoami",
+        "alice via robot, scopes tool:add tool:whoami",
+    ]

@@ -103,6 +103,52 @@ def test_first_run_needs_nothing_and_its_printed_commands_work(tmp_path: Path) -
         assert claims["iss"] == iss.base_url
 
 
+def _shell_of_a_new_user() -> dict[str, str]:
+    """The environment of a new user's shell: no venv activated, no JWTMCP_* variables set."""
+    path = os.pathsep.join(
+        d for d in os.environ["PATH"].split(os.pathsep) if d and not Path(d, "jwtmcp").exists()
+    )
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("VIRTUAL_ENV", "PYTHONPATH") and not k.startswith("JWTMCP_")
+    }
+    env["PATH"] = path
+    return env
+
+
+@pytest.mark.parametrize("explicit_issuer", [False, True], ids=["port-only", "with-issuer"])
+def test_banner_on_a_non_default_port_points_the_tours_mint_at_the_served_issuer(
+    tmp_path: Path, explicit_issuer: bool
+) -> None:
+    # `serve --port N` (not 8000): the banner's lines, run as printed, then the tour's next
+    # step (`jwtmcp mint`, which defaults to http://127.0.0.1:8000) must mint for this issuer.
+    workdir = tmp_path / "tour"
+    port = free_port()
+    issuer = f"http://localhost:{port}/" if explicit_issuer else None
+    with issuer_process(workdir, port=port, issuer=issuer) as iss:
+        exports = [
+            line.strip() for line in iss.stdout().splitlines() if line.strip().startswith("export ")
+        ]
+        assert exports, "the banner does not say how to point the other commands at the issuer"
+        jwtmcp_cmd = f"{sys.executable} -m jwtmcp"
+        script = "\n".join(
+            [*exports, f"{jwtmcp_cmd} mint --subject alice --tools add --audience {DEMO_AUD}"]
+        )
+        env = _shell_of_a_new_user()
+        env["PYTHONPATH"] = str(Path(__file__).resolve().parent.parent)
+        minted = subprocess.run(
+            ["bash", "-c", script], capture_output=True, text=True, timeout=30, env=env, cwd=workdir
+        )
+        assert minted.returncode == 0, minted.stderr
+        token = minted.stdout.strip()
+        verifier = Verifier(issuer=iss.issuer, audience=DEMO_AUD, jwks_url=iss.jwks_url)
+        try:
+            assert verifier.verify(token).subject == "alice"
+        finally:
+            verifier.close()
+
+
 def stat_mode(path: Path) -> int:
     return path.stat().st_mode & 0o777
 
@@ -281,3 +327,12 @@ def test_what_serve_creates_in_the_checkout_is_git_ignored(name: str) -> None:
         ["git", "check-ignore", "--no-index", "-q", name], cwd=repo, check=False, timeout=30
     )
     assert ignored.returncode == 0, f"{name} is not git-ignored"
+
+
+def test_banner_default_issuer_is_the_one_the_cli_assumes() -> None:
+    # The banner prints `export JWTMCP_ISSUER=...` only for an issuer other than the CLI's
+    # default; if the two constants drift apart, the default port's banner would omit it.
+    from jwtmcp.cli import DEFAULT_ISSUER
+    from jwtmcp.issuer import TOUR_DEFAULT_ISSUER
+
+    assert TOUR_DEFAULT_ISSUER == DEFAULT_ISSUER

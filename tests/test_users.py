@@ -315,6 +315,46 @@ def test_cli_set_password_and_remove(path: Path) -> None:
     )
 
 
+def test_cli_set_changes_a_users_tools_audiences_and_lifetime_but_not_their_password(
+    path: Path,
+) -> None:
+    _add(path, max_ttl=600, display_name="Alice Example")
+    before = load_users(path).get("alice")
+    assert before is not None
+    other = "http://127.0.0.1:9001/mcp/"
+    result = cli(
+        "users", "set", "alice", "--tools", "add", "--aud", other, "--max-ttl", "120",
+        "--users", str(path),
+    )  # fmt: skip
+    assert result.code == 0, result.err
+    after = load_users(path).get("alice")
+    assert after is not None
+    assert after.allowed_scopes == ("tool:add",)
+    assert after.audiences == ("http://127.0.0.1:9001/mcp",)
+    assert after.max_ttl == 120
+    assert after.password_hash == before.password_hash  # the password stays as it was
+    assert (after.display_name, after.created_at) == (before.display_name, before.created_at)
+    assert load_users(path).authenticate("alice", PASSWORD) is not None
+
+
+def test_cli_set_changes_only_the_grants_it_names(path: Path) -> None:
+    _add(path, max_ttl=600)
+    assert cli("users", "set", "alice", "--tools", "add", "--users", str(path)).code == 0
+    user = load_users(path).get("alice")
+    assert user is not None
+    assert (user.allowed_scopes, user.audiences, user.max_ttl) == (("tool:add",), (AUD,), 600)
+
+
+def test_cli_set_without_a_change_or_for_an_unknown_user_is_one_line_error(path: Path) -> None:
+    _add(path)
+    nothing = cli("users", "set", "alice", "--users", str(path))
+    assert "--tools" in nothing.one_line_error()
+    unknown = cli("users", "set", "bob", "--tools", "add", "--users", str(path))
+    assert "no user named 'bob'" in unknown.one_line_error()
+    bad = cli("users", "set", "alice", "--aud", "ftp://x.example/mcp", "--users", str(path))
+    assert "invalid" in bad.one_line_error()
+
+
 def test_cli_users_file_from_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("JWTMCP_USERS", str(tmp_path / "people.json"))
     assert cli("users", "add", "alice", "--tools", "add", "--aud", AUD).code == 0
@@ -324,7 +364,8 @@ def test_cli_users_file_from_environment(tmp_path: Path, monkeypatch: pytest.Mon
 @pytest.mark.parametrize(
     ("path", "words"),
     [
-        (["users"], ["add", "list", "remove", "set-password", "example"]),
+        (["users"], ["add", "list", "remove", "set-password", "set", "example"]),
+        (["users", "set"], ["NAME", "--tools", "--aud", "--max-ttl", "--users"]),
         (["users", "add"], ["--tools", "--aud", "--max-ttl", "--password-stdin", "--users"]),
         (["users", "set-password"], ["NAME", "--password-stdin", "--users"]),
     ],
