@@ -65,7 +65,7 @@ from .issuer import (
     _invalid_request,
     _json_headers,
     _scope_tokens,
-    parse_basic,
+    client_credentials,
 )
 from .keys import RingWatcher
 from .logfields import client_fields
@@ -273,23 +273,7 @@ class InteractiveGrants:
         self, params: Mapping[str, str], authorizations: Sequence[bytes]
     ) -> TokenClient:
         """The client making the request. Raises :class:`OAuthError` ``invalid_client`` (401)."""
-        if len(authorizations) > 1:
-            raise _invalid_request("more than one Authorization header")
-        secret: str | None = None
-        if authorizations:
-            if "client_secret" in params:
-                raise _invalid_request("use one client authentication method, not two")
-            basic = parse_basic(authorizations[0].decode("latin-1"))
-            if basic is None:
-                raise _invalid_client()
-            client_id, secret = basic
-            if params.get("client_id", client_id) != client_id:
-                raise _invalid_request("client_id does not match the Authorization header")
-        else:
-            client_id = params.get("client_id", "")
-            secret = params.get("client_secret")
-            if not client_id:
-                raise _invalid_client()
+        client_id, secret = client_credentials(params, authorizations)
         table = self.clients.current()
         if secret is not None or table.get(client_id) is not None:
             # A clients-file client is confidential: it must prove its secret here too.

@@ -359,6 +359,33 @@ def parse_basic(header: str) -> tuple[str, str] | None:
         return None
 
 
+def client_credentials(
+    params: Mapping[str, str], authorizations: Sequence[bytes]
+) -> tuple[str, str | None]:
+    """The client id and secret a token request presents (RFC 6749 §2.3.1): HTTP Basic or
+    ``client_id``/``client_secret`` in the form, one method only. The secret is None when a
+    public client sends only its ``client_id``. Raises :class:`OAuthError`:
+    ``invalid_request`` for two methods, two ``Authorization`` headers or a ``client_id``
+    that contradicts the header; ``invalid_client`` for a malformed header or no client id.
+    """
+    if len(authorizations) > 1:
+        raise _invalid_request("more than one Authorization header")
+    if authorizations:
+        if "client_secret" in params:
+            raise _invalid_request("use one client authentication method, not two")
+        basic = parse_basic(authorizations[0].decode("latin-1"))
+        if basic is None:
+            raise _invalid_client()
+        client_id, secret = basic
+        if params.get("client_id", client_id) != client_id:
+            raise _invalid_request("client_id does not match the Authorization header")
+        return client_id, secret
+    client_id = params.get("client_id", "")
+    if not client_id:
+        raise _invalid_client()
+    return client_id, params.get("client_secret")
+
+
 def narrow_scopes(allowed: Sequence[str], requested: Sequence[str]) -> tuple[str, ...]:
     """The part of ``requested`` that ``allowed`` covers (RFC 6749 3.3 partial grant).
 
@@ -637,23 +664,9 @@ class IssuerService:
                 "supported grants: client_credentials, authorization_code, refresh_token",
             )
 
-        # Client authentication: one method only (RFC 6749 2.3).
-        if len(authorizations) > 1:
-            raise _invalid_request("more than one Authorization header")
-        if authorizations:
-            if "client_secret" in params:
-                raise _invalid_request("use one client authentication method, not two")
-            basic = parse_basic(authorizations[0].decode("latin-1"))
-            if basic is None:
-                raise _invalid_client()
-            client_id, secret = basic
-            if params.get("client_id", client_id) != client_id:
-                raise _invalid_request("client_id does not match the Authorization header")
-        else:
-            client_id = params.get("client_id", "")
-            secret = params.get("client_secret", "")
-            if not client_id or not secret:
-                raise _invalid_client()
+        client_id, secret = client_credentials(params, authorizations)
+        if not secret:
+            raise _invalid_client()
         table = self.clients.current()
         client = table.authenticate(client_id, secret)
         if client is None:

@@ -351,31 +351,8 @@ class SqliteStore:
                 "UPDATE codes SET taken_at = ?, forget_at = ? WHERE code_hash = ?",
                 (now, now + self._tombstone_ttl, code_hash),
             )
-            try:
-                conn.execute(
-                    "INSERT INTO refresh_tokens (token_hash, family_id, generation)"
-                    " VALUES (?, ?, 0)",
-                    (token_hash, family_id),
-                )
-            except sqlite3.IntegrityError:
-                raise StoreError("this refresh token was issued already") from None
-            absolute_expires_at = now + absolute
-            conn.execute(
-                "INSERT INTO families (family_id, client_id, subject, grant_json, created_at,"
-                " last_used_at, idle_ttl, absolute_expires_at, generation, current_hash,"
-                " forget_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?)",
-                (
-                    family_id,
-                    client_id,
-                    subject,
-                    grant_json,
-                    now,
-                    now,
-                    idle,
-                    absolute_expires_at,
-                    token_hash,
-                    min(absolute_expires_at, now + idle),
-                ),
+            self._insert_family(
+                conn, now, family_id, token_hash, client_id, subject, grant_json, idle, absolute
             )
             return CodeRedemption(grant, family_id, reused=False)
 
@@ -424,44 +401,67 @@ class SqliteStore:
                 if existing[0] is not None:
                     return None
                 raise StoreError("this refresh family was started already")
-            token_hash = digest(refresh_token)
-            try:
-                conn.execute(
-                    "INSERT INTO refresh_tokens (token_hash, family_id, generation)"
-                    " VALUES (?, ?, 0)",
-                    (token_hash, family_id),
-                )
-            except sqlite3.IntegrityError:
-                raise StoreError("this refresh token was issued already") from None
-            family = RefreshFamily(
-                family_id=family_id,
-                client_id=client_id,
-                subject=subject,
-                grant=_from_json(grant_json),
-                created_at=now,
-                last_used_at=now,
-                idle_ttl=idle,
-                absolute_expires_at=now + absolute,
-                generation=0,
+            return self._insert_family(
+                conn,
+                now,
+                family_id,
+                digest(refresh_token),
+                client_id,
+                subject,
+                grant_json,
+                idle,
+                absolute,
             )
+
+    @staticmethod
+    def _insert_family(
+        conn: sqlite3.Connection,
+        now: float,
+        family_id: str,
+        token_hash: str,
+        client_id: str,
+        subject: str,
+        grant_json: str,
+        idle: float,
+        absolute: float,
+    ) -> RefreshFamily:
+        """Store a new family and its first refresh token (generation 0), inside a write."""
+        try:
             conn.execute(
-                "INSERT INTO families (family_id, client_id, subject, grant_json, created_at,"
-                " last_used_at, idle_ttl, absolute_expires_at, generation, current_hash,"
-                " forget_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?)",
-                (
-                    family_id,
-                    client_id,
-                    subject,
-                    grant_json,
-                    now,
-                    now,
-                    idle,
-                    family.absolute_expires_at,
-                    token_hash,
-                    family.expires_at,
-                ),
+                "INSERT INTO refresh_tokens (token_hash, family_id, generation) VALUES (?, ?, 0)",
+                (token_hash, family_id),
             )
-            return family
+        except sqlite3.IntegrityError:
+            raise StoreError("this refresh token was issued already") from None
+        family = RefreshFamily(
+            family_id=family_id,
+            client_id=client_id,
+            subject=subject,
+            grant=_from_json(grant_json),
+            created_at=now,
+            last_used_at=now,
+            idle_ttl=idle,
+            absolute_expires_at=now + absolute,
+            generation=0,
+        )
+        conn.execute(
+            "INSERT INTO families (family_id, client_id, subject, grant_json, created_at,"
+            " last_used_at, idle_ttl, absolute_expires_at, generation, current_hash,"
+            " forget_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?)",
+            (
+                family_id,
+                client_id,
+                subject,
+                grant_json,
+                now,
+                now,
+                idle,
+                family.absolute_expires_at,
+                token_hash,
+                family.expires_at,
+            ),
+        )
+        return family
 
     def rotate_refresh(
         self, refresh_token: str, new_refresh_token: str, *, client_id: str
