@@ -101,6 +101,15 @@ def test_first_run_needs_nothing_and_its_printed_commands_work(tmp_path: Path) -
         assert claims["sub"] == "demo" and claims["aud"] == DEMO_AUD
         assert claims["scope"] == "tool:add tool:subtract tool:multiply"
         assert claims["iss"] == iss.base_url
+        # The sign-in banner's "add people" line runs as printed, in the documented spelling.
+        add = next(line.strip() for line in lines if " users add NAME " in line)
+        assert " --aud " not in add and " --audience " in add, add
+        added = subprocess.run(
+            ["bash", "-c", add.replace(" NAME ", " carol ")],
+            capture_output=True, text=True, timeout=60, env=env, cwd=workdir,
+        )
+        assert added.returncode == 0, added.stderr
+        assert "carol" in (workdir / "users.json").read_text()
 
 
 def _shell_of_a_new_user() -> dict[str, str]:
