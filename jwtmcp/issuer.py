@@ -1035,7 +1035,7 @@ def first_run_user_banner(
         f"  (tools: {', '.join(DEMO_TOOLS)}; audience: {audience}; the password is shown only "
         "now; only its Argon2 hash is stored)\n"
         f"  Interactive MCP clients sign in at {base_url}/authorize; add people with\n"
-        f"  jwtmcp users add NAME --tools add,subtract --aud {audience}\n"
+        f"  {jwtmcp_command()} users add NAME --tools add,subtract --audience {audience}\n"
     )
 
 
