@@ -300,27 +300,9 @@ class SqliteStore:
             raise StoreError("this authorization code was issued already") from None
 
     def take_code(self, code: str) -> CodeRedemption | None:
-        code_hash = digest(code)
         with self._write() as (conn, now):
-            row = conn.execute(
-                "SELECT grant_json, family_id, expires_at, taken_at FROM codes"
-                " WHERE code_hash = ? AND forget_at > ?",
-                (code_hash, now),
-            ).fetchone()
-            if row is None:
-                return None
-            grant_json, family_id, expires_at, taken_at = row
-            if taken_at is not None:
-                self._revoke_family_id(conn, now, family_id, "authorization code reused")
-                return CodeRedemption(_from_json(grant_json), family_id, reused=True)
-            if now >= expires_at:
-                conn.execute("DELETE FROM codes WHERE code_hash = ?", (code_hash,))
-                return None
-            conn.execute(
-                "UPDATE codes SET taken_at = ?, forget_at = ? WHERE code_hash = ?",
-                (now, now + self._tombstone_ttl, code_hash),
-            )
-            return CodeRedemption(_from_json(grant_json), family_id, reused=False)
+            taken = self._claim_code(conn, now, digest(code))
+            return taken[0] if taken is not None else None
 
     def redeem_code(
         self, code: str, refresh_token: str, *, idle_ttl: float, absolute_ttl: float
@@ -329,32 +311,55 @@ class SqliteStore:
         absolute = _positive("the refresh absolute lifetime", absolute_ttl)
         code_hash, token_hash = digest(code), digest(refresh_token)
         with self._write() as (conn, now):
-            row = conn.execute(
-                "SELECT grant_json, family_id, expires_at, taken_at FROM codes"
-                " WHERE code_hash = ? AND forget_at > ?",
-                (code_hash, now),
-            ).fetchone()
-            if row is None:
-                return None
-            grant_json, family_id, expires_at, taken_at = row
-            grant = _from_json(grant_json)
-            if taken_at is not None:
-                self._revoke_family_id(conn, now, family_id, "authorization code reused")
-                return CodeRedemption(grant, family_id, reused=True)
-            if now >= expires_at:
-                conn.execute("DELETE FROM codes WHERE code_hash = ?", (code_hash,))
-                return None
-            client_id, subject = grant.get("client_id"), grant.get("subject")
+            taken = self._claim_code(conn, now, code_hash)
+            if taken is None or taken[0].reused:
+                return taken[0] if taken is not None else None
+            redemption, grant_json = taken
+            client_id = redemption.grant.get("client_id")
+            subject = redemption.grant.get("subject")
             if not isinstance(client_id, str) or not isinstance(subject, str):
+                # Raised inside the write: the code's claim above is rolled back.
                 raise StoreError("a code redeemed with a refresh token needs client_id and subject")
-            conn.execute(
-                "UPDATE codes SET taken_at = ?, forget_at = ? WHERE code_hash = ?",
-                (now, now + self._tombstone_ttl, code_hash),
-            )
             self._insert_family(
-                conn, now, family_id, token_hash, client_id, subject, grant_json, idle, absolute
+                conn,
+                now,
+                redemption.family_id,
+                token_hash,
+                client_id,
+                subject,
+                grant_json,
+                idle,
+                absolute,
             )
-            return CodeRedemption(grant, family_id, reused=False)
+            return redemption
+
+    def _claim_code(
+        self, conn: sqlite3.Connection, now: float, code_hash: str
+    ) -> tuple[CodeRedemption, str] | None:
+        """Inside a write: use code ``code_hash`` up (OAuth 2.1 4.1.3), with its grant JSON.
+
+        None for an unknown or expired code; a code already used revokes the family started
+        from its first use and comes back with ``reused=True``.
+        """
+        row = conn.execute(
+            "SELECT grant_json, family_id, expires_at, taken_at FROM codes"
+            " WHERE code_hash = ? AND forget_at > ?",
+            (code_hash, now),
+        ).fetchone()
+        if row is None:
+            return None
+        grant_json, family_id, expires_at, taken_at = row
+        if taken_at is not None:
+            self._revoke_family_id(conn, now, family_id, "authorization code reused")
+            return CodeRedemption(_from_json(grant_json), family_id, reused=True), grant_json
+        if now >= expires_at:
+            conn.execute("DELETE FROM codes WHERE code_hash = ?", (code_hash,))
+            return None
+        conn.execute(
+            "UPDATE codes SET taken_at = ?, forget_at = ? WHERE code_hash = ?",
+            (now, now + self._tombstone_ttl, code_hash),
+        )
+        return CodeRedemption(_from_json(grant_json), family_id, reused=False), grant_json
 
     def _revoke_family_id(
         self, conn: sqlite3.Connection, now: float, family_id: str, reason: str
