@@ -36,7 +36,7 @@ import shlex
 import shutil
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
@@ -106,6 +106,10 @@ def _json_headers(length: int, extra: list[tuple[bytes, bytes]]) -> list[tuple[b
         _ALLOW_ANY_ORIGIN,
         *extra,
     ]
+
+
+TokenGrant = Callable[["TokenRequest", Sequence[bytes]], Awaitable[_Encoded]]
+"""A grant of ``/token``: ``(form, authorization header values) -> (body, status, headers)``."""
 
 
 class _Disconnected(Exception):
@@ -476,6 +480,11 @@ class IssuerService:
         self.limiter = RateLimiter(
             settings.rate_limit, settings.rate_burst, monotonic=rate_limit_clock
         )
+        self.token_grants: dict[str, TokenGrant] = {}
+        """More grants of ``/token`` by ``grant_type`` URI (RFC 7523, RFC 8693...): each is
+        called with the parsed form and the ``Authorization`` header values, authenticates
+        its client (:meth:`authenticate_client`) and returns the encoded answer or raises
+        :class:`OAuthError`."""
         self._jwks_cache: tuple[KeyRing, bytes, str] | None = None
         self._metadata_cache: tuple[ClientTable, bytes] | None = None
         from .grants import grants_for_issuer  # it imports this module
@@ -538,7 +547,7 @@ class IssuerService:
             "token_endpoint": f"{base}/token",
             "jwks_uri": f"{base}/.well-known/jwks.json",
             **self.sign_in.metadata(base),
-            "grant_types_supported": ["client_credentials", "authorization_code", "refresh_token"],
+            "grant_types_supported": self.grant_types_supported(),
             "token_endpoint_auth_methods_supported": [
                 "client_secret_basic",
                 "client_secret_post",
@@ -658,12 +667,34 @@ class IssuerService:
         if grant_type in INTERACTIVE_GRANT_TYPES:
             # Sign-in grants: public clients, the state store (jwtmcp.grants).
             return await self.grants.token(form, authorizations)
+        extra = self.token_grants.get(grant_type)
+        if extra is not None:
+            return await extra(form, authorizations)
         if grant_type != "client_credentials":
             raise OAuthError(
                 "unsupported_grant_type",
-                "supported grants: client_credentials, authorization_code, refresh_token",
+                "supported grants: " + ", ".join(self.grant_types_supported()),
             )
 
+        client = self.authenticate_client(params, authorizations)
+        try:
+            return self._grant(client, form)
+        except OAuthError as exc:
+            exc.client_id = client.client_id
+            raise
+
+    def authenticate_client(
+        self, params: Mapping[str, str], authorizations: Sequence[bytes]
+    ) -> Client:
+        """The confidential client of the clients file that sent a token request
+        (RFC 6749 2.3.1: ``client_secret_basic`` or ``client_secret_post``).
+
+        Every grant that needs a registered, authenticated client (``client_credentials``
+        and the grants in :attr:`token_grants`) authenticates through here, so a new client
+        authentication method is added in one place. Raises :class:`OAuthError`
+        ``invalid_client`` (401) for an unknown client or a wrong or missing secret, and
+        ``invalid_request`` as :func:`client_credentials` does.
+        """
         client_id, secret = client_credentials(params, authorizations)
         if not secret:
             raise _invalid_client()
@@ -676,11 +707,11 @@ class IssuerService:
             if table.get(client_id) is not None:
                 refused.client_id = client_id
             raise refused
-        try:
-            return self._grant(client, form)
-        except OAuthError as exc:
-            exc.client_id = client.client_id
-            raise
+        return client
+
+    def grant_types_supported(self) -> list[str]:
+        """The ``grant_type`` values ``/token`` answers (RFC 8414 ``grant_types_supported``)."""
+        return ["client_credentials", "authorization_code", "refresh_token", *self.token_grants]
 
     def _grant(self, client: Client, form: TokenRequest) -> _Encoded:
         """Everything after authentication: rate limit, scope, audience, mint."""
