@@ -577,3 +577,39 @@ def test_other_audiences_are_not_granted_by_an_unrelated_rule(world: OidcWorld) 
         consent = http.get(world.base + answer.headers["location"])
     assert consent.status_code == 303
     assert "error=invalid_target" in consent.headers["location"]
+
+
+# --- jwtmcp serve ---------------------------------------------------------------------------------
+
+
+def test_serve_offers_the_providers_of_its_providers_flag(tmp_path: Path) -> None:
+    from tests.support import issuer_process
+    from tests.test_cli import run
+
+    providers, policy = tmp_path / "idp.json", tmp_path / "rules.json"
+    _write_providers(providers, "https://idp.example.com")
+    policy.write_text(json.dumps(POLICY))
+    args = ["--providers", str(providers), "--policy", str(policy)]
+    with issuer_process(tmp_path / "run", args=args) as issuer:
+        client = httpx2.post(
+            f"{issuer.base_url}/register",
+            json={"redirect_uris": [REDIRECT]},
+            timeout=10,
+            trust_env=False,
+        )
+        query = {
+            "response_type": "code",
+            "client_id": client.json()["client_id"],
+            "redirect_uri": REDIRECT,
+            "code_challenge": CHALLENGE,
+            "code_challenge_method": "S256",
+            "resource": "http://127.0.0.1:8001/mcp",
+        }
+        page = httpx2.get(
+            f"{issuer.base_url}/authorize?{urlencode(query)}", timeout=10, trust_env=False
+        )
+        assert "Sign in with Corp SSO" in page.text
+        assert "upstream sign-in with Corp SSO" in issuer.stdout()
+    policy.write_text('{"version": 1, "rules": {"x": {}}}')
+    bad = run("serve", "--port", str(free_port()), *args, cwd=tmp_path / "run")
+    assert bad.code == 1 and "rule 'x'" in bad.err and "Traceback" not in bad.err
