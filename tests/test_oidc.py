@@ -30,7 +30,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from jwt.algorithms import RSAAlgorithm
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, RedirectResponse, Response
+from starlette.responses import JSONResponse, RedirectResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from jwtmcp.clients import add_client
@@ -648,3 +648,31 @@ def test_an_answer_delivered_to_another_providers_callback_is_refused(tmp_path: 
         answer = http.get(callback.replace("/callback/corp?", "/callback/other?"))
     assert answer.status_code == 400 and "another identity provider" in answer.text
     assert w.provider.token_requests == []
+
+
+def test_an_endless_answer_from_the_provider_is_read_no_further_than_the_cap(
+    tmp_path: Path,
+) -> None:
+    sent = [0]
+
+    async def endless(request: Request) -> StreamingResponse:
+        async def body() -> Any:
+            yield b'{"issuer": "'
+            for _ in range(1024):  # 64 MiB at most, so the test ends whatever happens
+                if await request.is_disconnected():
+                    return  # the issuer hung up
+                sent[0] += 65536
+                yield b"x" * 65536
+
+        return StreamingResponse(body(), media_type="application/json")
+
+    provider = Starlette(routes=[Route("/.well-known/openid-configuration", endless)])
+    with (
+        serve_app(provider) as base,
+        oidc_world(tmp_path, provider_base=base) as w,
+        http_client() as http,
+    ):
+        page = http.get(w.authorize_url(w.register()))
+        answer = http.get(w.base + provider_link(page.text))
+    assert answer.status_code == 503
+    assert sent[0] < 16 * 2**20  # cut off near the 256 KiB cap (plus socket buffers)
