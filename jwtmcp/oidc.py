@@ -357,18 +357,29 @@ async def _get_json(
         async with httpx2.AsyncClient(
             timeout=httpx2.Timeout(HTTP_TIMEOUT), follow_redirects=False
         ) as client:
-            response = await client.request(
+            request = client.build_request(
                 method, url, headers={"Accept": "application/json", **(headers or {})}, data=data
             )
-            body = response.content
+            response = await client.send(request, stream=True)
+            try:
+                chunks: list[bytes] = []
+                size = 0
+                async for chunk in response.aiter_bytes():
+                    size += len(chunk)
+                    if size > MAX_RESPONSE_BYTES:  # read no further than the cap
+                        raise ProviderUnavailable(
+                            f"{what}: the answer is over {MAX_RESPONSE_BYTES} bytes"
+                        )
+                    chunks.append(chunk)
+                body = b"".join(chunks)
+            finally:
+                await response.aclose()
     except httpx2.TimeoutException:
         raise ProviderUnavailable(f"{what}: no answer within {HTTP_TIMEOUT:.0f} s") from None
     except httpx2.HTTPError as exc:
         raise ProviderUnavailable(f"{what}: cannot connect ({type(exc).__name__})") from None
     if response.status_code >= 500:
         raise ProviderUnavailable(f"{what}: HTTP status {response.status_code}")
-    if len(body) > MAX_RESPONSE_BYTES:
-        raise ProviderUnavailable(f"{what}: the answer is over {MAX_RESPONSE_BYTES} bytes")
     try:
         value = STRICT_DECODER.decode(body.decode("utf-8"))
     except (ValueError, UnicodeDecodeError):
