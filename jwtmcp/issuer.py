@@ -161,6 +161,11 @@ class IssuerSettings:
     """Seconds after sign-in after which a refresh family expires, used or not."""
     store_busy_timeout: float | None = None
     """Seconds a sign-in request waits for another writer's lock; None: the store's default."""
+    providers_file: str = ""
+    """Upstream OpenID providers (:mod:`jwtmcp.oidc`); empty: ``providers.json`` beside the
+    clients file when it exists (else no upstream login)."""
+    policy_file: str = ""
+    """The policy for upstream identities; empty: ``policy.json`` beside the clients file."""
 
 
 def _is_loopback(host: str) -> bool:
@@ -499,6 +504,17 @@ class IssuerService:
             "clock": clock,
         }
         options.update(sign_in or {})
+        from .oidc import federation_for_issuer
+
+        self.federation = federation_for_issuer(
+            issuer=self.issuer,
+            clients_file=settings.clients_file,
+            providers_file=settings.providers_file or None,
+            policy_file=settings.policy_file or None,
+            clock=clock,
+            reload_interval=settings.reload_interval,
+        )
+        options["federation"] = self.federation
         self.sign_in = build_sign_in(
             issuer=self.issuer,
             keys_dir=settings.keys_dir,
@@ -523,7 +539,10 @@ class IssuerService:
             # second connection to one file, plus the no-wait one they try first).
             store=given_store if not isinstance(given_store, str | os.PathLike | None) else None,
             resolver=self.sign_in.resolver,
-            identity_sources={identity.source_id: identity},
+            identity_sources={
+                identity.source_id: identity,
+                **(self.federation.sources if self.federation is not None else {}),
+            },
             store_busy_timeout=settings.store_busy_timeout,
         )
 
@@ -821,6 +840,8 @@ def create_app(
     store_busy_timeout: float | None = None,
     client_resolver: ClientResolver | None = None,
     identity_source: PasswordSource | None = None,
+    providers_file: str | os.PathLike[str] | None = None,
+    policy_file: str | os.PathLike[str] | None = None,
 ) -> Starlette:
     """The issuer as a Starlette app over an existing key ring and clients file.
 
@@ -835,8 +856,10 @@ def create_app(
     private and loopback hosts), ``login_limits`` (failed logins per user and per address),
     the refresh-token lifetimes (seconds) and ``store_busy_timeout`` (seconds a request waits
     for another writer). ``client_resolver`` and ``identity_source`` replace the ones built
-    from those files. The store is opened on first use: while it cannot be, sign-in and the
-    code and refresh grants answer 503 with ``Retry-After`` and ``client_credentials`` works.
+    from those files. ``providers_file`` and ``policy_file`` configure upstream OpenID login
+    (:mod:`jwtmcp.oidc`, :mod:`jwtmcp.policy`). The store is opened on first use: while it
+    cannot be, sign-in and the code and refresh grants answer 503 with ``Retry-After`` and
+    ``client_credentials`` works.
     """
     sign_in: dict[str, Any] = {}
     if store is not None and not isinstance(store, (str, os.PathLike)):
@@ -865,6 +888,8 @@ def create_app(
         refresh_idle_ttl=refresh_idle_ttl,
         refresh_max_ttl=refresh_max_ttl,
         store_busy_timeout=store_busy_timeout,
+        providers_file=os.fspath(providers_file) if providers_file is not None else "",
+        policy_file=os.fspath(policy_file) if policy_file is not None else "",
     )
     service = IssuerService(
         settings, clock=clock, rate_limit_clock=rate_limit_clock, sign_in=sign_in
@@ -1087,13 +1112,17 @@ def serve(
     refresh_idle_ttl: int = DEFAULT_REFRESH_IDLE_TTL,
     refresh_max_ttl: int = DEFAULT_REFRESH_MAX_TTL,
     out: IO[str] | None = None,
+    providers_file: str | None = None,
+    policy_file: str | None = None,
 ) -> None:
     """Set up on first run (ring, clients file with a demo client, users file with a demo
     user), print how to use it, serve.
 
     ``issuer_url`` defaults to ``http://HOST:PORT``; ``users_file`` to ``users.json`` beside
     ``clients_file``; ``store`` to ``jwtmcp-state.db`` beside ``keys_dir``; refresh lifetimes
-    are seconds. Blocks until the server stops.
+    are seconds; ``providers_file`` and ``policy_file`` configure upstream OpenID login
+    (default: ``providers.json`` and ``policy.json`` beside ``clients_file``). Blocks until
+    the server stops.
     """
     out = out or sys.stdout
     if not 0 < port < 65536:
@@ -1160,6 +1189,19 @@ def serve(
         file=out,
         flush=True,
     )
+    from .oidc import federation_for_issuer
+
+    # A bad providers or policy file stops the start here, in one line, before any worker.
+    federation = federation_for_issuer(
+        issuer=issuer,
+        clients_file=clients_file,
+        providers_file=providers_file,
+        policy_file=policy_file,
+    )
+    if federation is not None:
+        names = ", ".join(p.display_name for p in federation.providers())
+        print(f"jwtmcp: upstream sign-in with {names or 'no provider'}", file=out)
+        federation.close()
     settings = IssuerSettings(
         issuer_url=issuer,
         keys_dir=str(Path(keys_dir).resolve()),
@@ -1172,6 +1214,8 @@ def serve(
         store=str(Path(store).resolve()) if store else "",
         refresh_idle_ttl=refresh_idle_ttl,
         refresh_max_ttl=refresh_max_ttl,
+        providers_file=str(Path(providers_file).resolve()) if providers_file else "",
+        policy_file=str(Path(policy_file).resolve()) if policy_file else "",
     )
     common: dict[str, Any] = {
         "host": host,
