@@ -488,6 +488,7 @@ def cmd_serve(args: argparse.Namespace, clock: Clock) -> int:
         users_file=str(users_file(args)),
         store=args.store or os.environ.get(ENV_STORE) or None,
         workers=args.workers,
+        metrics=args.metrics,
         jwks_max_age=int(
             _serve_setting(
                 args.jwks_max_age, "JWTMCP_JWKS_MAX_AGE", DEFAULT_JWKS_MAX_AGE, integer=True
@@ -1121,6 +1122,14 @@ connection limits (environment; sizes in bytes, times in seconds):
         metavar="SECONDS",
         help="every refresh-token family ends this long after its sign-in (default: "
         "$JWTMCP_REFRESH_MAX, else 7776000 = 90 days)",
+    )
+    p.add_argument(
+        "--metrics",
+        default="off",
+        metavar="off|on|[HOST:]PORT",
+        help="Prometheus metrics: off (default); on = GET /metrics on this port, "
+        "unauthenticated; [HOST:]PORT = on their own listener, HOST 127.0.0.1 unless given "
+        "(needs --workers 1)",
     )
     p.set_defaults(func=cmd_serve)
 

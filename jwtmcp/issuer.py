@@ -49,6 +49,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from .audit import IssuerEvents, audit_log
 from .authorize import LoginLimits
 from .cimd import ClientMetadataFetcher
 from .clients import Client, ClientsWatcher, ClientTable, ensure_clients
@@ -56,6 +57,7 @@ from .errors import ConfigError, JwtMcpError
 from .identifiers import canonical_issuer, canonical_or_none
 from .keys import KeyRing, RingWatcher, ensure_ring
 from .logfields import client_fields, short_client_id
+from .metrics import IssuerMetrics, IssuerMetricsMiddleware, MetricsEndpoint
 from .numeric import parse_whole_number
 from .server import ServerLimits, bind_socket
 from .server import run as run_server
@@ -161,6 +163,10 @@ class IssuerSettings:
     """Seconds after sign-in after which a refresh family expires, used or not."""
     store_busy_timeout: float | None = None
     """Seconds a sign-in request waits for another writer's lock; None: the store's default."""
+    metrics: bool = False
+    """Collect Prometheus metrics (:mod:`jwtmcp.metrics`)."""
+    metrics_path: str = ""
+    """Serve them at this path of the issuer's own port; empty: not there."""
 
 
 def _is_loopback(host: str) -> bool:
@@ -485,6 +491,9 @@ class IssuerService:
         called with the parsed form and the ``Authorization`` header values, authenticates
         its client (:meth:`authenticate_client`) and returns the encoded answer or raises
         :class:`OAuthError`."""
+        self.metrics = IssuerMetrics(self.rings, clock) if settings.metrics else None
+        self.events = IssuerEvents(self.clients, self.metrics, clock)
+        """Where every grant reports the tokens it issues (audit line, metrics)."""
         self._jwks_cache: tuple[KeyRing, bytes, str] | None = None
         self._metadata_cache: tuple[ClientTable, bytes] | None = None
         from .grants import grants_for_issuer  # it imports this module
@@ -526,6 +535,7 @@ class IssuerService:
             identity_sources={identity.source_id: identity},
             store_busy_timeout=settings.store_busy_timeout,
         )
+        self.grants.events = self.events
 
     # -- documents ----------------------------------------------------------------------
 
@@ -606,6 +616,7 @@ class IssuerService:
         try:
             body, status, headers = await self._token(scope, receive)
         except OAuthError as exc:
+            self.events.token_refused(exc.error)
             if log.isEnabledFor(logging.INFO):
                 log.info(
                     json.dumps(
@@ -771,6 +782,7 @@ class IssuerService:
         except JwtMcpError as exc:  # a misconfiguration, not the caller's fault
             log.error(json.dumps({"event": "token_error", "error": exc.message}))
             raise OAuthError("server_error", "the token could not be issued", 500) from None
+        self.events.token_issued(claims, grant_type="client_credentials", kid=key.kid)
         granted_scope = claims["scope"]
         if log.isEnabledFor(logging.INFO):
             log.info(
@@ -821,6 +833,8 @@ def create_app(
     store_busy_timeout: float | None = None,
     client_resolver: ClientResolver | None = None,
     identity_source: PasswordSource | None = None,
+    metrics: bool = False,
+    metrics_path: str = "/metrics",
 ) -> Starlette:
     """The issuer as a Starlette app over an existing key ring and clients file.
 
@@ -837,6 +851,10 @@ def create_app(
     for another writer). ``client_resolver`` and ``identity_source`` replace the ones built
     from those files. The store is opened on first use: while it cannot be, sign-in and the
     code and refresh grants answer 503 with ``Retry-After`` and ``client_credentials`` works.
+
+    ``metrics=True`` collects Prometheus metrics (:mod:`jwtmcp.metrics`, in the service's own
+    registry ``app.state.issuer.metrics.registry``) and serves them, unauthenticated, at
+    ``metrics_path`` (empty: nowhere). See docs/observability.md.
     """
     sign_in: dict[str, Any] = {}
     if store is not None and not isinstance(store, (str, os.PathLike)):
@@ -865,6 +883,8 @@ def create_app(
         refresh_idle_ttl=refresh_idle_ttl,
         refresh_max_ttl=refresh_max_ttl,
         store_busy_timeout=store_busy_timeout,
+        metrics=metrics,
+        metrics_path=metrics_path if metrics else "",
     )
     service = IssuerService(
         settings, clock=clock, rate_limit_clock=rate_limit_clock, sign_in=sign_in
@@ -894,9 +914,24 @@ def _build_app(service: IssuerService) -> Starlette:
         Route("/healthz", service.healthz, methods=["GET"]),
         *service.sign_in.routes(),
     ]
-    app = Starlette(
-        routes=routes, middleware=[Middleware(_TokenEndpoint, service=service, cors=cors)]
-    )
+    middleware = [Middleware(_TokenEndpoint, service=service, cors=cors)]
+    if service.metrics is not None:
+        metrics_path = service.settings.metrics_path
+        if metrics_path:
+            routes.append(Route(metrics_path, MetricsEndpoint(service.metrics.registry)))
+        endpoints = {
+            "/token": "token",
+            "/.well-known/jwks.json": "jwks",
+            "/register": "register",
+            "/healthz": "healthz",
+            **{p: "metadata" for p in metadata_paths},
+            **({metrics_path: "metrics"} if metrics_path else {}),
+        }
+        # Outermost: it times the whole answer, /token's hot path included.
+        middleware.insert(
+            0, Middleware(IssuerMetricsMiddleware, metrics=service.metrics, endpoints=endpoints)
+        )
+    app = Starlette(routes=routes, middleware=middleware)
     app.state.issuer = service
     return app
 
@@ -983,9 +1018,37 @@ def _configure_logging(level: int = logging.INFO) -> None:
         return
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(message)s"))
-    log.addHandler(handler)
-    log.setLevel(level)
-    log.propagate = False
+    # The audit lines (jwtmcp.audit) go beside the service's own, unless the process
+    # already routes them somewhere.
+    for logger in (log, audit_log) if not audit_log.handlers else (log,):
+        logger.addHandler(handler)
+        logger.setLevel(level)
+        logger.propagate = False
+
+
+METRICS_OFF = "off"
+METRICS_SAME_PORT = "on"
+
+
+def metrics_listener(value: str) -> tuple[str, int] | None:
+    """``serve --metrics``: ``off`` (None), ``on`` (``("", 0)``: ``/metrics`` on the issuer's
+    own port), or ``[HOST:]PORT`` (a separate listener; HOST defaults to 127.0.0.1).
+    Raises :class:`ConfigError` for anything else."""
+    if value == METRICS_OFF:
+        return None
+    if value == METRICS_SAME_PORT:
+        return ("", 0)
+    host, _, port_text = value.rpartition(":")
+    host = host.strip("[]") or "127.0.0.1"
+    try:
+        port = parse_whole_number(port_text)
+    except ValueError:
+        port = 0
+    if not 0 < port < 65536:
+        raise ConfigError(
+            f"--metrics must be off, on, PORT or HOST:PORT, not {ascii(value)[:60]}"
+        )
+    return host, port
 
 
 def app_from_environment() -> Starlette:
@@ -1086,6 +1149,7 @@ def serve(
     rate_burst: int = DEFAULT_RATE_BURST,
     refresh_idle_ttl: int = DEFAULT_REFRESH_IDLE_TTL,
     refresh_max_ttl: int = DEFAULT_REFRESH_MAX_TTL,
+    metrics: str = METRICS_OFF,
     out: IO[str] | None = None,
 ) -> None:
     """Set up on first run (ring, clients file with a demo client, users file with a demo
@@ -1093,13 +1157,21 @@ def serve(
 
     ``issuer_url`` defaults to ``http://HOST:PORT``; ``users_file`` to ``users.json`` beside
     ``clients_file``; ``store`` to ``jwtmcp-state.db`` beside ``keys_dir``; refresh lifetimes
-    are seconds. Blocks until the server stops.
+    are seconds. ``metrics`` is ``off``, ``on`` (``GET /metrics`` on this port) or
+    ``[HOST:]PORT`` (a separate listener, loopback by default): see
+    :func:`metrics_listener`. Blocks until the server stops.
     """
     out = out or sys.stdout
     if not 0 < port < 65536:
         raise ConfigError(f"not a TCP port: {port}")
     if workers < 1:
         raise ConfigError(f"--workers must be at least 1, not {workers}")
+    metrics_at = metrics_listener(metrics)
+    if metrics_at is not None and workers > 1:
+        raise ConfigError(
+            "--metrics needs --workers 1: each worker process counts on its own, so a "
+            "scrape would see one worker at random"
+        )
     limits = ServerLimits.from_environment()
     base_url = f"http://{_url_host(host)}:{port}"
     issuer = canonical_issuer(issuer_url or base_url)
@@ -1172,6 +1244,8 @@ def serve(
         store=str(Path(store).resolve()) if store else "",
         refresh_idle_ttl=refresh_idle_ttl,
         refresh_max_ttl=refresh_max_ttl,
+        metrics=metrics_at is not None,
+        metrics_path="/metrics" if metrics_at == ("", 0) else "",
     )
     common: dict[str, Any] = {
         "host": host,
@@ -1185,7 +1259,14 @@ def serve(
     }
     if workers == 1:
         _configure_logging()
-        app = _build_app(IssuerService(settings))
+        service = IssuerService(settings)
+        app = _build_app(service)
+        if metrics_at is not None and metrics_at[1] and service.metrics is not None:
+            from prometheus_client import start_http_server
+
+            start_http_server(metrics_at[1], metrics_at[0], registry=service.metrics.registry)
+            where = f"http://{_url_host(metrics_at[0])}:{metrics_at[1]}/metrics"
+            print(f"jwtmcp: metrics on {where}", file=out, flush=True)
         run_server(app, **common)
         return
     os.environ[ENV_SETTINGS] = json.dumps(asdict(settings))
