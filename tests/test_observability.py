@@ -148,10 +148,11 @@ def test_serve_metrics_port_serves_metrics_on_its_own_loopback_listener_not_the_
     )
 
 
-def test_serve_writes_an_audit_line_per_issued_token_to_stderr_without_the_token(
+def test_serve_audit_log_gets_one_json_line_per_issued_token_without_the_token(
     tmp_path: Path,
 ) -> None:
-    with issuer_process(tmp_path) as issuer:
+    audit_file = tmp_path / "audit.jsonl"
+    with issuer_process(tmp_path, args=["--audit-log", str(audit_file)]) as issuer:
         assert issuer.client_id is not None and issuer.client_secret is not None
         answer = httpx2.post(
             issuer.token_url,
@@ -160,13 +161,27 @@ def test_serve_writes_an_audit_line_per_issued_token_to_stderr_without_the_token
             timeout=10,
         )
         token = answer.json()["access_token"]
+    text = audit_file.read_text()
+    records = [json.loads(line) for line in text.splitlines()]
+    assert [(r["event"], r["grant_type"], r["client_id"]) for r in records] == [
+        ("token_issued", "client_credentials", issuer.client_id)
+    ]
+    assert token not in text and issuer.client_secret not in text
+
+
+def test_serve_without_audit_log_writes_no_audit_line(tmp_path: Path) -> None:
+    with issuer_process(tmp_path) as issuer:
+        assert issuer.client_id is not None and issuer.client_secret is not None
+        answer = httpx2.post(
+            issuer.token_url,
+            data={"grant_type": "client_credentials"},
+            auth=(issuer.client_id, issuer.client_secret),
+            timeout=10,
+        )
+        assert answer.status_code == 200
         stderr = issuer.stderr()
-    lines = [line for line in stderr.splitlines() if " jwtmcp.audit " in line]
-    assert len(lines) == 1, stderr
-    record = json.loads(lines[0].split(" jwtmcp.audit ", 1)[1])
-    assert record["event"] == "token_issued"
-    assert record["client_id"] == issuer.client_id
-    assert token not in stderr and issuer.client_secret not in stderr
+    assert '"event": "token_issued"' in stderr  # the service's own line
+    assert '"event":"token_issued"' not in stderr  # no audit line beside it
 
 
 @pytest.mark.parametrize(
@@ -175,9 +190,10 @@ def test_serve_writes_an_audit_line_per_issued_token_to_stderr_without_the_token
         (["--metrics", "on", "--workers", "2"], "--metrics needs --workers 1"),
         (["--metrics", "everywhere"], "--metrics must be off, on, PORT or HOST:PORT"),
         (["--metrics", "70000"], "--metrics must be off, on, PORT or HOST:PORT"),
+        (["--audit-log", "/nonexistent-dir/audit.log"], "cannot open the audit log"),
     ],
 )
-def test_serve_refuses_a_metrics_setting_it_cannot_honour_in_one_line(
+def test_serve_refuses_an_observability_setting_it_cannot_honour_in_one_line(
     tmp_path: Path, args: list[str], message: str
 ) -> None:
     code, _, err = run_cli(
