@@ -23,7 +23,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from .clients import ClientsWatcher
-from .logfields import short_client_id
+from .logfields import client_fields, short_client_id
 from .metrics import PUBLIC_CLIENT, IssuerMetrics
 from .tokens import VerifiedClaims
 
@@ -72,10 +72,18 @@ class IssuerEvents:
             return client_id
         return PUBLIC_CLIENT
 
-    def token_issued(self, claims: Mapping[str, Any], *, grant_type: str, kid: str) -> None:
+    def token_issued(
+        self,
+        claims: Mapping[str, Any],
+        *,
+        grant_type: str,
+        kid: str,
+        client_name: str | None = None,
+    ) -> None:
         """Report one access token just signed: ``claims`` are its claims (RFC 9068),
-        ``grant_type`` the grant that issued it (RFC 6749 value or URI), ``kid`` its key.
-        Never raises for a claim that is missing."""
+        ``grant_type`` the grant that issued it (RFC 6749 value or URI), ``kid`` its key,
+        ``client_name`` the client's display name when it has one (logged beside the id, as
+        in the service log). Never raises for a claim that is missing."""
         client_id = claims.get("client_id")
         if self.metrics is not None:
             self.metrics.tokens_issued.labels(grant_type, self.client_label(client_id)).inc()
@@ -86,7 +94,7 @@ class IssuerEvents:
                     "time": round(self.clock(), 3),
                     "grant_type": grant_type,
                     "sub": claims.get("sub"),
-                    "client_id": None if client_id is None else short_client_id(client_id),
+                    **client_fields(client_id, client_name),
                     "jti": claims.get("jti"),
                     "aud": claims.get("aud"),
                     "scope": claims.get("scope"),

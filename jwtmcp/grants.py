@@ -375,7 +375,9 @@ class InteractiveGrants:
             log.error(json.dumps({"event": "token_error", "error": exc.message}))
             raise OAuthError("server_error", "the token could not be issued", 500) from None
         if self.events is not None:
-            self.events.token_issued(claims, grant_type=grant_type, kid=key.kid)
+            self.events.token_issued(
+                claims, grant_type=grant_type, kid=key.kid, client_name=client_name
+            )
         if log.isEnabledFor(logging.INFO):
             log.info(
                 json.dumps(
