@@ -117,6 +117,22 @@ def test_issuer_metrics_count_exactly_the_tokens_issued_and_refused_by_grant_cli
     assert "eyJ" not in text
 
 
+def test_two_issuers_in_one_process_count_apart(ring_dir: Path, tmp_path: Path) -> None:
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    with (
+        running_issuer(ring_dir, tmp_path / "a", metrics=True) as a,
+        running_issuer(ring_dir, tmp_path / "b", metrics=True) as b,
+    ):
+        assert a.client_credentials().status_code == 200
+        for _ in range(3):
+            assert b.client_credentials().status_code == 200
+        seen_a, _ = scrape(str(a.http.base_url) + "/metrics")
+        seen_b, _ = scrape(str(b.http.base_url) + "/metrics")
+    assert total(seen_a, "jwtmcp_issuer_tokens_issued_total") == 1
+    assert total(seen_b, "jwtmcp_issuer_tokens_issued_total") == 3
+
+
 def test_issuer_without_metrics_serves_no_metrics_path(ring_dir: Path, tmp_path: Path) -> None:
     with running_issuer(ring_dir, tmp_path) as world:
         assert world.http.get("/metrics").status_code == 404
