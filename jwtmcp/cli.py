@@ -488,6 +488,8 @@ def cmd_serve(args: argparse.Namespace, clock: Clock) -> int:
         users_file=str(users_file(args)),
         store=args.store or os.environ.get(ENV_STORE) or None,
         workers=args.workers,
+        metrics=args.metrics,
+        audit_log=args.audit_log,
         jwks_max_age=int(
             _serve_setting(
                 args.jwks_max_age, "JWTMCP_JWKS_MAX_AGE", DEFAULT_JWKS_MAX_AGE, integer=True
@@ -1140,6 +1142,20 @@ connection limits (environment; sizes in bytes, times in seconds):
         metavar="FILE",
         help="what upstream identities may get (default: $JWTMCP_POLICY, else 'policy.json' "
         "beside the clients file); see docs/policy.md",
+    )
+    p.add_argument(
+        "--metrics",
+        default="off",
+        metavar="off|on|[HOST:]PORT",
+        help="Prometheus metrics: off (default); on = GET /metrics on this port, "
+        "unauthenticated; [HOST:]PORT = on their own listener, HOST 127.0.0.1 unless given "
+        "(needs --workers 1)",
+    )
+    p.add_argument(
+        "--audit-log",
+        metavar="FILE",
+        help="append the audit log (one JSON line per issued token) to FILE; '-' = stderr "
+        "(default: none)",
     )
     p.set_defaults(func=cmd_serve)
 

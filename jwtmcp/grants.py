@@ -44,6 +44,7 @@ from typing import Any, TypeVar
 
 import anyio.to_thread
 
+from .audit import IssuerEvents
 from .client_metadata import OAuthClient
 from .clients import ClientsWatcher
 from .errors import (
@@ -204,6 +205,8 @@ class InteractiveGrants:
         self.refresh_idle_ttl = refresh_idle_ttl
         self.refresh_max_ttl = refresh_max_ttl
         self.clock = clock
+        self.events: IssuerEvents | None = None
+        """Where issued tokens are reported (audit line, metrics); set by the issuer."""
         self.grants: dict[str, AuthorizationCodeGrant | RefreshTokenGrant] = {
             AUTHORIZATION_CODE: AuthorizationCodeGrant(self),
             REFRESH_TOKEN: RefreshTokenGrant(self),
@@ -371,6 +374,10 @@ class InteractiveGrants:
         except JwtMcpError as exc:  # a bad record or setting, not the caller's fault
             log.error(json.dumps({"event": "token_error", "error": exc.message}))
             raise OAuthError("server_error", "the token could not be issued", 500) from None
+        if self.events is not None:
+            self.events.token_issued(
+                claims, grant_type=grant_type, kid=key.kid, client_name=client_name
+            )
         if log.isEnabledFor(logging.INFO):
             log.info(
                 json.dumps(

@@ -49,6 +49,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from .audit import IssuerEvents, audit_log
 from .authorize import LoginLimits
 from .cimd import ClientMetadataFetcher
 from .clients import Client, ClientsWatcher, ClientTable, ensure_clients
@@ -56,6 +57,7 @@ from .errors import ConfigError, JwtMcpError
 from .identifiers import canonical_issuer, canonical_or_none
 from .keys import KeyRing, RingWatcher, ensure_ring
 from .logfields import client_fields, short_client_id
+from .metrics import IssuerMetrics, IssuerMetricsMiddleware, MetricsEndpoint
 from .numeric import parse_whole_number
 from .server import ServerLimits, bind_socket
 from .server import run as run_server
@@ -166,6 +168,12 @@ class IssuerSettings:
     clients file when it exists (else no upstream login)."""
     policy_file: str = ""
     """The policy for upstream identities; empty: ``policy.json`` beside the clients file."""
+    metrics: bool = False
+    """Collect Prometheus metrics (:mod:`jwtmcp.metrics`)."""
+    metrics_path: str = ""
+    """Serve them at this path of the issuer's own port; empty: not there."""
+    audit_log: str = ""
+    """``serve --audit-log``: where ``jwtmcp.audit`` lines go (a file, ``-`` for stderr)."""
 
 
 def _is_loopback(host: str) -> bool:
@@ -490,6 +498,9 @@ class IssuerService:
         called with the parsed form and the ``Authorization`` header values, authenticates
         its client (:meth:`authenticate_client`) and returns the encoded answer or raises
         :class:`OAuthError`."""
+        self.metrics = IssuerMetrics(self.rings, clock) if settings.metrics else None
+        self.events = IssuerEvents(self.clients, self.metrics, clock)
+        """Where every grant reports the tokens it issues (audit line, metrics)."""
         self._jwks_cache: tuple[KeyRing, bytes, str] | None = None
         self._metadata_cache: tuple[ClientTable, bytes] | None = None
         from .grants import grants_for_issuer  # it imports this module
@@ -545,6 +556,7 @@ class IssuerService:
             },
             store_busy_timeout=settings.store_busy_timeout,
         )
+        self.grants.events = self.events
 
     # -- documents ----------------------------------------------------------------------
 
@@ -625,6 +637,7 @@ class IssuerService:
         try:
             body, status, headers = await self._token(scope, receive)
         except OAuthError as exc:
+            self.events.token_refused(exc.error)
             if log.isEnabledFor(logging.INFO):
                 log.info(
                     json.dumps(
@@ -790,6 +803,7 @@ class IssuerService:
         except JwtMcpError as exc:  # a misconfiguration, not the caller's fault
             log.error(json.dumps({"event": "token_error", "error": exc.message}))
             raise OAuthError("server_error", "the token could not be issued", 500) from None
+        self.events.token_issued(claims, grant_type="client_credentials", kid=key.kid)
         granted_scope = claims["scope"]
         if log.isEnabledFor(logging.INFO):
             log.info(
@@ -842,6 +856,8 @@ def create_app(
     identity_source: PasswordSource | None = None,
     providers_file: str | os.PathLike[str] | None = None,
     policy_file: str | os.PathLike[str] | None = None,
+    metrics: bool = False,
+    metrics_path: str = "/metrics",
 ) -> Starlette:
     """The issuer as a Starlette app over an existing key ring and clients file.
 
@@ -860,6 +876,10 @@ def create_app(
     (:mod:`jwtmcp.oidc`, :mod:`jwtmcp.policy`). The store is opened on first use: while it
     cannot be, sign-in and the code and refresh grants answer 503 with ``Retry-After`` and
     ``client_credentials`` works.
+
+    ``metrics=True`` collects Prometheus metrics (:mod:`jwtmcp.metrics`, in the service's own
+    registry ``app.state.issuer.metrics.registry``) and serves them, unauthenticated, at
+    ``metrics_path`` (empty: nowhere). See docs/observability.md.
     """
     sign_in: dict[str, Any] = {}
     if store is not None and not isinstance(store, (str, os.PathLike)):
@@ -890,6 +910,8 @@ def create_app(
         store_busy_timeout=store_busy_timeout,
         providers_file=os.fspath(providers_file) if providers_file is not None else "",
         policy_file=os.fspath(policy_file) if policy_file is not None else "",
+        metrics=metrics,
+        metrics_path=metrics_path if metrics else "",
     )
     service = IssuerService(
         settings, clock=clock, rate_limit_clock=rate_limit_clock, sign_in=sign_in
@@ -919,9 +941,24 @@ def _build_app(service: IssuerService) -> Starlette:
         Route("/healthz", service.healthz, methods=["GET"]),
         *service.sign_in.routes(),
     ]
-    app = Starlette(
-        routes=routes, middleware=[Middleware(_TokenEndpoint, service=service, cors=cors)]
-    )
+    middleware = [Middleware(_TokenEndpoint, service=service, cors=cors)]
+    if service.metrics is not None:
+        metrics_path = service.settings.metrics_path
+        if metrics_path:
+            routes.append(Route(metrics_path, MetricsEndpoint(service.metrics.registry)))
+        endpoints = {
+            "/token": "token",
+            "/.well-known/jwks.json": "jwks",
+            "/register": "register",
+            "/healthz": "healthz",
+            **{p: "metadata" for p in metadata_paths},
+            **({metrics_path: "metrics"} if metrics_path else {}),
+        }
+        # Outermost: it times the whole answer, /token's hot path included.
+        middleware.insert(
+            0, Middleware(IssuerMetricsMiddleware, metrics=service.metrics, endpoints=endpoints)
+        )
+    app = Starlette(routes=routes, middleware=middleware)
     app.state.issuer = service
     return app
 
@@ -1013,6 +1050,51 @@ def _configure_logging(level: int = logging.INFO) -> None:
     log.propagate = False
 
 
+def _configure_audit_log(where: str) -> None:
+    """``serve --audit-log``: the ``jwtmcp.audit`` lines, bare JSON, appended to the file
+    ``where`` (``-``: stderr). Off by default: the service's own log already has a
+    ``token_issued`` line per token, and a second line costs ~6% of ``/token``'s CPU."""
+    if not where or audit_log.handlers:
+        return
+    handler: logging.Handler
+    if where == "-":
+        handler = logging.StreamHandler(sys.stderr)
+    else:
+        try:
+            handler = logging.FileHandler(where, encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(f"cannot open the audit log {where}: {exc.strerror}") from None
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    audit_log.addHandler(handler)
+    audit_log.setLevel(logging.INFO)
+    audit_log.propagate = False
+
+
+METRICS_OFF = "off"
+METRICS_SAME_PORT = "on"
+
+
+def metrics_listener(value: str) -> tuple[str, int] | None:
+    """``serve --metrics``: ``off`` (None), ``on`` (``("", 0)``: ``/metrics`` on the issuer's
+    own port), or ``[HOST:]PORT`` (a separate listener; HOST defaults to 127.0.0.1).
+    Raises :class:`ConfigError` for anything else."""
+    if value == METRICS_OFF:
+        return None
+    if value == METRICS_SAME_PORT:
+        return ("", 0)
+    host, _, port_text = value.rpartition(":")
+    host = host.strip("[]") or "127.0.0.1"
+    try:
+        port = parse_whole_number(port_text)
+    except ValueError:
+        port = 0
+    if not 0 < port < 65536:
+        raise ConfigError(
+            f"--metrics must be off, on, PORT or HOST:PORT, not {ascii(value)[:60]}"
+        )
+    return host, port
+
+
 def app_from_environment() -> Starlette:
     """App factory for ``uvicorn --factory`` and ``serve --workers N``: settings from env."""
     raw = os.environ.get(ENV_SETTINGS)
@@ -1020,6 +1102,7 @@ def app_from_environment() -> Starlette:
         raise ConfigError(f"${ENV_SETTINGS} is not set; start the issuer with 'jwtmcp serve'")
     _configure_logging()
     settings = IssuerSettings(**json.loads(raw))
+    _configure_audit_log(settings.audit_log)
     return _build_app(IssuerService(settings))
 
 
@@ -1111,6 +1194,8 @@ def serve(
     rate_burst: int = DEFAULT_RATE_BURST,
     refresh_idle_ttl: int = DEFAULT_REFRESH_IDLE_TTL,
     refresh_max_ttl: int = DEFAULT_REFRESH_MAX_TTL,
+    metrics: str = METRICS_OFF,
+    audit_log: str | None = None,
     out: IO[str] | None = None,
     providers_file: str | None = None,
     policy_file: str | None = None,
@@ -1121,14 +1206,27 @@ def serve(
     ``issuer_url`` defaults to ``http://HOST:PORT``; ``users_file`` to ``users.json`` beside
     ``clients_file``; ``store`` to ``jwtmcp-state.db`` beside ``keys_dir``; refresh lifetimes
     are seconds; ``providers_file`` and ``policy_file`` configure upstream OpenID login
-    (default: ``providers.json`` and ``policy.json`` beside ``clients_file``). Blocks until
-    the server stops.
+    (default: ``providers.json`` and ``policy.json`` beside ``clients_file``). ``metrics`` is
+    ``off``, ``on`` (``GET /metrics`` on this port) or ``[HOST:]PORT`` (a separate listener,
+    loopback by default): see :func:`metrics_listener`. ``audit_log`` is a file the
+    ``jwtmcp.audit`` JSON lines are appended to (``-``: stderr; None: none). Blocks until the
+    server stops.
     """
     out = out or sys.stdout
     if not 0 < port < 65536:
         raise ConfigError(f"not a TCP port: {port}")
     if workers < 1:
         raise ConfigError(f"--workers must be at least 1, not {workers}")
+    metrics_at = metrics_listener(metrics)
+    if metrics_at is not None and workers > 1:
+        raise ConfigError(
+            "--metrics needs --workers 1: each worker process counts on its own, so a "
+            "scrape would see one worker at random"
+        )
+    audit_target = audit_log or ""
+    if audit_target not in ("", "-"):
+        audit_target = str(Path(audit_target).resolve())  # workers may start elsewhere
+    _configure_audit_log(audit_target)  # a file that cannot be opened fails now, not later
     limits = ServerLimits.from_environment()
     base_url = f"http://{_url_host(host)}:{port}"
     issuer = canonical_issuer(issuer_url or base_url)
@@ -1216,6 +1314,9 @@ def serve(
         refresh_max_ttl=refresh_max_ttl,
         providers_file=str(Path(providers_file).resolve()) if providers_file else "",
         policy_file=str(Path(policy_file).resolve()) if policy_file else "",
+        metrics=metrics_at is not None,
+        metrics_path="/metrics" if metrics_at == ("", 0) else "",
+        audit_log=audit_target,
     )
     common: dict[str, Any] = {
         "host": host,
@@ -1229,7 +1330,14 @@ def serve(
     }
     if workers == 1:
         _configure_logging()
-        app = _build_app(IssuerService(settings))
+        service = IssuerService(settings)
+        app = _build_app(service)
+        if metrics_at is not None and metrics_at[1] and service.metrics is not None:
+            from prometheus_client import start_http_server
+
+            start_http_server(metrics_at[1], metrics_at[0], registry=service.metrics.registry)
+            where = f"http://{_url_host(metrics_at[0])}:{metrics_at[1]}/metrics"
+            print(f"jwtmcp: metrics on {where}", file=out, flush=True)
         run_server(app, **common)
         return
     os.environ[ENV_SETTINGS] = json.dumps(asdict(settings))

@@ -635,6 +635,8 @@ class JwksCache:
         """Fetches started so far (for monitoring and tests)."""
         self.last_error: str | None = None
         """Why the last fetch failed, or None after a success."""
+        self.failed_fetch_count = 0
+        """Fetches that failed so far (for monitoring: jwtmcp.metrics)."""
         self._persisted_body: bytes | None = None
         self._client: httpx2.Client | None = None  # made by the worker, at its first fetch
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="jwtmcp-jwks")
@@ -755,6 +757,8 @@ class JwksCache:
                     self._inflight = None
                 self._last_ok = ok
                 self._failures = 0 if ok else self._failures + 1
+                if not ok:
+                    self.failed_fetch_count += 1
             with contextlib.suppress(InvalidStateError):  # close() may have resolved it
                 fut.set_result(ok)
 
@@ -946,6 +950,12 @@ class JwksCache:
         with contextlib.suppress(TimeoutError):
             fut.result(timeout)
         return fut.done()
+
+    def seconds_since_good_fetch(self) -> float | None:
+        """Seconds since the keys in use were fetched (also across a restart, through the
+        cache file), or None before any good key set; for monitoring (jwtmcp.metrics)."""
+        snap = self._snapshot
+        return None if snap is None else self._monotonic() - snap.fetched_at
 
     @property
     def kids(self) -> tuple[str, ...]:

@@ -37,9 +37,11 @@ from mcp.server.mcpserver import MCPServer
 from mcp.shared.exceptions import MCPError
 from mcp_types import INVALID_PARAMS, INVALID_REQUEST, ListToolsResult
 from starlette.applications import Starlette
+from starlette.routing import Route
 
 from .errors import ConfigError, KeysUnavailable, TokenError
 from .identifiers import canonical_issuer, canonical_resource
+from .metrics import MetricsEndpoint, ServerMetrics
 from .middleware import (
     DEFAULT_MAX_BODY_BYTES,
     TOOL_NAME_RULE,
@@ -175,6 +177,9 @@ class ProtectedMCPServer(MCPServer[LifespanResultT]):
     ``run("streamable-http")`` and ``run("sse")`` serve with jwtmcp's connection limits
     (``server_limits=`` a :class:`jwtmcp.server.ServerLimits`, default from ``JWTMCP_*``
     variables) and raise :class:`jwtmcp.errors.ListenError` when the port is taken.
+
+    ``metrics`` is its :class:`jwtmcp.metrics.ServerMetrics` (None when off); its apps serve
+    them at ``metrics_path`` when that is set.
     """
 
     def __init__(
@@ -185,6 +190,8 @@ class ProtectedMCPServer(MCPServer[LifespanResultT]):
         issuer: str,
         resource: str,
         advertise_tools: bool = True,
+        metrics: bool = False,
+        metrics_path: str | None = "/metrics",
         **server_options: Any,
     ) -> None:
         if "auth" in server_options or "token_verifier" in server_options:
@@ -197,6 +204,8 @@ class ProtectedMCPServer(MCPServer[LifespanResultT]):
         self.resource_url = resource
         self.resource_metadata_url = resource_metadata_url(resource)
         self.advertise_tools = advertise_tools
+        self.metrics = ServerMetrics(verifier) if metrics else None
+        self.metrics_path = metrics_path
         self.server_limits: ServerLimits | None = server_options.pop("server_limits", None)
         middleware: Sequence[Any] = server_options.pop("middleware", None) or ()
         super().__init__(
@@ -244,7 +253,12 @@ class ProtectedMCPServer(MCPServer[LifespanResultT]):
             max_body_bytes=max_body_bytes,
             resource_name=self.name,
             advertise_tools=self.advertise_tools,
+            metrics=self.metrics,
         )
+        if self.metrics is not None and self.metrics_path:
+            app.router.routes.append(
+                Route(self.metrics_path, MetricsEndpoint(self.metrics.registry))
+            )
         return app
 
     def streamable_http_app(self, **options: Any) -> Starlette:
@@ -280,6 +294,8 @@ def protected_server(
     clock: Clock | None = None,
     verifier_options: Mapping[str, Any] | None = None,
     advertise_tools: bool = True,
+    metrics: bool = False,
+    metrics_path: str | None = "/metrics",
     **server_options: Any,
 ) -> ProtectedMCPServer[Any]:
     """An ``MCPServer`` protected by jwtmcp tokens, in one call.
@@ -309,6 +325,14 @@ def protected_server(
     learns the tool names without a token, and a jwtmcp issuer still narrows ``tool:*`` to the
     client's allowance; but an authorization server that grants ``tool:*`` literally would
     give a token for every tool, and clients can no longer ask for less by reading the names.
+
+    ``metrics=True`` counts token checks, verified-cache hits, JWKS fetches and ``tools/call``
+    decisions (:class:`jwtmcp.metrics.ServerMetrics`, ``server.metrics.registry``) and serves
+    them, unauthenticated, at ``metrics_path`` (default ``/metrics``) of the server's apps;
+    ``metrics_path=None`` serves them nowhere (expose ``server.metrics.registry`` yourself,
+    e.g. on a loopback port). Audit lines (:mod:`jwtmcp.audit`) and OpenTelemetry spans
+    (:mod:`jwtmcp.tracing`) need no option: they cost nothing until logging or an SDK is
+    configured. See docs/observability.md.
     """
     issuer, resource = canonical_issuer(issuer), canonical_resource(resource)
     if verifier is None:
@@ -335,5 +359,7 @@ def protected_server(
         issuer=issuer,
         resource=resource,
         advertise_tools=advertise_tools,
+        metrics=metrics,
+        metrics_path=metrics_path,
         **server_options,
     )

@@ -24,6 +24,7 @@ It also serves the RFC 9728 protected-resource metadata document that the challe
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import re
@@ -38,10 +39,22 @@ from mcp.server.auth.provider import AccessToken
 from starlette.authentication import AuthCredentials
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from . import audit
 from .errors import KeysUnavailable, TokenError
 from .identifiers import canonical_issuer, canonical_resource
+from .metrics import ServerMetrics, ToolLabels
 from .strict_json import unique_members
 from .tokens import TOOL_SCOPE_PREFIX, VerifiedClaims
+from .tracing import (
+    CLIENT_ID,
+    DECISION,
+    ENDUSER_ID,
+    REASON,
+    TOOL,
+    TOOL_CALL_SPAN,
+    VERIFY_SPAN,
+    tracer,
+)
 
 logger = logging.getLogger("jwtmcp.middleware")
 
@@ -350,6 +363,9 @@ class JwtAuthMiddleware:
     name no tool; see :func:`jwtmcp.mcp.protected_server` for the trade-off. ``paths`` limits
     protection to those path prefixes (default: every path but the metadata document).
     ``max_body_bytes`` bounds the POST bodies read for authorisation; larger ones get 413.
+    ``metrics`` (a :class:`jwtmcp.metrics.ServerMetrics`) counts token checks and
+    ``tools/call`` decisions; every decision is also an audit line (:mod:`jwtmcp.audit`)
+    and checks and calls are OpenTelemetry spans (:mod:`jwtmcp.tracing`).
     """
 
     def __init__(
@@ -364,6 +380,7 @@ class JwtAuthMiddleware:
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
         resource_name: str | None = None,
         advertise_tools: bool = True,
+        metrics: ServerMetrics | None = None,
     ) -> None:
         self.app = app
         self.verifier = verifier
@@ -378,6 +395,10 @@ class JwtAuthMiddleware:
         self.resource_name = resource_name
         self.advertise_tools = advertise_tools
         self._metadata_cache: tuple[tuple[str, ...], bytes] | None = None
+        self.metrics = metrics
+        self._tool_labels = ToolLabels(self.tool_names)
+        # The verifier's verified-token cache, read (never changed) to count hits and misses.
+        self._verified_tokens: Any = getattr(verifier, "_verified", None)
 
     # --- dispatch -----------------------------------------------------------------------
 
@@ -440,7 +461,7 @@ class JwtAuthMiddleware:
             await self._refuse(send, 401, "invalid_token", "empty bearer token", scope_needed)
             return
         try:
-            claims = await self.verifier.verify_async(token)
+            claims = await self._verify(token)
         except KeysUnavailable as exc:
             # An outage, not a bad token: a 401 would make an OAuth client throw away a good
             # token and run its flow against an issuer that is down (RFC 9110 §15.6.4).
@@ -459,6 +480,7 @@ class JwtAuthMiddleware:
             )
             return
 
+        calls: list[tuple[Any, str]] | None = None
         if scope["method"] == "POST":
             try:
                 body = await _read_body(receive, self.max_body_bytes)
@@ -480,11 +502,15 @@ class JwtAuthMiddleware:
             denied = [(rid, name) for rid, name in calls if not claims.may_call(name)]
             unnamable = [(rid, name) for rid, name in denied if not is_scope_tool_name(name)]
             if unnamable:
+                await self._decided(claims, calls, "invalid_request")
                 await self._invalid_tool_name(send, claims, unnamable)
                 return
             if denied:
+                await self._decided(claims, calls, "insufficient_scope")
                 await self._forbidden(send, claims, denied)
                 return
+            if calls:
+                await self._decided(claims, calls, None)
             receive = _replay(body, receive)
 
         access = access_token_for(claims, token, self.resource, self._leeway)
@@ -496,11 +522,75 @@ class JwtAuthMiddleware:
         pending_token = _pending.set((token, access))
         sdk_token = auth_context_var.set(user)
         try:
-            await self.app(scope, receive, send)
+            with self._tool_span(claims, calls, None) if calls else contextlib.nullcontext():
+                await self.app(scope, receive, send)
         finally:
             auth_context_var.reset(sdk_token)
             _pending.reset(pending_token)
             _caller.reset(caller_token)
+
+    # --- what an operator sees: metrics, audit, spans -------------------------------------
+
+    async def _verify(self, token: str) -> VerifiedClaims:
+        """The verifier's answer for ``token``, counted, spanned, and audited when refused."""
+        metrics = self.metrics
+        cache = self._verified_tokens
+        cached = metrics is not None and cache is not None and token in cache
+        with tracer.start_as_current_span(
+            VERIFY_SPAN, record_exception=False, set_status_on_exception=False
+        ) as span:
+            try:
+                claims = await self.verifier.verify_async(token)
+            except TokenError as exc:
+                if metrics is not None:
+                    metrics.verified(exc.code, cached=cached)
+                audit.token_refused(exc.code)
+                if span.is_recording():
+                    span.set_attributes({DECISION: "refused", REASON: exc.code})
+                raise
+            if metrics is not None:
+                metrics.verified("ok", cached=cached)
+            if span.is_recording():
+                span.set_attributes(
+                    {
+                        ENDUSER_ID: claims.subject,
+                        CLIENT_ID: claims.client_id or "",
+                        DECISION: "ok",
+                    }
+                )
+            return claims
+
+    async def _decided(
+        self, claims: VerifiedClaims, calls: list[tuple[Any, str]], refusal: str | None
+    ) -> None:
+        """Count and audit every ``tools/call`` of a request; ``refusal`` is the code the
+        whole request is refused with (None: allowed). A refused request gets its span here;
+        an allowed one around the app (:meth:`_tool_span`)."""
+        decision = audit.ALLOWED if refusal is None else audit.REFUSED
+        for _, name in calls:
+            reason = refusal
+            if refusal is not None and not claims.may_call(name):
+                reason = "insufficient_scope" if is_scope_tool_name(name) else "invalid_request"
+            audit.tool_call(claims, name, decision, reason)
+            if self.metrics is not None:
+                label = await self._tool_labels.label(name)
+                self.metrics.tool_calls.labels(label, decision).inc()
+        if refusal is not None:
+            with self._tool_span(claims, calls, refusal):
+                pass
+
+    def _tool_span(
+        self, claims: VerifiedClaims, calls: list[tuple[Any, str]], refusal: str | None
+    ) -> contextlib.AbstractContextManager[Any]:
+        attributes = {
+            ENDUSER_ID: claims.subject,
+            CLIENT_ID: claims.client_id or "",
+            TOOL: ",".join(name for _, name in calls)[: audit.MAX_AUDITED_TEXT],
+            DECISION: audit.ALLOWED if refusal is None else audit.REFUSED,
+        }
+        if refusal is not None:
+            attributes[REASON] = refusal
+        return tracer.start_as_current_span(TOOL_CALL_SPAN, attributes=attributes)
 
     # --- answers ------------------------------------------------------------------------
 

@@ -241,12 +241,21 @@ class McpServer:
     jwks_url: str | None = None
     jwks_cache_file: Path | None = None
     jwks_policy: dict[str, float] | None = None
+    observe: bool = False  # metrics on (/metrics) and audit lines written to a file
     port: int = field(default_factory=free_port)
     process: Process | None = None
 
     @property
     def url(self) -> str:
         return f"http://{LOOPBACK}:{self.port}/mcp"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://{LOOPBACK}:{self.port}/metrics"
+
+    @property
+    def audit_log(self) -> Path:
+        return self.workdir / f"{self.name}.audit.log"
 
     def start(self) -> McpServer:
         argv = [sys.executable, str(HERE / "_harness.py"), "mcp-server", "--port", str(self.port)]
@@ -258,6 +267,8 @@ class McpServer:
             argv += ["--jwks-cache-file", str(self.jwks_cache_file)]
         if self.jwks_policy is not None:
             argv += ["--jwks-policy", json.dumps(self.jwks_policy)]
+        if self.observe:
+            argv += ["--observe", str(self.audit_log)]
         # Any answer (401 with auth, 406 without an Accept header) means it is listening.
         self.process = Process(
             self.name, argv, self.workdir / f"{self.name}.log", env=child_env()
@@ -309,6 +320,7 @@ def build_mcp_app(
     jwks_url: str | None = None,
     jwks_cache_file: str | None = None,
     jwks_policy: dict[str, float] | None = None,
+    audit_log: str | None = None,
 ) -> Any:
     """A Starlette app serving an MCPServer with one ``add`` tool on ``/mcp``.
 
@@ -316,6 +328,8 @@ def build_mcp_app(
     jwtmcp (tokens from that issuer, audience = this server's URL), keys from ``jwks_url``
     (default: the issuer's), the last good JWKS kept in ``jwks_cache_file``, and
     ``jwks_policy`` overriding fields of the verifier's :class:`jwtmcp.jwks.JwksPolicy`.
+    ``audit_log`` (protected only) turns observability on: metrics at ``/metrics`` and the
+    ``jwtmcp.audit`` lines appended to that file.
     """
     from mcp.server.mcpserver import MCPServer
 
@@ -338,7 +352,16 @@ def build_mcp_app(
             resource=resource,
             jwks_url=jwks_url,
             verifier_options=options,
+            metrics=audit_log is not None,
         )
+        if audit_log is not None:
+            import logging
+
+            handler = logging.FileHandler(audit_log)
+            audit = logging.getLogger("jwtmcp.audit")
+            audit.addHandler(handler)
+            audit.setLevel(logging.INFO)
+            audit.propagate = False
 
     @server.tool()  # type: ignore[untyped-decorator]
     def add(a: int, b: int) -> int:
@@ -357,9 +380,11 @@ def _serve_mcp(argv: Sequence[str]) -> None:
     parser.add_argument("--jwks-url")
     parser.add_argument("--jwks-cache-file")
     parser.add_argument("--jwks-policy", type=json.loads, help="JwksPolicy fields as JSON")
+    parser.add_argument("--observe", metavar="AUDIT_LOG",
+                        help="metrics at /metrics and audit lines appended to AUDIT_LOG")
     args = parser.parse_args(argv)
     app = build_mcp_app(args.issuer, args.port, args.jwks_url, args.jwks_cache_file,
-                        args.jwks_policy)
+                        args.jwks_policy, args.observe)
     profile_to = os.environ.get("JWTMCP_BENCH_PROFILE")  # where a profile of the run goes
     if not profile_to:
         uvicorn.run(app, host=LOOPBACK, port=args.port, log_level="warning", access_log=False)

@@ -88,6 +88,8 @@ TARGETS: dict[str, tuple[str, str, float]] = {
     "code_exchange_http_vs_raw_sign": ("code exchange over HTTP, 1 worker / raw sign", ">=", 0.35),
     "refresh_http_vs_raw_sign": ("refresh grant over HTTP, 1 worker / raw sign", ">=", 0.35),
     "tools_call_p50_auth_vs_noauth": ("tools/call p50 with auth / without", "<=", 1.05),
+    "tools_call_p50_observed_vs_auth": (
+        "tools/call p50, metrics + audit on / off", "<=", 1.05),
     "verify_50keys_vs_1key": ("verify throughput, 50 keys / 1 key", ">=", 0.95),
 }
 
@@ -628,20 +630,43 @@ def _grant_round(port: int, pid: int, headers: dict[str, str], bodies: list[byte
 
 
 def tools_call(workdir: Path, settings: Settings) -> dict[str, Any]:
-    """p50/p99 of ``tools/call`` via the official SDK client, plain vs protected server.
+    """p50/p99 of ``tools/call`` via the official SDK client: plain server, protected server,
+    and protected server with metrics and the audit log on (``observed``).
 
-    Both servers are the same MCPServer (one ``add`` tool) in subprocesses; the protected one
-    verifies tokens from a real issuer. One session and one token each; calls alternate in
-    batches between the two so drift on the machine hits both alike.
+    All are the same MCPServer (one ``add`` tool) in subprocesses; the protected ones verify
+    tokens from a real issuer, the observed one also counts every check and call
+    (``/metrics``) and writes an audit line per call to a file. One session and one token
+    each; calls alternate in batches between them so drift on the machine hits all alike.
     """
     issuer = Issuer(workdir / "mcp-issuer")
     plain = McpServer(workdir, "mcp-plain")
     protected = McpServer(workdir, "mcp-auth", issuer_url=issuer.url)
+    observed = McpServer(workdir, "mcp-observed", issuer_url=issuer.url, observe=True)
     issuer.workdir.mkdir(parents=True, exist_ok=True)
-    secret = issuer.add_client("bench", tools=["add"], audiences=[protected.url])
-    with running(issuer, plain, protected):
-        token = _fetch_token(issuer.url, "bench", secret, protected.url)
-        return asyncio.run(_tools_call_async(plain.url, protected.url, token, settings))
+    secret = issuer.add_client("bench", tools=["add"], audiences=[protected.url, observed.url])
+    with running(issuer, plain, protected, observed):
+        tokens = {
+            "auth": (protected.url, _fetch_token(issuer.url, "bench", secret, protected.url)),
+            "observed": (observed.url, _fetch_token(issuer.url, "bench", secret, observed.url)),
+        }
+        out = asyncio.run(_tools_call_async(plain.url, tokens, settings))
+        out["tools_call_observed_counted"] = _counted_calls(observed.metrics_url)
+        out["tools_call_observed_audit_lines"] = len(observed.audit_log.read_text().splitlines())
+        return out
+
+
+def _counted_calls(metrics_url: str) -> float:
+    """The allowed ``add`` calls the observed server's /metrics reports (proves it was on)."""
+    import httpx2
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = httpx2.get(metrics_url, timeout=10).text
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "jwtmcp_tool_calls_total" and sample.labels == {
+                "tool": "add", "decision": "allowed"}:
+                return float(sample.value)
+    return 0.0
 
 
 def _fetch_token(issuer_url: str, client_id: str, secret: str, resource: str) -> str:
@@ -657,7 +682,7 @@ def _fetch_token(issuer_url: str, client_id: str, secret: str, resource: str) ->
     return str(resp.json()["access_token"])
 
 
-async def _tools_call_async(plain_url: str, auth_url: str, token: str,
+async def _tools_call_async(plain_url: str, protected: dict[str, tuple[str, str]],
                             settings: Settings) -> dict[str, Any]:
     import httpx2
     from mcp.client.session import ClientSession
@@ -665,10 +690,11 @@ async def _tools_call_async(plain_url: str, auth_url: str, token: str,
 
     async with contextlib.AsyncExitStack() as stack:
         sessions: dict[str, Any] = {}
-        for name, url, headers in (
-            ("noauth", plain_url, {}),
-            ("auth", auth_url, {"Authorization": f"Bearer {token}"}),
-        ):
+        servers = [("noauth", plain_url, {})] + [
+            (name, url, {"Authorization": f"Bearer {token}"})
+            for name, (url, token) in protected.items()
+        ]
+        for name, url, headers in servers:
             client = await stack.enter_async_context(httpx2.AsyncClient(headers=headers,
                                                                         timeout=30))
             read, write = await stack.enter_async_context(
@@ -701,7 +727,8 @@ async def _tools_call_async(plain_url: str, auth_url: str, token: str,
                     samples[name].append(await call(sessions[name]))
             done += batch
             turn += 1
-    out: dict[str, Any] = {"tools_call_iterations": done}
+    out: dict[str, Any] = {"tools_call_iterations": done,
+                           "tools_call_per_server": settings.mcp_warmup + done}
     for name, values in samples.items():
         values.sort()
         out[f"tools_call_p50_ms_{name}"] = percentile(values, 50) * 1000
@@ -759,7 +786,8 @@ def run(settings: Settings) -> dict[str, Any]:
         "raw_verify_per_s", "raw_sign_per_s", "pyjwt_verify_per_s", "verify_fresh_per_s",
         "verify_reused_per_s", "mint_per_s", "token_http_per_s", "code_exchange_http_per_s",
         "refresh_http_per_s", "tools_call_p50_ms_auth",
-        "tools_call_p50_ms_noauth", "verify_1key_per_s", "verify_50keys_per_s",
+        "tools_call_p50_ms_noauth", "tools_call_p50_ms_observed", "verify_1key_per_s",
+        "verify_50keys_per_s",
     ):
         results.setdefault(key, None)
     return {k: (round(v, 3) if isinstance(v, float) else v) for k, v in results.items()}
@@ -791,6 +819,9 @@ def ratios(results: dict[str, Any]) -> dict[str, float | None]:
         ) or _ratio(results, f"{grant}_per_s", "raw_sign_per_s")
     out["tools_call_p50_auth_vs_noauth"] = _ratio(
         results, "tools_call_p50_ms_auth", "tools_call_p50_ms_noauth"
+    )
+    out["tools_call_p50_observed_vs_auth"] = _ratio(
+        results, "tools_call_p50_ms_observed", "tools_call_p50_ms_auth"
     )
     return out
 
@@ -844,6 +875,8 @@ def table(results: dict[str, Any]) -> str:
         ("tools/call p50, no auth", ms("tools_call_p50_ms_noauth"), "1.00", "baseline"),
         ("tools/call p50, jwtmcp auth", ms("tools_call_p50_ms_auth"),
          ratio("tools_call_p50_auth_vs_noauth"), "tools_call_p50_auth_vs_noauth"),
+        ("tools/call p50, auth + metrics + audit", ms("tools_call_p50_ms_observed"),
+         ratio("tools_call_p50_observed_vs_auth"), "tools_call_p50_observed_vs_auth"),
         ("tools/call p99, no auth", ms("tools_call_p99_ms_noauth"), "", ""),
         ("tools/call p99, jwtmcp auth", ms("tools_call_p99_ms_auth"), "", ""),
     ]

@@ -20,6 +20,7 @@ REQUIRED = (
     "token_http_per_s",
     "tools_call_p50_ms_auth",
     "tools_call_p50_ms_noauth",
+    "tools_call_p50_ms_observed",
     "verify_1key_per_s",
     "verify_50keys_per_s",
 )
@@ -29,6 +30,7 @@ TARGETS = (
     "mint_vs_raw_sign",
     "token_http_vs_raw_sign",
     "tools_call_p50_auth_vs_noauth",
+    "tools_call_p50_observed_vs_auth",
     "verify_50keys_vs_1key",
 )
 
@@ -58,6 +60,10 @@ def test_bench_quick_json_reports_every_figure_and_target() -> None:
         assert target["ratio"] == round(result[key], 3), (key, target)
         assert isinstance(target["holds"], bool), (key, target)
     assert result["cache_memory_mb_at_default_size"] > 0
+    # The observed server really had metrics and the audit log on: every call was counted.
+    calls = result["tools_call_per_server"]
+    assert result["tools_call_observed_counted"] == calls > 0
+    assert result["tools_call_observed_audit_lines"] == calls
 
 
 def test_bench_table_is_the_default_output() -> None:
