@@ -39,6 +39,7 @@ from starlette.authentication import AuthCredentials
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .errors import KeysUnavailable, TokenError
+from .exchange_client import Caller, TokenExchangeClient
 from .identifiers import canonical_issuer, canonical_resource
 from .strict_json import unique_members
 from .tokens import TOOL_SCOPE_PREFIX, VerifiedClaims
@@ -72,6 +73,10 @@ class ClaimsVerifier(Protocol):
 # --- the caller, for tools --------------------------------------------------------------
 
 _caller: ContextVar[VerifiedClaims | None] = ContextVar("jwtmcp_caller", default=None)
+# The caller's raw bearer token, for token exchange only (Caller.exchange); never logged.
+_caller_token: ContextVar[str | None] = ContextVar("jwtmcp_caller_token", default=None)
+# The server's token-exchange credentials (protected_server(token_exchange=...)).
+_exchanger: ContextVar[TokenExchangeClient | None] = ContextVar("jwtmcp_exchanger", default=None)
 
 # The SDK's bearer backend runs inside this middleware and asks the token verifier again;
 # this remembers the answer already computed for the current request (same task), so the
@@ -79,24 +84,31 @@ _caller: ContextVar[VerifiedClaims | None] = ContextVar("jwtmcp_caller", default
 _pending: ContextVar[tuple[str, AccessToken] | None] = ContextVar("jwtmcp_pending", default=None)
 
 
-def get_caller() -> VerifiedClaims | None:
+def get_caller() -> Caller | None:
     """The verified claims of the token behind the current MCP request, or ``None``.
 
-    Returns a :class:`~jwtmcp.tokens.VerifiedClaims`, or ``None`` outside a request
-    authenticated by jwtmcp (for example on stdio). Never raises.
+    Returns a :class:`~jwtmcp.exchange_client.Caller` (a
+    :class:`~jwtmcp.tokens.VerifiedClaims` with :meth:`~jwtmcp.exchange_client.Caller.exchange`),
+    or ``None`` outside a request authenticated by jwtmcp (for example on stdio). Never raises.
     """
-    return _caller.get()
+    caller = _caller.get()
+    if caller is None:
+        return None
+    return Caller.of(caller, _caller_token.get(), _exchanger.get())
 
 
-def current_caller() -> VerifiedClaims:
+def current_caller() -> Caller:
     """The verified claims of the token behind the current MCP request.
 
     Works in sync and async tools, over Streamable HTTP and SSE. Returns a
-    :class:`~jwtmcp.tokens.VerifiedClaims`: ``.subject``, ``.client_id``, ``.scopes``,
-    ``.tools``, ``.expires_at`` (epoch seconds) and the raw ``.claims``. Raises
-    ``LookupError`` outside an authenticated request (use :func:`get_caller` for ``None``).
+    :class:`~jwtmcp.exchange_client.Caller`, a :class:`~jwtmcp.tokens.VerifiedClaims`:
+    ``.subject``, ``.client_id``, ``.scopes``, ``.tools``, ``.expires_at`` (epoch seconds),
+    ``.actor`` (RFC 8693 ``act``) and the raw ``.claims``; plus ``await .exchange(resource=...,
+    tools=[...])``, a token for a downstream server on the caller's behalf (RFC 8693, see
+    docs/token-exchange.md). Raises ``LookupError`` outside an authenticated request (use
+    :func:`get_caller` for ``None``).
     """
-    caller = _caller.get()
+    caller = get_caller()
     if caller is None:
         raise LookupError(
             "no authenticated caller: current_caller() works inside a tool served over HTTP "
@@ -105,13 +117,32 @@ def current_caller() -> VerifiedClaims:
     return caller
 
 
-def set_caller(caller: VerifiedClaims | None) -> Any:
-    """Bind ``caller`` for the current context; returns the token for :func:`reset_caller`."""
-    return _caller.set(caller)
+def set_caller(
+    caller: VerifiedClaims | None,
+    *,
+    token: str | None = None,
+    exchange: TokenExchangeClient | None = None,
+) -> Any:
+    """Bind ``caller`` for the current context, with its raw bearer ``token`` and the
+    server's ``exchange`` client (for :meth:`~jwtmcp.exchange_client.Caller.exchange`);
+    returns what :func:`reset_caller` takes."""
+    return (_caller.set(caller), _caller_token.set(token), _exchanger.set(exchange))
 
 
 def reset_caller(token: Any) -> None:
-    _caller.reset(token)
+    caller, raw, exchange = token
+    _exchanger.reset(exchange)
+    _caller_token.reset(raw)
+    _caller.reset(caller)
+
+
+def token_from_scope(scope: Scope) -> str | None:
+    """The raw bearer token of an authenticated HTTP request (the SDK's authenticated
+    user holds it), or None."""
+    user = scope.get("user")
+    if isinstance(user, AuthenticatedUser):
+        return user.access_token.token
+    return None
 
 
 def pending_access_token(token: str) -> AccessToken | None:
@@ -350,6 +381,8 @@ class JwtAuthMiddleware:
     name no tool; see :func:`jwtmcp.mcp.protected_server` for the trade-off. ``paths`` limits
     protection to those path prefixes (default: every path but the metadata document).
     ``max_body_bytes`` bounds the POST bodies read for authorisation; larger ones get 413.
+    ``token_exchange`` (a :class:`~jwtmcp.exchange_client.TokenExchangeClient`) lets tools
+    call ``await current_caller().exchange(...)`` (RFC 8693).
     """
 
     def __init__(
@@ -364,8 +397,10 @@ class JwtAuthMiddleware:
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
         resource_name: str | None = None,
         advertise_tools: bool = True,
+        token_exchange: TokenExchangeClient | None = None,
     ) -> None:
         self.app = app
+        self.token_exchange = token_exchange
         self.verifier = verifier
         self._leeway = verifier_leeway(verifier)
         self.resource = canonical_resource(resource)
@@ -492,7 +527,7 @@ class JwtAuthMiddleware:
         scope[CALLER_SCOPE_KEY] = claims
         scope["user"] = user
         scope["auth"] = AuthCredentials(access.scopes)
-        caller_token = _caller.set(claims)
+        caller_token = set_caller(claims, token=token, exchange=self.token_exchange)
         pending_token = _pending.set((token, access))
         sdk_token = auth_context_var.set(user)
         try:
@@ -500,7 +535,7 @@ class JwtAuthMiddleware:
         finally:
             auth_context_var.reset(sdk_token)
             _pending.reset(pending_token)
-            _caller.reset(caller_token)
+            reset_caller(caller_token)
 
     # --- answers ------------------------------------------------------------------------
 

@@ -50,6 +50,7 @@ from typing import Any
 
 from .clients import DEFAULT_MAX_DELEGATION_DEPTH, Client
 from .errors import JwtMcpError, TokenError, UnknownKid
+from .exchange_client import ACCESS_TOKEN_TYPE, GRANT_TYPE
 from .identifiers import canonical_or_none
 from .issuer import (
     _NO_STORE_RAW,
@@ -76,10 +77,6 @@ from .verifier import Verifier
 
 log = logging.getLogger("jwtmcp.issuer")
 
-GRANT_TYPE = "urn:ietf:params:oauth:grant-type:token-exchange"
-"""The ``grant_type`` of RFC 8693 §2.1."""
-ACCESS_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:access_token"  # noqa: S105 - a URI
-"""The one token type exchanged and issued (RFC 8693 §3)."""
 
 _VERIFIER_CACHE_SIZE = 64
 
