@@ -79,6 +79,12 @@ log = logging.getLogger("jwtmcp.issuer")
 
 
 _VERIFIER_CACHE_SIZE = 64
+SUBJECT_TOKEN_REFUSED = "invalid_grant"  # noqa: S105 - an OAuth error code
+"""The error for a subject token that is not valid here. The subject token is this grant's
+grant, and RFC 6749 §5.2 names ``invalid_grant`` for a grant that is "invalid, expired,
+revoked ... or was issued to another client"; RFC 8693 §2.2.2 asks for ``invalid_request``
+instead. jwtmcp keeps ``invalid_grant`` so a caller can tell "this token will never work"
+from "this request is malformed"; the description names the verifier's code either way."""
 
 
 def install_token_exchange(service: IssuerService) -> None:
@@ -204,7 +210,7 @@ class TokenExchangeGrant:
         subject = self._verify_subject(subject_token, own_resource)
         previous = Actor.from_claim(subject.claims["act"]) if "act" in subject.claims else None
         if "act" in subject.claims and previous is None:
-            raise OAuthError("invalid_grant", "the subject token's act claim is malformed")
+            raise OAuthError(SUBJECT_TOKEN_REFUSED, "the subject token's act claim is malformed")
         depth = act_depth(previous) + 1
         limit = client.max_delegation_depth or DEFAULT_MAX_DELEGATION_DEPTH
         if depth > limit:
@@ -308,11 +314,12 @@ class TokenExchangeGrant:
             claims = self._verifier(own_resource).verify(token)
         except TokenError as exc:
             raise OAuthError(
-                "invalid_grant", f"the subject token is refused ({exc.code}): {exc.message}"
+                SUBJECT_TOKEN_REFUSED, f"the subject token is refused ({exc.code}): {exc.message}"
             ) from None
         if claims.expires_at <= self.service.clock():
             raise OAuthError(
-                "invalid_grant", "the subject token is refused (token_expired): it has expired"
+                SUBJECT_TOKEN_REFUSED,
+                "the subject token is refused (token_expired): it has expired",
             )
         return claims
 
@@ -342,7 +349,7 @@ class TokenExchangeGrant:
                 machines = [c for c in table if c.subject == subject.subject]
                 if previous is None or len(machines) != 1:
                     raise OAuthError(
-                        "invalid_grant",
+                        SUBJECT_TOKEN_REFUSED,
                         "the subject token's subject is no longer a user or client of this issuer",
                     )
                 # A chain that began with a client-credentials token: its one client.
@@ -394,7 +401,8 @@ class TokenExchangeGrant:
         lifetime = min(caps)
         if lifetime < 1:
             raise OAuthError(
-                "invalid_grant", "the subject token is refused (token_expired): it has expired"
+                SUBJECT_TOKEN_REFUSED,
+                "the subject token is refused (token_expired): it has expired",
             )
         return lifetime
 
