@@ -8,6 +8,7 @@ the issuer's own ring with the same fake clock the issuer uses.
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +21,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from jwtmcp.clients import add_client, load_clients, rotate_secret
 from jwtmcp.errors import ClientsError
 from jwtmcp.issuer import create_app
-from jwtmcp.keys import KeyRing, init_ring, load_ring
+from jwtmcp.keys import KeyRing, init_ring, load_ring, revoke_key, rotate_ring
 from jwtmcp.token_exchange import ACCESS_TOKEN_TYPE, GRANT_TYPE, act_claim, intersect_scopes
 from jwtmcp.tokens import Actor, SigningKey, VerifiedClaims, build_claims, mint, sign
 from jwtmcp.users import add_user
@@ -478,3 +479,40 @@ def test_a_bad_delegation_member_makes_the_clients_file_invalid(
     path.write_text(json.dumps(document))
     with pytest.raises(ClientsError, match=member):
         load_clients(path)
+
+
+# --- the ring as the key source -----------------------------------------------------------
+
+
+def test_the_issuer_follows_its_ring_retired_keys_verify_revoked_ones_do_not(
+    tmp_path: Path, ring_dir: Path, users_file: Path
+) -> None:
+    keys = tmp_path / "keys"
+    shutil.copytree(ring_dir, keys)
+    clock = FakeClock()
+    _, secret = add_client(
+        tmp_path / "clients.json", "server-a", tools=[], audiences=[B], resource=A,
+        delegate={B: ["search"]},
+    )  # fmt: skip
+    app = create_app(
+        issuer_url=ISSUER, keys_dir=keys, clients_file=tmp_path / "clients.json",
+        users_file=users_file, store=tmp_path / "state.db", clock=clock, rate_limit=0,
+        reload_interval=0,
+    )  # fmt: skip
+    old = load_ring(keys)
+    token = mint(old, issuer=ISSUER, subject="alice", audience=A, tools=["search"], clock=clock)
+    form = {
+        "grant_type": GRANT_TYPE,
+        "subject_token_type": ACCESS_TOKEN_TYPE,
+        "subject_token": token,
+        "resource": B,
+    }
+    with serve_app(app) as url, httpx2.Client(base_url=url, timeout=10) as http:
+
+        def exchange() -> httpx2.Response:
+            return http.post("/token", data=form, auth=("server-a", secret))
+
+        rotate_ring(keys, clock=clock)  # the token's key is now retired, still published
+        assert exchange().status_code == 200
+        revoke_key(keys, old.active.kid, clock=clock)
+        assert "unknown_kid" in refused(exchange(), 400, "invalid_grant")
