@@ -394,6 +394,9 @@ def misbehaving_issuer(status: int, body: str, headers: dict[str, str]) -> Starl
     ("status", "body", "headers", "retry_after"),
     [
         (503, '{"error":"temporarily_unavailable"}', {"Retry-After": "7"}, 7),
+        # A digit to str.isdigit() that int() cannot read: the default, not a ValueError.
+        (503, '{"error":"temporarily_unavailable"}', {"Retry-After": "\u00b2"}, 5),
+        (503, '{"error":"temporarily_unavailable"}', {"Retry-After": "soon"}, 5),
         (500, "Internal Server Error", {}, 5),
         (200, "<html>a proxy page</html>", {}, 5),
         (200, '{"access_token":"x","token_type":"Bearer"}', {}, 5),
