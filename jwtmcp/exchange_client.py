@@ -28,6 +28,7 @@ import httpx2
 
 from .errors import ConfigError, JwtMcpError
 from .identifiers import canonical_issuer, canonical_resource
+from .numeric import parse_whole_number
 from .tokens import Clock, VerifiedClaims, tool_scopes
 
 GRANT_TYPE = "urn:ietf:params:oauth:grant-type:token-exchange"
@@ -83,8 +84,13 @@ def _clean(text: object, limit: int = 200) -> str:
 
 
 def _retry_after(response: httpx2.Response) -> int | None:
-    value = response.headers.get("retry-after", "")
-    return int(value) if value.isdigit() and len(value) < 7 else None
+    """The ``Retry-After`` seconds (RFC 9110 §10.2.3, the delay form) when it is ASCII digits
+    up to a day; None for anything else (an HTTP date, other scripts' digits, garbage)."""
+    try:
+        seconds = parse_whole_number(response.headers.get("retry-after", ""))
+    except ValueError:
+        return None
+    return seconds if seconds <= 86400 else None
 
 
 class TokenExchangeClient:
