@@ -72,11 +72,11 @@ class ClaimsVerifier(Protocol):
 
 # --- the caller, for tools --------------------------------------------------------------
 
-_caller: ContextVar[VerifiedClaims | None] = ContextVar("jwtmcp_caller", default=None)
-# The caller's raw bearer token, for token exchange only (Caller.exchange); never logged.
-_caller_token: ContextVar[str | None] = ContextVar("jwtmcp_caller_token", default=None)
-# The server's token-exchange credentials (protected_server(token_exchange=...)).
-_exchanger: ContextVar[TokenExchangeClient | None] = ContextVar("jwtmcp_exchanger", default=None)
+_Bound = tuple[VerifiedClaims, str | None, TokenExchangeClient | None]
+# The caller, its raw bearer token (for token exchange only, Caller.exchange; never logged)
+# and the server's token-exchange credentials (protected_server(token_exchange=...)). One
+# variable, so binding a caller costs one set and one reset per request.
+_caller: ContextVar[_Bound | None] = ContextVar("jwtmcp_caller", default=None)
 
 # The SDK's bearer backend runs inside this middleware and asks the token verifier again;
 # this remembers the answer already computed for the current request (same task), so the
@@ -91,10 +91,10 @@ def get_caller() -> Caller | None:
     :class:`~jwtmcp.tokens.VerifiedClaims` with :meth:`~jwtmcp.exchange_client.Caller.exchange`),
     or ``None`` outside a request authenticated by jwtmcp (for example on stdio). Never raises.
     """
-    caller = _caller.get()
-    if caller is None:
+    bound = _caller.get()
+    if bound is None:
         return None
-    return Caller.of(caller, _caller_token.get(), _exchanger.get())
+    return Caller.of(*bound)
 
 
 def current_caller() -> Caller:
@@ -126,14 +126,11 @@ def set_caller(
     """Bind ``caller`` for the current context, with its raw bearer ``token`` and the
     server's ``exchange`` client (for :meth:`~jwtmcp.exchange_client.Caller.exchange`);
     returns what :func:`reset_caller` takes."""
-    return (_caller.set(caller), _caller_token.set(token), _exchanger.set(exchange))
+    return _caller.set(None if caller is None else (caller, token, exchange))
 
 
 def reset_caller(token: Any) -> None:
-    caller, raw, exchange = token
-    _exchanger.reset(exchange)
-    _caller_token.reset(raw)
-    _caller.reset(caller)
+    _caller.reset(token)
 
 
 def token_from_scope(scope: Scope) -> str | None:
