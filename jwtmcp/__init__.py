@@ -18,6 +18,8 @@ The key ring (docs/keys.md)
 MCP servers (docs/mcp.md; these import the ``mcp`` SDK on first use)
     protected_server, ProtectedMCPServer, current_caller, get_caller, JwtTokenVerifier,
     ToolScopeGuard, JwtAuthMiddleware
+Calling other servers for the caller (docs/token-exchange.md; RFC 8693)
+    TokenExchangeClient, TokenExchangeError, TokenExchangeUnavailable, Actor
 Serving (docs/security.md; request-size, timeout and connection limits for uvicorn)
     ServerLimits
 Errors (each with a stable ``code``; docs/verifier.md#error-codes)
@@ -55,10 +57,11 @@ from .errors import (
 from .identifiers import canonical_issuer, canonical_resource
 from .jwks import JwksPolicy
 from .keys import KeyRing, RingKey, init_ring, load_ring, prune_ring, revoke_key, rotate_ring
-from .tokens import SigningKey, ToolGrants, VerifiedClaims, mint
+from .tokens import Actor, SigningKey, ToolGrants, VerifiedClaims, mint
 from .verifier import Verifier
 
 if TYPE_CHECKING:
+    from .exchange_client import TokenExchangeClient, TokenExchangeError, TokenExchangeUnavailable
     from .mcp import (
         JwtTokenVerifier,
         ProtectedMCPServer,
@@ -81,6 +84,9 @@ _LAZY = {
     "protected_server": ".mcp",
     "JwtAuthMiddleware": ".middleware",
     "ServerLimits": ".server",
+    "TokenExchangeClient": ".exchange_client",
+    "TokenExchangeError": ".exchange_client",
+    "TokenExchangeUnavailable": ".exchange_client",
 }
 
 
@@ -99,6 +105,7 @@ def __dir__() -> list[str]:
 
 
 __all__ = [
+    "Actor",
     "BadSignature",
     "ClientsError",
     "ConfigError",
@@ -118,6 +125,9 @@ __all__ = [
     "ServerLimits",
     "SigningKey",
     "TokenError",
+    "TokenExchangeClient",
+    "TokenExchangeError",
+    "TokenExchangeUnavailable",
     "TokenExpired",
     "TokenNotYetValid",
     "ToolGrants",

@@ -17,6 +17,12 @@ One JSON document, no database::
       }
     }
 
+A client that is itself a protected MCP server and calls other servers for its callers
+(RFC 8693 token exchange, :mod:`jwtmcp.token_exchange`) also has ``resource`` (its own
+resource URL: the audience of the tokens it may exchange), ``delegate`` (resource URL ->
+the tools it may ask for there on a caller's behalf; nothing else, deny by default) and
+optionally ``max_delegation_depth`` (how many actors a token it gets may name, default 2).
+
 A client's id is its name. Its secret is shown once, when it is made, and only a salted
 hash is stored. Every change is a read-modify-write under an advisory lock, written by
 temp file plus rename with mode 0600, so a running issuer (which watches the file with
@@ -52,6 +58,11 @@ SECRET_BYTES = 32
 """256 random bits per secret."""
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+DEFAULT_MAX_DELEGATION_DEPTH = 2
+"""Actors a token got by exchange may name by default: a server calling one for its caller
+(1), and that one calling a third (2)."""
+MAX_DELEGATION_DEPTH = 5
+"""The highest ``max_delegation_depth`` a client may be given (bounds ``act`` nesting)."""
 
 
 # --- secrets -----------------------------------------------------------------------------
@@ -116,6 +127,23 @@ class Client:
     max_ttl: int | None = None
     created_at: float = 0.0
     secret_hash: str = field(default="", repr=False)
+    resource: str | None = None
+    """This client's own resource URL when it is a protected server that exchanges its
+    callers' tokens (RFC 8693): the audience a subject token must have. None: no exchange."""
+    delegate: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    """(resource URL, tool names) pairs: where this client may call on a caller's behalf,
+    and which tools (``*`` and ``prefix*`` allowed). Empty: it may delegate nowhere."""
+    max_delegation_depth: int | None = None
+    """The most actors (``act`` nesting, RFC 8693 4.1) a token this client gets by exchange
+    may name; None: :data:`DEFAULT_MAX_DELEGATION_DEPTH`."""
+
+    def delegated_tools(self, resource: str) -> tuple[str, ...] | None:
+        """The tools this client may ask for at ``resource`` (canonical) on a caller's
+        behalf, or None when it may not delegate there at all."""
+        for url, tools in self.delegate:
+            if url == resource:
+                return tools
+        return None
 
     @cached_property
     def allowed_scopes(self) -> tuple[str, ...]:
@@ -146,7 +174,19 @@ class Client:
             "audiences": list(self.audiences),
             "max_ttl": self.max_ttl,
             "created_at": self.created_at,
+            **self._delegation_entry(),
         }
+
+    def _delegation_entry(self) -> dict[str, Any]:
+        # Written only when set, so files of clients that never exchange keep their shape.
+        entry: dict[str, Any] = {}
+        if self.resource is not None:
+            entry["resource"] = self.resource
+        if self.delegate:
+            entry["delegate"] = {url: list(tools) for url, tools in self.delegate}
+        if self.max_delegation_depth is not None:
+            entry["max_delegation_depth"] = self.max_delegation_depth
+        return entry
 
 
 @dataclass(frozen=True)
@@ -255,6 +295,46 @@ def check_created_at(value: object) -> float:
     return float(value)
 
 
+def check_delegation(
+    entry: Mapping[str, Any],
+) -> tuple[str | None, tuple[tuple[str, tuple[str, ...]], ...], int | None]:
+    """The token-exchange members of a client entry: ``resource`` (a resource URL, made
+    canonical), ``delegate`` (an object of resource URL -> list of tool names) and
+    ``max_delegation_depth`` (1 to :data:`MAX_DELEGATION_DEPTH`); absent ones are None or
+    empty. Raises :class:`ClientsError` naming the member at fault."""
+    resource = entry.get("resource")
+    if resource is not None:
+        if not isinstance(resource, str):
+            raise ClientsError("resource must be a resource URL")
+        try:
+            resource = check_audience(resource)
+        except ClientsError as exc:
+            raise ClientsError(f"resource: {exc.message}") from None
+    raw = entry.get("delegate", {})
+    if not isinstance(raw, dict):
+        raise ClientsError("delegate must be an object of resource URL -> list of tool names")
+    delegate: dict[str, tuple[str, ...]] = {}
+    for url, tools in raw.items():
+        if not isinstance(tools, list) or not all(isinstance(t, str) for t in tools):
+            raise ClientsError(f"delegate {url!r} must list tool names")
+        try:
+            canonical = check_audience(url)
+            checked = check_tools(tools)
+        except ClientsError as exc:
+            raise ClientsError(f"delegate: {exc.message}") from None
+        delegate[canonical] = tuple(dict.fromkeys((*delegate.get(canonical, ()), *checked)))
+    depth = entry.get("max_delegation_depth")
+    if depth is not None and (
+        isinstance(depth, bool)
+        or not isinstance(depth, int)
+        or not 1 <= depth <= MAX_DELEGATION_DEPTH
+    ):
+        raise ClientsError(
+            f"max_delegation_depth must be a whole number from 1 to {MAX_DELEGATION_DEPTH}"
+        )
+    return resource, tuple(delegate.items()), depth
+
+
 def check_max_ttl(max_ttl: int | None) -> int | None:
     """None or a positive whole number of seconds; else ClientsError."""
     if max_ttl is None:
@@ -294,6 +374,7 @@ def _parse(path: Path, raw: bytes) -> ClientTable:
             ):
                 raise ClientsError("wrong field types")
             _parse_hash(secret_hash)
+            resource, delegate, depth = check_delegation(entry)
             client = Client(
                 client_id=name,
                 subject=subject,
@@ -303,6 +384,9 @@ def _parse(path: Path, raw: bytes) -> ClientTable:
                 max_ttl=check_max_ttl(max_ttl),
                 created_at=check_created_at(entry.get("created_at")),
                 secret_hash=secret_hash,
+                resource=resource,
+                delegate=delegate,
+                max_delegation_depth=depth,
             )
             client._hash_parts  # noqa: B018 - decode the hash now, not on the first request
             clients[name] = client
@@ -365,13 +449,19 @@ def add_client(
     subject: str | None = None,
     scopes: Iterable[str] = (),
     clock: Clock = time.time,
+    resource: str | None = None,
+    delegate: Mapping[str, Iterable[str]] | None = None,
+    max_delegation_depth: int | None = None,
 ) -> tuple[Client, str]:
     """Register client ``name`` (creating the file if needed). Returns (client, secret).
 
     The secret is returned once and never stored: only its salted hash is. ``tools`` become
     ``tool:<name>`` scopes (``*`` and ``prefix*`` allowed); ``scopes`` are other scopes the
     client may ask for; ``audiences`` are the MCP servers' resource URLs it may get tokens
-    for. Raises :class:`ClientsError` for a duplicate name or an invalid value.
+    for. A protected server that exchanges its callers' tokens (RFC 8693) also gets its own
+    ``resource`` URL, ``delegate`` (resource URL -> tool names it may ask for there on a
+    caller's behalf) and ``max_delegation_depth`` (see :func:`check_delegation`).
+    Raises :class:`ClientsError` for a duplicate name or an invalid value.
     """
     check_name(name)
     tool_list = check_tools([tools] if isinstance(tools, str) else tools)
@@ -381,6 +471,16 @@ def add_client(
         raise ClientsError("a client needs at least one audience (--audience URL)")
     if subject is not None and (not subject or subject != subject.strip()):
         raise ClientsError(f"invalid subject {subject!r}")
+    own, delegated, depth = check_delegation(
+        {
+            "resource": resource,
+            "delegate": {
+                url: [tools] if isinstance(tools, str) else list(tools)
+                for url, tools in (delegate or {}).items()
+            },
+            "max_delegation_depth": max_delegation_depth,
+        }
+    )
     where = Path(path)
     secret = new_secret()
     client = Client(
@@ -392,6 +492,9 @@ def add_client(
         max_ttl=check_max_ttl(max_ttl),
         created_at=clock(),
         secret_hash=hash_secret(secret),
+        resource=own,
+        delegate=delegated,
+        max_delegation_depth=depth,
     )
     with _locked(where):
         table = _load_or_empty(where)

@@ -132,6 +132,10 @@ _SINGLE_PARAMS = frozenset(
     }
 )
 """Parameters that may appear once (RFC 6749 3.2); ``resource`` may repeat (RFC 8707 2)."""
+_SINGLE_PARAMS |= {  # RFC 8693 2.1: one subject, one actor, one audience per exchanged token
+    "subject_token", "subject_token_type", "actor_token", "actor_token_type",
+    "requested_token_type", "audience",
+}  # fmt: skip
 _MAX_FIELDS = 64
 INTERACTIVE_GRANT_TYPES = frozenset({"authorization_code", "refresh_token"})
 """Grants answered by :mod:`jwtmcp.grants` (they need the state store)."""
@@ -557,6 +561,9 @@ class IssuerService:
             store_busy_timeout=settings.store_busy_timeout,
         )
         self.grants.events = self.events
+        from .token_exchange import install_token_exchange  # it imports this module
+
+        install_token_exchange(self)  # RFC 8693 token exchange
 
     # -- documents ----------------------------------------------------------------------
 

@@ -40,6 +40,7 @@ from starlette.applications import Starlette
 from starlette.routing import Route
 
 from .errors import ConfigError, KeysUnavailable, TokenError
+from .exchange_client import TokenExchangeClient
 from .identifiers import canonical_issuer, canonical_resource
 from .metrics import MetricsEndpoint, ServerMetrics
 from .middleware import (
@@ -56,6 +57,7 @@ from .middleware import (
     reset_caller,
     resource_metadata_url,
     set_caller,
+    token_from_scope,
     verifier_leeway,
 )
 from .server import ServerLimits, serve_async
@@ -67,6 +69,7 @@ logger = logging.getLogger("jwtmcp.mcp")
 __all__ = [
     "JwtTokenVerifier",
     "ProtectedMCPServer",
+    "TokenExchangeClient",
     "ToolScopeGuard",
     "current_caller",
     "get_caller",
@@ -130,7 +133,12 @@ class ToolScopeGuard:
     ``tools/list`` to the tools the token grants, and refuses any other ``tools/call`` with an
     MCP error naming the missing scope. Messages with no HTTP request behind them (stdio,
     in-memory) are local and pass untouched, as the SDK does for authentication.
+    ``token_exchange`` (a :class:`~jwtmcp.exchange_client.TokenExchangeClient`) is what
+    ``current_caller().exchange(...)`` uses in the tools.
     """
+
+    def __init__(self, token_exchange: TokenExchangeClient | None = None) -> None:
+        self.token_exchange = token_exchange
 
     async def __call__(
         self, ctx: ServerRequestContext[Any, Any], call_next: CallNext
@@ -139,7 +147,7 @@ class ToolScopeGuard:
         if not isinstance(scope, dict):
             return await call_next(ctx)
         caller = caller_from_scope(scope)
-        bound = set_caller(caller)
+        bound = set_caller(caller, token=token_from_scope(scope), exchange=self.token_exchange)
         try:
             method = ctx.method
             if method == "tools/call":
@@ -192,6 +200,7 @@ class ProtectedMCPServer(MCPServer[LifespanResultT]):
         advertise_tools: bool = True,
         metrics: bool = False,
         metrics_path: str | None = "/metrics",
+        token_exchange: TokenExchangeClient | None = None,
         **server_options: Any,
     ) -> None:
         if "auth" in server_options or "token_verifier" in server_options:
@@ -206,6 +215,7 @@ class ProtectedMCPServer(MCPServer[LifespanResultT]):
         self.advertise_tools = advertise_tools
         self.metrics = ServerMetrics(verifier) if metrics else None
         self.metrics_path = metrics_path
+        self.token_exchange = token_exchange
         self.server_limits: ServerLimits | None = server_options.pop("server_limits", None)
         middleware: Sequence[Any] = server_options.pop("middleware", None) or ()
         super().__init__(
@@ -216,7 +226,7 @@ class ProtectedMCPServer(MCPServer[LifespanResultT]):
                 resource_server_url=resource,  # type: ignore[arg-type]
                 validate_token_resource=True,
             ),
-            middleware=[ToolScopeGuard(), *middleware],
+            middleware=[ToolScopeGuard(token_exchange), *middleware],
             **server_options,
         )
 
@@ -254,6 +264,7 @@ class ProtectedMCPServer(MCPServer[LifespanResultT]):
             resource_name=self.name,
             advertise_tools=self.advertise_tools,
             metrics=self.metrics,
+            token_exchange=self.token_exchange,
         )
         if self.metrics is not None and self.metrics_path:
             app.router.routes.append(
@@ -296,6 +307,7 @@ def protected_server(
     advertise_tools: bool = True,
     metrics: bool = False,
     metrics_path: str | None = "/metrics",
+    token_exchange: TokenExchangeClient | None = None,
     **server_options: Any,
 ) -> ProtectedMCPServer[Any]:
     """An ``MCPServer`` protected by jwtmcp tokens, in one call.
@@ -308,7 +320,10 @@ def protected_server(
     (:class:`jwtmcp.verifier.Verifier`). ``verifier_options`` are more keyword arguments
     for the :class:`~jwtmcp.verifier.Verifier` built here (e.g. ``{"leeway": 10}``, in
     seconds); ``clock`` returns epoch seconds for the token time checks. Other keyword
-    arguments go to ``MCPServer``. All URLs are str.
+    arguments go to ``MCPServer``. All URLs are str. ``token_exchange`` (a
+    :class:`~jwtmcp.exchange_client.TokenExchangeClient` with this server's client
+    credentials) lets tools call ``await current_caller().exchange(resource=..., tools=...)``
+    for a downstream token on the caller's behalf (RFC 8693, docs/token-exchange.md).
 
     ``issuer`` and ``resource`` may be spelled any way that names the same identifier
     (a trailing ``/``, upper-case host, explicit default port); they are used and published
@@ -361,5 +376,6 @@ def protected_server(
         advertise_tools=advertise_tools,
         metrics=metrics,
         metrics_path=metrics_path,
+        token_exchange=token_exchange,
         **server_options,
     )

@@ -41,6 +41,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from . import audit
 from .errors import KeysUnavailable, TokenError
+from .exchange_client import Caller, TokenExchangeClient
 from .identifiers import canonical_issuer, canonical_resource
 from .metrics import ServerMetrics, ToolLabels
 from .strict_json import unique_members
@@ -84,7 +85,11 @@ class ClaimsVerifier(Protocol):
 
 # --- the caller, for tools --------------------------------------------------------------
 
-_caller: ContextVar[VerifiedClaims | None] = ContextVar("jwtmcp_caller", default=None)
+_Bound = tuple[VerifiedClaims, str | None, TokenExchangeClient | None]
+# The caller, its raw bearer token (for token exchange only, Caller.exchange; never logged)
+# and the server's token-exchange credentials (protected_server(token_exchange=...)). One
+# variable, so binding a caller costs one set and one reset per request.
+_caller: ContextVar[_Bound | None] = ContextVar("jwtmcp_caller", default=None)
 
 # The SDK's bearer backend runs inside this middleware and asks the token verifier again;
 # this remembers the answer already computed for the current request (same task), so the
@@ -92,24 +97,31 @@ _caller: ContextVar[VerifiedClaims | None] = ContextVar("jwtmcp_caller", default
 _pending: ContextVar[tuple[str, AccessToken] | None] = ContextVar("jwtmcp_pending", default=None)
 
 
-def get_caller() -> VerifiedClaims | None:
+def get_caller() -> Caller | None:
     """The verified claims of the token behind the current MCP request, or ``None``.
 
-    Returns a :class:`~jwtmcp.tokens.VerifiedClaims`, or ``None`` outside a request
-    authenticated by jwtmcp (for example on stdio). Never raises.
+    Returns a :class:`~jwtmcp.exchange_client.Caller` (a
+    :class:`~jwtmcp.tokens.VerifiedClaims` with :meth:`~jwtmcp.exchange_client.Caller.exchange`),
+    or ``None`` outside a request authenticated by jwtmcp (for example on stdio). Never raises.
     """
-    return _caller.get()
+    bound = _caller.get()
+    if bound is None:
+        return None
+    return Caller.of(*bound)
 
 
-def current_caller() -> VerifiedClaims:
+def current_caller() -> Caller:
     """The verified claims of the token behind the current MCP request.
 
     Works in sync and async tools, over Streamable HTTP and SSE. Returns a
-    :class:`~jwtmcp.tokens.VerifiedClaims`: ``.subject``, ``.client_id``, ``.scopes``,
-    ``.tools``, ``.expires_at`` (epoch seconds) and the raw ``.claims``. Raises
-    ``LookupError`` outside an authenticated request (use :func:`get_caller` for ``None``).
+    :class:`~jwtmcp.exchange_client.Caller`, a :class:`~jwtmcp.tokens.VerifiedClaims`:
+    ``.subject``, ``.client_id``, ``.scopes``, ``.tools``, ``.expires_at`` (epoch seconds),
+    ``.actor`` (RFC 8693 ``act``) and the raw ``.claims``; plus ``await .exchange(resource=...,
+    tools=[...])``, a token for a downstream server on the caller's behalf (RFC 8693, see
+    docs/token-exchange.md). Raises ``LookupError`` outside an authenticated request (use
+    :func:`get_caller` for ``None``).
     """
-    caller = _caller.get()
+    caller = get_caller()
     if caller is None:
         raise LookupError(
             "no authenticated caller: current_caller() works inside a tool served over HTTP "
@@ -118,13 +130,29 @@ def current_caller() -> VerifiedClaims:
     return caller
 
 
-def set_caller(caller: VerifiedClaims | None) -> Any:
-    """Bind ``caller`` for the current context; returns the token for :func:`reset_caller`."""
-    return _caller.set(caller)
+def set_caller(
+    caller: VerifiedClaims | None,
+    *,
+    token: str | None = None,
+    exchange: TokenExchangeClient | None = None,
+) -> Any:
+    """Bind ``caller`` for the current context, with its raw bearer ``token`` and the
+    server's ``exchange`` client (for :meth:`~jwtmcp.exchange_client.Caller.exchange`);
+    returns what :func:`reset_caller` takes."""
+    return _caller.set(None if caller is None else (caller, token, exchange))
 
 
 def reset_caller(token: Any) -> None:
     _caller.reset(token)
+
+
+def token_from_scope(scope: Scope) -> str | None:
+    """The raw bearer token of an authenticated HTTP request (the SDK's authenticated
+    user holds it), or None."""
+    user = scope.get("user")
+    if isinstance(user, AuthenticatedUser):
+        return user.access_token.token
+    return None
 
 
 def pending_access_token(token: str) -> AccessToken | None:
@@ -366,6 +394,8 @@ class JwtAuthMiddleware:
     ``metrics`` (a :class:`jwtmcp.metrics.ServerMetrics`) counts token checks and
     ``tools/call`` decisions; every decision is also an audit line (:mod:`jwtmcp.audit`)
     and checks and calls are OpenTelemetry spans (:mod:`jwtmcp.tracing`).
+    ``token_exchange`` (a :class:`~jwtmcp.exchange_client.TokenExchangeClient`) lets tools
+    call ``await current_caller().exchange(...)`` (RFC 8693).
     """
 
     def __init__(
@@ -381,8 +411,10 @@ class JwtAuthMiddleware:
         resource_name: str | None = None,
         advertise_tools: bool = True,
         metrics: ServerMetrics | None = None,
+        token_exchange: TokenExchangeClient | None = None,
     ) -> None:
         self.app = app
+        self.token_exchange = token_exchange
         self.verifier = verifier
         self._leeway = verifier_leeway(verifier)
         self.resource = canonical_resource(resource)
@@ -518,7 +550,7 @@ class JwtAuthMiddleware:
         scope[CALLER_SCOPE_KEY] = claims
         scope["user"] = user
         scope["auth"] = AuthCredentials(access.scopes)
-        caller_token = _caller.set(claims)
+        caller_token = set_caller(claims, token=token, exchange=self.token_exchange)
         pending_token = _pending.set((token, access))
         sdk_token = auth_context_var.set(user)
         try:
@@ -527,7 +559,7 @@ class JwtAuthMiddleware:
         finally:
             auth_context_var.reset(sdk_token)
             _pending.reset(pending_token)
-            _caller.reset(caller_token)
+            reset_caller(caller_token)
 
     # --- what an operator sees: metrics, audit, spans -------------------------------------
 

@@ -180,6 +180,48 @@ def scope_grants_scope(granted: str, requested: str) -> bool:
 # --- verified claims ---------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class Actor:
+    """Who acts for a token's subject: one level of the ``act`` claim (RFC 8693 §4.1).
+
+    ``subject`` is the acting party's ``sub`` (for jwtmcp, the client id of the protected
+    server that exchanged its caller's token); ``actor`` the party that acted before it
+    (the nested ``act``), None at the end of the chain.
+    """
+
+    subject: str
+    actor: Actor | None = None
+
+    @property
+    def chain(self) -> tuple[str, ...]:
+        """Every actor's subject, the most recent first (this one, then the nested ones)."""
+        out: list[str] = []
+        level: Actor | None = self
+        while level is not None:
+            out.append(level.subject)
+            level = level.actor
+        return tuple(out)
+
+    @classmethod
+    def from_claim(cls, act: object) -> Actor | None:
+        """The chain an ``act`` claim value describes, or None when it is not an object
+        with a non-empty string ``sub`` at every level (a nesting deeper than
+        :data:`MAX_CLAIM_DEPTH` is cut there)."""
+        levels: list[str] = []
+        while isinstance(act, Mapping) and len(levels) < MAX_CLAIM_DEPTH:
+            sub = act.get("sub")
+            if not isinstance(sub, str) or not sub:
+                return None
+            levels.append(sub)
+            act = act.get("act")
+        if not levels or (act is not None and len(levels) < MAX_CLAIM_DEPTH):
+            return None
+        actor: Actor | None = None
+        for sub in reversed(levels):
+            actor = cls(sub, actor)
+        return actor
+
+
 @dataclass(frozen=True, eq=False)
 class VerifiedClaims:
     """The claims of a token that passed every check. Frozen; ``claims`` is read-only.
@@ -197,6 +239,7 @@ class VerifiedClaims:
     - ``kid`` (str or None): the header's key id, None when absent (a PEM key source).
     - ``claims`` (read-only mapping): every claim of the payload, including extra ones
       such as ``tenant`` or ``email``.
+    - ``actor`` (:class:`Actor` or None): who acts for the subject (``act``, RFC 8693).
     """
 
     subject: str
@@ -237,6 +280,18 @@ class VerifiedClaims:
     def may_call(self, tool: str) -> bool:
         """True when this token's ``tool:`` scopes grant ``tool``."""
         return self.tools.allows(tool)
+
+    @property
+    def actor(self) -> Actor | None:
+        """The party acting for the subject (the ``act`` claim, RFC 8693 §4.1), or None.
+
+        Set on tokens issued by token exchange: ``actor.subject`` is the client id of the
+        server that called on the subject's behalf, ``actor.actor`` the one before it, and
+        ``actor.chain`` all of them, most recent first. None when the token has no ``act``
+        (or one that is not an object with a string ``sub`` at each level). Read from
+        ``claims`` when asked, so verification costs nothing more.
+        """
+        return Actor.from_claim(self.claims.get("act"))
 
 
 # --- minting -----------------------------------------------------------------------------

@@ -338,7 +338,8 @@ class Verifier:
       the token's ``aud`` must contain one of them (RFC 8707, RFC 9068 §4).
     - ``jwks_url`` (str), ``jwks_file`` (path), ``public_key_pem`` (str or bytes): the key
       source, exactly one. A plain ``http://`` URL must be loopback unless
-      ``allow_insecure_jwks_url`` (bool) is true.
+      ``allow_insecure_jwks_url`` (bool) is true. Or ``key_source``: a ready
+      :class:`~jwtmcp.jwks.KeySource` (the issuer's own ring, for token exchange).
     - ``clock`` (() -> float): epoch seconds, for the token time checks; default
       :func:`time.time`.
     - ``monotonic`` (() -> float): seconds from any origin, measuring how old the fetched keys
@@ -369,6 +370,7 @@ class Verifier:
         jwks_url: str | None = None,
         jwks_file: str | Any | None = None,
         public_key_pem: str | bytes | None = None,
+        key_source: KeySource | None = None,
         clock: Clock = time.time,
         monotonic: Clock = time.monotonic,
         algorithms: Iterable[str] = ("RS256",),
@@ -415,9 +417,11 @@ class Verifier:
         ):
             if isinstance(ivalue, bool) or not isinstance(ivalue, int) or ivalue < low:
                 raise ConfigError(f"{name} must be an integer of at least {low}, not {ivalue!r}")
-        sources = [s for s in (jwks_url, jwks_file, public_key_pem) if s is not None]
+        sources = [s for s in (jwks_url, jwks_file, public_key_pem, key_source) if s is not None]
         if len(sources) != 1:
-            raise ConfigError("give exactly one key source: jwks_url, jwks_file or public_key_pem")
+            raise ConfigError(
+                "give exactly one key source: jwks_url, jwks_file, public_key_pem or key_source"
+            )
 
         self.issuer = issuer
         self.audiences: tuple[str, ...] = audiences
@@ -459,6 +463,8 @@ class Verifier:
             )
         elif jwks_file is not None:
             self.keys = StaticKeys.from_file(jwks_file, algorithms=algs, max_keys=policy.max_keys)
+        elif key_source is not None:
+            self.keys = key_source
         else:
             assert public_key_pem is not None
             self.keys = StaticKeys.from_pem(public_key_pem)

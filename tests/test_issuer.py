@@ -779,6 +779,7 @@ def test_metadata_parses_with_the_mcp_sdk_model(make_issuer: Callable[..., Issue
         "client_credentials",
         "authorization_code",
         "refresh_token",
+        "urn:ietf:params:oauth:grant-type:token-exchange",
     ]
     assert meta.token_endpoint_auth_methods_supported == [
         "client_secret_basic",
