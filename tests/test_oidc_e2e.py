@@ -216,8 +216,20 @@ def _sign_in_at_the_provider(
     browser.driver.find_element(By.LINK_TEXT, "Sign in with Corp SSO").click()
     browser.fill("login", login)
     browser.fill("password", "any password (development interactions)")
-    browser.click("Sign-in")
-    browser.click("Continue")  # the provider's own consent page
+    # Each click starts a chain of redirects; rather than watching the old page go stale
+    # (which chromedriver can misreport mid-chain), wait for what comes next.
+    browser.click("Sign-in", wait_for_page=False)
+    browser.click("Continue", wait_for_page=False)  # the provider's own consent page
+    _arrive(browser, f"{site.base}/authorize/")
+
+
+def _arrive(browser: Browser, prefix: str) -> None:
+    """Wait until the browser is on a page under ``prefix`` and it has loaded."""
+    browser.wait_for_url(prefix)
+    browser._wait(
+        lambda: browser.driver.execute_script("return document.readyState") == "complete",
+        f"a page under {prefix} to load",
+    )
 
 
 async def _call_add(url: str, token: str) -> Any:
@@ -236,6 +248,7 @@ def test_a_group_member_signs_in_at_the_provider_consents_and_calls_the_granted_
     verifier = secrets.token_urlsafe(48)
     _sign_in_at_the_provider(browser, site, client_id, verifier, "alice")
     # Back at jwtmcp: the consent page offers what the policy grants the eng group.
+    _arrive(browser, f"{site.base}/authorize/consent")
     assert browser.checked_values("scope") == ["tool:add"]
     browser.screenshot(screenshot_dir / "oidc-consent.png")
     browser.click("Allow")
@@ -276,6 +289,7 @@ def test_a_person_outside_every_rule_gets_a_clear_refusal_page(
 ) -> None:
     client_id = _register(site)
     _sign_in_at_the_provider(browser, site, client_id, secrets.token_urlsafe(48), "eve")
+    _arrive(browser, f"{site.base}/authorize/callback/corp?")
     text = browser.text()
     browser.screenshot(screenshot_dir / "oidc-refused.png")
     assert "No access" in text
