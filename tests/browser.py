@@ -299,6 +299,12 @@ class Browser:
             element.is_enabled()
         except StaleElementReferenceException:
             return True
+        except WebDriverException as exc:
+            # While the old document is torn down, chromedriver may answer "Node with given
+            # id does not belong to the document" instead of a stale-element error.
+            if "does not belong to the document" in str(exc):
+                return True
+            raise
         return False
 
     def _wait(self, condition: Any, what: str, timeout: float | None = None) -> None:
