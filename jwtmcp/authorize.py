@@ -95,6 +95,13 @@ from .identifiers import canonical_or_none
 from .identity import Identity, PasswordSource
 from .logfields import client_fields
 from .numeric import declared_length
+from .oidc import (
+    Federation,
+    ProviderUnavailable,
+    Transaction,
+    UpstreamRefused,
+    upstream_claims,
+)
 from .pkce import check_code_challenge
 from .redirect_uris import redirect_uri_matches
 from .resolver import ClientResolver
@@ -116,6 +123,12 @@ MAX_PARAM_LENGTH = 4096
 MAX_STATE_LENGTH = 2048
 """Characters of ``state`` accepted; it comes back unchanged in the redirect."""
 STATIC_PATH = "/authorize/static"
+UPSTREAM_COOKIE = "jwtmcp_upstream"
+UPSTREAM_TTL = 600
+"""Seconds a browser has to sign in at the upstream provider and come back."""
+UPSTREAM_RETRY_AFTER = 30
+MAX_UPSTREAM_SESSION_BYTES = 3000
+"""The session cookie of an upstream sign-in carries its claims; browsers keep ~4 KB."""
 
 _HERE = Path(__file__).resolve().parent
 _SINGLE = (
@@ -454,8 +467,10 @@ class Authorizer:
         key: bytes,
         clock: Clock = time.time,
         login_limits: LoginLimits | None = None,
+        federation: Federation | None = None,
     ) -> None:
         self.issuer = issuer
+        self.federation = federation
         self.resolver = resolver
         self.source = identity_source
         self._store: Store | None = None
@@ -466,6 +481,7 @@ class Authorizer:
         self._requests = Signer(key, "request", clock)
         self._sessions = Signer(key, "session", clock)
         self._csrf = Signer(key, "csrf", clock)
+        self._upstream = Signer(key, "upstream", clock)
         self._templates = jinja2.Environment(
             loader=jinja2.FileSystemLoader(_HERE / "templates"),
             autoescape=True,
@@ -488,6 +504,8 @@ class Authorizer:
             Route("/authorize/login", self.login, methods=["POST"]),
             Route("/authorize/consent", self.consent_page, methods=["GET"]),
             Route("/authorize/consent", self.consent, methods=["POST"]),
+            Route("/authorize/upstream", self.upstream_start, methods=["GET"]),
+            Route("/authorize/callback/{provider}", self.upstream_callback, methods=["GET"]),
             Mount(STATIC_PATH, StaticFiles(directory=_HERE / "static"), name="static"),
         ]
 
@@ -783,7 +801,11 @@ class Authorizer:
 
     def _signed_in(self, session: Mapping[str, Any]) -> Identity | None:
         subject = session.get("sub")
-        if not isinstance(subject, str) or session.get("src") != self.source.source_id:
+        if not isinstance(subject, str):
+            return None
+        if self.federation is not None and session.get("src") in self.federation.sources:
+            return self._federated_identity(session)
+        if session.get("src") != self.source.source_id:
             return None
         try:
             return self.source.lookup(subject)
@@ -810,6 +832,7 @@ class Authorizer:
         username: str = "",
         headers: Mapping[str, str] | None = None,
     ) -> Response:
+        request_blob = self._request_blob(pending)
         return self._page(
             "login.html",
             status,
@@ -821,6 +844,15 @@ class Authorizer:
             client_name=pending.client_name,
             error=error,
             username=username,
+            password_login=self.federation is None or self.federation.password_login,
+            providers=[
+                {
+                    "name": p.display_name,
+                    "href": "/authorize/upstream?"
+                    + urlencode({"provider": p.provider_id, "request": request_blob}),
+                }
+                for p in (self.federation.providers() if self.federation is not None else [])
+            ],
         )
 
     async def _consent_or_error(
@@ -982,6 +1014,10 @@ class Authorizer:
             form = await self._form(request)
             session = self._check_csrf(self._session(request), form)
             pending = self._pending(form)
+            if self.federation is not None and not self.federation.password_login:
+                raise _PageError(
+                    403, "Password sign-in is off", "Sign in with your identity provider."
+                )
             username = (form.get("username") or [""])[0][:200]
             password = (form.get("password") or [""])[0]
             address = request.client.host if request.client else "unknown"
@@ -1120,6 +1156,8 @@ class Authorizer:
                 "claims": dict(identity.claims),
                 "max_lifetime": identity.max_lifetime,
             }
+            if identity.upstream:
+                grant["upstream"] = dict(identity.upstream)  # a refresh decides on them again
             code = new_opaque_token()
             try:
                 self.store.put_code(code, grant, ttl=CODE_TTL)
@@ -1142,6 +1180,238 @@ class Authorizer:
             pending.redirect_uri, {"code": code, "state": pending.state, "iss": self.issuer}
         )
         return self._redirect(location, pending.redirect_uri)
+
+    # -- upstream OpenID Connect login (jwtmcp.oidc) ------------------------------------------
+
+    def _federated_identity(self, session: Mapping[str, Any]) -> Identity | None:
+        """The identity of a session signed in upstream, under the *current* policy."""
+        assert self.federation is not None
+        source = self.federation.sources[str(session.get("src"))]
+        upstream = session.get("up")
+        if not isinstance(upstream, dict):
+            return None
+        identity = source.identity(upstream)
+        if identity is None or identity.subject != session.get("sub"):
+            return None
+        return identity
+
+    def _provider_down(self, exc: ProviderUnavailable) -> _PageError:
+        log.warning(json.dumps({"event": "oidc_provider_unavailable", "error": exc.message}))
+        return _PageError(
+            503,
+            "Sign-in is briefly unavailable",
+            "The identity provider cannot be reached right now. Try again in a moment.",
+            {"Retry-After": str(UPSTREAM_RETRY_AFTER)},
+        )
+
+    async def upstream_start(self, request: Request) -> Response:
+        """``GET /authorize/upstream?provider=ID&request=…``: off to the provider's login."""
+        try:
+            pairs = _query_pairs(request)
+            provider_ids = [v for k, v in pairs if k == "provider"]
+            pending = self._pending({"request": [v for k, v in pairs if k == "request"]})
+            federation = self.federation
+            if (
+                federation is None
+                or len(provider_ids) != 1
+                or (provider_ids[0] not in federation.clients)
+            ):
+                raise _PageError(
+                    404, "Unknown identity provider", "This sign-in option does not exist."
+                )
+            client = federation.clients[provider_ids[0]]
+            session = self._session(request) or self._new_session()
+            try:
+                location, transaction = await client.start(self._request_blob(pending))
+            except ProviderUnavailable as exc:
+                raise self._provider_down(exc) from None
+        except _PageError as exc:
+            return self._error_page(exc)
+        log.info(
+            json.dumps(
+                {
+                    "event": "oidc_login_started",
+                    "provider": client.provider.provider_id,
+                    **client_fields(pending.client_id, pending.client_name),
+                }
+            )
+        )
+        response = self._redirect(location)
+        self._set_session(response, session)
+        response.set_cookie(
+            UPSTREAM_COOKIE,
+            self._upstream.dumps({**transaction.as_dict(), "sid": session["sid"]}, UPSTREAM_TTL),
+            max_age=UPSTREAM_TTL,
+            path=COOKIE_PATH,
+            secure=self.secure_cookies,
+            httponly=True,
+            samesite="lax",
+        )
+        return response
+
+    def _upstream_transaction(self, request: Request, provider_id: str) -> Transaction:
+        """The transaction this browser started with ``provider_id``, or a 400 page."""
+        value, why = self._upstream.read(request.cookies.get(UPSTREAM_COOKIE))
+        session = self._session(request)
+        if value is None or session is None or value.get("sid") != session.get("sid"):
+            raise _PageError(
+                400,
+                "This sign-in has expired" if why == "expired" else "This sign-in is not known",
+                "The answer from the identity provider does not belong to a sign-in started "
+                "in this browser in the last few minutes. Go back to the application and "
+                "start signing in again.",
+            )
+        try:
+            transaction = Transaction.from_dict(value)
+        except (KeyError, TypeError, ValueError):
+            raise _PageError(400, "This sign-in is not known", "The sign-in is damaged.") from None
+        if transaction.provider_id != provider_id:
+            raise _PageError(
+                400,
+                "This sign-in is not known",
+                "The answer came back from another identity provider than the one this "
+                "sign-in went to.",
+            )
+        return transaction
+
+    async def upstream_callback(self, request: Request) -> Response:
+        """``GET /authorize/callback/ID``: check the provider's answer and its ID token, ask the
+        policy, then consent (OpenID Connect Core 1.0 §3.1.2.5 to §3.1.3.7)."""
+        provider_id = str(request.path_params.get("provider", ""))
+        try:
+            federation = self.federation
+            if federation is None or provider_id not in federation.clients:
+                raise _PageError(
+                    404, "Unknown identity provider", "This sign-in option does not exist."
+                )
+            client = federation.clients[provider_id]
+            provider = client.provider
+            transaction = self._upstream_transaction(request, provider_id)
+            params: dict[str, list[str]] = {}
+            for name, value in _query_pairs(request):
+                _check_characters(name, value)
+                params.setdefault(name, []).append(value)
+            state = params.get("state", [""])
+            if len(state) != 1 or not std_hmac.compare_digest(
+                state[0].encode(), transaction.state.encode()
+            ):
+                raise _PageError(
+                    400,
+                    "This sign-in is not known",
+                    "The identity provider's answer does not carry this sign-in's state. "
+                    "Go back to the application and start signing in again.",
+                )
+            iss = params.get("iss")
+            if iss is not None and iss != [provider.issuer]:  # RFC 9207 §2.4
+                raise _PageError(
+                    400,
+                    "This sign-in is not known",
+                    "The answer names another issuer than the identity provider it went to.",
+                )
+            try:
+                first = self.store.remember_once(
+                    "upstream-state:" + hashlib.sha256(transaction.state.encode()).hexdigest(),
+                    until=int(self.clock()) + UPSTREAM_TTL,
+                )
+            except StoreUnavailable as exc:
+                raise self._store_down(exc) from None
+            if not first:
+                raise _PageError(
+                    400,
+                    "This sign-in was already answered",
+                    "The identity provider's answer was used already. Go back to the "
+                    "application and start signing in again.",
+                )
+            pending = self._pending({"request": [transaction.request]})
+            error = params.get("error")
+            if error is not None:
+                shown = error[0] if re.fullmatch(r"[a-z_]{1,64}", error[0]) else "an error"
+                refused = {"event": "oidc_login_refused", "provider": provider_id}
+                log.info(json.dumps({**refused, "error": "upstream:" + shown}))
+                raise _PageError(
+                    403,
+                    "Sign-in did not complete",
+                    f"{provider.display_name} did not sign you in ({shown}). Go back to the "
+                    "application and try again.",
+                )
+            code = params.get("code", [""])
+            if len(code) != 1 or not code[0]:
+                raise _PageError(
+                    400, "Sign-in did not complete", "The identity provider sent no code."
+                )
+            try:
+                claims = await client.finish(code[0], transaction)
+            except ProviderUnavailable as exc:
+                raise self._provider_down(exc) from None
+            except UpstreamRefused as exc:
+                refused = {"event": "oidc_login_refused", "provider": provider_id}
+                log.warning(json.dumps({**refused, "error": exc.code, "reason": exc.message}))
+                raise _PageError(
+                    502,
+                    "Sign-in was refused",
+                    f"The answer from {provider.display_name} was refused: {exc.message} "
+                    f"({exc.code}). Nothing was issued. Go back to the application and try "
+                    "again; if it happens again, tell the administrator.",
+                ) from None
+            source = federation.sources[provider.source]
+            upstream = upstream_claims(provider, claims)
+            refusal = source.refusal(upstream)
+            identity = source.identity(upstream) if refusal is None else None
+            who = upstream.get("email") if isinstance(upstream.get("email"), str) else None
+            who = who or str(upstream.get("sub"))
+            if identity is None:
+                denied = {
+                    "event": "oidc_login_denied",
+                    "provider": provider_id,
+                    "upstream_sub": str(upstream.get("sub")),
+                    "reason": refusal or "no policy rule matched",
+                }
+                log.warning(json.dumps(denied))
+                raise _PageError(
+                    403,
+                    "No access",
+                    f"You signed in at {provider.display_name} as {who}, but "
+                    + (
+                        f"{refusal}."
+                        if refusal is not None
+                        else "no rule of this service's access policy gives you any tools."
+                    )
+                    + " Nothing was issued. Ask your administrator for access.",
+                )
+            signed_in = {
+                "sid": secrets.token_urlsafe(24),  # a new id at login: no session fixation
+                "sub": identity.subject,
+                "src": identity.source_id,
+                "at": int(self.clock()),
+                "up": dict(identity.upstream),
+            }
+            if len(json.dumps(signed_in)) > MAX_UPSTREAM_SESSION_BYTES:
+                raise _PageError(
+                    400,
+                    "Sign-in did not complete",
+                    f"{provider.display_name} sent more claims than a sign-in session can "
+                    "hold (often a very long list of groups). Ask your administrator to limit "
+                    "the groups in the ID token.",
+                )
+        except _PageError as exc:
+            response = self._error_page(exc)
+            response.delete_cookie(UPSTREAM_COOKIE, path=COOKIE_PATH)
+            return response
+        log.info(
+            json.dumps(
+                {
+                    "event": "login",
+                    "sub": identity.subject,
+                    "source": identity.source_id,
+                    **client_fields(pending.client_id, pending.client_name),
+                }
+            )
+        )
+        location = "/authorize/consent?" + urlencode({"request": self._request_blob(pending)})
+        response = self._redirect(location, pending.redirect_uri)
+        self._set_session(response, signed_in)
+        response.delete_cookie(UPSTREAM_COOKIE, path=COOKIE_PATH)
+        return response
 
 
 class _Redirecting(Exception):

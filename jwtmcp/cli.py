@@ -1054,6 +1054,11 @@ examples:
 
     add_sessions_commands(commands)
 
+    # policy ... (its own module)
+    from .cli_policy import add_policy_commands
+
+    add_policy_commands(commands)
+
     # serve
     p = commands.add_parser(
         "serve",

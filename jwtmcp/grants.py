@@ -55,7 +55,7 @@ from .errors import (
     StoreUnavailable,
 )
 from .identifiers import canonical_or_none
-from .identity import Identity, PasswordSource
+from .identity import GrantLookupSource, Identity, PasswordSource
 from .issuer import (
     _NO_STORE_RAW,
     OAuthError,
@@ -633,6 +633,8 @@ class RefreshTokenGrant:
         source = sources.get(str(family.grant.get("source_id")))
         if source is None:
             return None
+        if isinstance(source, GrantLookupSource):
+            return source.lookup_grant(family.subject, family.grant)
         return source.lookup(family.subject)
 
     async def _revoke(self, family: RefreshFamily, reason: str) -> None:

@@ -50,6 +50,9 @@ class Identity:
     max_lifetime: int | None = None
     claims: Mapping[str, Any] = field(default_factory=dict, hash=False)
     source_id: str = ""
+    upstream: Mapping[str, Any] = field(default_factory=dict, hash=False)
+    """For a federated identity (:mod:`jwtmcp.oidc`), the verified upstream claims the
+    policy decided on; kept with the grant so a refresh can decide again."""
 
     def __post_init__(self) -> None:
         if not self.subject:
@@ -72,6 +75,16 @@ class IdentitySource(Protocol):
     source_id: str
     display_name: str
     """Shown on the login page ("Sign in with ...")."""
+
+
+@runtime_checkable
+class GrantLookupSource(IdentitySource, Protocol):
+    """A source that needs the stored grant, not only the subject, to re-check an identity
+    at refresh (a federated source re-evaluates the policy over the kept upstream claims)."""
+
+    def lookup_grant(self, subject: str, grant: Mapping[str, Any]) -> Identity | None:
+        """The subject's current identity from its grant; None when it may no longer have one."""
+        ...
 
 
 @runtime_checkable

@@ -168,6 +168,11 @@ class IssuerSettings:
     allow_loopback_http_jwks: bool = False
     """Development only: fetch ``private_key_jwt`` clients' and trusted issuers' JWKS over
     plain http on loopback hosts (otherwise https only)."""
+    providers_file: str = ""
+    """Upstream OpenID providers (:mod:`jwtmcp.oidc`); empty: ``providers.json`` beside the
+    clients file when it exists (else no upstream login)."""
+    policy_file: str = ""
+    """The policy for upstream identities; empty: ``policy.json`` beside the clients file."""
 
 
 def _is_loopback(host: str) -> bool:
@@ -506,6 +511,17 @@ class IssuerService:
             "clock": clock,
         }
         options.update(sign_in or {})
+        from .oidc import federation_for_issuer
+
+        self.federation = federation_for_issuer(
+            issuer=self.issuer,
+            clients_file=settings.clients_file,
+            providers_file=settings.providers_file or None,
+            policy_file=settings.policy_file or None,
+            clock=clock,
+            reload_interval=settings.reload_interval,
+        )
+        options["federation"] = self.federation
         self.sign_in = build_sign_in(
             issuer=self.issuer,
             keys_dir=settings.keys_dir,
@@ -530,7 +546,10 @@ class IssuerService:
             # second connection to one file, plus the no-wait one they try first).
             store=given_store if not isinstance(given_store, str | os.PathLike | None) else None,
             resolver=self.sign_in.resolver,
-            identity_sources={identity.source_id: identity},
+            identity_sources={
+                identity.source_id: identity,
+                **(self.federation.sources if self.federation is not None else {}),
+            },
             store_busy_timeout=settings.store_busy_timeout,
         )
         from .client_auth import PrivateKeyJwtAuthenticator
@@ -841,6 +860,8 @@ def create_app(
     client_resolver: ClientResolver | None = None,
     identity_source: PasswordSource | None = None,
     allow_loopback_http_jwks: bool = False,
+    providers_file: str | os.PathLike[str] | None = None,
+    policy_file: str | os.PathLike[str] | None = None,
 ) -> Starlette:
     """The issuer as a Starlette app over an existing key ring and clients file.
 
@@ -855,9 +876,10 @@ def create_app(
     private and loopback hosts), ``login_limits`` (failed logins per user and per address),
     the refresh-token lifetimes (seconds) and ``store_busy_timeout`` (seconds a request waits
     for another writer). ``client_resolver`` and ``identity_source`` replace the ones built
-    from those files. ``allow_loopback_http_jwks`` (development only) lets ``private_key_jwt``
-    clients and trusted issuers publish their keys over plain http on loopback. The store
-    is opened on first use: while it cannot be, sign-in and the
+    from those files. ``providers_file`` and ``policy_file`` configure upstream OpenID login
+    (:mod:`jwtmcp.oidc`, :mod:`jwtmcp.policy`). ``allow_loopback_http_jwks`` (development
+    only) lets ``private_key_jwt`` clients and trusted issuers publish their keys over plain
+    http on loopback. The store is opened on first use: while it cannot be, sign-in and the
     code and refresh grants answer 503 with ``Retry-After`` and ``client_credentials`` works.
     """
     sign_in: dict[str, Any] = {}
@@ -888,6 +910,8 @@ def create_app(
         refresh_max_ttl=refresh_max_ttl,
         store_busy_timeout=store_busy_timeout,
         allow_loopback_http_jwks=allow_loopback_http_jwks,
+        providers_file=os.fspath(providers_file) if providers_file is not None else "",
+        policy_file=os.fspath(policy_file) if policy_file is not None else "",
     )
     service = IssuerService(
         settings, clock=clock, rate_limit_clock=rate_limit_clock, sign_in=sign_in

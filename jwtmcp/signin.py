@@ -30,6 +30,7 @@ from .authorize import Authorizer, LoginLimits
 from .cimd import ClientMetadataFetcher
 from .errors import UsersError
 from .identity import Identity, PasswordSource, UsersFileSource
+from .oidc import Federation
 from .registration import StatelessRegistrar, load_or_create_registration_key
 from .resolver import ClientResolver
 from .store import Store, default_store_path, open_store
@@ -114,6 +115,7 @@ def build_sign_in(
     configured_clients: Mapping[str, Any] | None = None,
     resolver: ClientResolver | None = None,
     store_busy_timeout: float | None = None,
+    federation: Federation | None = None,
 ) -> SignIn:
     """Everything interactive sign-in needs, from the issuer's settings.
 
@@ -123,6 +125,7 @@ def build_sign_in(
     :class:`~jwtmcp.cimd.ClientMetadataFetcher` that refuses private and loopback hosts;
     ``resolver`` replaces the client resolver built from those; ``store_busy_timeout``
     (seconds, None: the store's default) is how long a request waits for another writer.
+    ``federation`` (:mod:`jwtmcp.oidc`) adds upstream OpenID providers to the login page.
     Raises :class:`~jwtmcp.errors.ConfigError` for an unusable key directory and
     :class:`~jwtmcp.errors.StoreUnavailable` from the sign-in steps (not here) while the
     store cannot be opened.
@@ -154,6 +157,7 @@ def build_sign_in(
         key=key,
         clock=clock,
         login_limits=login_limits,
+        federation=federation,
     )
     return SignIn(
         resolver=resolver,
