@@ -30,15 +30,17 @@ import base64
 import binascii
 import contextlib
 import math
+import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 import anyio.to_thread
 import jwt
 
-from .errors import JwtMcpError, KeysUnavailable, UnknownKid
-from .jwks import JwksCache, KeySource, PublicKey, StaticKeys
+from .errors import ConfigError, JwtMcpError, KeysUnavailable, UnknownKid
+from .jwks import JwksCache, JwksPolicy, KeySource, PublicKey, StaticKeys, is_loopback_url
 from .strict_json import DuplicateMember, loads_document
 
 ASSERTION_ALGORITHMS = ("RS256", "PS256")
@@ -182,9 +184,7 @@ async def find_key(keys: KeySource, kid: str | None, now: float) -> PublicKey:
         if not isinstance(found, PublicKey):
             with contextlib.suppress(TimeoutError):
                 # shield: a cancelled request must not cancel a fetch others share.
-                await asyncio.wait_for(
-                    asyncio.shield(asyncio.wrap_future(found)), KEY_WAIT_TIMEOUT
-                )
+                await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(found)), KEY_WAIT_TIMEOUT)
             found = keys.find(kid, now, may_wait=False)
     except UnknownKid:
         raise AssertionRefused(
@@ -192,6 +192,49 @@ async def find_key(keys: KeySource, kid: str | None, now: float) -> PublicKey:
         ) from None
     assert isinstance(found, PublicKey)
     return found
+
+
+class RemoteKeySets:
+    """One :class:`~jwtmcp.jwks.JwksCache` per JWKS URL, shared by everyone naming that URL
+    and closed when nobody does any more. https only; plain http on a loopback host only
+    with ``allow_loopback_http`` (development). Thread-safe."""
+
+    def __init__(self, *, allow_loopback_http: bool = False) -> None:
+        self.allow_loopback_http = allow_loopback_http
+        self._lock = threading.Lock()
+        self._caches: dict[str, JwksCache] = {}
+
+    def get(self, url: str, *, max_keys: int = 100) -> JwksCache:
+        """The cache for ``url``. Raises :class:`~jwtmcp.errors.ConfigError` for a URL that
+        is not https (unless loopback in development mode)."""
+        if urlsplit(url).scheme != "https" and not (
+            self.allow_loopback_http and is_loopback_url(url)
+        ):
+            raise ConfigError(
+                f"the JWKS URL {url} is not https; plain http on loopback is used only in "
+                "development mode (allow_loopback_http_jwks)"
+            )
+        with self._lock:
+            cache = self._caches.get(url)
+            if cache is None:
+                cache = self._caches[url] = JwksCache(
+                    url,
+                    algorithms=ASSERTION_ALGORITHMS,
+                    policy=JwksPolicy(max_keys=max_keys),
+                    allow_insecure_http=self.allow_loopback_http,
+                )
+            return cache
+
+    def keep_only(self, urls: Iterable[str]) -> None:
+        """Close the caches of URLs not in ``urls``."""
+        wanted = set(urls)
+        with self._lock:
+            gone = [self._caches.pop(u) for u in list(self._caches) if u not in wanted]
+        for cache in gone:
+            cache.close()
+
+    def close(self) -> None:
+        self.keep_only(())
 
 
 def _numeric(claims: Mapping[str, Any], name: str) -> float | None:
@@ -231,10 +274,16 @@ def check_times(claims: Mapping[str, Any], *, now: float, max_lifetime: float) -
 
 
 async def verify_assertion(
-    token: str, keys: KeySource, *, now: float, max_lifetime: float
+    token: str,
+    keys: KeySource,
+    *,
+    now: float,
+    max_lifetime: float,
+    algorithms: Iterable[str] = ASSERTION_ALGORITHMS,
 ) -> Assertion:
     """Verify ``token``'s header, signature (with a key of ``keys``) and times (see the
-    module docstring); ``now`` is epoch seconds, ``max_lifetime`` seconds.
+    module docstring); ``now`` is epoch seconds, ``max_lifetime`` seconds; ``algorithms``
+    narrows :data:`ASSERTION_ALGORITHMS` (e.g. to what one trusted issuer uses).
 
     Returns the :class:`Assertion`. Raises :class:`AssertionRefused` naming the failed check,
     or :class:`~jwtmcp.errors.KeysUnavailable` when the key set cannot be fetched (a
@@ -242,6 +291,8 @@ async def verify_assertion(
     """
     header, _ = read_unverified(token)
     alg = header["alg"]
+    if alg not in set(algorithms):
+        raise AssertionRefused(f"the assertion's algorithm {alg} is not accepted from its issuer")
     key = await find_key(keys, header.get("kid"), now)
     if key.alg is not None and key.alg != alg:
         raise AssertionRefused(f"the assertion's key is registered for {key.alg}, not {alg}")
@@ -280,6 +331,7 @@ __all__ = [
     "ASSERTION_ALGORITHMS",
     "Assertion",
     "AssertionRefused",
+    "RemoteKeySets",
     "audience_matches",
     "check_times",
     "find_key",

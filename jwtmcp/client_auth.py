@@ -48,6 +48,7 @@ from .assertions import (
     LEEWAY,
     MAX_CLIENT_KEYS,
     AssertionRefused,
+    RemoteKeySets,
     audience_matches,
     read_unverified,
     replay_key,
@@ -56,16 +57,7 @@ from .assertions import (
 from .clients import Client
 from .errors import ClientsError, ConfigError, KeysUnavailable
 from .issuer import OAuthError
-from .jwks import (
-    JwksCache,
-    JwksError,
-    JwksPolicy,
-    KeySource,
-    StaticKeys,
-    is_loopback_url,
-    load_pem_public_key,
-    parse_jwks,
-)
+from .jwks import JwksError, KeySource, StaticKeys, load_pem_public_key, parse_jwks
 from .strict_json import loads_document
 
 if TYPE_CHECKING:
@@ -136,14 +128,13 @@ def _unavailable(description: str, retry_after: int = 5) -> OAuthError:
 
 class ClientKeys:
     """The key source of each ``private_key_jwt`` client: a :class:`StaticKeys` for an
-    inline JWKS, a :class:`JwksCache` per ``jwks_uri`` (shared by clients naming the same
-    URL, kept while some client names it). Thread-safe."""
+    inline JWKS, the shared :class:`~jwtmcp.assertions.RemoteKeySets` cache of its
+    ``jwks_uri``. Thread-safe."""
 
     def __init__(self, *, allow_loopback_http: bool = False) -> None:
-        self.allow_loopback_http = allow_loopback_http
+        self.remote = RemoteKeySets(allow_loopback_http=allow_loopback_http)
         self._lock = threading.Lock()
         self._static: dict[int, tuple[Client, StaticKeys]] = {}
-        self._remote: dict[str, JwksCache] = {}
 
     def for_client(self, client: Client) -> KeySource:
         """The keys ``client`` signs with. Raises :class:`ConfigError` when its registration
@@ -168,37 +159,16 @@ class ClientKeys:
                     self._static.clear()
                 self._static[id(client)] = (client, keys)
             return keys
-        url = client.jwks_uri
-        if url is None:
+        if client.jwks_uri is None:
             raise ConfigError(f"client {client.client_id} has no registered keys")
-        if urlsplit(url).scheme != "https" and not (
-            self.allow_loopback_http and is_loopback_url(url)
-        ):
-            raise ConfigError(
-                f"the jwks_uri of client {client.client_id} is not https; plain http on "
-                "loopback is used only in development mode (allow_loopback_http_jwks)"
-            )
-        with self._lock:
-            cache = self._remote.get(url)
-            if cache is None:
-                cache = self._remote[url] = JwksCache(
-                    url,
-                    algorithms=ASSERTION_ALGORITHMS,
-                    policy=JwksPolicy(max_keys=MAX_CLIENT_KEYS),
-                    allow_insecure_http=self.allow_loopback_http,
-                )
-            return cache
+        return self.remote.get(client.jwks_uri, max_keys=MAX_CLIENT_KEYS)
 
     def forget_others(self, urls: set[str]) -> None:
         """Close the caches of URLs no client names any more."""
-        with self._lock:
-            gone = [u for u in self._remote if u not in urls]
-            caches = [self._remote.pop(u) for u in gone]
-        for cache in caches:
-            cache.close()
+        self.remote.keep_only(urls)
 
     def close(self) -> None:
-        self.forget_others(set())
+        self.remote.close()
 
 
 class PrivateKeyJwtAuthenticator:

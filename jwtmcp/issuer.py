@@ -557,6 +557,9 @@ class IssuerService:
         self.private_key_jwt = PrivateKeyJwtAuthenticator(
             self, allow_loopback_http=settings.allow_loopback_http_jwks
         )
+        from .jwt_bearer import install_jwt_bearer
+
+        install_jwt_bearer(self)
 
     # -- documents ----------------------------------------------------------------------
 

@@ -138,9 +138,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
             return a + b
 
         with serve_app(app, port=port), serve_app(server.streamable_http_app(), port=mcp_port):
-            yield World(
-                issuer, resource, clock, signer_key, remote_key, jwks_server, directory
-            )
+            yield World(issuer, resource, clock, signer_key, remote_key, jwks_server, directory)
         server.jwt_verifier.close()  # type: ignore[attr-defined]
 
 
@@ -330,7 +328,10 @@ def test_a_jwks_uri_client_whose_keys_cannot_be_fetched_gets_503_with_retry_afte
     key = new_key()
     with JwksServer(public_jwks(key)).running() as url:
         add_client(
-            world.directory / "clients.json", "flaky", tools=["add"], audiences=[world.resource],
+            world.directory / "clients.json",
+            "flaky",
+            tools=["add"],
+            audiences=[world.resource],
             jwks_uri=url,
         )
     # The JWKS server has stopped: its port refuses connections now.
@@ -349,14 +350,21 @@ def test_a_client_assertion_when_the_store_is_down_gets_503_with_retry_after(
     init_ring(tmp_path / "keys")
     key = new_key()
     clients = tmp_path / "clients.json"
-    add_client(clients, "signer", tools=["add"], audiences=["http://127.0.0.1:1/mcp"],
-               jwks=public_jwks(key))
+    add_client(
+        clients,
+        "signer",
+        tools=["add"],
+        audiences=["http://127.0.0.1:1/mcp"],
+        jwks=public_jwks(key),
+    )
     blocker = tmp_path / "not-a-directory"
     blocker.write_text("a file where the store's directory should be")
     port = free_port()
     issuer = f"http://127.0.0.1:{port}"
     app = create_app(
-        issuer_url=issuer, keys_dir=tmp_path / "keys", clients_file=clients,
+        issuer_url=issuer,
+        keys_dir=tmp_path / "keys",
+        clients_file=clients,
         store=blocker / "state.db",
     )
     now = int(time.time())
@@ -401,8 +409,17 @@ def test_clients_add_with_a_pem_public_key_registers_a_secretless_client(tmp_pat
     )
     clients = tmp_path / "clients.json"
     code, out, err = run_cli(
-        "clients", "add", "bot", "--tools", "add", "--audience", "https://a.example/mcp",
-        "--jwks-file", str(key_file), "--clients", str(clients),
+        "clients",
+        "add",
+        "bot",
+        "--tools",
+        "add",
+        "--audience",
+        "https://a.example/mcp",
+        "--jwks-file",
+        str(key_file),
+        "--clients",
+        str(clients),
     )
     assert code == 0, err
     assert "private_key_jwt (no secret)" in out
@@ -415,8 +432,17 @@ def test_clients_add_with_a_pem_public_key_registers_a_secretless_client(tmp_pat
 
 def test_clients_add_refuses_a_plain_http_jwks_uri_off_loopback(tmp_path: Path) -> None:
     code, _, err = run_cli(
-        "clients", "add", "bot", "--tools", "add", "--audience", "https://a.example/mcp",
-        "--jwks-uri", "http://keys.example/jwks", "--clients", str(tmp_path / "clients.json"),
+        "clients",
+        "add",
+        "bot",
+        "--tools",
+        "add",
+        "--audience",
+        "https://a.example/mcp",
+        "--jwks-uri",
+        "http://keys.example/jwks",
+        "--clients",
+        str(tmp_path / "clients.json"),
     )
     assert code != 0 and "must use https" in err
 
