@@ -12,7 +12,11 @@ authorization response ``iss`` (RFC 9207). The steps, all under ``/authorize``:
    redirector (OAuth 2.1 §4.1.2.1). Every later error goes back to the client as
    ``redirect_uri?error=…&error_description=…&state=…&iss=…`` with a 303.
 2. The login page (``POST /authorize/login``) asks the :class:`~jwtmcp.identity.PasswordSource`
-   (the users file by default; any source behind the same protocol fits).
+   (the users file by default; any source behind the same protocol fits). With upstream
+   OpenID providers configured (:mod:`jwtmcp.oidc`), the page also links
+   ``GET /authorize/upstream?provider=ID&request=…``, which sends the browser to the
+   provider; its answer comes back to ``GET /authorize/callback/ID``, where the ID token is
+   checked and the policy (:mod:`jwtmcp.policy`) decides, before consent.
 3. The consent page (``GET /authorize/consent``, ``POST /authorize/consent``) names the
    client, the host it redirects to and the MCP server (the resource), with one checkbox per
    tool scope both requested and allowed to the user. Approving stores a single-use code

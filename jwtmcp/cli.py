@@ -511,6 +511,8 @@ def cmd_serve(args: argparse.Namespace, clock: Clock) -> int:
         ),
         refresh_idle_ttl=refresh_idle,
         refresh_max_ttl=refresh_max,
+        providers_file=args.providers or os.environ.get("JWTMCP_PROVIDERS") or None,
+        policy_file=args.policy or os.environ.get("JWTMCP_POLICY") or None,
     )
     return 0
 
@@ -1146,6 +1148,18 @@ connection limits (environment; sizes in bytes, times in seconds):
         metavar="SECONDS",
         help="every refresh-token family ends this long after its sign-in (default: "
         "$JWTMCP_REFRESH_MAX, else 7776000 = 90 days)",
+    )
+    p.add_argument(
+        "--providers",
+        metavar="FILE",
+        help="upstream OpenID providers people sign in with (default: $JWTMCP_PROVIDERS, "
+        "else 'providers.json' beside the clients file, if it exists); see docs/oidc.md",
+    )
+    p.add_argument(
+        "--policy",
+        metavar="FILE",
+        help="what upstream identities may get (default: $JWTMCP_POLICY, else 'policy.json' "
+        "beside the clients file); see docs/policy.md",
     )
     p.set_defaults(func=cmd_serve)
 

@@ -1137,13 +1137,17 @@ def serve(
     refresh_idle_ttl: int = DEFAULT_REFRESH_IDLE_TTL,
     refresh_max_ttl: int = DEFAULT_REFRESH_MAX_TTL,
     out: IO[str] | None = None,
+    providers_file: str | None = None,
+    policy_file: str | None = None,
 ) -> None:
     """Set up on first run (ring, clients file with a demo client, users file with a demo
     user), print how to use it, serve.
 
     ``issuer_url`` defaults to ``http://HOST:PORT``; ``users_file`` to ``users.json`` beside
     ``clients_file``; ``store`` to ``jwtmcp-state.db`` beside ``keys_dir``; refresh lifetimes
-    are seconds. Blocks until the server stops.
+    are seconds; ``providers_file`` and ``policy_file`` configure upstream OpenID login
+    (default: ``providers.json`` and ``policy.json`` beside ``clients_file``). Blocks until
+    the server stops.
     """
     out = out or sys.stdout
     if not 0 < port < 65536:
@@ -1210,6 +1214,19 @@ def serve(
         file=out,
         flush=True,
     )
+    from .oidc import federation_for_issuer
+
+    # A bad providers or policy file stops the start here, in one line, before any worker.
+    federation = federation_for_issuer(
+        issuer=issuer,
+        clients_file=clients_file,
+        providers_file=providers_file,
+        policy_file=policy_file,
+    )
+    if federation is not None:
+        names = ", ".join(p.display_name for p in federation.providers())
+        print(f"jwtmcp: upstream sign-in with {names or 'no provider'}", file=out)
+        federation.close()
     settings = IssuerSettings(
         issuer_url=issuer,
         keys_dir=str(Path(keys_dir).resolve()),
@@ -1222,6 +1239,8 @@ def serve(
         store=str(Path(store).resolve()) if store else "",
         refresh_idle_ttl=refresh_idle_ttl,
         refresh_max_ttl=refresh_max_ttl,
+        providers_file=str(Path(providers_file).resolve()) if providers_file else "",
+        policy_file=str(Path(policy_file).resolve()) if policy_file else "",
     )
     common: dict[str, Any] = {
         "host": host,

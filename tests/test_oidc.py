@@ -26,7 +26,7 @@ from urllib.parse import parse_qs, unquote_plus, urlencode, urlsplit
 import httpx2
 import jwt
 import pytest
-from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from jwt.algorithms import RSAAlgorithm
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -84,6 +84,7 @@ class FakeProvider:
     )
     logins: dict[str, dict[str, str]] = field(default_factory=dict)
     token_requests: list[dict[str, Any]] = field(default_factory=list)
+    discovery_fetches: int = 0
 
     def id_token(self, nonce: str) -> str:
         now = int(self.clock())
@@ -115,10 +116,17 @@ class FakeProvider:
             key, alg = CLIENT_SECRET.encode() + b"-padded-to-32-bytes!", "HS256"
         elif self.mode == "good_key_wrong_signature":
             key = self.other_key
+        elif self.mode == "es256":
+            key, alg = ec.generate_private_key(ec.SECP256R1()), "ES256"
+        elif self.mode == "two_audiences_no_azp":
+            claims["aud"] = [CLIENT_ID, "another-client"]
+        elif self.mode == "foreign_azp":
+            claims["azp"] = "another-client"
         return jwt.encode(claims, key, algorithm=alg, headers=headers)
 
     def app(self) -> Starlette:
         async def discovery(request: Request) -> JSONResponse:
+            self.discovery_fetches += 1
             return JSONResponse(
                 {
                     "issuer": self.base,
@@ -148,7 +156,7 @@ class FakeProvider:
             user, _, password = basic.partition(":")  # RFC 6749 §2.3.1: each part urlencoded
             if (unquote_plus(user), unquote_plus(password)) != (CLIENT_ID, CLIENT_SECRET):
                 return JSONResponse({"error": "invalid_client"}, status_code=401)
-            if login is None:
+            if login is None or self.mode == "token_error":
                 return JSONResponse({"error": "invalid_grant"}, status_code=400)
             verifier = str(form.get("code_verifier"))
             digest = hashlib.sha256(verifier.encode()).digest()
@@ -213,7 +221,10 @@ def _write_providers(path: Path, provider_base: str, **extra: Any) -> None:
         "scopes": ["openid", "email", "profile", "groups"],
     }
     corp.update(extra.pop("corp", {}))
-    path.write_text(json.dumps({"version": 1, "providers": {"corp": corp}, **extra}))
+    providers = {"corp": corp}
+    for pid, changes in extra.pop("others", {}).items():
+        providers[pid] = {**corp, **changes}
+    path.write_text(json.dumps({"version": 1, "providers": providers, **extra}))
 
 
 @contextlib.contextmanager
@@ -376,6 +387,10 @@ def test_the_upstream_request_carries_pkce_state_and_nonce_and_the_secret_goes_b
         ("hs256", "unsupported_alg"),
         ("expired", "token_expired"),
         ("good_key_wrong_signature", "bad_signature"),
+        ("es256", "unsupported_alg"),
+        ("two_audiences_no_azp", "wrong_audience"),
+        ("foreign_azp", "wrong_audience"),
+        ("token_error", "token_endpoint_error"),
     ],
 )
 def test_a_bad_id_token_is_refused_with_a_page_naming_the_check_and_no_code(
@@ -577,3 +592,59 @@ def test_other_audiences_are_not_granted_by_an_unrelated_rule(world: OidcWorld) 
         consent = http.get(world.base + answer.headers["location"])
     assert consent.status_code == 303
     assert "error=invalid_target" in consent.headers["location"]
+
+
+# --- jwtmcp serve ---------------------------------------------------------------------------------
+
+
+def test_serve_offers_the_providers_of_its_providers_flag(tmp_path: Path) -> None:
+    from tests.support import issuer_process
+    from tests.test_cli import run
+
+    providers, policy = tmp_path / "idp.json", tmp_path / "rules.json"
+    _write_providers(providers, "https://idp.example.com")
+    policy.write_text(json.dumps(POLICY))
+    args = ["--providers", str(providers), "--policy", str(policy)]
+    with issuer_process(tmp_path / "run", args=args) as issuer:
+        client = httpx2.post(
+            f"{issuer.base_url}/register",
+            json={"redirect_uris": [REDIRECT]},
+            timeout=10,
+            trust_env=False,
+        )
+        query = {
+            "response_type": "code",
+            "client_id": client.json()["client_id"],
+            "redirect_uri": REDIRECT,
+            "code_challenge": CHALLENGE,
+            "code_challenge_method": "S256",
+            "resource": "http://127.0.0.1:8001/mcp",
+        }
+        page = httpx2.get(
+            f"{issuer.base_url}/authorize?{urlencode(query)}", timeout=10, trust_env=False
+        )
+        assert "Sign in with Corp SSO" in page.text
+        assert "upstream sign-in with Corp SSO" in issuer.stdout()
+    policy.write_text('{"version": 1, "rules": {"x": {}}}')
+    bad = run("serve", "--port", str(free_port()), *args, cwd=tmp_path / "run")
+    assert bad.code == 1 and "rule 'x'" in bad.err and "Traceback" not in bad.err
+
+
+def test_the_discovery_document_is_fetched_once_for_many_sign_ins(world: OidcWorld) -> None:
+    client_id = world.register()
+    for _ in range(3):
+        with http_client() as http:
+            assert upstream_sign_in(world, http, client_id).status_code == 303
+    assert world.provider.discovery_fetches == 1
+
+
+def test_an_answer_delivered_to_another_providers_callback_is_refused(tmp_path: Path) -> None:
+    two = {"others": {"other": {"display_name": "Other SSO"}}}
+    with oidc_world(tmp_path, providers=two) as w, http_client() as http:
+        page = http.get(w.authorize_url(w.register()))
+        assert "Sign in with Other SSO" in page.text
+        to_provider = http.get(w.base + provider_link(page.text))  # the first: Corp SSO
+        callback = http.get(to_provider.headers["location"]).headers["location"]
+        answer = http.get(callback.replace("/callback/corp?", "/callback/other?"))
+    assert answer.status_code == 400 and "another identity provider" in answer.text
+    assert w.provider.token_requests == []
