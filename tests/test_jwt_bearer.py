@@ -568,3 +568,86 @@ def test_a_trusted_issuer_allowing_hs256_is_refused(tmp_path: Path) -> None:
     path.write_text(json.dumps({"version": 1, "issuers": {K8S: entry}}))
     with pytest.raises(TrustedIssuersError, match="algorithms must be"):
         load_trusted_issuers(path)
+
+
+def test_a_private_key_jwt_client_authenticates_for_the_grant(world: World) -> None:
+    key = new_key()
+    add_client(
+        world.directory / "clients.json",
+        "keyed",
+        tools=["add"],
+        audiences=[world.resource],
+        jwks=public_jwks(key),
+    )
+    now = int(world.clock())
+    client_assertion = jwt.encode(
+        {
+            "iss": "keyed",
+            "sub": "keyed",
+            "aud": world.issuer,
+            "exp": now + 60,
+            "jti": str(uuid.uuid4()),
+        },
+        pem(key),
+        algorithm="RS256",
+    )
+    form = {
+        "client_assertion_type": "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+        "client_assertion": client_assertion,
+    }
+    deadline = time.monotonic() + 10
+    while True:  # until the issuer has read the clients file again (reload interval)
+        answer = world.post(world.k8s_token(), **form)
+        if answer.status_code != 401 or time.monotonic() > deadline:
+            break
+    claims = claims_of(token_of(answer))
+    assert claims["client_id"] == "keyed" and claims["scope"] == "tool:add"
+
+
+def test_an_issuer_removed_from_the_trusted_issuers_file_is_refused_without_a_restart(
+    tmp_path: Path,
+) -> None:
+    init_ring(tmp_path / "keys")
+    cluster = new_key()
+    add_client(
+        tmp_path / "clients.json", "unused", tools=["add"], audiences=["https://a.example/mcp"]
+    )
+    (tmp_path / "cluster-jwks.json").write_text(json.dumps(public_jwks(cluster)))
+    trusted = tmp_path / "trusted-issuers.json"
+    trusted.write_text(
+        json.dumps({"version": 1, "issuers": {K8S: {"jwks_file": "cluster-jwks.json"}}})
+    )
+    rule = {
+        "match": {"source": f"issuer:{K8S}"},
+        "grant": {"tools": ["add"], "audiences": ["https://a.example/mcp"]},
+    }
+    (tmp_path / "policy.json").write_text(json.dumps({"version": 1, "rules": {"all": rule}}))
+    port = free_port()
+    issuer = f"http://127.0.0.1:{port}"
+    app = create_app(
+        issuer_url=issuer,
+        keys_dir=tmp_path / "keys",
+        clients_file=tmp_path / "clients.json",
+        store=tmp_path / "state.db",
+        reload_interval=0,
+    )
+
+    def exchange() -> httpx2.Response:
+        now = int(time.time())
+        claims = {
+            "iss": K8S,
+            "sub": "system:serviceaccount:a:b",
+            "aud": issuer,
+            "exp": now + 60,
+            "jti": str(uuid.uuid4()),
+        }
+        assertion = jwt.encode(
+            claims, pem(cluster), algorithm="RS256", headers={"kid": kid(cluster)}
+        )
+        form = {"grant_type": JWT_BEARER, "assertion": assertion}
+        return httpx2.post(f"{issuer}/token", data=form, timeout=10)
+
+    with serve_app(app, port=port):
+        assert exchange().status_code == 200
+        trusted.write_text(json.dumps({"version": 1, "issuers": {}}))
+        assert "not a trusted issuer" in refused(exchange())
