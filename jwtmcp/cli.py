@@ -419,6 +419,10 @@ def cmd_clients_list(args: argparse.Namespace, clock: Clock) -> int:
     for client in clients:
         print(client.client_id)
         print(f"  subject    {client.subject}")
+        if client.jwks_uri is not None:
+            print(f"  keys       private_key_jwt, {client.jwks_uri}")
+        elif client.jwks is not None:
+            print("  keys       private_key_jwt, registered JWKS")
         print_grants(client.allowed_scopes, client.audiences, client.max_ttl)
     return 0
 

@@ -428,6 +428,8 @@ def test_clients_add_with_a_pem_public_key_registers_a_secretless_client(tmp_pat
     assert entry["jwks"]["keys"][0]["kid"]
     code, _, err = run_cli("clients", "rotate-secret", "bot", "--clients", str(clients))
     assert code != 0 and "private_key_jwt" in err
+    code, out, _ = run_cli("clients", "list", "--clients", str(clients))
+    assert code == 0 and "keys       private_key_jwt, registered JWKS" in out
 
 
 def test_clients_add_refuses_a_plain_http_jwks_uri_off_loopback(tmp_path: Path) -> None:
