@@ -457,3 +457,12 @@ def test_a_clients_file_entry_with_a_secret_and_keys_is_refused(tmp_path: Path) 
     clients.write_text(json.dumps(doc))
     with pytest.raises(Exception, match="not secret_hash and jwks"):
         load_clients(clients)
+
+
+@pytest.mark.parametrize("stray", ["!", "+", "/", "="])
+def test_a_client_assertion_whose_header_is_not_strict_base64url_is_refused_naming_it(
+    world: World, stray: str
+) -> None:
+    header, payload, signature = world.assertion().split(".")
+    mangled = f"{header[:4]}{stray}{header[4:]}.{payload}.{signature}"
+    assert "header is not valid base64url" in refused(world.post(mangled))
