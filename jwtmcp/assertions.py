@@ -100,10 +100,11 @@ class Assertion:
 
 
 def _segment(text: str, what: str) -> bytes:
-    if not text or text.endswith("=") or not text.isascii():
+    if not text or not text.isascii() or any(c in text for c in "=+/"):
         raise AssertionRefused(f"the assertion's {what} is not valid base64url")
     try:
-        return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+        # validate: a byte outside the base64url alphabet is an error, never skipped.
+        return base64.b64decode(text + "=" * (-len(text) % 4), altchars=b"-_", validate=True)
     except (binascii.Error, ValueError):
         raise AssertionRefused(f"the assertion's {what} is not valid base64url") from None
 
