@@ -466,3 +466,14 @@ def test_a_client_assertion_whose_header_is_not_strict_base64url_is_refused_nami
     header, payload, signature = world.assertion().split(".")
     mangled = f"{header[:4]}{stray}{header[4:]}.{payload}.{signature}"
     assert "header is not valid base64url" in refused(world.post(mangled))
+
+
+def test_a_private_key_jwt_client_cannot_authenticate_with_any_secret(world: World) -> None:
+    for secret in ("", "x", "hmac-sha256"):
+        answer = httpx2.post(
+            world.token_url,
+            data={"grant_type": "client_credentials", "resource": world.resource},
+            auth=("signer", secret),
+            timeout=10,
+        )
+        refused(answer)
