@@ -32,6 +32,7 @@ from jwtmcp.issuer import create_app
 from jwtmcp.jwt_bearer import JWT_BEARER, TrustedIssuersError, load_trusted_issuers
 from jwtmcp.keys import init_ring, rsa_kid, rsa_public_jwk_members
 from jwtmcp.mcp import current_caller, protected_server
+from jwtmcp.policy import PolicyError
 from tests.jwks_support import JwksServer, b64url, hs256, segment
 from tests.mcp_support import MemoryStorage, run
 from tests.support import FakeClock, free_port, serve_app
@@ -651,3 +652,17 @@ def test_an_issuer_removed_from_the_trusted_issuers_file_is_refused_without_a_re
         assert exchange().status_code == 200
         trusted.write_text(json.dumps({"version": 1, "issuers": {}}))
         assert "not a trusted issuer" in refused(exchange())
+
+
+def test_trusted_issuers_without_a_policy_file_fail_at_start_saying_why(tmp_path: Path) -> None:
+    init_ring(tmp_path / "keys")
+    add_client(tmp_path / "clients.json", "c", tools=["add"], audiences=["https://a.example/mcp"])
+    doc = {"version": 1, "issuers": {K8S: {"jwks_uri": "https://k.example/jwks"}}}
+    (tmp_path / "trusted-issuers.json").write_text(json.dumps(doc))
+    with pytest.raises(PolicyError, match=r"trusted-issuers\.json names trusted issuers") as raised:
+        create_app(
+            issuer_url="http://127.0.0.1:1",
+            keys_dir=tmp_path / "keys",
+            clients_file=tmp_path / "clients.json",
+        )
+    assert "no policy file at" in raised.value.message
