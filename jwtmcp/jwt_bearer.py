@@ -91,7 +91,7 @@ from .grants import IssuedTokens
 from .identifiers import canonical_or_none
 from .issuer import OAuthError, TokenRequest, _Encoded, _scope_tokens, narrow_scopes
 from .jwks import KeySource, StaticKeys
-from .policy import Policy, PolicyGrant, PolicyWatcher, policy_file_beside
+from .policy import Policy, PolicyError, PolicyGrant, PolicyWatcher, policy_file_beside
 from .tokens import split_scope, tool_scope
 
 if TYPE_CHECKING:
@@ -546,9 +546,15 @@ def install_jwt_bearer(service: IssuerService) -> JwtBearerGrant | None:
             if settings.policy_file
             else policy_file_beside(Path(settings.clients_file))
         )
-        watcher = PolicyWatcher(
-            policy_path, interval=settings.reload_interval, on_error=reload_failed("policy")
-        )
+        try:
+            watcher = PolicyWatcher(
+                policy_path, interval=settings.reload_interval, on_error=reload_failed("policy")
+            )
+        except PolicyError as exc:
+            raise PolicyError(
+                f"{path.name} names trusted issuers; their rules belong in the policy file: "
+                + exc.message
+            ) from None
         policy = watcher.current
     grant = JwtBearerGrant(
         service, issuers, policy, allow_loopback_http=settings.allow_loopback_http_jwks
