@@ -386,16 +386,23 @@ def cmd_verify(args: argparse.Namespace, clock: Clock) -> int:
 
 
 def cmd_clients_add(args: argparse.Namespace, clock: Clock) -> int:
+    from .client_auth import read_jwks_file
     from .clients import add_client
 
-    _client, secret = add_client(
+    jwks = read_jwks_file(args.jwks_file) if args.jwks_file else None
+    client, secret = add_client(
         clients_file(args),
         args.name,
         tools=tool_names(args.tools),
         audiences=audience_urls(args.audience),
         max_ttl=args.max_ttl,
         subject=args.subject,
+        jwks=jwks,
+        jwks_uri=args.jwks_uri,
     )
+    if client.has_keys:
+        print(f"added client {args.name!r}; it authenticates with private_key_jwt (no secret)")
+        return 0
     print(f"added client {args.name!r}; its secret (shown once, only a hash is stored):")
     print(secret)
     return 0
@@ -412,6 +419,10 @@ def cmd_clients_list(args: argparse.Namespace, clock: Clock) -> int:
     for client in clients:
         print(client.client_id)
         print(f"  subject    {client.subject}")
+        if client.jwks_uri is not None:
+            print(f"  keys       private_key_jwt, {client.jwks_uri}")
+        elif client.jwks is not None:
+            print("  keys       private_key_jwt, registered JWKS")
         print_grants(client.allowed_scopes, client.audiences, client.max_ttl)
     return 0
 
@@ -989,6 +1000,19 @@ examples:
     _add_grant_flags(p, holder="the client", verb="get", whose="its")
     _add_flag(
         p, "--subject", "--sub", metavar="SUB", help="the 'sub' of its tokens (default: NAME)"
+    )
+    key_flags = p.add_mutually_exclusive_group()
+    key_flags.add_argument(
+        "--jwks-file",
+        metavar="FILE",
+        help="private_key_jwt instead of a secret: the client's public keys (a JWKS, or one "
+        "PEM public key), stored in the clients file",
+    )
+    key_flags.add_argument(
+        "--jwks-uri",
+        metavar="URL",
+        help="private_key_jwt instead of a secret: the https URL where the client publishes "
+        "its JWKS",
     )
     _add_clients_flag(p)
     p.set_defaults(func=cmd_clients_add)

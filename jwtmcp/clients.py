@@ -24,7 +24,10 @@ the tools it may ask for there on a caller's behalf; nothing else, deny by defau
 optionally ``max_delegation_depth`` (how many actors a token it gets may name, default 2).
 
 A client's id is its name. Its secret is shown once, when it is made, and only a salted
-hash is stored. Every change is a read-modify-write under an advisory lock, written by
+hash is stored. A client may instead hold no secret at all and authenticate with
+``private_key_jwt`` (RFC 7523 §2.2, :mod:`jwtmcp.client_auth`): its entry then has ``jwks``
+(its public keys, inline) or ``jwks_uri`` (where it publishes them) in place of
+``secret_hash``. Every change is a read-modify-write under an advisory lock, written by
 temp file plus rename with mode 0600, so a running issuer (which watches the file with
 :class:`ClientsWatcher`) never reads half a file.
 """
@@ -46,6 +49,7 @@ from functools import cached_property
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
+from urllib.parse import urlsplit
 
 from .errors import ClientsError, ConfigError
 from .files import WatchedFile, locked, read_file, versioned_entries, write_versioned
@@ -136,6 +140,15 @@ class Client:
     max_delegation_depth: int | None = None
     """The most actors (``act`` nesting, RFC 8693 4.1) a token this client gets by exchange
     may name; None: :data:`DEFAULT_MAX_DELEGATION_DEPTH`."""
+    jwks: Mapping[str, Any] | None = field(default=None, repr=False, compare=False)
+    """The client's public keys (a JWK set), for ``private_key_jwt``; no secret then."""
+    jwks_uri: str | None = None
+    """Where the client publishes its JWK set, for ``private_key_jwt``; no secret then."""
+
+    @property
+    def has_keys(self) -> bool:
+        """True for a client that authenticates with ``private_key_jwt`` (no secret)."""
+        return self.jwks is not None or self.jwks_uri is not None
 
     def delegated_tools(self, resource: str) -> tuple[str, ...] | None:
         """The tools this client may ask for at ``resource`` (canonical) on a caller's
@@ -166,8 +179,13 @@ class Client:
         return hmac.compare_digest(digest, expected) and parts is not None
 
     def _entry(self) -> dict[str, Any]:
+        credential: dict[str, Any] = {"secret_hash": self.secret_hash}
+        if self.jwks is not None:
+            credential = {"jwks": dict(self.jwks)}
+        elif self.jwks_uri is not None:
+            credential = {"jwks_uri": self.jwks_uri}
         return {
-            "secret_hash": self.secret_hash,
+            **credential,
             "subject": self.subject,
             "tools": list(self.tools),
             "scopes": list(self.scopes),
@@ -362,6 +380,9 @@ def _parse(path: Path, raw: bytes) -> ClientTable:
             audiences = entry.get("audiences")
             max_ttl = entry.get("max_ttl")
             secret_hash = entry.get("secret_hash")
+            jwks, jwks_uri = _key_credential(entry)
+            if secret_hash is None and (jwks is not None or jwks_uri is not None):
+                secret_hash = ""  # a private_key_jwt client: no secret at all
             subject = entry.get("subject") or name
             if not (
                 isinstance(tools, list)
@@ -373,7 +394,10 @@ def _parse(path: Path, raw: bytes) -> ClientTable:
                 and isinstance(subject, str)
             ):
                 raise ClientsError("wrong field types")
-            _parse_hash(secret_hash)
+            if secret_hash:
+                _parse_hash(secret_hash)
+            elif jwks is None and jwks_uri is None:
+                raise ValueError("no secret hash")
             resource, delegate, depth = check_delegation(entry)
             client = Client(
                 client_id=name,
@@ -387,6 +411,8 @@ def _parse(path: Path, raw: bytes) -> ClientTable:
                 resource=resource,
                 delegate=delegate,
                 max_delegation_depth=depth,
+                jwks=jwks,
+                jwks_uri=jwks_uri,
             )
             client._hash_parts  # noqa: B018 - decode the hash now, not on the first request
             clients[name] = client
@@ -394,6 +420,60 @@ def _parse(path: Path, raw: bytes) -> ClientTable:
             detail = exc.message if isinstance(exc, ClientsError) else "bad secret hash"
             raise bad(f"client {name!r}: {detail}") from None
     return ClientTable(path, MappingProxyType(clients))
+
+
+def _key_credential(entry: Mapping[str, Any]) -> tuple[Mapping[str, Any] | None, str | None]:
+    """The ``jwks`` / ``jwks_uri`` of a clients-file entry (at most one, and never beside a
+    ``secret_hash``), checked. Raises :class:`ClientsError`."""
+    jwks, jwks_uri = entry.get("jwks"), entry.get("jwks_uri")
+    given = [n for n in ("secret_hash", "jwks", "jwks_uri") if entry.get(n) is not None]
+    if len(given) > 1:
+        raise ClientsError(f"give one of secret_hash, jwks, jwks_uri, not {' and '.join(given)}")
+    if jwks is not None:
+        jwks = check_client_jwks(jwks)
+    if jwks_uri is not None:
+        jwks_uri = check_jwks_uri(jwks_uri)
+    return jwks, jwks_uri
+
+
+def check_client_jwks(jwks: object) -> Mapping[str, Any]:
+    """A client's JWK set for ``private_key_jwt``: a JSON object whose ``keys`` hold at least
+    one usable signing key (RSA, 2048-8192 bits, with a ``kid``;
+    :data:`jwtmcp.assertions.ASSERTION_ALGORITHMS`). Raises :class:`ClientsError`."""
+    from .assertions import ASSERTION_ALGORITHMS, MAX_CLIENT_KEYS
+    from .jwks import JwksError, parse_jwks
+
+    if not isinstance(jwks, Mapping):
+        raise ClientsError("jwks must be a JSON object (a JWK set)")
+    try:
+        keys = parse_jwks(
+            jwks, algorithms=ASSERTION_ALGORITHMS, max_keys=MAX_CLIENT_KEYS, where="the JWKS"
+        )
+    except JwksError as exc:
+        raise ClientsError(str(exc)) from None
+    if not keys:
+        raise ClientsError(
+            "the JWKS holds no usable public signing key (RSA of 2048 to 8192 bits with a "
+            "kid, no private members)"
+        )
+    return MappingProxyType(dict(jwks))
+
+
+def check_jwks_uri(url: object) -> str:
+    """A client's ``jwks_uri``: an https URL (plain http only for a loopback host, which the
+    issuer uses only in development mode). Raises :class:`ClientsError`."""
+    from .jwks import is_loopback_url
+
+    if not isinstance(url, str):
+        raise ClientsError("jwks_uri must be a URL")
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.fragment:
+        raise ClientsError(f"jwks_uri must be an https URL without a fragment, not {url!r}")
+    if parts.scheme == "http" and not is_loopback_url(url):
+        raise ClientsError(
+            f"jwks_uri must use https (plain http lets anyone on the path swap the keys): {url!r}"
+        )
+    return url
 
 
 def load_clients(path: str | os.PathLike[str]) -> ClientTable:
@@ -452,10 +532,15 @@ def add_client(
     resource: str | None = None,
     delegate: Mapping[str, Iterable[str]] | None = None,
     max_delegation_depth: int | None = None,
+    jwks: Mapping[str, Any] | None = None,
+    jwks_uri: str | None = None,
 ) -> tuple[Client, str]:
     """Register client ``name`` (creating the file if needed). Returns (client, secret).
 
-    The secret is returned once and never stored: only its salted hash is. ``tools`` become
+    The secret is returned once and never stored: only its salted hash is. A client given
+    ``jwks`` (a JWK set, :func:`check_client_jwks`) or ``jwks_uri`` (:func:`check_jwks_uri`)
+    authenticates with ``private_key_jwt`` instead and gets no secret: the returned secret
+    is then ``""``. ``tools`` become
     ``tool:<name>`` scopes (``*`` and ``prefix*`` allowed); ``scopes`` are other scopes the
     client may ask for; ``audiences`` are the MCP servers' resource URLs it may get tokens
     for. A protected server that exchanges its callers' tokens (RFC 8693) also gets its own
@@ -482,7 +567,12 @@ def add_client(
         }
     )
     where = Path(path)
-    secret = new_secret()
+    if jwks is not None and jwks_uri is not None:
+        raise ClientsError("give the client's keys one way: a JWKS or a jwks_uri, not both")
+    key_jwks = check_client_jwks(jwks) if jwks is not None else None
+    key_uri = check_jwks_uri(jwks_uri) if jwks_uri is not None else None
+    keyed = key_jwks is not None or key_uri is not None
+    secret = "" if keyed else new_secret()
     client = Client(
         client_id=name,
         subject=subject or name,
@@ -491,10 +581,12 @@ def add_client(
         audiences=aud_list,
         max_ttl=check_max_ttl(max_ttl),
         created_at=clock(),
-        secret_hash=hash_secret(secret),
+        secret_hash="" if keyed else hash_secret(secret),
         resource=own,
         delegate=delegated,
         max_delegation_depth=depth,
+        jwks=key_jwks,
+        jwks_uri=key_uri,
     )
     with _locked(where):
         table = _load_or_empty(where)
@@ -525,6 +617,11 @@ def rotate_secret(path: str | os.PathLike[str], name: str) -> str:
         client = table.get(name)
         if client is None:
             raise ClientsError(f"no client named {name!r} in {where}")
+        if client.has_keys:
+            raise ClientsError(
+                f"client {name!r} authenticates with private_key_jwt and has no secret; "
+                "it rotates its keys in its own JWKS"
+            )
         updated = replace(client, secret_hash=hash_secret(secret))
         _write(replace(table, clients={**table.clients, name: updated}))
     return secret

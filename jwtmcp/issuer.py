@@ -49,6 +49,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from .assertions import ASSERTION_ALGORITHMS
 from .audit import IssuerEvents, audit_log
 from .authorize import LoginLimits
 from .cimd import ClientMetadataFetcher
@@ -129,6 +130,9 @@ _SINGLE_PARAMS = frozenset(
         "redirect_uri",
         "code_verifier",
         "refresh_token",
+        "client_assertion",
+        "client_assertion_type",
+        "assertion",
     }
 )
 """Parameters that may appear once (RFC 6749 3.2); ``resource`` may repeat (RFC 8707 2)."""
@@ -167,6 +171,9 @@ class IssuerSettings:
     """Seconds after sign-in after which a refresh family expires, used or not."""
     store_busy_timeout: float | None = None
     """Seconds a sign-in request waits for another writer's lock; None: the store's default."""
+    allow_loopback_http_jwks: bool = False
+    """Development only: fetch ``private_key_jwt`` clients' and trusted issuers' JWKS over
+    plain http on loopback hosts (otherwise https only)."""
     providers_file: str = ""
     """Upstream OpenID providers (:mod:`jwtmcp.oidc`); empty: ``providers.json`` beside the
     clients file when it exists (else no upstream login)."""
@@ -561,8 +568,15 @@ class IssuerService:
             store_busy_timeout=settings.store_busy_timeout,
         )
         self.grants.events = self.events
-        from .token_exchange import install_token_exchange  # it imports this module
+        from .client_auth import PrivateKeyJwtAuthenticator
 
+        self.private_key_jwt = PrivateKeyJwtAuthenticator(
+            self, allow_loopback_http=settings.allow_loopback_http_jwks
+        )
+        from .jwt_bearer import install_jwt_bearer
+        from .token_exchange import install_token_exchange  # they import this module
+
+        install_jwt_bearer(self)  # RFC 7523 jwt-bearer, SEP-990 identity assertions
         install_token_exchange(self)  # RFC 8693 token exchange
 
     # -- documents ----------------------------------------------------------------------
@@ -589,8 +603,10 @@ class IssuerService:
             "token_endpoint_auth_methods_supported": [
                 "client_secret_basic",
                 "client_secret_post",
+                "private_key_jwt",
                 "none",
             ],
+            "token_endpoint_auth_signing_alg_values_supported": list(ASSERTION_ALGORITHMS),
             "scopes_supported": list(self.clients.current().all_scopes()),
         }
 
@@ -715,25 +731,30 @@ class IssuerService:
                 "supported grants: " + ", ".join(self.grant_types_supported()),
             )
 
-        client = self.authenticate_client(params, authorizations)
+        client = await self.authenticate_client(params, authorizations)
         try:
             return self._grant(client, form)
         except OAuthError as exc:
             exc.client_id = client.client_id
             raise
 
-    def authenticate_client(
+    async def authenticate_client(
         self, params: Mapping[str, str], authorizations: Sequence[bytes]
     ) -> Client:
         """The confidential client of the clients file that sent a token request
-        (RFC 6749 2.3.1: ``client_secret_basic`` or ``client_secret_post``).
+        (RFC 6749 2.3.1: ``client_secret_basic`` or ``client_secret_post``; RFC 7523 §2.2:
+        ``private_key_jwt``, see :mod:`jwtmcp.client_auth`).
 
         Every grant that needs a registered, authenticated client (``client_credentials``
         and the grants in :attr:`token_grants`) authenticates through here, so a new client
-        authentication method is added in one place. Raises :class:`OAuthError`
-        ``invalid_client`` (401) for an unknown client or a wrong or missing secret, and
-        ``invalid_request`` as :func:`client_credentials` does.
+        authentication method is added in one place. Async: a client's ``jwks_uri`` and the
+        ``jti`` replay store may be consulted. Raises :class:`OAuthError`
+        ``invalid_client`` (401) for an unknown client, a wrong or missing secret or a
+        refused client assertion, ``invalid_request`` as :func:`client_credentials` does,
+        and 503 ``temporarily_unavailable`` when a key set or the store is unreachable.
         """
+        if "client_assertion" in params or "client_assertion_type" in params:
+            return await self.private_key_jwt.authenticate(params, authorizations)
         client_id, secret = client_credentials(params, authorizations)
         if not secret:
             raise _invalid_client()
@@ -861,6 +882,7 @@ def create_app(
     store_busy_timeout: float | None = None,
     client_resolver: ClientResolver | None = None,
     identity_source: PasswordSource | None = None,
+    allow_loopback_http_jwks: bool = False,
     providers_file: str | os.PathLike[str] | None = None,
     policy_file: str | os.PathLike[str] | None = None,
     metrics: bool = False,
@@ -880,9 +902,10 @@ def create_app(
     the refresh-token lifetimes (seconds) and ``store_busy_timeout`` (seconds a request waits
     for another writer). ``client_resolver`` and ``identity_source`` replace the ones built
     from those files. ``providers_file`` and ``policy_file`` configure upstream OpenID login
-    (:mod:`jwtmcp.oidc`, :mod:`jwtmcp.policy`). The store is opened on first use: while it
-    cannot be, sign-in and the code and refresh grants answer 503 with ``Retry-After`` and
-    ``client_credentials`` works.
+    (:mod:`jwtmcp.oidc`, :mod:`jwtmcp.policy`). ``allow_loopback_http_jwks`` (development
+    only) lets ``private_key_jwt`` clients and trusted issuers publish their keys over plain
+    http on loopback. The store is opened on first use: while it cannot be, sign-in and the
+    code and refresh grants answer 503 with ``Retry-After`` and ``client_credentials`` works.
 
     ``metrics=True`` collects Prometheus metrics (:mod:`jwtmcp.metrics`, in the service's own
     registry ``app.state.issuer.metrics.registry``) and serves them, unauthenticated, at
@@ -915,6 +938,7 @@ def create_app(
         refresh_idle_ttl=refresh_idle_ttl,
         refresh_max_ttl=refresh_max_ttl,
         store_busy_timeout=store_busy_timeout,
+        allow_loopback_http_jwks=allow_loopback_http_jwks,
         providers_file=os.fspath(providers_file) if providers_file is not None else "",
         policy_file=os.fspath(policy_file) if policy_file is not None else "",
         metrics=metrics,

@@ -178,7 +178,7 @@ class TokenExchangeGrant:
         self._verifiers: dict[tuple[str, int, int], Verifier] = {}
 
     async def __call__(self, form: TokenRequest, authorizations: Sequence[bytes]) -> _Encoded:
-        client = self.service.authenticate_client(form.params, authorizations)
+        client = await self.service.authenticate_client(form.params, authorizations)
         try:
             return self.exchange(client, form)
         except OAuthError as exc:

@@ -784,6 +784,7 @@ def test_metadata_parses_with_the_mcp_sdk_model(make_issuer: Callable[..., Issue
     assert meta.token_endpoint_auth_methods_supported == [
         "client_secret_basic",
         "client_secret_post",
+        "private_key_jwt",
         "none",
     ]
     assert meta.response_types_supported == ["code"]
