@@ -24,7 +24,7 @@ Errors (each with a stable ``code``; docs/verifier.md#error-codes)
     JwtMcpError, ConfigError, KeyRingError, ClientsError, TokenError, MalformedToken,
     UnsupportedAlgorithm, UnknownKid, BadSignature, TokenExpired, TokenNotYetValid,
     WrongIssuer, WrongAudience, WrongType, LifetimeTooLong, MissingClaim, KeysUnavailable,
-    ListenError
+    TokenRevoked, RevocationsUnavailable, ListenError
 """
 
 from __future__ import annotations
@@ -43,9 +43,11 @@ from .errors import (
     ListenError,
     MalformedToken,
     MissingClaim,
+    RevocationsUnavailable,
     TokenError,
     TokenExpired,
     TokenNotYetValid,
+    TokenRevoked,
     UnknownKid,
     UnsupportedAlgorithm,
     WrongAudience,
@@ -114,12 +116,14 @@ __all__ = [
     "MalformedToken",
     "MissingClaim",
     "ProtectedMCPServer",
+    "RevocationsUnavailable",
     "RingKey",
     "ServerLimits",
     "SigningKey",
     "TokenError",
     "TokenExpired",
     "TokenNotYetValid",
+    "TokenRevoked",
     "ToolGrants",
     "ToolScopeGuard",
     "UnknownKid",

@@ -72,6 +72,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("jwtmcp.issuer")
 
 DEFAULT_JWKS_MAX_AGE = 300
+DEFAULT_REVOCATION_MAX_AGE = 60
+"""Seconds verifiers may cache the revocation list: the bound from revocation to refusal."""
 DEFAULT_RATE_LIMIT = 10.0
 """Token requests per second and per client, sustained."""
 DEFAULT_RATE_BURST = 20
@@ -161,6 +163,10 @@ class IssuerSettings:
     """Seconds after sign-in after which a refresh family expires, used or not."""
     store_busy_timeout: float | None = None
     """Seconds a sign-in request waits for another writer's lock; None: the store's default."""
+    revocations_file: str = ""
+    """The revocations file (:mod:`jwtmcp.revocations_file`); empty: beside the clients file."""
+    revocation_max_age: int = DEFAULT_REVOCATION_MAX_AGE
+    """``Cache-Control: max-age`` of the revocation list, seconds."""
 
 
 def _is_loopback(host: str) -> bool:
@@ -486,6 +492,9 @@ class IssuerService:
         its client (:meth:`authenticate_client`) and returns the encoded answer or raises
         :class:`OAuthError`."""
         self._jwks_cache: tuple[KeyRing, bytes, str] | None = None
+        from .revocation_issuer import install_revocation
+
+        self.revocation = install_revocation(self)  # the revocation list and /admin/revoke
         self._metadata_cache: tuple[ClientTable, bytes] | None = None
         from .grants import grants_for_issuer  # it imports this module
         from .signin import build_sign_in
@@ -821,6 +830,8 @@ def create_app(
     store_busy_timeout: float | None = None,
     client_resolver: ClientResolver | None = None,
     identity_source: PasswordSource | None = None,
+    revocations_file: str | os.PathLike[str] | None = None,
+    revocation_max_age: int = DEFAULT_REVOCATION_MAX_AGE,
 ) -> Starlette:
     """The issuer as a Starlette app over an existing key ring and clients file.
 
@@ -837,6 +848,10 @@ def create_app(
     for another writer). ``client_resolver`` and ``identity_source`` replace the ones built
     from those files. The store is opened on first use: while it cannot be, sign-in and the
     code and refresh grants answer 503 with ``Retry-After`` and ``client_credentials`` works.
+
+    Revocation (:mod:`jwtmcp.revocation_issuer`): ``revocations_file`` (default
+    ``revocations.json`` beside ``clients_file``) and ``revocation_max_age`` (seconds the
+    signed list at ``/.well-known/jwtmcp-revocations`` may be cached, default 60).
     """
     sign_in: dict[str, Any] = {}
     if store is not None and not isinstance(store, (str, os.PathLike)):
@@ -865,6 +880,8 @@ def create_app(
         refresh_idle_ttl=refresh_idle_ttl,
         refresh_max_ttl=refresh_max_ttl,
         store_busy_timeout=store_busy_timeout,
+        revocations_file=os.fspath(revocations_file) if revocations_file is not None else "",
+        revocation_max_age=revocation_max_age,
     )
     service = IssuerService(
         settings, clock=clock, rate_limit_clock=rate_limit_clock, sign_in=sign_in
@@ -892,6 +909,7 @@ def _build_app(service: IssuerService) -> Starlette:
         Route("/.well-known/jwks.json", service.jwks, methods=["GET"]),
         *(Route(p, service.oauth_metadata, methods=["GET"]) for p in metadata_paths),
         Route("/healthz", service.healthz, methods=["GET"]),
+        *service.revocation.routes(),
         *service.sign_in.routes(),
     ]
     app = Starlette(
@@ -1087,6 +1105,7 @@ def serve(
     refresh_idle_ttl: int = DEFAULT_REFRESH_IDLE_TTL,
     refresh_max_ttl: int = DEFAULT_REFRESH_MAX_TTL,
     out: IO[str] | None = None,
+    revocation_max_age: int = DEFAULT_REVOCATION_MAX_AGE,
 ) -> None:
     """Set up on first run (ring, clients file with a demo client, users file with a demo
     user), print how to use it, serve.
@@ -1172,6 +1191,7 @@ def serve(
         store=str(Path(store).resolve()) if store else "",
         refresh_idle_ttl=refresh_idle_ttl,
         refresh_max_ttl=refresh_max_ttl,
+        revocation_max_age=revocation_max_age,
     )
     common: dict[str, Any] = {
         "host": host,
