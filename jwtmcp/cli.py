@@ -284,13 +284,14 @@ def cmd_mint(args: argparse.Namespace, clock: Clock) -> int:
     scopes = [s for value in args.scope or () for s in value.split()]
     audiences = audience_urls(args.audience)
     ring = load_ring(keys_dir(args))
+    signing_key = ring.active.signing_key
     if args.ttl > ring.max_lifetime:
-        raise CliError(
-            f"--ttl {args.ttl} is above the maximum token lifetime of this ring, "
-            f"{ring.max_lifetime} s (set by 'keys init --max-lifetime')"
-        )
+        # Above the ring's maximum only with the revocation list (docs/revocation.md).
+        from .cli_revoke import long_lived_signing_key
+
+        signing_key = long_lived_signing_key(args, ring, args.ttl)
     token = mint(
-        ring.active.signing_key,
+        signing_key,
         issuer=issuer_url(args),
         subject=args.subject,
         audience=audiences[0] if len(audiences) == 1 else audiences,
@@ -298,7 +299,7 @@ def cmd_mint(args: argparse.Namespace, clock: Clock) -> int:
         tools=tools,
         scopes=scopes,
         lifetime=args.ttl,
-        max_lifetime=ring.max_lifetime,
+        max_lifetime=signing_key.max_lifetime,
         extra_claims=extra,
         clock=clock,
     )
@@ -594,6 +595,12 @@ def _non_negative_float(text: str) -> float:
         raise argparse.ArgumentTypeError(f"not a number: {text!r:.40}") from None
 
 
+def _ttl(text: str) -> int:
+    from .cli_revoke import parse_duration
+
+    return parse_duration(text)
+
+
 def _port(text: str) -> int:
     value = _positive_int(text)
     if value > 65535:
@@ -880,10 +887,17 @@ cannot be set with --claim.
     )
     p.add_argument(
         "--ttl",
-        type=_positive_int,
+        type=_ttl,
         default=DEFAULT_LIFETIME,
-        metavar="SECONDS",
-        help=f"lifetime (default: {DEFAULT_LIFETIME}; at most the ring's max lifetime)",
+        metavar="DURATION",
+        help=f"lifetime: seconds, or with s, m, h, d (default: {DEFAULT_LIFETIME}; at most the "
+        "ring's max lifetime, or the long-lived maximum of 'revoke enable')",
+    )
+    p.add_argument(
+        "--revocations",
+        metavar="FILE",
+        help="the revocations file that allows a --ttl above the ring's maximum (default: "
+        "$JWTMCP_REVOCATIONS, else revocations.json beside $JWTMCP_CLIENTS/clients.json)",
     )
     p.add_argument(
         "--claim",
@@ -1033,6 +1047,11 @@ examples:
     from .cli_sessions import add_sessions_commands
 
     add_sessions_commands(commands)
+
+    # revoke ... (its own module)
+    from .cli_revoke import add_revoke_commands
+
+    add_revoke_commands(commands)
 
     # serve
     p = commands.add_parser(
