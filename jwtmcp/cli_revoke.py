@@ -80,7 +80,7 @@ def long_lived_signing_key(args: argparse.Namespace, ring: KeyRing, ttl: int) ->
     allowed = load_revocations(path).long_lived_max_lifetime
     if allowed is None:
         raise CliError(
-            f"--ttl {_span(ttl)} is above this ring's maximum token lifetime of "
+            f"--ttl {ttl} is above the maximum token lifetime of this ring, "
             f"{ring.max_lifetime} s; a longer-lived token is safe only with the revocation "
             f"list: run '{PROG} revoke enable --max-ttl {_span(ttl)}' (see docs/revocation.md)"
         )
