@@ -39,7 +39,6 @@ from collections.abc import Iterable, Mapping
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
-from types import MappingProxyType
 from typing import Any
 
 import jwt
@@ -86,38 +85,29 @@ class RevocationList:
     sequence: int
     issued_at: int
     expires_at: int
-    jtis: Mapping[str, int]
+    # Plain dicts (a read-only view costs each lookup ~20%), never changed once built.
+    jtis: dict[str | None, int]
     """Revoked ``jti`` -> the time until which it is listed (the token's ``exp``)."""
-    subjects: Mapping[str, int]
+    subjects: dict[str, int]
     """Revoked ``sub`` -> tokens issued at or before this time are refused."""
-    clients: Mapping[str, int]
+    clients: dict[str | None, int]
     """Revoked ``client_id`` -> tokens issued at or before this time are refused."""
 
     def covers(self, claims: VerifiedClaims) -> bool:
         """True when ``claims`` (a verified token) is revoked by this list: one dict lookup
-        per kind of entry."""
-        jti = claims.jti
-        if jti is not None and jti in self.jtis:
+        per kind of entry (the hot path of every verification that checks the list)."""
+        if claims.jti in self.jtis:
             return True
         # No iat (never from jwtmcp's verifier, which requires it): the issue time is
         # unknown, so a listed sub or client_id refuses it.
-        subjects = self.subjects
-        if subjects:
-            before = subjects.get(claims.subject)
-            if before is not None and (claims.issued_at or 0) <= before:
-                return True
-        clients = self.clients
-        if clients and claims.client_id is not None:
-            before = clients.get(claims.client_id)
-            if before is not None and (claims.issued_at or 0) <= before:
-                return True
-        return False
+        before = self.subjects.get(claims.subject)
+        if before is not None and (claims.issued_at or 0) <= before:
+            return True
+        before = self.clients.get(claims.client_id)  # None (absent) is never listed
+        return before is not None and (claims.issued_at or 0) <= before
 
     def __len__(self) -> int:
         return len(self.jtis) + len(self.subjects) + len(self.clients)
-
-
-EMPTY_MAP: Mapping[str, int] = MappingProxyType({})
 
 
 def list_claims(
@@ -143,13 +133,13 @@ def list_claims(
     }
 
 
-def _times(value: object, name: str) -> Mapping[str, int]:
+def _times(value: object, name: str) -> dict[Any, int]:
     if not isinstance(value, dict):
         raise JwksError(f"the revocation list's {name!r} is not an object")
     for key, when in value.items():
         if not key or type(when) is not int:
             raise JwksError(f"the revocation list's {name!r} holds an invalid entry")
-    return MappingProxyType(value) if value else EMPTY_MAP
+    return value
 
 
 def parse_list(
@@ -314,6 +304,28 @@ class RevocationCache(CachedDocument[RevocationList]):
             if isinstance(usable, Future):
                 return usable
             return self._serve(usable.value, usable, now, may_wait)
+
+    def revoked(self, claims: VerifiedClaims) -> bool | Future[bool]:
+        """Whether the list held now revokes ``claims``, or (no list fresh enough at hand)
+        a fetch to wait for before asking :meth:`current` with ``may_wait=False``. The hot
+        path of every verification: one freshness check and the list's lookups, inlined
+        (each call saved is a sizeable part of a verified-cache hit). Raises
+        :class:`~jwtmcp.errors.RevocationsUnavailable` when no list can be had."""
+        snap = self._snapshot
+        if snap is not None and self._monotonic() < snap.refresh_at:
+            found = snap.value
+        else:
+            current = self.current()
+            if type(current) is Future:
+                return current
+            found = current  # type: ignore[assignment]
+        if claims.jti in found.jtis:
+            return True
+        before = found.subjects.get(claims.subject)
+        if before is not None and (claims.issued_at or 0) <= before:
+            return True
+        before = found.clients.get(claims.client_id)
+        return before is not None and (claims.issued_at or 0) <= before
 
     @property
     def sequence(self) -> int | None:

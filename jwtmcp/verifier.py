@@ -85,7 +85,7 @@ from .tokens import (
 )
 
 if TYPE_CHECKING:
-    from .revocation import RevocationCache, RevocationList
+    from .revocation import RevocationCache
 
 __all__ = ["Verifier"]
 
@@ -547,12 +547,15 @@ class Verifier:
                 claims = self._finish(token, entry, found, now)
             revocations = self.revocations
             if revocations is not None:
-                current = revocations.current()
-                if isinstance(current, Future):
-                    with contextlib.suppress(FutureTimeout):
-                        current.result(self._wait_timeout)
-                    current = revocations.current(may_wait=False)
-                self._check_revoked(current, claims)  # type: ignore[arg-type]
+                revoked = revocations.revoked(claims)
+                if revoked is not False:
+                    if revoked is not True:  # no list at hand: wait for the fetch
+                        with contextlib.suppress(FutureTimeout):
+                            revoked.result(self._wait_timeout)
+                        current = revocations.current(may_wait=False)
+                        revoked = current.covers(claims)  # type: ignore[union-attr]
+                    if revoked:
+                        raise TokenRevoked("the token has been revoked")
             return claims
         except TokenError as exc:
             self._refused(exc, token)
@@ -577,11 +580,14 @@ class Verifier:
                 claims = self._finish(token, entry, found, now)
             revocations = self.revocations
             if revocations is not None:
-                current = revocations.current()
-                if isinstance(current, Future):
-                    await self._wait_async(current)
-                    current = revocations.current(may_wait=False)
-                self._check_revoked(current, claims)  # type: ignore[arg-type]
+                revoked = revocations.revoked(claims)
+                if revoked is not False:
+                    if revoked is not True:  # no list at hand: wait for the fetch
+                        await self._wait_async(revoked)
+                        current = revocations.current(may_wait=False)
+                        revoked = current.covers(claims)  # type: ignore[union-attr]
+                    if revoked:
+                        raise TokenRevoked("the token has been revoked")
             return claims
         except TokenError as exc:
             self._refused(exc, token)
@@ -594,11 +600,6 @@ class Verifier:
         with contextlib.suppress(TimeoutError):
             # shield: a cancelled request must not cancel the fetch others share.
             await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(fetch)), self._wait_timeout)
-
-    @staticmethod
-    def _check_revoked(current: RevocationList, claims: VerifiedClaims) -> None:
-        if current.covers(claims):
-            raise TokenRevoked("the token has been revoked")
 
     def close(self) -> None:
         """Stop the key fetcher and the revocation list's (if any). The verifier must not be
