@@ -463,6 +463,7 @@ def cmd_serve(args: argparse.Namespace, clock: Clock) -> int:
         DEFAULT_JWKS_MAX_AGE,
         DEFAULT_RATE_BURST,
         DEFAULT_RATE_LIMIT,
+        DEFAULT_REVOCATION_MAX_AGE,
         serve,
     )
     from .store import DEFAULT_REFRESH_IDLE_TTL, DEFAULT_REFRESH_MAX_TTL
@@ -505,6 +506,14 @@ def cmd_serve(args: argparse.Namespace, clock: Clock) -> int:
         ),
         refresh_idle_ttl=refresh_idle,
         refresh_max_ttl=refresh_max,
+        revocation_max_age=int(
+            _serve_setting(
+                args.revocation_max_age,
+                "JWTMCP_REVOCATION_MAX_AGE",
+                DEFAULT_REVOCATION_MAX_AGE,
+                integer=True,
+            )
+        ),
     )
     return 0
 
@@ -1112,6 +1121,13 @@ connection limits (environment; sizes in bytes, times in seconds):
         type=_non_negative_int,
         metavar="SECONDS",
         help="Cache-Control max-age of the JWKS (default: $JWTMCP_JWKS_MAX_AGE, else 300)",
+    )
+    p.add_argument(
+        "--revocation-max-age",
+        type=_non_negative_int,
+        metavar="SECONDS",
+        help="Cache-Control max-age of the revocation list, the bound from 'jwtmcp revoke' to "
+        "refusal (default: $JWTMCP_REVOCATION_MAX_AGE, else 60)",
     )
     p.add_argument(
         "--rate-limit",

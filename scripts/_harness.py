@@ -161,6 +161,7 @@ class Issuer:
     workdir: Path
     port: int = field(default_factory=free_port)
     rate_limit: float | None = None
+    revocation_max_age: int | None = None
     process: Process | None = None
 
     @property
@@ -201,6 +202,8 @@ class Issuer:
         )
         if self.rate_limit is not None:
             argv += ["--rate-limit", str(self.rate_limit)]
+        if self.revocation_max_age is not None:
+            argv += ["--revocation-max-age", str(self.revocation_max_age)]
         self.process = Process(
             "issuer", argv, self.workdir / "issuer.log", env=child_env(), cwd=self.workdir
         ).start_until_up(self.url + "/healthz")
@@ -241,6 +244,8 @@ class McpServer:
     jwks_url: str | None = None
     jwks_cache_file: Path | None = None
     jwks_policy: dict[str, float] | None = None
+    revocation_url: str | None = None  # check the issuer's revocation list there
+    revocation_cache_file: Path | None = None
     port: int = field(default_factory=free_port)
     process: Process | None = None
 
@@ -258,6 +263,10 @@ class McpServer:
             argv += ["--jwks-cache-file", str(self.jwks_cache_file)]
         if self.jwks_policy is not None:
             argv += ["--jwks-policy", json.dumps(self.jwks_policy)]
+        if self.revocation_url:
+            argv += ["--revocation-url", self.revocation_url]
+        if self.revocation_cache_file:
+            argv += ["--revocation-cache-file", str(self.revocation_cache_file)]
         # Any answer (401 with auth, 406 without an Accept header) means it is listening.
         self.process = Process(
             self.name, argv, self.workdir / f"{self.name}.log", env=child_env()
@@ -309,13 +318,17 @@ def build_mcp_app(
     jwks_url: str | None = None,
     jwks_cache_file: str | None = None,
     jwks_policy: dict[str, float] | None = None,
+    revocation_url: str | None = None,
+    revocation_cache_file: str | None = None,
 ) -> Any:
     """A Starlette app serving an MCPServer with one ``add`` tool on ``/mcp``.
 
     Without ``issuer_url`` it is the plain SDK server; with it, the same server protected by
     jwtmcp (tokens from that issuer, audience = this server's URL), keys from ``jwks_url``
     (default: the issuer's), the last good JWKS kept in ``jwks_cache_file``, and
-    ``jwks_policy`` overriding fields of the verifier's :class:`jwtmcp.jwks.JwksPolicy`.
+    ``jwks_policy`` overriding fields of the verifier's :class:`jwtmcp.jwks.JwksPolicy`;
+    with ``revocation_url`` it checks the issuer's revocation list there (kept in
+    ``revocation_cache_file``).
     """
     from mcp.server.mcpserver import MCPServer
 
@@ -332,6 +345,10 @@ def build_mcp_app(
             from jwtmcp.jwks import JwksPolicy
 
             options["jwks_policy"] = JwksPolicy(**dict[str, Any](jwks_policy))
+        if revocation_url:
+            options["revocation_url"] = revocation_url
+        if revocation_cache_file:
+            options["revocation_cache_file"] = revocation_cache_file
         server = protected_server(
             "bench-math",
             issuer=issuer_url,
@@ -357,9 +374,11 @@ def _serve_mcp(argv: Sequence[str]) -> None:
     parser.add_argument("--jwks-url")
     parser.add_argument("--jwks-cache-file")
     parser.add_argument("--jwks-policy", type=json.loads, help="JwksPolicy fields as JSON")
+    parser.add_argument("--revocation-url")
+    parser.add_argument("--revocation-cache-file")
     args = parser.parse_args(argv)
     app = build_mcp_app(args.issuer, args.port, args.jwks_url, args.jwks_cache_file,
-                        args.jwks_policy)
+                        args.jwks_policy, args.revocation_url, args.revocation_cache_file)
     profile_to = os.environ.get("JWTMCP_BENCH_PROFILE")  # where a profile of the run goes
     if not profile_to:
         uvicorn.run(app, host=LOOPBACK, port=args.port, log_level="warning", access_log=False)
