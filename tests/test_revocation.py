@@ -31,7 +31,7 @@ from jwtmcp.issuer import create_app
 from jwtmcp.keys import KeyRing, init_ring, load_ring
 from jwtmcp.mcp import protected_server
 from jwtmcp.revocation import DEFAULT_MAX_AGE, LIST_TYPE, WELL_KNOWN_PATH, list_claims
-from jwtmcp.tokens import sign
+from jwtmcp.tokens import mint, sign
 from jwtmcp.verifier import Verifier
 from tests.jwks_support import jws
 from tests.mcp_support import post_mcp, run
@@ -563,7 +563,7 @@ def test_admin_revoke_answers_the_entry_and_the_new_sequence(world: World) -> No
     reply = _revoke(world, {"client": "ci-bot"}, ("ops", world.secrets["ops"]))
     assert reply.status_code == 200
     body = reply.json()
-    assert body["sequence"] == 1
+    assert body["sequence"] >= int(world.clock.now)  # the time of the change at least
     assert body["revoked"]["kind"] == "client_id"
     assert body["revoked"]["before"] == int(world.clock.now)
 
@@ -611,7 +611,7 @@ def test_revoke_list_shows_the_entries_in_force(tmp_path: Path) -> None:
     )
     code, out, _ = run_cli("revoke", "list", "--json", *flags, clock=clock)
     doc = json.loads(out)
-    assert code == 0 and doc["sequence"] == 1
+    assert code == 0 and doc["sequence"] == int(clock.now)
     assert [(e["kind"], e["value"]) for e in doc["entries"]] == [("sub", "alice")]
     clock.advance(3600 + 60 + 1)  # the ring's max lifetime plus leeway: nothing covered
     assert json.loads(run_cli("revoke", "list", "--json", *flags, clock=clock)[1])["entries"] == []
@@ -697,3 +697,56 @@ def test_mint_ttl_that_is_not_a_duration_is_a_usage_error(tmp_path: Path) -> Non
         "mint", "--subject", "s", "--tools", "add", "--audience", AUDIENCE, "--ttl", "3x"
     )
     assert code == 2 and "invalid duration '3x'" in err
+
+
+def test_issuer_restarted_without_its_revocations_file_publishes_a_newer_sequence(
+    tmp_path: Path,
+) -> None:
+    # Removing revocations.json (to clear it) and restarting the issuer must not send the
+    # sequence back: verifiers would refuse the older list until their stale window ran out.
+    ring = load_ring(init_ring(tmp_path / "keys").directory)
+    clients = tmp_path / "clients.json"
+    add_client(clients, "x", tools=["add"], audiences=[AUDIENCE])
+    clock = FakeClock(time.time())
+    port = free_port()
+    issuer = f"http://127.0.0.1:{port}"
+    options = {
+        "keys_dir": tmp_path / "keys",
+        "clients_file": clients,
+        "clock": clock,
+        "reload_interval": 0,
+    }
+    token = mint(
+        ring, issuer=issuer, subject="alice", audience=AUDIENCE, tools=["add"], clock=clock
+    )
+    assert (
+        run_cli(
+            "revoke",
+            "--sub",
+            "alice",
+            "--keys",
+            str(tmp_path / "keys"),
+            "--clients",
+            str(clients),
+            clock=clock,
+        )[0]
+        == 0
+    )
+    with serve_app(create_app(issuer_url=issuer, **options), port=port, date_header=False):
+        verifier = Verifier(
+            issuer=issuer,
+            audience=AUDIENCE,
+            jwks_url=issuer + "/.well-known/jwks.json",
+            revocations=True,
+            clock=clock,
+            monotonic=clock,
+        )
+        with pytest.raises(TokenRevoked):
+            verifier.verify(token)
+    (tmp_path / "revocations.json").unlink()
+    clock.advance(DEFAULT_MAX_AGE)
+    try:
+        with serve_app(create_app(issuer_url=issuer, **options), port=port, date_header=False):
+            assert verifier.verify(token).subject == "alice"  # the cleared list is taken
+    finally:
+        verifier.close()
