@@ -174,7 +174,7 @@ def cmd_revoke_enable(args: argparse.Namespace, clock: Clock) -> int:
     from .revocations_file import set_long_lived
 
     path = revocations_file(args)
-    set_long_lived(path, args.max_ttl)
+    set_long_lived(path, args.max_ttl, clock=clock)
     print(
         f"long-lived tokens allowed up to {_span(args.max_ttl)} in {path}: "
         f"'{PROG} mint --ttl' may now go that high"
@@ -190,7 +190,7 @@ def cmd_revoke_disable(args: argparse.Namespace, clock: Clock) -> int:
     from .revocations_file import set_long_lived
 
     path = revocations_file(args)
-    set_long_lived(path, None)
+    set_long_lived(path, None, clock=clock)
     print(f"long-lived tokens no longer allowed in {path}; tokens minted before stay valid")
     return 0
 

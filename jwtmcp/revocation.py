@@ -352,7 +352,7 @@ class RevocationCache(CachedDocument[RevocationList]):
             # A replica behind the others, or an old list replayed: never go back.
             raise JwksError(
                 f"its sequence {found.sequence} is older than the list held "
-                f"({previous.sequence}); keeping the newer list"
+                f"({previous.sequence})"
             )
         return found
 

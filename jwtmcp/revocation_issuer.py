@@ -123,7 +123,7 @@ class RevocationEndpoints:
         jtis, subjects, clients = state.published(now)
         claims = list_claims(
             issuer=service.issuer,
-            sequence=state.sequence,
+            sequence=state.published_sequence(now),
             now=now,
             jtis=jtis,
             subjects=subjects,

@@ -7,7 +7,7 @@ the directory publishes the same list, and ``jwtmcp revoke`` works with the issu
 or not. Format (version 1)::
 
     {"version": 1,
-     "sequence": 7,                        # +1 at every change; published in the list
+     "sequence": 1796001464,               # grows at every change; published in the list
      "long_lived_max_lifetime": 2592000,   # seconds; set by 'jwtmcp revoke enable', or null
      "entries": [
        {"kind": "sub", "value": "alice", "before": 1796001464,
@@ -21,6 +21,11 @@ revocation time plus the longest lifetime a token may have (the ring's maximum, 
 long-lived maximum when larger) plus the ring's leeway; a ``jti`` entry given the token's
 ``exp`` uses that — and past it the entry is dropped, so the file and the published list
 stay small.
+
+The sequence becomes ``max(sequence + 1, now)`` (epoch seconds) at every change, and a
+missing file is published with the current time as its sequence: verifiers never accept an
+older sequence than the one they hold, so removing the file (to clear it) must not send the
+sequence back to 0, which they would refuse until their stale window ran out.
 """
 
 from __future__ import annotations
@@ -82,6 +87,16 @@ class RevocationState:
     sequence: int = 0
     long_lived_max_lifetime: int | None = None
     entries: tuple[Revocation, ...] = ()
+    present: bool = True
+    """False when there is no file (nothing revoked)."""
+
+    def published_sequence(self, now: float) -> int:
+        """The sequence the list carries at ``now``: the file's, else the current time."""
+        return self.sequence if self.present else int(now)
+
+    def next_sequence(self, now: float) -> int:
+        """The sequence of the next change made at ``now``."""
+        return max(self.sequence + 1, int(now))
 
     def live(self, now: float) -> tuple[Revocation, ...]:
         """The entries that may still cover a valid token at ``now``."""
@@ -183,7 +198,7 @@ def load_revocations(path: str | os.PathLike[str]) -> RevocationState:
     revoked, sequence 0). Raises :class:`RevocationError` with a one-line reason."""
     where = Path(path)
     if not where.exists():
-        return RevocationState(where)
+        return RevocationState(where, present=False)
     raw = read_file(where, what="revocations file", error=RevocationError, missing="")
     return _parse(where, raw)
 
@@ -236,12 +251,19 @@ def revoke(
     where = Path(path)
     with _locked(where):
         state = load_revocations(where)
-        new = replace(state, sequence=state.sequence + 1, entries=(*state.live(now), entry))
+        new = replace(
+            state,
+            sequence=state.next_sequence(now),
+            entries=(*state.live(now), entry),
+            present=True,
+        )
         _write(new)
     return entry, new
 
 
-def set_long_lived(path: str | os.PathLike[str], max_lifetime: int | None) -> RevocationState:
+def set_long_lived(
+    path: str | os.PathLike[str], max_lifetime: int | None, *, clock: Clock = time.time
+) -> RevocationState:
     """Allow tokens living up to ``max_lifetime`` seconds (None: none longer than the ring's
     maximum) for this issuer: the declaration that its servers check the revocation list,
     which ``jwtmcp mint --ttl`` above the ring's maximum requires."""
@@ -250,7 +272,12 @@ def set_long_lived(path: str | os.PathLike[str], max_lifetime: int | None) -> Re
     where = Path(path)
     with _locked(where):
         state = load_revocations(where)
-        new = replace(state, sequence=state.sequence + 1, long_lived_max_lifetime=max_lifetime)
+        new = replace(
+            state,
+            sequence=state.next_sequence(clock()),
+            long_lived_max_lifetime=max_lifetime,
+            present=True,
+        )
         _write(new)
     return new
 
