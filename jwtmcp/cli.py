@@ -396,6 +396,7 @@ def cmd_clients_add(args: argparse.Namespace, clock: Clock) -> int:
         audiences=audience_urls(args.audience),
         max_ttl=args.max_ttl,
         subject=args.subject,
+        scopes=[s for value in args.scope or () for s in value.split()],
     )
     print(f"added client {args.name!r}; its secret (shown once, only a hash is stored):")
     print(secret)
@@ -1008,6 +1009,13 @@ examples:
     _add_grant_flags(p, holder="the client", verb="get", whose="its")
     _add_flag(
         p, "--subject", "--sub", metavar="SUB", help="the 'sub' of its tokens (default: NAME)"
+    )
+    p.add_argument(
+        "--scope",
+        action="append",
+        metavar="SCOPES",
+        help="other scopes it may get, space-separated; repeatable (jwtmcp:revoke lets it "
+        "use POST /admin/revoke, docs/revocation.md)",
     )
     _add_clients_flag(p)
     p.set_defaults(func=cmd_clients_add)

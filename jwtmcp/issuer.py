@@ -10,6 +10,8 @@ Endpoints (all relative to the issuer URL):
 - ``GET /.well-known/jwks.json`` — the ring's public keys, cacheable.
 - ``GET /.well-known/oauth-authorization-server`` — RFC 8414 metadata.
 - ``GET /healthz`` — liveness, the active kid and the state of the ring and clients file.
+- ``GET /.well-known/jwtmcp-revocations`` — the signed revocation list, and
+  ``POST /admin/revoke`` (:mod:`jwtmcp.revocation_issuer`, docs/revocation.md).
 - ``GET /authorize``, ``/authorize/login``, ``/authorize/consent`` — interactive sign-in
   (authorization code + PKCE; :mod:`jwtmcp.authorize`), ``POST /register`` — RFC 7591
   registration (:mod:`jwtmcp.registration`); assembled by :mod:`jwtmcp.signin`.

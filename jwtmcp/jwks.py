@@ -38,6 +38,9 @@ happens around that lookup:
   the file is refused (with an error in the log) unless only this user or root could have
   written it: the file and its directory owned by this user or root and not writable by
   group or others (a sticky directory such as /tmp is fine), and a regular file.
+* **Other documents**: the machinery above is :class:`CachedDocument`; :class:`JwksCache`
+  is the key set on top of it, and :class:`jwtmcp.revocation.RevocationCache` the issuer's
+  signed revocation list (the same freshness, refresh, stale window, backoff and cache file).
 * **Hostile input**: the response body is read streaming and abandoned past
   ``max_body_bytes``; sets with more than ``max_keys`` keys are refused; keys jwtmcp cannot
   use (not RSA, ``use`` other than ``sig``, under 2048 or over 8192 bits, no kid, an

@@ -750,3 +750,25 @@ def test_issuer_restarted_without_its_revocations_file_publishes_a_newer_sequenc
             assert verifier.verify(token).subject == "alice"  # the cleared list is taken
     finally:
         verifier.close()
+
+
+def test_client_added_with_the_revoke_scope_on_the_command_line_may_revoke(
+    world: World,
+) -> None:
+    code, out, err = run_cli(
+        "clients",
+        "add",
+        "auditor",
+        "--tools",
+        "add",
+        "--scope",
+        "jwtmcp:revoke",
+        "--audience",
+        world.servers[0],
+        "--clients",
+        str(world.directory / "clients.json"),
+    )
+    assert code == 0, err
+    secret = out.strip().splitlines()[-1]
+    reply = _revoke(world, {"sub": "alice"}, ("auditor", secret))
+    assert reply.status_code == 200, reply.text
