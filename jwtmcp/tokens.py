@@ -471,8 +471,8 @@ def sign(
     segments and one RSA signature, and PyJWT's generic path around that signature costs
     about 10% of a mint. The header of each kid is encoded once.
 
-    Raises :class:`ConfigError` when the token would be longer than
-    :data:`MAX_TOKEN_BYTES`, which verifiers refuse by default.
+    Raises :class:`ConfigError` when the token would be longer than ``max_bytes``
+    (default :data:`MAX_TOKEN_BYTES`, which verifiers refuse by default).
     """
     payload = _b64url(_claims_json(claims))
     signing_input = _header_segment(key.kid, typ) + payload
