@@ -26,7 +26,7 @@ Errors (each with a stable ``code``; docs/verifier.md#error-codes)
     JwtMcpError, ConfigError, KeyRingError, ClientsError, TokenError, MalformedToken,
     UnsupportedAlgorithm, UnknownKid, BadSignature, TokenExpired, TokenNotYetValid,
     WrongIssuer, WrongAudience, WrongType, LifetimeTooLong, MissingClaim, KeysUnavailable,
-    ListenError
+    TokenRevoked, RevocationsUnavailable, ListenError
 """
 
 from __future__ import annotations
@@ -45,9 +45,11 @@ from .errors import (
     ListenError,
     MalformedToken,
     MissingClaim,
+    RevocationsUnavailable,
     TokenError,
     TokenExpired,
     TokenNotYetValid,
+    TokenRevoked,
     UnknownKid,
     UnsupportedAlgorithm,
     WrongAudience,
@@ -121,6 +123,7 @@ __all__ = [
     "MalformedToken",
     "MissingClaim",
     "ProtectedMCPServer",
+    "RevocationsUnavailable",
     "RingKey",
     "ServerLimits",
     "SigningKey",
@@ -130,6 +133,7 @@ __all__ = [
     "TokenExchangeUnavailable",
     "TokenExpired",
     "TokenNotYetValid",
+    "TokenRevoked",
     "ToolGrants",
     "ToolScopeGuard",
     "UnknownKid",

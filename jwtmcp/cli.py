@@ -284,13 +284,14 @@ def cmd_mint(args: argparse.Namespace, clock: Clock) -> int:
     scopes = [s for value in args.scope or () for s in value.split()]
     audiences = audience_urls(args.audience)
     ring = load_ring(keys_dir(args))
+    signing_key = ring.active.signing_key
     if args.ttl > ring.max_lifetime:
-        raise CliError(
-            f"--ttl {args.ttl} is above the maximum token lifetime of this ring, "
-            f"{ring.max_lifetime} s (set by 'keys init --max-lifetime')"
-        )
+        # Above the ring's maximum only with the revocation list (docs/revocation.md).
+        from .cli_revoke import long_lived_signing_key
+
+        signing_key = long_lived_signing_key(args, ring, args.ttl)
     token = mint(
-        ring.active.signing_key,
+        signing_key,
         issuer=issuer_url(args),
         subject=args.subject,
         audience=audiences[0] if len(audiences) == 1 else audiences,
@@ -298,7 +299,7 @@ def cmd_mint(args: argparse.Namespace, clock: Clock) -> int:
         tools=tools,
         scopes=scopes,
         lifetime=args.ttl,
-        max_lifetime=ring.max_lifetime,
+        max_lifetime=signing_key.max_lifetime,
         extra_claims=extra,
         clock=clock,
     )
@@ -399,6 +400,7 @@ def cmd_clients_add(args: argparse.Namespace, clock: Clock) -> int:
         subject=args.subject,
         jwks=jwks,
         jwks_uri=args.jwks_uri,
+        scopes=[s for value in args.scope or () for s in value.split()],
     )
     if client.has_keys:
         print(f"added client {args.name!r}; it authenticates with private_key_jwt (no secret)")
@@ -473,6 +475,7 @@ def cmd_serve(args: argparse.Namespace, clock: Clock) -> int:
         DEFAULT_JWKS_MAX_AGE,
         DEFAULT_RATE_BURST,
         DEFAULT_RATE_LIMIT,
+        DEFAULT_REVOCATION_MAX_AGE,
         serve,
     )
     from .store import DEFAULT_REFRESH_IDLE_TTL, DEFAULT_REFRESH_MAX_TTL
@@ -519,6 +522,14 @@ def cmd_serve(args: argparse.Namespace, clock: Clock) -> int:
         refresh_max_ttl=refresh_max,
         providers_file=args.providers or os.environ.get("JWTMCP_PROVIDERS") or None,
         policy_file=args.policy or os.environ.get("JWTMCP_POLICY") or None,
+        revocation_max_age=int(
+            _serve_setting(
+                args.revocation_max_age,
+                "JWTMCP_REVOCATION_MAX_AGE",
+                DEFAULT_REVOCATION_MAX_AGE,
+                integer=True,
+            )
+        ),
     )
     return 0
 
@@ -607,6 +618,12 @@ def _non_negative_float(text: str) -> float:
         return parse_decimal_number(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a number: {text!r:.40}") from None
+
+
+def _ttl(text: str) -> int:
+    from .cli_revoke import parse_duration
+
+    return parse_duration(text)
 
 
 def _port(text: str) -> int:
@@ -895,10 +912,17 @@ cannot be set with --claim.
     )
     p.add_argument(
         "--ttl",
-        type=_positive_int,
+        type=_ttl,
         default=DEFAULT_LIFETIME,
-        metavar="SECONDS",
-        help=f"lifetime (default: {DEFAULT_LIFETIME}; at most the ring's max lifetime)",
+        metavar="DURATION",
+        help=f"lifetime: seconds, or with s, m, h, d (default: {DEFAULT_LIFETIME}; at most the "
+        "ring's max lifetime, or the long-lived maximum of 'revoke enable')",
+    )
+    p.add_argument(
+        "--revocations",
+        metavar="FILE",
+        help="the revocations file that allows a --ttl above the ring's maximum (default: "
+        "$JWTMCP_REVOCATIONS, else revocations.json beside $JWTMCP_CLIENTS/clients.json)",
     )
     p.add_argument(
         "--claim",
@@ -1014,6 +1038,13 @@ examples:
         help="private_key_jwt instead of a secret: the https URL where the client publishes "
         "its JWKS",
     )
+    p.add_argument(
+        "--scope",
+        action="append",
+        metavar="SCOPES",
+        help="other scopes it may get, space-separated; repeatable (jwtmcp:revoke lets it "
+        "use POST /admin/revoke, docs/revocation.md)",
+    )
     _add_clients_flag(p)
     p.set_defaults(func=cmd_clients_add)
 
@@ -1066,6 +1097,10 @@ examples:
     from .cli_policy import add_policy_commands
 
     add_policy_commands(commands)
+    # revoke ... (its own module)
+    from .cli_revoke import add_revoke_commands
+
+    add_revoke_commands(commands)
 
     # serve
     p = commands.add_parser(
@@ -1126,6 +1161,13 @@ connection limits (environment; sizes in bytes, times in seconds):
         type=_non_negative_int,
         metavar="SECONDS",
         help="Cache-Control max-age of the JWKS (default: $JWTMCP_JWKS_MAX_AGE, else 300)",
+    )
+    p.add_argument(
+        "--revocation-max-age",
+        type=_non_negative_int,
+        metavar="SECONDS",
+        help="Cache-Control max-age of the revocation list, the bound from 'jwtmcp revoke' to "
+        "refusal (default: $JWTMCP_REVOCATION_MAX_AGE, else 60)",
     )
     p.add_argument(
         "--rate-limit",

@@ -52,6 +52,12 @@ class ListenError(JwtMcpError):
     code = "cannot_listen"
 
 
+class RevocationError(JwtMcpError):
+    """The revocations file is unreadable or invalid, or a revocation request is invalid."""
+
+    code = "revocations"
+
+
 class UsersError(JwtMcpError):
     """The users file is missing, unreadable or invalid, or a user name is unknown."""
 
@@ -151,6 +157,21 @@ class KeysUnavailable(TokenError):
     """No usable keys: the key source failed and the last good keys are too old (or absent)."""
 
     code = "keys_unavailable"
+
+
+class TokenRevoked(TokenError):
+    """The issuer's signed revocation list names the token (its ``jti``, or its ``sub`` or
+    ``client_id`` for tokens issued at or before a time); see :mod:`jwtmcp.revocation`."""
+
+    code = "token_revoked"
+
+
+class RevocationsUnavailable(KeysUnavailable):
+    """The verifier checks the revocation list, and no list fresh enough can be had (none
+    fetched yet, or the last good one is past its stale window). Like missing keys, this
+    is an outage (503 + ``Retry-After`` at MCP servers), not a bad token."""
+
+    code = "revocations_unavailable"
 
 
 # --- OAuth clients: metadata documents, dynamic registration (issue 10) -------------------

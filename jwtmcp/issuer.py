@@ -10,6 +10,8 @@ Endpoints (all relative to the issuer URL):
 - ``GET /.well-known/jwks.json`` — the ring's public keys, cacheable.
 - ``GET /.well-known/oauth-authorization-server`` — RFC 8414 metadata.
 - ``GET /healthz`` — liveness, the active kid and the state of the ring and clients file.
+- ``GET /.well-known/jwtmcp-revocations`` — the signed revocation list, and
+  ``POST /admin/revoke`` (:mod:`jwtmcp.revocation_issuer`, docs/revocation.md).
 - ``GET /authorize``, ``/authorize/login``, ``/authorize/consent`` — interactive sign-in
   (authorization code + PKCE; :mod:`jwtmcp.authorize`), ``POST /register`` — RFC 7591
   registration (:mod:`jwtmcp.registration`); assembled by :mod:`jwtmcp.signin`.
@@ -75,6 +77,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("jwtmcp.issuer")
 
 DEFAULT_JWKS_MAX_AGE = 300
+DEFAULT_REVOCATION_MAX_AGE = 60
+"""Seconds verifiers may cache the revocation list: the bound from revocation to refusal."""
 DEFAULT_RATE_LIMIT = 10.0
 """Token requests per second and per client, sustained."""
 DEFAULT_RATE_BURST = 20
@@ -185,6 +189,10 @@ class IssuerSettings:
     """Serve them at this path of the issuer's own port; empty: not there."""
     audit_log: str = ""
     """``serve --audit-log``: where ``jwtmcp.audit`` lines go (a file, ``-`` for stderr)."""
+    revocations_file: str = ""
+    """The revocations file (:mod:`jwtmcp.revocations_file`); empty: beside the clients file."""
+    revocation_max_age: int = DEFAULT_REVOCATION_MAX_AGE
+    """``Cache-Control: max-age`` of the revocation list, seconds."""
 
 
 def _is_loopback(host: str) -> bool:
@@ -513,6 +521,9 @@ class IssuerService:
         self.events = IssuerEvents(self.clients, self.metrics, clock)
         """Where every grant reports the tokens it issues (audit line, metrics)."""
         self._jwks_cache: tuple[KeyRing, bytes, str] | None = None
+        from .revocation_issuer import install_revocation
+
+        self.revocation = install_revocation(self)  # the revocation list and /admin/revoke
         self._metadata_cache: tuple[ClientTable, bytes] | None = None
         from .grants import grants_for_issuer  # it imports this module
         from .signin import build_sign_in
@@ -887,6 +898,8 @@ def create_app(
     policy_file: str | os.PathLike[str] | None = None,
     metrics: bool = False,
     metrics_path: str = "/metrics",
+    revocations_file: str | os.PathLike[str] | None = None,
+    revocation_max_age: int = DEFAULT_REVOCATION_MAX_AGE,
 ) -> Starlette:
     """The issuer as a Starlette app over an existing key ring and clients file.
 
@@ -910,6 +923,10 @@ def create_app(
     ``metrics=True`` collects Prometheus metrics (:mod:`jwtmcp.metrics`, in the service's own
     registry ``app.state.issuer.metrics.registry``) and serves them, unauthenticated, at
     ``metrics_path`` (empty: nowhere). See docs/observability.md.
+
+    Revocation (:mod:`jwtmcp.revocation_issuer`): ``revocations_file`` (default
+    ``revocations.json`` beside ``clients_file``) and ``revocation_max_age`` (seconds the
+    signed list at ``/.well-known/jwtmcp-revocations`` may be cached, default 60).
     """
     sign_in: dict[str, Any] = {}
     if store is not None and not isinstance(store, (str, os.PathLike)):
@@ -943,6 +960,8 @@ def create_app(
         policy_file=os.fspath(policy_file) if policy_file is not None else "",
         metrics=metrics,
         metrics_path=metrics_path if metrics else "",
+        revocations_file=os.fspath(revocations_file) if revocations_file is not None else "",
+        revocation_max_age=revocation_max_age,
     )
     service = IssuerService(
         settings, clock=clock, rate_limit_clock=rate_limit_clock, sign_in=sign_in
@@ -970,6 +989,7 @@ def _build_app(service: IssuerService) -> Starlette:
         Route("/.well-known/jwks.json", service.jwks, methods=["GET"]),
         *(Route(p, service.oauth_metadata, methods=["GET"]) for p in metadata_paths),
         Route("/healthz", service.healthz, methods=["GET"]),
+        *service.revocation.routes(),
         *service.sign_in.routes(),
     ]
     middleware = [Middleware(_TokenEndpoint, service=service, cors=cors)]
@@ -1230,6 +1250,7 @@ def serve(
     out: IO[str] | None = None,
     providers_file: str | None = None,
     policy_file: str | None = None,
+    revocation_max_age: int = DEFAULT_REVOCATION_MAX_AGE,
 ) -> None:
     """Set up on first run (ring, clients file with a demo client, users file with a demo
     user), print how to use it, serve.
@@ -1348,6 +1369,7 @@ def serve(
         metrics=metrics_at is not None,
         metrics_path="/metrics" if metrics_at == ("", 0) else "",
         audit_log=audit_target,
+        revocation_max_age=revocation_max_age,
     )
     common: dict[str, Any] = {
         "host": host,

@@ -38,6 +38,9 @@ happens around that lookup:
   the file is refused (with an error in the log) unless only this user or root could have
   written it: the file and its directory owned by this user or root and not writable by
   group or others (a sticky directory such as /tmp is fine), and a regular file.
+* **Other documents**: the machinery above is :class:`CachedDocument`; :class:`JwksCache`
+  is the key set on top of it, and :class:`jwtmcp.revocation.RevocationCache` the issuer's
+  signed revocation list (the same freshness, refresh, stale window, backoff and cache file).
 * **Hostile input**: the response body is read streaming and abandoned past
   ``max_body_bytes``; sets with more than ``max_keys`` keys are refused; keys jwtmcp cannot
   use (not RSA, ``use`` other than ``sig``, under 2048 or over 8192 bits, no kid, an
@@ -65,14 +68,14 @@ from collections.abc import Iterable, Mapping
 from concurrent.futures import Future, InvalidStateError, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 from urllib.parse import urlsplit
 
 from cryptography.exceptions import UnsupportedAlgorithm as _CryptoUnsupported
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
-from .errors import ConfigError, KeysUnavailable, UnknownKid
+from .errors import ConfigError, KeysUnavailable, TokenError, UnknownKid
 from .files import atomic_write
 from .numeric import parse_whole_number
 from .strict_json import DuplicateMember, unique_members
@@ -88,6 +91,8 @@ MAX_RSA_BITS = 8192
 """Larger keys are refused: verifying with a 16384-bit key costs ~60x a 2048-bit one."""
 MAX_KID_LENGTH = 256
 CACHE_FILE_VERSION = 1
+T = TypeVar("T")
+V = TypeVar("V")
 
 # --- algorithms --------------------------------------------------------------------------
 
@@ -516,11 +521,12 @@ def parse_max_age(cache_control: str | None, policy: JwksPolicy) -> float:
 
 
 @dataclass(frozen=True)
-class _Snapshot:
-    """One good key set and the times that govern it: ``fetched_wall`` is epoch seconds
-    (for the cache file), every other time is on the cache's monotonic clock."""
+class _Snapshot(Generic[T]):
+    """One good document (a key set, a revocation list) and the times that govern it:
+    ``fetched_wall`` is epoch seconds (for the cache file), every other time is on the
+    cache's monotonic clock."""
 
-    keys: Mapping[str, PublicKey]
+    value: T
     fetched_wall: float
     fetched_at: float
     max_age: float
@@ -576,7 +582,7 @@ def _check_owner_and_mode(info: os.stat_result, what: str, uid: int, sticky_ok: 
         )
 
 
-_LIVE_CACHES: weakref.WeakSet[JwksCache] = weakref.WeakSet()
+_LIVE_CACHES: weakref.WeakSet[CachedDocument[Any]] = weakref.WeakSet()
 """Every open cache, so a forked child can give each one fresh fetch machinery."""
 
 
@@ -589,19 +595,32 @@ def _after_fork_in_child() -> None:
 os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-class JwksCache:
-    """Keys from a JWKS URL, cached and refreshed as the module docstring describes.
+class CachedDocument(Generic[T]):
+    """A document from a URL, cached and refreshed as the module docstring describes: the
+    machinery every cached document shares (freshness, refresh ahead, the stale window,
+    one fetch at a time with backoff, the cache file, forks). A subclass says how its
+    document is parsed (:meth:`_parse`, :meth:`_from_file`) and how it is looked up;
+    :class:`JwksCache` is the key set, :class:`jwtmcp.revocation.RevocationCache` the
+    signed revocation list.
 
     ``clock`` is the wall clock (epoch seconds, compared with the response's ``Date`` and
-    written to the cache file); ``monotonic`` measures the age of key sets, cooldowns and
+    written to the cache file); ``monotonic`` measures the age of documents, cooldowns and
     every other duration (seconds from any origin). Both are injectable for tests.
     """
+
+    what = "document"
+    """What the document is called in log lines and errors ("JWKS")."""
+    _thread_name = "jwtmcp-document"
+    file_member = "document"
+    """The member of the cache file that holds the document."""
+    accept = "application/json"
+    url_option = "url"
+    """The option that named the URL, for configuration errors (``jwks_url``)."""
 
     def __init__(
         self,
         url: str,
         *,
-        algorithms: Iterable[str] = ("RS256",),
         policy: JwksPolicy | None = None,
         clock: Clock = time.time,
         monotonic: Clock = time.monotonic,
@@ -609,27 +628,27 @@ class JwksCache:
         allow_insecure_http: bool = False,
     ) -> None:
         parts = urlsplit(url)
+        option = self.url_option
         if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ConfigError(f"jwks_url must be an http(s) URL, not {url!r}")
+            raise ConfigError(f"{option} must be an http(s) URL, not {url!r}")
         if parts.scheme == "http" and not allow_insecure_http and not is_loopback_url(url):
             raise ConfigError(
-                "jwks_url must use https (plain http lets anyone on the path swap the keys); "
-                "http is accepted for loopback hosts, or with allow_insecure_jwks_url=True"
+                f"{option} must use https (plain http lets anyone on the path swap the "
+                f"{self.what}); http is accepted for loopback hosts, or with "
+                "allow_insecure_jwks_url=True"
             )
         self.url = url
         self.policy = policy or JwksPolicy()
-        self._algorithms = frozenset(algorithms)
         self._clock = clock
         self._monotonic = monotonic
         self._cache_file = Path(cache_file) if cache_file is not None else None
         self._lock = threading.Lock()
-        self._snapshot: _Snapshot | None = None
+        self._snapshot: _Snapshot[T] | None = None
         self._inflight: Future[bool] | None = None
         self._last_attempt: float | None = None
         self._last_ok = False
         self._failures = 0
         """Failed fetches in a row: sets the backoff before the next attempt."""
-        self._unknown: dict[str, float] = {}
         self._closed = False
         self.fetch_count = 0
         """Fetches started so far (for monitoring and tests)."""
@@ -639,76 +658,48 @@ class JwksCache:
         """Fetches that failed so far (for monitoring: jwtmcp.metrics)."""
         self._persisted_body: bytes | None = None
         self._client: httpx2.Client | None = None  # made by the worker, at its first fetch
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="jwtmcp-jwks")
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=self._thread_name)
         _LIVE_CACHES.add(self)
         self._load_cache_file()
         with self._lock:
             self._start_fetch(self._monotonic())
 
-    # -- the hot path -----------------------------------------------------------------
+    # -- serving ----------------------------------------------------------------------
 
-    def find(
-        self, kid: str | None, now: float, *, may_wait: bool = True
-    ) -> PublicKey | Future[bool]:
+    def _unavailable(self) -> TokenError:
+        """The error a lookup raises when no document is usable (none yet, or too old)."""
+        return KeysUnavailable(f"the issuer's {self.what} is unavailable; try again later")
+
+    def _usable_snapshot(self, now: float, may_wait: bool) -> _Snapshot[T] | Future[bool]:
+        """The snapshot still within its stale window, else a fetch to wait for (caller
+        holds the lock). Raises :meth:`_unavailable` when there is neither."""
         snap = self._snapshot
-        if snap is not None and kid is not None and self._monotonic() < snap.refresh_at:
-            key = snap.keys.get(kid)
-            if key is not None:
-                return key
-        return self._find_slow(kid, may_wait)
+        if snap is not None and now >= snap.stale_until:
+            snap = None  # too old to trust, even during an outage
+        if snap is None:
+            fut = self._inflight or self._start_fetch_if_allowed(now)
+            if fut is not None and may_wait:
+                return fut
+            raise self._unavailable()
+        return snap
 
-    def _find_slow(self, kid: str | None, may_wait: bool) -> PublicKey | Future[bool]:
-        now = self._monotonic()
-        if kid is None:
-            raise UnknownKid("the token names no signing key (kid)")
-        if self._closed:
-            raise KeysUnavailable("the verifier is closed")
-        with self._lock:
-            snap = self._snapshot
-            if snap is not None and now >= snap.stale_until:
-                snap = None  # too old to trust, even during an outage
-            if snap is None:
-                fut = self._inflight or self._start_fetch_if_allowed(now)
-                if fut is not None and may_wait:
-                    return fut
-                raise KeysUnavailable("the issuer's signing keys are unavailable; try again later")
-            key = snap.keys.get(kid)
-            if key is not None:
-                if now < snap.expires_at:
-                    if self._inflight is None:
-                        self._start_fetch_if_allowed(now)  # refresh ahead, in the background
-                    return key
-                # Past max-age. The issuer answered last time, so fresh keys are one fetch
-                # away: wait for them (a revoked key must not outlive its max-age).
-                if self._last_ok and may_wait:
-                    fut = self._inflight or self._start_fetch_if_allowed(now)
-                    if fut is not None:
-                        return fut
-                elif self._inflight is None:
-                    self._start_fetch_if_allowed(now)  # outage: retry in the background
-                return key  # within the stale window
-            # An unknown kid: perhaps a key published since our last fetch.
-            if len(kid) > MAX_KID_LENGTH:
-                raise UnknownKid("the token's signing key (kid) is not known")
-            until = self._unknown.get(kid)
-            if until is not None and now < until:
-                raise UnknownKid("the token's signing key (kid) is not known")
-            if may_wait:
-                fut = self._inflight or self._start_fetch_if_allowed(now)
-                if fut is not None:
-                    return fut
-            elif self._inflight is None:
-                # Missing from the set just fetched for it (not a wait that timed out).
-                self._remember_unknown(kid, now)
-            raise UnknownKid("the token's signing key (kid) is not known")
-
-    def _remember_unknown(self, kid: str, now: float) -> None:
-        if len(self._unknown) >= self.policy.max_unknown_kids:
-            for old in [k for k, until in self._unknown.items() if until <= now]:
-                del self._unknown[old]
-            while len(self._unknown) >= self.policy.max_unknown_kids:
-                del self._unknown[next(iter(self._unknown))]
-        self._unknown[kid] = now + self.policy.unknown_kid_ttl
+    def _serve(self, found: V, snap: _Snapshot[T], now: float, may_wait: bool) -> V | Future[bool]:
+        """``found`` (read from ``snap``) under the freshness rules (caller holds the lock):
+        fresh, it is served and a refresh starts in the background past ``refresh_ahead``;
+        past its max-age, a fetch is waited for when the issuer answered last time (what it
+        says must not outlive its max-age), else it keeps serving within the stale window
+        while fetches retry in the background."""
+        if now < snap.expires_at:
+            if self._inflight is None:
+                self._start_fetch_if_allowed(now)  # refresh ahead, in the background
+            return found
+        if self._last_ok and may_wait:
+            fut = self._inflight or self._start_fetch_if_allowed(now)
+            if fut is not None:
+                return fut
+        elif self._inflight is None:
+            self._start_fetch_if_allowed(now)  # outage: retry in the background
+        return found  # within the stale window
 
     # -- fetching ---------------------------------------------------------------------
 
@@ -750,7 +741,7 @@ class JwksCache:
             ok = self._fetch()
         except BaseException as exc:  # never let the worker die with waiters hanging
             self.last_error = f"unexpected error: {type(exc).__name__}"
-            log.exception("JWKS fetch from %s failed unexpectedly", self.url)
+            log.exception("%s fetch from %s failed unexpectedly", self.what, self.url)
         finally:
             with self._lock:
                 if self._inflight is fut:
@@ -765,32 +756,46 @@ class JwksCache:
     def _fetch(self) -> bool:
         try:
             body, headers, received, response_time, response_delay = self._download()
-            previous = self._snapshot.keys if self._snapshot is not None else None
-            keys = parse_jwks(
-                body,
-                algorithms=self._algorithms,
-                max_keys=self.policy.max_keys,
-                previous=previous,
-                where="the JWKS",  # last_error and the log line name the URL
-            )
-            if not keys:
-                raise JwksError("the JWKS holds no usable RSA signing key")
+            previous = self._snapshot.value if self._snapshot is not None else None
+            value = self._parse(body, previous)
         except JwksError as exc:
             self.last_error = str(exc)
             if not self._closed:  # nobody is left to care once the verifier is closed
-                kept = "keeping the last good keys" if self._snapshot else "no keys yet"
-                log.warning("JWKS fetch from %s failed: %s; %s", self.url, exc, kept)
+                kept = self._kept_note(self._snapshot is not None)
+                log.warning("%s fetch from %s failed: %s; %s", self.what, self.url, exc, kept)
             return False
         max_age = fresh_for(
             headers, self.policy, response_time=response_time, response_delay=response_delay
         )
-        snap = self._make_snapshot(keys, received, max_age, response_time)
+        snap = self._make_snapshot(value, received, max_age, response_time)
         with self._lock:
             self._snapshot = snap
         self.last_error = None
-        log.debug("fetched %d key(s) from %s, max-age %.0f s", len(keys), self.url, max_age)
+        log.debug("fetched %s from %s, max-age %.0f s", self._describe(value), self.url, max_age)
         self._persist(body, snap)
         return True
+
+    # -- what a subclass says about its document ----------------------------------------
+
+    def _parse(self, body: bytes, previous: T | None) -> T:
+        """The document in a response ``body``; raises :class:`JwksError` when it is
+        unusable, which counts as a failed fetch (the last good one keeps serving).
+        ``previous`` is the document held now, if any."""
+        raise NotImplementedError
+
+    def _file_form(self, body: bytes) -> object:
+        """What the cache file keeps of a response body (a JSON value)."""
+        raise NotImplementedError
+
+    def _from_file(self, stored: object, where: str) -> T:
+        """The document the cache file kept (:meth:`_file_form`); raises JwksError."""
+        raise NotImplementedError
+
+    def _describe(self, value: T) -> str:
+        return f"the {self.what}"
+
+    def _kept_note(self, kept: bool) -> str:
+        return f"keeping the last good {self.what}" if kept else f"no {self.what} yet"
 
     def _download(self) -> tuple[bytes, list[tuple[str, str]], float, float, float]:
         """The body, the header lines, when they arrived (monotonic clock, then wall clock)
@@ -846,7 +851,7 @@ class JwksCache:
                 timeout=httpx2.Timeout(self.policy.fetch_timeout),
                 follow_redirects=False,
                 headers={
-                    "Accept": "application/jwk-set+json, application/json",
+                    "Accept": self.accept,
                     "Accept-Encoding": "identity",
                     "User-Agent": "jwtmcp-verifier",
                 },
@@ -854,11 +859,11 @@ class JwksCache:
         return client
 
     def _make_snapshot(
-        self, keys: Mapping[str, PublicKey], fetched_at: float, max_age: float, wall: float
-    ) -> _Snapshot:
+        self, value: T, fetched_at: float, max_age: float, wall: float
+    ) -> _Snapshot[T]:
         expires = fetched_at + max_age
         return _Snapshot(
-            keys=keys,
+            value=value,
             fetched_wall=wall,
             fetched_at=fetched_at,
             max_age=max_age,
@@ -869,7 +874,7 @@ class JwksCache:
 
     # -- the cache file ---------------------------------------------------------------
 
-    def _persist(self, body: bytes, snap: _Snapshot) -> None:
+    def _persist(self, body: bytes, snap: _Snapshot[T]) -> None:
         if self._cache_file is None:
             return
         doc = {
@@ -877,13 +882,13 @@ class JwksCache:
             "url": self.url,
             "fetched_at": snap.fetched_wall,
             "max_age": snap.max_age,
-            "jwks": json.loads(body),
+            self.file_member: self._file_form(body),
         }
         data = json.dumps(doc, separators=(",", ":")).encode()
         try:
             atomic_write(self._cache_file, data)
         except OSError as exc:
-            log.warning("cannot write the JWKS cache file %s: %s", self._cache_file, exc)
+            log.warning("cannot write the %s cache file %s: %s", self.what, self._cache_file, exc)
 
     def _load_cache_file(self) -> None:
         path = self._cache_file
@@ -895,10 +900,12 @@ class JwksCache:
         except FileNotFoundError:
             return
         except _UntrustedFile as exc:
-            log.error("refusing the JWKS cache file %s: %s", path, exc)
+            log.error("refusing the %s cache file %s: %s", self.what, path, exc)
             return
         except OSError as exc:
-            log.warning("cannot read the JWKS cache file %s: %s", path, exc.strerror or exc)
+            log.warning(
+                "cannot read the %s cache file %s: %s", self.what, path, exc.strerror or exc
+            )
             return
         try:
             if len(raw) > limit:
@@ -907,7 +914,7 @@ class JwksCache:
             if not isinstance(doc, dict) or doc.get("version") != CACHE_FILE_VERSION:
                 raise JwksError("unknown format")
             if doc.get("url") != self.url:
-                raise JwksError("it was written for another JWKS URL")
+                raise JwksError(f"it was written for another {self.what} URL")
             fetched_at, max_age = doc.get("fetched_at"), doc.get("max_age")
             if not (
                 isinstance(fetched_at, int | float)
@@ -916,29 +923,24 @@ class JwksCache:
                 and math.isfinite(max_age)
             ):
                 raise JwksError("invalid timestamps")
-            keys = parse_jwks(
-                doc["jwks"] if isinstance(doc.get("jwks"), dict) else {},
-                algorithms=self._algorithms,
-                max_keys=self.policy.max_keys,
-                where=f"the JWKS cache file {path}",
-            )
-            if not keys:
-                raise JwksError("no usable key")
+            value = self._from_file(doc.get(self.file_member), f"the {self.what} cache file {path}")
         except (JwksError, ValueError, RecursionError) as exc:
-            log.warning("ignoring the JWKS cache file %s: %s", path, exc)
+            log.warning("ignoring the %s cache file %s: %s", self.what, path, exc)
             return
         wall = self._clock()
         fetched_wall = min(float(fetched_at), wall)  # a time in the future: as if just now
         now = self._monotonic()
         max_age = min(max(float(max_age), self.policy.min_max_age), self.policy.max_max_age)
-        snap = self._make_snapshot(keys, now - (wall - fetched_wall), max_age, fetched_wall)
+        snap = self._make_snapshot(value, now - (wall - fetched_wall), max_age, fetched_wall)
         if now >= snap.stale_until:
-            log.warning("ignoring the JWKS cache file %s: older than the stale window", path)
+            log.warning(
+                "ignoring the %s cache file %s: older than the stale window", self.what, path
+            )
             return
         self._snapshot = snap
-        # Freshness unknown: serve these keys at once, never wait on the network for them.
+        # Freshness unknown: serve this document at once, never wait on the network for it.
         self._last_ok = False
-        log.info("loaded %d key(s) from the JWKS cache file %s", len(keys), path)
+        log.info("loaded %s from the %s cache file %s", self._describe(value), self.what, path)
 
     # -- waiting and closing ----------------------------------------------------------
 
@@ -957,12 +959,6 @@ class JwksCache:
         snap = self._snapshot
         return None if snap is None else self._monotonic() - snap.fetched_at
 
-    @property
-    def kids(self) -> tuple[str, ...]:
-        """Kids of the current key set (empty before the first good fetch)."""
-        snap = self._snapshot
-        return tuple(snap.keys) if snap is not None else ()
-
     def _reset_after_fork(self) -> None:
         """In a child made by ``os.fork()``: the worker thread did not survive, a lock may
         be held by a thread that no longer exists and the HTTP connections are shared with
@@ -970,7 +966,7 @@ class JwksCache:
         monotonic clock runs on across a fork). The parent's connections are dropped, never
         closed, so nothing is sent on sockets the parent still uses."""
         self._lock = threading.Lock()
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="jwtmcp-jwks")
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=self._thread_name)
         self._client = None
         if self._inflight is not None:
             # That fetch ran in the parent's worker: the child never learns its result, so
@@ -989,3 +985,133 @@ class JwksCache:
         if fut is not None and not fut.done():
             with contextlib.suppress(Exception):
                 fut.set_result(False)
+
+
+class JwksCache(CachedDocument[Mapping[str, PublicKey]]):
+    """Keys from a JWKS URL, cached and refreshed as the module docstring describes.
+
+    ``clock`` is the wall clock (epoch seconds, compared with the response's ``Date`` and
+    written to the cache file); ``monotonic`` measures the age of key sets, cooldowns and
+    every other duration (seconds from any origin). Both are injectable for tests.
+    """
+
+    what = "JWKS"
+    file_member = "jwks"
+    accept = "application/jwk-set+json, application/json"
+    url_option = "jwks_url"
+    _thread_name = "jwtmcp-jwks"
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        algorithms: Iterable[str] = ("RS256",),
+        policy: JwksPolicy | None = None,
+        clock: Clock = time.time,
+        monotonic: Clock = time.monotonic,
+        cache_file: str | os.PathLike[str] | None = None,
+        allow_insecure_http: bool = False,
+    ) -> None:
+        self._algorithms = frozenset(algorithms)
+        self._unknown: dict[str, float] = {}
+        super().__init__(
+            url,
+            policy=policy,
+            clock=clock,
+            monotonic=monotonic,
+            cache_file=cache_file,
+            allow_insecure_http=allow_insecure_http,
+        )
+
+    # -- the hot path -----------------------------------------------------------------
+
+    def find(
+        self, kid: str | None, now: float, *, may_wait: bool = True
+    ) -> PublicKey | Future[bool]:
+        snap = self._snapshot
+        if snap is not None and kid is not None and self._monotonic() < snap.refresh_at:
+            key = snap.value.get(kid)
+            if key is not None:
+                return key
+        return self._find_slow(kid, may_wait)
+
+    def _find_slow(self, kid: str | None, may_wait: bool) -> PublicKey | Future[bool]:
+        now = self._monotonic()
+        if kid is None:
+            raise UnknownKid("the token names no signing key (kid)")
+        if self._closed:
+            raise KeysUnavailable("the verifier is closed")
+        with self._lock:
+            snap = self._usable_snapshot(now, may_wait)
+            if not isinstance(snap, _Snapshot):
+                return snap  # a fetch to wait for
+            key = snap.value.get(kid)
+            if key is not None:
+                # Past max-age, fresh keys are waited for (a revoked key must not outlive
+                # its max-age); see _serve.
+                return self._serve(key, snap, now, may_wait)
+            # An unknown kid: perhaps a key published since our last fetch.
+            if len(kid) > MAX_KID_LENGTH:
+                raise UnknownKid("the token's signing key (kid) is not known")
+            until = self._unknown.get(kid)
+            if until is not None and now < until:
+                raise UnknownKid("the token's signing key (kid) is not known")
+            if may_wait:
+                fut = self._inflight or self._start_fetch_if_allowed(now)
+                if fut is not None:
+                    return fut
+            elif self._inflight is None:
+                # Missing from the set just fetched for it (not a wait that timed out).
+                self._remember_unknown(kid, now)
+            raise UnknownKid("the token's signing key (kid) is not known")
+
+    def _remember_unknown(self, kid: str, now: float) -> None:
+        if len(self._unknown) >= self.policy.max_unknown_kids:
+            for old in [k for k, until in self._unknown.items() if until <= now]:
+                del self._unknown[old]
+            while len(self._unknown) >= self.policy.max_unknown_kids:
+                del self._unknown[next(iter(self._unknown))]
+        self._unknown[kid] = now + self.policy.unknown_kid_ttl
+
+    def _parse(
+        self, body: bytes, previous: Mapping[str, PublicKey] | None
+    ) -> Mapping[str, PublicKey]:
+        keys = parse_jwks(
+            body,
+            algorithms=self._algorithms,
+            max_keys=self.policy.max_keys,
+            previous=previous,
+            where="the JWKS",  # last_error and the log line name the URL
+        )
+        if not keys:
+            raise JwksError("the JWKS holds no usable RSA signing key")
+        return keys
+
+    def _file_form(self, body: bytes) -> object:
+        return json.loads(body)
+
+    def _from_file(self, stored: object, where: str) -> Mapping[str, PublicKey]:
+        keys = parse_jwks(
+            stored if isinstance(stored, dict) else {},
+            algorithms=self._algorithms,
+            max_keys=self.policy.max_keys,
+            where=where,
+        )
+        if not keys:
+            raise JwksError("no usable key")
+        return keys
+
+    def _describe(self, value: Mapping[str, PublicKey]) -> str:
+        return f"{len(value)} key(s)"
+
+    def _kept_note(self, kept: bool) -> str:
+        return "keeping the last good keys" if kept else "no keys yet"
+
+    def _unavailable(self) -> TokenError:
+        return KeysUnavailable("the issuer's signing keys are unavailable; try again later")
+
+    @property
+    def kids(self) -> tuple[str, ...]:
+        """Kids of the current key set (empty before the first good fetch)."""
+        snap = self._snapshot
+        return tuple(snap.value) if snap is not None else ()

@@ -308,6 +308,9 @@ def protected_server(
     metrics: bool = False,
     metrics_path: str | None = "/metrics",
     token_exchange: TokenExchangeClient | None = None,
+    revocations: bool = False,
+    revocation_url: str | None = None,
+    revocation_cache_file: str | None = None,
     **server_options: Any,
 ) -> ProtectedMCPServer[Any]:
     """An ``MCPServer`` protected by jwtmcp tokens, in one call.
@@ -324,6 +327,14 @@ def protected_server(
     :class:`~jwtmcp.exchange_client.TokenExchangeClient` with this server's client
     credentials) lets tools call ``await current_caller().exchange(resource=..., tools=...)``
     for a downstream token on the caller's behalf (RFC 8693, docs/token-exchange.md).
+
+    ``revocations=True`` checks the issuer's signed revocation list
+    (``<issuer>/.well-known/jwtmcp-revocations``, or ``revocation_url``, which turns the
+    check on too): a revoked token gets 401 ``invalid_token`` within the list's max-age
+    (60 s by default), and while no list fresh enough can be had the server answers 503
+    with ``Retry-After``. ``revocation_cache_file`` keeps the last good list on disk, so a
+    server restarted while the issuer is down still refuses revoked tokens (with
+    ``jwks_cache_file`` for the keys that check it). See docs/revocation.md.
 
     ``issuer`` and ``resource`` may be spelled any way that names the same identifier
     (a trailing ``/``, upper-case host, explicit default port); they are used and published
@@ -358,6 +369,12 @@ def protected_server(
             options["clock"] = clock
         if jwks_cache_file is not None:
             options["cache_file"] = jwks_cache_file
+        if revocations:
+            options["revocations"] = True
+        if revocation_url is not None:
+            options["revocation_url"] = revocation_url
+        if revocation_cache_file is not None:
+            options["revocation_cache_file"] = revocation_cache_file
         verifier = Verifier(
             issuer=issuer,
             audience=resource,
@@ -366,7 +383,17 @@ def protected_server(
             public_key_pem=public_key_pem,
             **options,
         )
-    elif jwks_url or jwks_file or public_key_pem or jwks_cache_file or clock or verifier_options:
+    elif (
+        jwks_url
+        or jwks_file
+        or public_key_pem
+        or jwks_cache_file
+        or clock
+        or verifier_options
+        or revocations
+        or revocation_url
+        or revocation_cache_file
+    ):
         raise ConfigError("pass either a verifier or key-source options, not both")
     return ProtectedMCPServer(
         name,

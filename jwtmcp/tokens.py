@@ -503,29 +503,39 @@ def _claims_json(claims: Mapping[str, Any]) -> bytes:
 
 
 @functools.lru_cache(maxsize=64)
-def _header_segment(kid: str) -> bytes:
+def _header_segment(kid: str, typ: str = TOKEN_TYPE) -> bytes:
     """The encoded protected header and its dot; the same bytes PyJWT writes (sorted keys)."""
-    header = {"alg": ALGORITHM, "kid": kid, "typ": TOKEN_TYPE}
+    header = {"alg": ALGORITHM, "kid": kid, "typ": typ}
     return _b64url(json.dumps(header, separators=(",", ":"), sort_keys=True).encode()) + b"."
 
 
-def sign(claims: Mapping[str, Any], key: SigningKey) -> str:
+def sign(
+    claims: Mapping[str, Any],
+    key: SigningKey,
+    *,
+    typ: str = TOKEN_TYPE,
+    max_bytes: int = MAX_TOKEN_BYTES,
+) -> str:
     """Sign ``claims`` as an RS256 ``at+jwt`` JWS with ``key`` (RFC 7515 compact form).
+
+    ``typ`` is the header's type (RFC 7515 4.1.9): ``at+jwt`` for access tokens; other
+    documents the issuer signs name their own (the revocation list, :mod:`jwtmcp.revocation`)
+    and may allow more than ``MAX_TOKEN_BYTES`` with ``max_bytes``.
 
     Written out rather than through ``jwt.encode``: an RS256 JWS is two base64url JSON
     segments and one RSA signature, and PyJWT's generic path around that signature costs
     about 10% of a mint. The header of each kid is encoded once.
 
-    Raises :class:`ConfigError` when the token would be longer than
-    :data:`MAX_TOKEN_BYTES`, which verifiers refuse by default.
+    Raises :class:`ConfigError` when the token would be longer than ``max_bytes``
+    (default :data:`MAX_TOKEN_BYTES`, which verifiers refuse by default).
     """
     payload = _b64url(_claims_json(claims))
-    signing_input = _header_segment(key.kid) + payload
+    signing_input = _header_segment(key.kid, typ) + payload
     signature = key.private_key.sign(signing_input, _PKCS1V15, _SHA256)
     token = (signing_input + b"." + _b64url(signature)).decode("ascii")
-    if len(token) > MAX_TOKEN_BYTES:
+    if len(token) > max_bytes:
         raise ConfigError(
-            f"the token would be {len(token)} bytes, above the {MAX_TOKEN_BYTES} that "
+            f"the token would be {len(token)} bytes, above the {max_bytes} that "
             "verifiers accept by default; send fewer or shorter extra claims"
         )
     return token

@@ -39,7 +39,7 @@ from collections.abc import Iterable, Sequence
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from types import MappingProxyType, TracebackType
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import orjson
 import pybase64
@@ -56,6 +56,7 @@ from .errors import (
     TokenError,
     TokenExpired,
     TokenNotYetValid,
+    TokenRevoked,
     UnsupportedAlgorithm,
     WrongAudience,
     WrongIssuer,
@@ -82,6 +83,9 @@ from .tokens import (
     VerifiedClaims,
     split_scope,
 )
+
+if TYPE_CHECKING:
+    from .revocation import RevocationCache
 
 __all__ = ["Verifier"]
 
@@ -355,6 +359,14 @@ class Verifier:
       ``refetch_cooldown`` (seconds, default 30), or a whole ``jwks_policy``
       (:class:`~jwtmcp.jwks.JwksPolicy`, which then replaces those three).
     - ``cache_file`` (path or None): where the last good JWKS is kept across restarts.
+    - ``revocations`` (bool, default False): check the issuer's signed revocation list at
+      ``<issuer>/.well-known/jwtmcp-revocations``, or at ``revocation_url`` (str; giving it
+      turns the check on). Fetched and cached like the JWKS (its max-age, 60 s by default,
+      bounds how long a revoked token is still accepted); a revoked token, even one in the
+      verified-token cache, raises :class:`~jwtmcp.errors.TokenRevoked`; no list fresh
+      enough raises :class:`~jwtmcp.errors.RevocationsUnavailable` (an outage).
+      ``revocation_cache_file`` (path or None) keeps the last good list across restarts.
+      See docs/revocation.md.
 
     Raises :class:`~jwtmcp.errors.ConfigError` for a bad option (an issuer or audience that
     is not an http(s) identifier, not exactly one key source, an algorithm outside the RSA
@@ -385,6 +397,9 @@ class Verifier:
         refetch_cooldown: float = 30.0,
         jwks_policy: JwksPolicy | None = None,
         allow_insecure_jwks_url: bool = False,
+        revocations: bool = False,
+        revocation_url: str | None = None,
+        revocation_cache_file: str | Any | None = None,
     ) -> None:
         issuer = canonical_issuer(issuer)
         audiences = canonical_resources(audience)
@@ -468,6 +483,25 @@ class Verifier:
         else:
             assert public_key_pem is not None
             self.keys = StaticKeys.from_pem(public_key_pem)
+        self.revocations: RevocationCache | None = None
+        """The revocation list's cache, when the verifier checks it (else None)."""
+        if revocations or revocation_url is not None:
+            from .revocation import WELL_KNOWN_PATH, RevocationCache
+
+            self.revocations = RevocationCache(
+                revocation_url or issuer + WELL_KNOWN_PATH,
+                issuer=issuer,
+                keys=self.keys,
+                algorithms=algs,
+                leeway=self.leeway,
+                policy=policy,
+                clock=clock,
+                monotonic=monotonic,
+                cache_file=revocation_cache_file,
+                allow_insecure_http=allow_insecure_jwks_url,
+            )
+        elif revocation_cache_file is not None:
+            raise ConfigError("revocation_cache_file needs revocations=True or a revocation_url")
 
     def _reused(self, token: str, now: float) -> VerifiedClaims | None:
         """The claims of ``token`` when it was verified before and still holds at ``now``.
@@ -504,19 +538,31 @@ class Verifier:
         names the reason (``malformed``, ``unsupported_alg``, ``unknown_kid``,
         ``bad_signature``, ``expired``, ``not_yet_valid``, ``wrong_issuer``,
         ``wrong_audience``, ``wrong_type``, ``lifetime_too_long``, ``missing_claim``,
-        ``keys_unavailable``) and its message is safe to return to the client.
+        ``keys_unavailable``; with revocation on, ``token_revoked`` and
+        ``revocations_unavailable``) and its message is safe to return to the client.
         """
         try:
             now = self._clock()
             claims = self._reused(token, now)
-            if claims is not None:
-                return claims
-            entry, found = self._start(token, now)
-            if type(found) is not PublicKey:
-                with contextlib.suppress(FutureTimeout):
-                    found.result(self._wait_timeout)  # type: ignore[union-attr]
-                now, found = self._after_fetch(entry)
-            return self._finish(token, entry, found, now)
+            if claims is None:
+                entry, found = self._start(token, now)
+                if type(found) is not PublicKey:
+                    with contextlib.suppress(FutureTimeout):
+                        found.result(self._wait_timeout)  # type: ignore[union-attr]
+                    now, found = self._after_fetch(entry)
+                claims = self._finish(token, entry, found, now)
+            revocations = self.revocations
+            if revocations is not None:
+                revoked = revocations.revoked(claims)
+                if revoked is not False:
+                    if revoked is not True:  # no list at hand: wait for the fetch
+                        with contextlib.suppress(FutureTimeout):
+                            revoked.result(self._wait_timeout)
+                        current = revocations.current(may_wait=False)
+                        revoked = current.covers(claims)  # type: ignore[union-attr]
+                    if revoked:
+                        raise TokenRevoked("the token has been revoked")
+            return claims
         except TokenError as exc:
             self._refused(exc, token)
             raise
@@ -532,27 +578,41 @@ class Verifier:
         try:
             now = self._clock()
             claims = self._reused(token, now)
-            if claims is not None:
-                return claims
-            entry, found = self._start(token, now)
-            if type(found) is not PublicKey:
-                with contextlib.suppress(TimeoutError):
-                    # shield: a cancelled request must not cancel the fetch others share.
-                    await asyncio.wait_for(
-                        asyncio.shield(asyncio.wrap_future(found)),  # type: ignore[arg-type]
-                        self._wait_timeout,
-                    )
-                now, found = self._after_fetch(entry)
-            return self._finish(token, entry, found, now)
+            if claims is None:
+                entry, found = self._start(token, now)
+                if type(found) is not PublicKey:
+                    await self._wait_async(found)  # type: ignore[arg-type]
+                    now, found = self._after_fetch(entry)
+                claims = self._finish(token, entry, found, now)
+            revocations = self.revocations
+            if revocations is not None:
+                revoked = revocations.revoked(claims)
+                if revoked is not False:
+                    if revoked is not True:  # no list at hand: wait for the fetch
+                        await self._wait_async(revoked)
+                        current = revocations.current(may_wait=False)
+                        revoked = current.covers(claims)  # type: ignore[union-attr]
+                    if revoked:
+                        raise TokenRevoked("the token has been revoked")
+            return claims
         except TokenError as exc:
             self._refused(exc, token)
             raise
         except Exception:
             raise self._unexpected() from None
 
+    async def _wait_async(self, fetch: Future[bool]) -> None:
+        """Wait for a fetch without blocking the event loop, at most the wait timeout."""
+        with contextlib.suppress(TimeoutError):
+            # shield: a cancelled request must not cancel the fetch others share.
+            await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(fetch)), self._wait_timeout)
+
     def close(self) -> None:
-        """Stop the key fetcher (if any). The verifier must not be used afterwards."""
+        """Stop the key fetcher and the revocation list's (if any). The verifier must not be
+        used afterwards."""
         self.keys.close()
+        if self.revocations is not None:
+            self.revocations.close()
 
     def __enter__(self) -> Verifier:
         return self

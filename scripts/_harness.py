@@ -161,6 +161,7 @@ class Issuer:
     workdir: Path
     port: int = field(default_factory=free_port)
     rate_limit: float | None = None
+    revocation_max_age: int | None = None
     process: Process | None = None
 
     @property
@@ -201,6 +202,8 @@ class Issuer:
         )
         if self.rate_limit is not None:
             argv += ["--rate-limit", str(self.rate_limit)]
+        if self.revocation_max_age is not None:
+            argv += ["--revocation-max-age", str(self.revocation_max_age)]
         self.process = Process(
             "issuer", argv, self.workdir / "issuer.log", env=child_env(), cwd=self.workdir
         ).start_until_up(self.url + "/healthz")
@@ -242,6 +245,8 @@ class McpServer:
     jwks_cache_file: Path | None = None
     jwks_policy: dict[str, float] | None = None
     observe: bool = False  # metrics on (/metrics) and audit lines written to a file
+    revocation_url: str | None = None  # check the issuer's revocation list there
+    revocation_cache_file: Path | None = None
     port: int = field(default_factory=free_port)
     process: Process | None = None
 
@@ -269,6 +274,10 @@ class McpServer:
             argv += ["--jwks-policy", json.dumps(self.jwks_policy)]
         if self.observe:
             argv += ["--observe", str(self.audit_log)]
+        if self.revocation_url:
+            argv += ["--revocation-url", self.revocation_url]
+        if self.revocation_cache_file:
+            argv += ["--revocation-cache-file", str(self.revocation_cache_file)]
         # Any answer (401 with auth, 406 without an Accept header) means it is listening.
         self.process = Process(
             self.name, argv, self.workdir / f"{self.name}.log", env=child_env()
@@ -321,6 +330,8 @@ def build_mcp_app(
     jwks_cache_file: str | None = None,
     jwks_policy: dict[str, float] | None = None,
     audit_log: str | None = None,
+    revocation_url: str | None = None,
+    revocation_cache_file: str | None = None,
 ) -> Any:
     """A Starlette app serving an MCPServer with one ``add`` tool on ``/mcp``.
 
@@ -329,7 +340,8 @@ def build_mcp_app(
     (default: the issuer's), the last good JWKS kept in ``jwks_cache_file``, and
     ``jwks_policy`` overriding fields of the verifier's :class:`jwtmcp.jwks.JwksPolicy`.
     ``audit_log`` (protected only) turns observability on: metrics at ``/metrics`` and the
-    ``jwtmcp.audit`` lines appended to that file.
+    ``jwtmcp.audit`` lines appended to that file. With ``revocation_url`` it checks the
+    issuer's revocation list there (kept in ``revocation_cache_file``).
     """
     from mcp.server.mcpserver import MCPServer
 
@@ -346,6 +358,10 @@ def build_mcp_app(
             from jwtmcp.jwks import JwksPolicy
 
             options["jwks_policy"] = JwksPolicy(**dict[str, Any](jwks_policy))
+        if revocation_url:
+            options["revocation_url"] = revocation_url
+        if revocation_cache_file:
+            options["revocation_cache_file"] = revocation_cache_file
         server = protected_server(
             "bench-math",
             issuer=issuer_url,
@@ -382,9 +398,13 @@ def _serve_mcp(argv: Sequence[str]) -> None:
     parser.add_argument("--jwks-policy", type=json.loads, help="JwksPolicy fields as JSON")
     parser.add_argument("--observe", metavar="AUDIT_LOG",
                         help="metrics at /metrics and audit lines appended to AUDIT_LOG")
+    parser.add_argument("--revocation-url")
+    parser.add_argument("--revocation-cache-file")
     args = parser.parse_args(argv)
     app = build_mcp_app(args.issuer, args.port, args.jwks_url, args.jwks_cache_file,
-                        args.jwks_policy, args.observe)
+                        args.jwks_policy, audit_log=args.observe,
+                        revocation_url=args.revocation_url,
+                        revocation_cache_file=args.revocation_cache_file)
     profile_to = os.environ.get("JWTMCP_BENCH_PROFILE")  # where a profile of the run goes
     if not profile_to:
         uvicorn.run(app, host=LOOPBACK, port=args.port, log_level="warning", access_log=False)

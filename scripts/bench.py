@@ -77,6 +77,8 @@ CPU_RATIOS: dict[str, tuple[str, str]] = {
     "pyjwt_sign_vs_raw_sign": ("pyjwt_sign", "raw_sign"),
     "verify_3keys_vs_1key": ("verify_3keys", "verify_1key"),
     "verify_50keys_vs_1key": ("verify_50keys", "verify_1key"),
+    "verify_revoked10k_vs_1key": ("verify_revoked10k", "verify_1key"),
+    "verify_reused_revoked10k_vs_reused": ("verify_reused_revoked10k", "verify_reused"),
 }
 
 TARGETS: dict[str, tuple[str, str, float]] = {
@@ -91,6 +93,8 @@ TARGETS: dict[str, tuple[str, str, float]] = {
     "tools_call_p50_observed_vs_auth": (
         "tools/call p50, metrics + audit on / off", "<=", 1.05),
     "verify_50keys_vs_1key": ("verify throughput, 50 keys / 1 key", ">=", 0.95),
+    "verify_revoked10k_vs_1key": (
+        "verify throughput, 10,000-entry revocation list / none", ">=", 0.95),
 }
 
 
@@ -191,6 +195,7 @@ class World:
     mint_one: Callable[[], str]  # mints one more distinct token
     jwks_ring: Path  # the ring's JWKS (active + next key)
     jwks_by_count: dict[int, Path]  # JWKS with 1, 3, 50 keys; the signing key last
+    revocation_list: bytes  # a signed revocation list of REVOKED_ENTRIES entries, none ours
 
 
 def build_world(workdir: Path, settings: Settings) -> World:
@@ -216,7 +221,55 @@ def build_world(workdir: Path, settings: Settings) -> World:
         path = workdir / f"jwks-{count}.json"
         path.write_text(json.dumps({"keys": [*decoys[: count - 1], mine]}))
         by_count[count] = path
-    return World(workdir, key, public, pool, one(), one, jwks_ring, by_count)
+    return World(workdir, key, public, pool, one(), one, jwks_ring, by_count,
+                 revocation_list(key))
+
+
+REVOKED_ENTRIES = 10_000
+
+
+def revocation_list(key: jwtmcp.SigningKey) -> bytes:
+    """A signed revocation list of :data:`REVOKED_ENTRIES` entries (jti, sub, client_id in
+    thirds), none of which covers a bench token: every verification pays the lookups."""
+    from jwtmcp.revocation import LIST_TYPE, MAX_LIST_BYTES, list_claims
+    from jwtmcp.tokens import new_jti, sign
+
+    now = int(time.time())
+    third = REVOKED_ENTRIES // 3
+    claims = list_claims(
+        issuer=ISSUER, sequence=1, now=now,
+        jtis={new_jti(): now + 3600 for _ in range(REVOKED_ENTRIES - 2 * third)},
+        subjects={f"user-{i}": now for i in range(third)},
+        clients={f"client-{i}": now for i in range(third)},
+    )
+    return sign(claims, key, typ=LIST_TYPE, max_bytes=MAX_LIST_BYTES).encode()
+
+
+@contextlib.contextmanager
+def list_server(body: bytes) -> Any:
+    """The revocation list on a loopback HTTP server (stdlib, a thread); yields its URL."""
+    import http.server
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", "application/jwtmcp-revocations+jwt")
+            self.send_header("Cache-Control", "max-age=3600")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            return
+
+    server = http.server.ThreadingHTTPServer((LOOPBACK, 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://{LOOPBACK}:{server.server_address[1]}/revocations"
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 def _decoy_jwk() -> dict[str, str]:
@@ -239,7 +292,7 @@ def _verifier_class() -> Any:
 # --- CPU benchmarks ----------------------------------------------------------------------
 
 
-def cpu_benches(world: World) -> list[Bench]:
+def cpu_benches(world: World, list_url: str | None = None) -> list[Bench]:
     pkcs1, sha256 = padding.PKCS1v15(), hashes.SHA256()
     signed = []
     for token in world.pool:
@@ -295,7 +348,7 @@ def cpu_benches(world: World) -> list[Bench]:
     ]
     verifier_cls = _verifier_class()
     if verifier_cls is not None:
-        benches += verifier_benches(world, verifier_cls)
+        benches += verifier_benches(world, verifier_cls, list_url)
     return benches
 
 
@@ -306,8 +359,10 @@ class FreshVerify:
     and warms it with a token outside the pool, so its key is loaded but its cache is empty.
     """
 
-    def __init__(self, world: World, verifier_cls: Any, jwks_file: Path) -> None:
+    def __init__(self, world: World, verifier_cls: Any, jwks_file: Path,
+                 **options: Any) -> None:
         self.world, self.cls, self.jwks_file = world, verifier_cls, jwks_file
+        self.options = options
         self.verifier: Any = None
         self.next = len(world.pool)
 
@@ -316,8 +371,9 @@ class FreshVerify:
             return
         if self.verifier is not None:
             self.verifier.close()
-        self.verifier = self.cls(issuer=ISSUER, audience=AUDIENCE, jwks_file=self.jwks_file)
-        self.verifier.verify(self.world.warm_token)
+        self.verifier = self.cls(issuer=ISSUER, audience=AUDIENCE, jwks_file=self.jwks_file,
+                                 **self.options)
+        self.verifier.verify(self.world.warm_token)  # with a list: waits for its first fetch
         self.next = 0
 
     def run(self) -> int:
@@ -330,24 +386,36 @@ class FreshVerify:
         return 50
 
 
-def verifier_benches(world: World, verifier_cls: Any) -> list[Bench]:
-    reused_verifier = verifier_cls(issuer=ISSUER, audience=AUDIENCE, jwks_file=world.jwks_ring)
+def verifier_benches(world: World, verifier_cls: Any, list_url: str | None = None
+                     ) -> list[Bench]:
     token = world.pool[0]
-    reused_verifier.verify(token)
 
-    def reused() -> int:
-        verify = reused_verifier.verify
-        for _ in range(1000):
-            verify(token)
-        return 1000
+    def reused_bench(**options: Any) -> Callable[[], int]:
+        verifier = verifier_cls(issuer=ISSUER, audience=AUDIENCE, jwks_file=world.jwks_ring,
+                                **options)
+        verifier.verify(token)
 
-    benches = [Bench("verify_reused", reused)]
+        def reused() -> int:
+            verify = verifier.verify
+            for _ in range(1000):
+                verify(token)
+            return 1000
+
+        return reused
+
+    benches = [Bench("verify_reused", reused_bench())]
     fresh = {
         "verify_fresh": FreshVerify(world, verifier_cls, world.jwks_ring),
         "verify_1key": FreshVerify(world, verifier_cls, world.jwks_by_count[1]),
         "verify_3keys": FreshVerify(world, verifier_cls, world.jwks_by_count[3]),
         "verify_50keys": FreshVerify(world, verifier_cls, world.jwks_by_count[50]),
     }
+    if list_url is not None:
+        # The same 1-key verifier checking a 10,000-entry revocation list (docs/revocation.md).
+        fresh["verify_revoked10k"] = FreshVerify(
+            world, verifier_cls, world.jwks_by_count[1], revocation_url=list_url)
+        benches.append(Bench("verify_reused_revoked10k",
+                             reused_bench(revocation_url=list_url)))
     benches += [Bench(name, f.run, f.prepare) for name, f in fresh.items()]
     return benches
 
@@ -756,13 +824,14 @@ def run(settings: Settings) -> dict[str, Any]:
         # what they verified, and the garbage collector a later allocation triggers would
         # charge scanning those caches to whichever bench allocated next (mint, not the
         # allocation-free raw sign), so the signing group runs on its own.
-        benches = cpu_benches(world)
-        signing = {"raw_sign", "pyjwt_sign", "mint"}
-        for group in ([b for b in benches if b.name in signing],
-                      [b for b in benches if b.name not in signing]):
-            rates, cpu_ratios = measure(group, settings.rounds, settings.slice_s)
-            results.update({f"{name}_per_s": rate for name, rate in rates.items()})
-            results.update(cpu_ratios)
+        with list_server(world.revocation_list) as list_url:
+            benches = cpu_benches(world, list_url)
+            signing = {"raw_sign", "pyjwt_sign", "mint"}
+            for group in ([b for b in benches if b.name in signing],
+                          [b for b in benches if b.name not in signing]):
+                rates, cpu_ratios = measure(group, settings.rounds, settings.slice_s)
+                results.update({f"{name}_per_s": rate for name, rate in rates.items()})
+                results.update(cpu_ratios)
         verifier_cls = _verifier_class()
         if verifier_cls is None:
             unavailable["verify"] = "jwtmcp.verifier is not available"
@@ -788,6 +857,8 @@ def run(settings: Settings) -> dict[str, Any]:
         "refresh_http_per_s", "tools_call_p50_ms_auth",
         "tools_call_p50_ms_noauth", "tools_call_p50_ms_observed", "verify_1key_per_s",
         "verify_50keys_per_s",
+        "tools_call_p50_ms_noauth", "verify_1key_per_s", "verify_50keys_per_s",
+        "verify_revoked10k_per_s", "verify_reused_revoked10k_per_s",
     ):
         results.setdefault(key, None)
     return {k: (round(v, 3) if isinstance(v, float) else v) for k, v in results.items()}
@@ -861,6 +932,10 @@ def table(results: dict[str, Any]) -> str:
          ratio("verify_3keys_vs_1key"), ""),
         ("jwtmcp verify, 50 keys in JWKS", rate("verify_50keys_per_s"),
          ratio("verify_50keys_vs_1key"), "verify_50keys_vs_1key"),
+        ("jwtmcp verify, 1 key, 10k revocations", rate("verify_revoked10k_per_s"),
+         ratio("verify_revoked10k_vs_1key"), "verify_revoked10k_vs_1key"),
+        ("jwtmcp verify, reused, 10k revocations", rate("verify_reused_revoked10k_per_s"),
+         ratio("verify_reused_revoked10k_vs_reused"), "(vs reused token, no list)"),
         ("raw RSA-2048 sign (cryptography)", rate("raw_sign_per_s"), "1.00", "baseline"),
         ("PyJWT encode", rate("pyjwt_sign_per_s"), ratio("pyjwt_sign_vs_raw_sign"), ""),
         ("jwtmcp mint", rate("mint_per_s"), ratio("mint_vs_raw_sign"), "mint_vs_raw_sign"),
@@ -909,28 +984,32 @@ def table(results: dict[str, Any]) -> str:
 
 def profile(name: str, seconds: float = 2.0) -> int:
     """Run one CPU benchmark under cProfile for about ``seconds`` and print where time goes."""
+    with tempfile.TemporaryDirectory(prefix="jwtmcp-bench-") as tmp:
+        world = build_world(Path(tmp), Settings.make(quick=True))
+        with list_server(world.revocation_list) as list_url:
+            return _profile(name, seconds, {b.name: b for b in cpu_benches(world, list_url)})
+
+
+def _profile(name: str, seconds: float, benches: dict[str, Bench]) -> int:
     import cProfile
     import pstats
 
-    with tempfile.TemporaryDirectory(prefix="jwtmcp-bench-") as tmp:
-        world = build_world(Path(tmp), Settings.make(quick=True))
-        benches = {b.name: b for b in cpu_benches(world)}
-        if name not in benches:
-            print(f"bench.py: unknown benchmark {name!r}; choose from {', '.join(benches)}",
-                  file=sys.stderr)
-            return 2
-        bench = benches[name]
-        profiler = cProfile.Profile()
-        ops = 0
-        deadline = time.thread_time() + seconds
-        while time.thread_time() < deadline:
-            if bench.prepare is not None:
-                bench.prepare()  # untimed set-up stays out of the profile
-            profiler.enable()
-            ops += bench.run()
-            profiler.disable()
-        print(f"{name}: {ops} operations under cProfile (its overhead inflates Python frames)")
-        pstats.Stats(profiler).sort_stats("tottime").print_stats(20)
+    if name not in benches:
+        print(f"bench.py: unknown benchmark {name!r}; choose from {', '.join(benches)}",
+              file=sys.stderr)
+        return 2
+    bench = benches[name]
+    profiler = cProfile.Profile()
+    ops = 0
+    deadline = time.thread_time() + seconds
+    while time.thread_time() < deadline:
+        if bench.prepare is not None:
+            bench.prepare()  # untimed set-up stays out of the profile
+        profiler.enable()
+        ops += bench.run()
+        profiler.disable()
+    print(f"{name}: {ops} operations under cProfile (its overhead inflates Python frames)")
+    pstats.Stats(profiler).sort_stats("tottime").print_stats(20)
     return 0
 
 

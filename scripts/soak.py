@@ -18,6 +18,14 @@ Meanwhile the ring is rotated every ``--rotate-every`` seconds (``jwtmcp keys ro
 pruned every third rotation (``jwtmcp keys prune``); once, midway, the issuer is stopped,
 server B is restarted (it must verify from its JWKS cache file alone), calls go on, and the
 issuer is started again. Reports calls, failures and JWKS fetches; exits 1 on any failure.
+
+Revocation phase: both servers check the issuer's signed revocation list (through the same
+proxy, kept in a cache file), published with ``max-age`` :data:`REVOCATION_MAX_AGE`. Shortly
+before the outage, a victim client (not one of the callers) gets a token for each server,
+``jwtmcp revoke --client`` cuts it off, and both servers must refuse its tokens with
+``token_revoked`` within the list's max-age (plus :data:`REVOCATION_MARGIN` for the issuer's
+file check and the fetch); server B, restarted while the issuer is down, must still refuse
+them (its revocation cache file). The other clients' calls must not fail meanwhile.
 """
 
 from __future__ import annotations
@@ -48,6 +56,9 @@ from _harness import LOOPBACK, Issuer, McpServer, free_port  # noqa: E402
 TOKEN_TTL = 30  # seconds; the ring's max lifetime too, so pruning happens within a run
 REFRESH_BELOW = 15  # fetch a new token when the current one has fewer seconds left
 KEYS_LEEWAY = 5
+REVOCATION_MAX_AGE = 2  # seconds: the propagation bound the revocation phase checks
+REVOCATION_MARGIN = 1.0  # seconds on top: the issuer's file check (0.25 s) and one fetch
+VICTIM = "soak-revoked"
 
 
 def log(message: str) -> None:
@@ -88,6 +99,10 @@ class JwksProxy:
     @property
     def jwks_url(self) -> str:
         return f"http://{LOOPBACK}:{self.port}/.well-known/jwks.json"
+
+    @property
+    def revocation_url(self) -> str:
+        return f"http://{LOOPBACK}:{self.port}/.well-known/jwtmcp-revocations"
 
     def _forward(self, path: str) -> tuple[int, list[tuple[str, str]], bytes]:
         conn = http.client.HTTPConnection(LOOPBACK, self.upstream_port, timeout=5)
@@ -166,10 +181,21 @@ class Bearer(httpx2.Auth):
 
 
 @dataclass
+class Victim:
+    """The client the revocation phase cuts off: its secret and, once got, its tokens."""
+
+    secret: str
+    tokens: dict[str, str] = field(default_factory=dict)  # by server name
+    expires_at: float = 0.0
+    revoked: bool = False
+
+
+@dataclass
 class World:
     issuer: Issuer
     servers: list[ServerState]
     stats: Stats
+    victim: Victim
     issuer_up: asyncio.Event = field(default_factory=asyncio.Event)
     stop: asyncio.Event = field(default_factory=asyncio.Event)
     in_flight_token_fetches: int = 0
@@ -299,6 +325,8 @@ class Report:
     pruned_keys: int = 0
     restarts: int = 0
     outage_seconds: float = 0.0
+    revocation_seconds: dict[str, float] = field(default_factory=dict)  # revoke -> refusal
+    revoked_refused_after_restart: bool | None = None
 
 
 async def conduct(
@@ -313,6 +341,9 @@ async def conduct(
     start = time.monotonic()
     hard_stop = start + seconds + max(60.0, 3 * seconds)
     outage_at = start + seconds * 0.45
+    # Right before the outage, so the victim's tokens are still valid when B restarts.
+    revoke_at = max(start + 1.0, outage_at - REVOCATION_MAX_AGE - REVOCATION_MARGIN - 2.0)
+    revocation_done = False
     next_rotation = start + rotate_every
     outage_done = False
     b = world.servers[1]
@@ -321,7 +352,10 @@ async def conduct(
     ):
         if now >= start + seconds and outage_done:
             next_rotation = min(next_rotation, now)  # overtime: only the missing rotations
-        if not outage_done and now >= outage_at:
+        if not revocation_done and now >= revoke_at:
+            revocation_done = True
+            await revocation_phase(world, report)
+        elif not outage_done and now >= outage_at:
             outage_done = True
             t0 = time.monotonic()
             log("issuer down; restarting server B with only its JWKS cache file")
@@ -333,6 +367,7 @@ async def conduct(
             await restart(b)
             log(f"server B restarted ({time.monotonic() - t0:.1f} s)")
             report.restarts += 1
+            await check_revoked_after_restart(world, b, report)
             b_calls = b.calls
             await asyncio.sleep(min(4.0, max(1.0, rotate_every)))
             if b.calls == b_calls:
@@ -354,6 +389,73 @@ async def conduct(
                                           if line.strip().lower().startswith(("removed", "pruned")))
             next_rotation += rotate_every
         await asyncio.sleep(0.05)
+
+
+async def probe(http: httpx2.AsyncClient, url: str, token: str) -> tuple[int, str]:
+    """(status, error_description) of an MCP ``initialize`` with ``token``."""
+    body = {"jsonrpc": "2.0", "id": 1, "method": "initialize",
+            "params": {"protocolVersion": "2025-06-18", "capabilities": {},
+                       "clientInfo": {"name": "soak-probe", "version": "0"}}}
+    resp = await http.post(url, json=body, headers={
+        "Authorization": f"Bearer {token}", "Accept": "application/json, text/event-stream"})
+    description = ""
+    if resp.status_code != 200:
+        with contextlib.suppress(ValueError):
+            description = str(resp.json().get("error_description", ""))
+    return resp.status_code, description
+
+
+async def revocation_phase(world: World, report: Report) -> None:
+    """Revoke the victim client; both servers must refuse its tokens within the bound."""
+    victim, stats = world.victim, world.stats
+    bound = REVOCATION_MAX_AGE + REVOCATION_MARGIN
+    async with httpx2.AsyncClient(timeout=10) as http:
+        for s in world.servers:
+            got = await fetch_token(world, http, VICTIM, victim.secret, s.server.url)
+            if got is None:
+                stats.fail("revocation", "no token for the victim client")
+                return
+            victim.tokens[s.name], victim.expires_at = got
+            status, why = await probe(http, s.server.url, victim.tokens[s.name])
+            if status != 200:
+                stats.fail("revocation", f"server {s.name} refused the victim before: {why}")
+                return
+        await asyncio.to_thread(world.issuer.cli, "revoke", "--client", VICTIM,
+                                "--reason", "soak")
+        t0 = time.monotonic()  # the revocation is in the file now (the command has finished)
+        victim.revoked = True
+        pending = {s.name: s for s in world.servers}
+        while pending and time.monotonic() - t0 < bound + 10:
+            for name, s in list(pending.items()):
+                status, why = await probe(http, s.server.url, victim.tokens[name])
+                if status == 401 and "(token_revoked)" in why:
+                    report.revocation_seconds[name] = round(time.monotonic() - t0, 2)
+                    del pending[name]
+                elif status not in (200, 401):
+                    stats.fail("revocation", f"server {name} answered {status}: {why}")
+            await asyncio.sleep(0.05)
+    for name in pending:
+        stats.fail("revocation", f"server {name} still accepted a revoked token after "
+                   f"{bound + 10:.0f} s")
+    for name, took in report.revocation_seconds.items():
+        if took > bound:
+            stats.fail("revocation", f"server {name} refused the revoked token after {took} s, "
+                       f"past the bound of {bound} s")
+    log(f"revoked {VICTIM}: refused after {report.revocation_seconds} s (bound {bound} s)")
+
+
+async def check_revoked_after_restart(world: World, state: ServerState, report: Report) -> None:
+    """Restarted while the issuer is down, ``state`` must still refuse the victim's token."""
+    victim = world.victim
+    token = victim.tokens.get(state.name)
+    if not victim.revoked or token is None or victim.expires_at - time.time() < 2:
+        return  # nothing revoked yet, or its token expires anyway: nothing to tell apart
+    async with httpx2.AsyncClient(timeout=10) as http:
+        status, why = await probe(http, state.server.url, token)
+    report.revoked_refused_after_restart = status == 401 and "(token_revoked)" in why
+    if not report.revoked_refused_after_restart:
+        world.stats.fail("revocation", f"server {state.name} restarted with the issuer down "
+                         f"answered {status} to a revoked token: {why}")
 
 
 async def restart(state: ServerState) -> None:
@@ -380,7 +482,7 @@ def scaled_jwks_policy(rotate_every: float) -> dict[str, float]:
 
 
 async def soak(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
-    issuer = Issuer(workdir / "issuer")
+    issuer = Issuer(workdir / "issuer", revocation_max_age=REVOCATION_MAX_AGE)
     issuer.workdir.mkdir(parents=True, exist_ok=True)
     issuer.cli("keys", "init", "--max-lifetime", str(TOKEN_TTL), "--leeway", str(KEYS_LEEWAY))
     stats = Stats()
@@ -391,13 +493,16 @@ async def soak(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                                         jwks_url=proxy.jwks_url,
                                         jwks_cache_file=workdir / f"jwks-cache-{name}.json",
                                         jwks_policy=scaled_jwks_policy(args.rotate_every),
+                                        revocation_url=proxy.revocation_url,
+                                        revocation_cache_file=workdir / f"rev-cache-{name}.json",
                                         port=free_port()))
             for name in ("A", "B")
         ]
-        world = World(issuer, servers, stats)
         audiences = [s.server.url for s in servers]
         secrets = {f"soak-{i}": issuer.add_client(f"soak-{i}", tools=["add"], audiences=audiences)
                    for i in range(args.clients)}
+        victim = Victim(issuer.add_client(VICTIM, tools=["add"], audiences=audiences))
+        world = World(issuer, servers, stats, victim)
         try:
             await asyncio.to_thread(issuer.start)
             world.issuer_up.set()
@@ -441,6 +546,9 @@ async def soak(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             "pruned_keys": report.pruned_keys,
             "server_restarts_with_issuer_down": report.restarts,
             "outage_seconds": round(report.outage_seconds, 1),
+            "revocation_max_age": REVOCATION_MAX_AGE,
+            "revocation_refused_after_s": report.revocation_seconds,
+            "revoked_refused_after_restart": report.revoked_refused_after_restart,
         }
 
 

@@ -23,6 +23,8 @@ REQUIRED = (
     "tools_call_p50_ms_observed",
     "verify_1key_per_s",
     "verify_50keys_per_s",
+    "verify_revoked10k_per_s",
+    "verify_reused_revoked10k_per_s",
 )
 TARGETS = (
     "verify_fresh_vs_raw",
@@ -32,6 +34,7 @@ TARGETS = (
     "tools_call_p50_auth_vs_noauth",
     "tools_call_p50_observed_vs_auth",
     "verify_50keys_vs_1key",
+    "verify_revoked10k_vs_1key",
 )
 
 
@@ -87,3 +90,7 @@ def test_short_soak_with_rotations_and_an_issuer_outage_has_no_failures() -> Non
     assert result["calls_with_issuer_down"] > 0
     assert result["calls_by_server"]["A"] > 0 and result["calls_by_server"]["B"] > 0
     assert result["jwks_fetches"] >= 2  # each server fetched at least once
+    # The revocation phase: both servers refused the revoked client (within the bound, or
+    # failures above would say so), B again after its restart with the issuer down.
+    assert set(result["revocation_refused_after_s"]) == {"A", "B"}
+    assert result["revoked_refused_after_restart"] is True
