@@ -22,6 +22,7 @@ from jwtmcp.clients import add_client, load_clients, rotate_secret
 from jwtmcp.errors import ClientsError
 from jwtmcp.issuer import create_app
 from jwtmcp.keys import KeyRing, init_ring, load_ring, revoke_key, rotate_ring
+from jwtmcp.revocations_file import revoke
 from jwtmcp.token_exchange import ACCESS_TOKEN_TYPE, GRANT_TYPE, act_claim, intersect_scopes
 from jwtmcp.tokens import Actor, SigningKey, VerifiedClaims, build_claims, mint, sign
 from jwtmcp.users import add_user
@@ -131,6 +132,7 @@ def world(tmp_path: Path, ring_dir: Path, users_file: Path) -> Iterator[World]:
         store=tmp_path / "state.db",
         clock=clock,
         rate_limit=0,
+        reload_interval=0,  # a revocation written by a test is seen at the next request
     )
     with serve_app(app) as url, httpx2.Client(base_url=url, timeout=10) as http:
         yield World(http, clock, load_ring(ring_dir), clients_file, secrets)
@@ -256,6 +258,30 @@ def test_a_subject_token_from_another_issuer_is_invalid_grant(world: World) -> N
     token = world.subject(issuer="https://elsewhere.example.com")
     description = refused(world.exchange("server-a", token, resource=B), 400, "invalid_grant")
     assert "wrong_issuer" in description
+
+
+@pytest.mark.parametrize("kind", ["sub", "client_id", "jti"])
+def test_a_revoked_subject_token_is_invalid_grant(world: World, kind: str) -> None:
+    # Revocation must not be escaped by trading the revoked token for a fresh one (issued
+    # after the revocation, so a sub or client_id entry would not cover it downstream).
+    token = world.subject()
+    claims = world.verify(token, A)
+    value = {"sub": claims.subject, "client_id": claims.client_id, "jti": claims.jti}[kind]
+    assert value is not None
+    world.clock.advance(1)
+    revoke(
+        world.clients_file.parent / "revocations.json",
+        kind,  # type: ignore[arg-type]
+        value,
+        horizon=world.ring.max_lifetime + world.ring.leeway,
+        clock=world.clock,
+    )
+    description = refused(world.exchange("server-a", token, resource=B), 400, "invalid_grant")
+    assert "token_revoked" in description
+    # A token issued after a sub/client revocation is not covered and still exchanges.
+    if kind != "jti":
+        world.clock.advance(1)
+        assert world.exchange("server-a", world.subject(), resource=B).status_code == 200
 
 
 def test_a_subject_token_with_a_bad_signature_is_invalid_grant(world: World) -> None:
