@@ -38,7 +38,13 @@ from .errors import JwtMcpError, RevocationError
 from .keys import KeyRing
 from .logfields import short_client_id
 from .numeric import parse_whole_number
-from .revocation import LIST_TYPE, MAX_LIST_BYTES, WELL_KNOWN_PATH, list_claims
+from .revocation import (
+    LIST_TYPE,
+    MAX_LIST_BYTES,
+    WELL_KNOWN_PATH,
+    RevocationList,
+    list_claims,
+)
 from .revocations_file import (
     Kind,
     RevocationState,
@@ -48,7 +54,7 @@ from .revocations_file import (
     revocations_file_beside,
     revoke,
 )
-from .tokens import sign
+from .tokens import VerifiedClaims, sign
 
 if TYPE_CHECKING:
     from .issuer import IssuerService
@@ -134,6 +140,27 @@ class RevocationEndpoints:
         etag = '"' + hashlib.sha256(raw).hexdigest()[:32] + '"'
         self._signed = _Signed(state, kid, now, raw, etag)
         return raw, etag
+
+    def covers(self, claims: VerifiedClaims) -> bool:
+        """True when the issuer's own revocations file revokes ``claims`` now (the same rule
+        verifiers apply to the published list, :meth:`RevocationList.covers`).
+
+        For grants that take one of this issuer's tokens as input (RFC 8693 token
+        exchange): a revoked token must not be traded for a new one, which a ``sub`` or
+        ``client_id`` entry (tokens issued *before* a time) would no longer cover."""
+        state = self.watcher.current()
+        now = self.service.clock()
+        jtis, subjects, clients = state.published(now)
+        listed = RevocationList(
+            issuer=self.service.issuer,
+            sequence=state.published_sequence(now),
+            issued_at=int(now),
+            expires_at=int(now),
+            jtis=dict[str | None, int](jtis),
+            subjects=subjects,
+            clients=dict[str | None, int](clients),
+        )
+        return listed.covers(claims)
 
     async def published(self, request: Request) -> Response:
         try:

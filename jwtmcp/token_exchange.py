@@ -321,6 +321,11 @@ class TokenExchangeGrant:
                 SUBJECT_TOKEN_REFUSED,
                 "the subject token is refused (token_expired): it has expired",
             )
+        if self.service.revocation.covers(claims):
+            raise OAuthError(
+                SUBJECT_TOKEN_REFUSED,
+                "the subject token is refused (token_revoked): it has been revoked",
+            )
         return claims
 
     def _subject_allowance(
