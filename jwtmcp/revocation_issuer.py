@@ -151,14 +151,16 @@ class RevocationEndpoints:
         state = self.watcher.current()
         now = self.service.clock()
         jtis, subjects, clients = state.published(now)
+        jti_map: dict[str | None, int] = {k: v for k, v in jtis.items()}  # noqa: C416
+        client_map: dict[str | None, int] = {k: v for k, v in clients.items()}  # noqa: C416
         listed = RevocationList(
             issuer=self.service.issuer,
             sequence=state.published_sequence(now),
             issued_at=int(now),
             expires_at=int(now),
-            jtis=dict[str | None, int](jtis),
+            jtis=jti_map,
             subjects=subjects,
-            clients=dict[str | None, int](clients),
+            clients=client_map,
         )
         return listed.covers(claims)
 
