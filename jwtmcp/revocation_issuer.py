@@ -151,8 +151,8 @@ class RevocationEndpoints:
         state = self.watcher.current()
         now = self.service.clock()
         jtis, subjects, clients = state.published(now)
-        jti_map: dict[str | None, int] = {k: v for k, v in jtis.items()}  # noqa: C416
-        client_map: dict[str | None, int] = {k: v for k, v in clients.items()}  # noqa: C416
+        jti_map: dict[str | None, int] = {k: v for k, v in jtis.items()}
+        client_map: dict[str | None, int] = {k: v for k, v in clients.items()}
         listed = RevocationList(
             issuer=self.service.issuer,
             sequence=state.published_sequence(now),
