@@ -1169,7 +1169,8 @@ def serve(
         rate_limit=rate_limit,
         rate_burst=rate_burst,
         users_file=str(users_path.resolve()),
-        store=str(Path(store).resolve()) if store else "",
+        # A URL (sqlite:///ABS, redis://...) is kept as given; only a bare path is resolved.
+        store=(store if "://" in store else str(Path(store).resolve())) if store else "",
         refresh_idle_ttl=refresh_idle_ttl,
         refresh_max_ttl=refresh_max_ttl,
     )
