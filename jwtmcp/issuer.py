@@ -57,9 +57,15 @@ from .identifiers import canonical_issuer, canonical_or_none
 from .keys import KeyRing, RingWatcher, ensure_ring
 from .logfields import client_fields, short_client_id
 from .numeric import parse_whole_number
+from .ratelimit import Limiter, shared_limiter
 from .server import ServerLimits, bind_socket
 from .server import run as run_server
-from .store import DEFAULT_REFRESH_IDLE_TTL, DEFAULT_REFRESH_MAX_TTL
+from .store import (
+    DEFAULT_REFRESH_IDLE_TTL,
+    DEFAULT_REFRESH_MAX_TTL,
+    is_networked_location,
+    open_store,
+)
 from .tokens import DEFAULT_LIFETIME, Clock, build_claims, scope_grants_scope, sign
 from .users import ensure_users, users_file_beside
 
@@ -477,9 +483,10 @@ class IssuerService:
             interval=settings.reload_interval,
             on_error=lambda reason: _log_reload_failure("clients file", reason),
         )
-        self.limiter = RateLimiter(
+        local_limiter = RateLimiter(
             settings.rate_limit, settings.rate_burst, monotonic=rate_limit_clock
         )
+        self.limiter: Limiter = local_limiter
         self.token_grants: dict[str, TokenGrant] = {}
         """More grants of ``/token`` by ``grant_type`` URI (RFC 7523, RFC 8693...): each is
         called with the parsed form and the ``Authorization`` header values, authenticates
@@ -526,6 +533,8 @@ class IssuerService:
             identity_sources={identity.source_id: identity},
             store_busy_timeout=settings.store_busy_timeout,
         )
+        # Replicas sharing a networked store (Redis) share each client's bucket there too.
+        self.limiter = shared_limiter(local_limiter, settings.store, given_store, self.grants.store)
 
     # -- documents ----------------------------------------------------------------------
 
@@ -1101,6 +1110,9 @@ def serve(
     if workers < 1:
         raise ConfigError(f"--workers must be at least 1, not {workers}")
     limits = ServerLimits.from_environment()
+    if store and is_networked_location(store):
+        # A malformed Redis URL (or redis-py missing) fails now, in one line; it connects later.
+        open_store(store).close()
     base_url = f"http://{_url_host(host)}:{port}"
     issuer = canonical_issuer(issuer_url or base_url)
     warning = issuer_url_warning(issuer)
