@@ -12,6 +12,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
+import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,9 +24,10 @@ import pytest
 
 from jwtmcp.pkce import s256_challenge
 from jwtmcp.store import new_opaque_token
+from jwtmcp.store.redis import RedisStore
 from tests.redis_support import RedisServer, redis_server
 from tests.signin_support import follow_sign_in, parse_forms
-from tests.support import RunningIssuer, free_port, issuer_process
+from tests.support import RunningIssuer, free_port, issuer_process, run_cli
 
 REDIRECT = "http://127.0.0.1:5999/callback"
 VERIFIER = "w" * 20 + "-._~" + "0123456789abcdefghijklmnopqrstuvwxyz"
@@ -217,3 +220,33 @@ def test_redis_stopped_gives_503_with_retry_after_and_client_credentials_still_i
     for output in (r.stdout() + r.stderr() for r in (replicas.a, replicas.b)):
         assert "store_unavailable" in output or "rate_limit_local" in output
         assert REDIS_PASSWORD not in output  # the URL's password is never logged
+
+
+# --- choosing the Redis store: --store, $JWTMCP_STORE ------------------------------------------
+
+
+def test_sessions_commands_reach_the_redis_store_named_by_jwtmcp_store(
+    tmp_path: Path, shared_redis: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    location = f"{shared_redis.url}?prefix=cli{new_opaque_token()[:8]}:"
+    with RedisStore(location) as store:
+        store.put_code("c", {"client_id": "app", "subject": "alice"}, ttl=60)
+        taken = store.redeem_code("c", new_opaque_token(), idle_ttl=60, absolute_ttl=600)
+        assert taken is not None
+    monkeypatch.setenv("JWTMCP_STORE", location)
+    status, out, err = run_cli("sessions", "list", "--keys", str(tmp_path / "keys"))
+    assert status == 0 and taken.family_id in out, err
+    status, out, err = run_cli("sessions", "revoke", "--user", "alice")
+    assert status == 0, err
+    status, out, _ = run_cli("sessions", "list")
+    assert out.strip() == "no active sessions"
+
+
+def test_serve_refuses_a_malformed_redis_url_in_one_line(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "jwtmcp", "serve", "--port", str(free_port()),
+         "--store", "redis://:hunter2@127.0.0.1:notaport/0"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=60,
+    )
+    assert done.returncode != 0 and done.stderr.count("\n") == 1, done.stderr
+    assert "Redis store URL" in done.stderr and "hunter2" not in done.stderr + done.stdout
