@@ -162,6 +162,7 @@ class Issuer:
     port: int = field(default_factory=free_port)
     rate_limit: float | None = None
     process: Process | None = None
+    extra_args: Sequence[str] = ()  # more ``jwtmcp serve`` flags (e.g. --store redis://...)
 
     @property
     def url(self) -> str:
@@ -201,6 +202,7 @@ class Issuer:
         )
         if self.rate_limit is not None:
             argv += ["--rate-limit", str(self.rate_limit)]
+        argv += list(self.extra_args)
         self.process = Process(
             "issuer", argv, self.workdir / "issuer.log", env=child_env(), cwd=self.workdir
         ).start_until_up(self.url + "/healthz")
