@@ -63,12 +63,17 @@ class RedisServer:
 
 @contextlib.contextmanager
 def redis_server(
-    directory: Path, *, password: str | None = None, extra: Sequence[str] = ()
+    directory: Path,
+    *,
+    password: str | None = None,
+    extra: Sequence[str] = (),
+    port: int | None = None,
 ) -> Iterator[RedisServer]:
-    """Run ``redis-server`` on 127.0.0.1 with its files in ``directory``; stop it by PID."""
+    """Run ``redis-server`` on 127.0.0.1 (on ``port``, default a free one) with its files in
+    ``directory``; stop it by PID."""
     require_redis_server()
     directory.mkdir(parents=True, exist_ok=True)
-    port = free_port()
+    port = port or free_port()
     command = [
         str(REDIS_SERVER),
         "--port", str(port),

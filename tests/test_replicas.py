@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import logging
 import re
 import subprocess
 import sys
@@ -22,12 +24,14 @@ from urllib.parse import urlencode
 import httpx2
 import pytest
 
+from jwtmcp.issuer import RateLimiter
 from jwtmcp.pkce import s256_challenge
+from jwtmcp.ratelimit import SharedRateLimiter
 from jwtmcp.store import new_opaque_token
 from jwtmcp.store.redis import RedisStore
 from tests.redis_support import RedisServer, redis_server
 from tests.signin_support import follow_sign_in, parse_forms
-from tests.support import RunningIssuer, free_port, issuer_process, run_cli
+from tests.support import FakeClock, RunningIssuer, free_port, issuer_process, run_cli
 
 REDIRECT = "http://127.0.0.1:5999/callback"
 VERIFIER = "w" * 20 + "-._~" + "0123456789abcdefghijklmnopqrstuvwxyz"
@@ -250,3 +254,45 @@ def test_serve_refuses_a_malformed_redis_url_in_one_line(tmp_path: Path) -> None
     )
     assert done.returncode != 0 and done.stderr.count("\n") == 1, done.stderr
     assert "Redis store URL" in done.stderr and "hunter2" not in done.stderr + done.stdout
+
+
+# --- Redis back after an outage ----------------------------------------------------------------
+
+
+def test_sign_in_works_again_once_redis_is_back_without_restarting_the_replicas(
+    replicas: Replicas, tmp_path: Path
+) -> None:
+    replicas.redis.stop()
+    assert _error(_unknown_refresh(replicas.b.base_url), 503) == "temporarily_unavailable"
+    with redis_server(
+        tmp_path / "redis-again", password=REDIS_PASSWORD, port=replicas.redis.port
+    ):
+        issued = replicas.exchange(replicas.b.base_url, replicas.code_from(replicas.a.base_url))
+        assert issued.status_code == 200, issued.text
+
+
+def test_the_rate_limiter_goes_local_while_redis_is_down_and_shared_again_after(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    monotonic = FakeClock(0)
+    local = RateLimiter(rate=RATE, burst=2, monotonic=monotonic)
+    with redis_server(tmp_path / "redis") as first:
+        store = RedisStore(first.url)
+        limiter = SharedRateLimiter(local, lambda: store, retry_interval=5, monotonic=monotonic)
+        assert [limiter.acquire("app") for _ in range(2)] == [0.0, 0.0]
+        assert limiter.acquire("app") > 0  # the shared bucket is empty
+        first.stop()
+        with caplog.at_level(logging.WARNING, logger="jwtmcp.issuer"):
+            # the local bucket answers (its own burst), the outage is logged once
+            assert [limiter.acquire("app") for _ in range(3)][:2] == [0.0, 0.0]
+            assert limiter.degraded
+            with redis_server(tmp_path / "again", port=first.port):
+                monotonic.advance(4.9)
+                assert limiter.acquire("other") == 0.0 and limiter.degraded  # not asked yet
+                monotonic.advance(0.1)
+                assert limiter.acquire("other") == 0.0 and not limiter.degraded
+                assert store.take_token("token-rate:other", rate=RATE, burst=2) == 0.0
+                assert store.take_token("token-rate:other", rate=RATE, burst=2) > 0  # 1 + 1 taken
+        store.close()
+    events = [json.loads(r.getMessage())["event"] for r in caplog.records]
+    assert events == ["rate_limit_local", "rate_limit_shared"]
