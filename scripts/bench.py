@@ -532,19 +532,30 @@ def replicas_http(workdir: Path, settings: Settings) -> dict[str, Any]:
         headers = {"Authorization": auth, "Content-Type": "application/x-www-form-urlencoded"}
         out: dict[str, Any] = {"replicas_1_redis_per_s": 0.0, "replicas_2_redis_per_s": 0.0}
         with running(a, b):
+            assert a.process is not None and b.process is not None
             for port in (a.port, b.port):
                 _token_burst(port, body, headers, 1, 0.5)  # warm-up
             for _ in range(settings.http_rounds):
-                for key, ports in (("replicas_1_redis_per_s", [a.port]),
-                                   ("replicas_2_redis_per_s", [a.port, b.port])):
-                    rate = _token_burst_spread(ports, body, headers, settings)
-                    out[key] = max(out[key], rate)
+                for key, used in (("replicas_1_redis", [a]), ("replicas_2_redis", [a, b])):
+                    pids = [i.process.pid for i in used if i.process is not None]
+                    cpu0 = [proc_cpu_seconds(pid) for pid in pids]
+                    rate, ok = _token_burst_spread([i.port for i in used], body, headers,
+                                                   settings)
+                    cpu1 = [proc_cpu_seconds(pid) for pid in pids]
+                    out[f"{key}_per_s"] = max(out[f"{key}_per_s"], rate)
+                    if None not in cpu0 + cpu1:
+                        spent = sum(c1 - c0 for c0, c1 in zip(cpu0, cpu1, strict=True))
+                        if spent > 0:
+                            per_cpu = ok / spent
+                            out[f"{key}_per_server_cpu_s"] = max(
+                                out.get(f"{key}_per_server_cpu_s", 0.0), per_cpu)
         return out
 
 
 def _token_burst_spread(ports: list[int], body: bytes, headers: dict[str, str],
-                        settings: Settings) -> float:
-    """Requests per wall second with ``settings.http_connections`` split over ``ports``."""
+                        settings: Settings) -> tuple[float, int]:
+    """Requests per wall second with ``settings.http_connections`` split over ``ports``, and
+    how many requests that was."""
     share = max(1, settings.http_connections // len(ports))
     totals: list[tuple[int, int]] = []
     threads = [
@@ -561,7 +572,8 @@ def _token_burst_spread(ports: list[int], body: bytes, headers: dict[str, str],
     failed = sum(f for _, f in totals)
     if failed:
         raise RuntimeError(f"/token failed {failed} times during the replicas benchmark")
-    return sum(ok for ok, _ in totals) / elapsed
+    ok = sum(n for n, _ in totals)
+    return ok / elapsed, ok
 
 
 def replica_lines(results: dict[str, Any]) -> list[str]:
@@ -576,9 +588,17 @@ def replica_lines(results: dict[str, Any]) -> list[str]:
         ("POST /token, 2 replicas, one Redis", f"{two:,.0f}/s",
          f"{two / one:.2f}" if one else "", "vs 1 replica, Redis"),
     ]
+    cpu_one = results.get("replicas_1_redis_per_server_cpu_s")
+    cpu_two = results.get("replicas_2_redis_per_server_cpu_s")
+    if cpu_one and cpu_two:
+        plain = results.get("token_http_per_server_cpu_s")
+        rows.append(("  same, 1 replica, per server CPU-s", f"{cpu_one:,.0f}/s",
+                     "" if not plain else f"{cpu_one / plain:.2f}", "vs 1 worker, no store"))
+        rows.append(("  same, 2 replicas, per server CPU-s", f"{cpu_two:,.0f}/s",
+                     f"{cpu_two / cpu_one:.2f}", "vs 1 replica, Redis"))
     lines = [f"{label:<40} {value:>12} {rat:>7}  {note}" for label, value, rat, note in rows]
-    lines.append("  (per wall second, loopback: the replicas, Redis and the client share this "
-                 f"machine's {os.cpu_count()} CPUs)")
+    lines.append("  (loopback: the replicas, Redis and the client share this machine's "
+                 f"{os.cpu_count()} CPUs; per server CPU-s counts the replicas' CPU, not Redis's)")
     return lines
 
 
