@@ -853,3 +853,10 @@ def test_open_store_refuses_a_bad_redis_url_without_showing_its_password(locatio
     with pytest.raises(ConfigError) as caught:
         open_store(location)
     assert ":pw@" not in caught.value.message
+
+
+def test_remember_once_takes_a_window_ending_in_the_far_future(
+    store: Store, clock: FakeClock
+) -> None:
+    assert store.remember_once("jti-far", 1e17) is True
+    assert store.remember_once("jti-far", 1e17) is False
