@@ -75,6 +75,7 @@ local function fmt(n) return string.format('%.17g', n) end
 local function ttl_of(seconds)
   local t = math.ceil(seconds) + 1
   if t < 1 then t = 1 end
+  if t > 316224000 then t = 316224000 end
   return t
 end
 local function revoke_family(p, fid, now, reason, tomb)
@@ -305,8 +306,15 @@ def _seconds(value: float) -> str:
     return repr(float(value))
 
 
+MAX_KEY_TTL = 10 * 366 * 24 * 3600
+"""No key is kept longer than about ten years, whatever time a caller names."""
+
+
 def _key_ttl(seconds: float) -> int:
-    """A Redis TTL (whole seconds) one second longer than ``seconds``, at least 1."""
+    """A Redis TTL (whole seconds) one second longer than ``seconds``, from 1 to
+    :data:`MAX_KEY_TTL` (Redis refuses an expiry past its 64-bit millisecond clock)."""
+    if not seconds < MAX_KEY_TTL:  # also NaN
+        return MAX_KEY_TTL
     return max(1, math.ceil(seconds) + 1)
 
 
