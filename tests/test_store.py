@@ -860,3 +860,13 @@ def test_remember_once_takes_a_window_ending_in_the_far_future(
 ) -> None:
     assert store.remember_once("jti-far", 1e17) is True
     assert store.remember_once("jti-far", 1e17) is False
+
+
+def test_counters_buckets_and_families_take_lifetimes_far_in_the_future(
+    store: Store, clock: FakeClock
+) -> None:
+    assert [store.count("k", window=1e17) for _ in range(2)] == [1, 2]
+    assert store.take_token("b", rate=1e-12, burst=10**6) == 0.0  # full again in 1e18 s
+    code = new_opaque_token()
+    store.put_code(code, {"client_id": "app", "subject": "alice"}, ttl=60)
+    assert store.redeem_code(code, new_opaque_token(), idle_ttl=1e17, absolute_ttl=1e17)
