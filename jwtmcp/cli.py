@@ -1138,9 +1138,11 @@ connection limits (environment; sizes in bytes, times in seconds):
     )
     p.add_argument(
         "--store",
-        metavar="PATH",
+        metavar="PATH|URL",
         help="state store for sign-in: codes, refresh tokens, login counters (default: "
-        "$JWTMCP_STORE, else 'jwtmcp-state.db' beside the keys directory)",
+        "$JWTMCP_STORE, else 'jwtmcp-state.db' beside the keys directory); "
+        "redis://[:PASSWORD@]HOST[:PORT][/DB], rediss://... or unix:///PATH for replicas "
+        "sharing a Redis or Valkey server (also their /token rate limits)",
     )
     p.add_argument(
         "--workers",

@@ -95,9 +95,9 @@ def _add_filters(parser: argparse.ArgumentParser, *, family: bool) -> None:
         parser.add_argument("--family", metavar="ID", help="only this session (from 'list')")
     parser.add_argument(
         "--store",
-        metavar="PATH",
-        help=f"the state store (default: ${ENV_STORE}, else 'jwtmcp-state.db' beside the "
-        "key ring)",
+        metavar="PATH|URL",
+        help=f"the state store: a file or a redis:// URL (default: ${ENV_STORE}, else "
+        "'jwtmcp-state.db' beside the key ring)",
     )
     _add_keys_flag(parser)
 

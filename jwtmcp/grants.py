@@ -687,7 +687,7 @@ def grants_for_issuer(
     ``identity_sources`` replace them. ``store_busy_timeout`` (seconds; None: the store's
     default) is how long a request waits for another writer before 503.
     """
-    from .store import default_store_path, open_store
+    from .store import default_store_path, is_networked_location, open_store
 
     location = store_file or default_store_path(keys_dir)
 
@@ -725,7 +725,10 @@ def grants_for_issuer(
         clients=clients,
         resolver=make_resolver,
         open_store=open_the_store,
-        open_nowait_store=None if store is not None else open_nowait_store,
+        # A networked store (Redis) has no write lock to wait for: no no-wait handle.
+        open_nowait_store=None
+        if store is not None or is_networked_location(location)
+        else open_nowait_store,
         identity_sources=make_sources,
         default_ttl=default_ttl,
         refresh_idle_ttl=refresh_idle_ttl,

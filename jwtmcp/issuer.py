@@ -62,9 +62,15 @@ from .keys import KeyRing, RingWatcher, ensure_ring
 from .logfields import client_fields, short_client_id
 from .metrics import IssuerMetrics, IssuerMetricsMiddleware, MetricsEndpoint
 from .numeric import parse_whole_number
+from .ratelimit import Limiter, shared_limiter
 from .server import ServerLimits, bind_socket
 from .server import run as run_server
-from .store import DEFAULT_REFRESH_IDLE_TTL, DEFAULT_REFRESH_MAX_TTL
+from .store import (
+    DEFAULT_REFRESH_IDLE_TTL,
+    DEFAULT_REFRESH_MAX_TTL,
+    is_networked_location,
+    open_store,
+)
 from .tokens import DEFAULT_LIFETIME, Clock, build_claims, scope_grants_scope, sign
 from .users import ensure_users, users_file_beside
 
@@ -509,9 +515,10 @@ class IssuerService:
             interval=settings.reload_interval,
             on_error=lambda reason: _log_reload_failure("clients file", reason),
         )
-        self.limiter = RateLimiter(
+        local_limiter = RateLimiter(
             settings.rate_limit, settings.rate_burst, monotonic=rate_limit_clock
         )
+        self.limiter: Limiter = local_limiter
         self.token_grants: dict[str, TokenGrant] = {}
         """More grants of ``/token`` by ``grant_type`` URI (RFC 7523, RFC 8693...): each is
         called with the parsed form and the ``Authorization`` header values, authenticates
@@ -589,6 +596,8 @@ class IssuerService:
 
         install_jwt_bearer(self)  # RFC 7523 jwt-bearer, SEP-990 identity assertions
         install_token_exchange(self)  # RFC 8693 token exchange
+        # Replicas sharing a networked store (Redis) share each client's bucket there too.
+        self.limiter = shared_limiter(local_limiter, settings.store, given_store, self.grants.store)
 
     # -- documents ----------------------------------------------------------------------
 
@@ -1280,6 +1289,9 @@ def serve(
         audit_target = str(Path(audit_target).resolve())  # workers may start elsewhere
     _configure_audit_log(audit_target)  # a file that cannot be opened fails now, not later
     limits = ServerLimits.from_environment()
+    if store and is_networked_location(store):
+        # A malformed Redis URL (or redis-py missing) fails now, in one line; it connects later.
+        open_store(store).close()
     base_url = f"http://{_url_host(host)}:{port}"
     issuer = canonical_issuer(issuer_url or base_url)
     warning = issuer_url_warning(issuer)
@@ -1361,7 +1373,8 @@ def serve(
         rate_limit=rate_limit,
         rate_burst=rate_burst,
         users_file=str(users_path.resolve()),
-        store=str(Path(store).resolve()) if store else "",
+        # A URL (sqlite:///ABS, redis://...) is kept as given; only a bare path is resolved.
+        store=(store if "://" in store else str(Path(store).resolve())) if store else "",
         refresh_idle_ttl=refresh_idle_ttl,
         refresh_max_ttl=refresh_max_ttl,
         providers_file=str(Path(providers_file).resolve()) if providers_file else "",

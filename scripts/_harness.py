@@ -163,6 +163,7 @@ class Issuer:
     rate_limit: float | None = None
     revocation_max_age: int | None = None
     process: Process | None = None
+    extra_args: Sequence[str] = ()  # more ``jwtmcp serve`` flags (e.g. --store redis://...)
 
     @property
     def url(self) -> str:
@@ -204,6 +205,7 @@ class Issuer:
             argv += ["--rate-limit", str(self.rate_limit)]
         if self.revocation_max_age is not None:
             argv += ["--revocation-max-age", str(self.revocation_max_age)]
+        argv += list(self.extra_args)
         self.process = Process(
             "issuer", argv, self.workdir / "issuer.log", env=child_env(), cwd=self.workdir
         ).start_until_up(self.url + "/healthz")

@@ -4,6 +4,7 @@
     python scripts/bench.py            # a human table (about a minute)
     python scripts/bench.py --json     # one JSON object for machines
     python scripts/bench.py --quick    # a short, noisier run
+    python scripts/bench.py --quick --replicas   # plus /token on 2 replicas sharing Redis
 
 Baselines: raw ``cryptography`` RSA-2048 PKCS#1 v1.5 SHA-256 sign and verify (the physical
 limit of an RS256 token) and PyJWT ``encode``/``decode`` (what users write today). Every
@@ -52,6 +53,7 @@ from _harness import (  # noqa: E402
     LOOPBACK,
     Issuer,
     McpServer,
+    free_port,
     percentile,
     proc_cpu_seconds,
     running,
@@ -539,6 +541,137 @@ def _token_burst(port: int, body: bytes, headers: dict[str, str], connections: i
     return sum(c[0] for c in counts), sum(c[1] for c in counts)
 
 
+# --- /token on issuer replicas sharing one Redis --------------------------------------------
+
+REDIS_SERVER = Path("/usr/bin/redis-server")
+
+
+@contextlib.contextmanager
+def _redis_server(workdir: Path) -> Any:
+    """Debian's redis-server on a free loopback port, no persistence; stopped by its PID."""
+    import socket
+    import subprocess
+
+    if not REDIS_SERVER.exists():
+        raise RuntimeError("needs Debian's redis-server package (scripts/test-deps installs it)")
+    workdir.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    proc = subprocess.Popen(
+        [str(REDIS_SERVER), "--port", str(port), "--bind", LOOPBACK, "--dir", str(workdir),
+         "--save", "", "--appendonly", "no", "--logfile", str(workdir / "redis.log")],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            with contextlib.suppress(OSError), socket.create_connection((LOOPBACK, port), 1) as s:
+                s.sendall(b"PING\r\n")
+                if s.recv(16).startswith(b"+PONG"):
+                    break
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("redis-server did not start")
+            time.sleep(0.05)
+        yield f"redis://{LOOPBACK}:{port}/0"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+
+
+def replicas_http(workdir: Path, settings: Settings) -> dict[str, Any]:
+    """``client_credentials`` per wall second: one replica, then two replicas sharing Redis.
+
+    Each replica is a one-worker ``jwtmcp serve`` with ``--store redis://...`` and a rate limit
+    too high to refuse anything, so every request also takes from the client's bucket in
+    Redis (one atomic script: the price of sharing limits). The same client load (the
+    connections of :func:`token_http`, split evenly between the replicas) runs against one
+    replica, then two. On loopback all of them share this machine's cores, so the two-replica
+    figure shows what a second replica adds here, not on a second machine. Best round counts.
+    """
+    with _redis_server(workdir / "redis") as url:
+        flags = ["--store", url, "--rate-burst", "1000000000"]
+        a = Issuer(workdir / "replicas", rate_limit=1_000_000, extra_args=flags)
+        a.workdir.mkdir(parents=True, exist_ok=True)
+        secret = a.add_client("bench", tools=TOOLS, audiences=[AUDIENCE])
+        b = Issuer(a.workdir, rate_limit=1_000_000, extra_args=flags)
+        auth = "Basic " + base64.b64encode(f"bench:{secret}".encode()).decode()
+        body = urlencode({"grant_type": "client_credentials", "resource": AUDIENCE}).encode()
+        headers = {"Authorization": auth, "Content-Type": "application/x-www-form-urlencoded"}
+        out: dict[str, Any] = {"replicas_1_redis_per_s": 0.0, "replicas_2_redis_per_s": 0.0}
+        with running(a, b):
+            assert a.process is not None and b.process is not None
+            for port in (a.port, b.port):
+                _token_burst(port, body, headers, 1, 0.5)  # warm-up
+            for _ in range(settings.http_rounds):
+                for key, used in (("replicas_1_redis", [a]), ("replicas_2_redis", [a, b])):
+                    pids = [i.process.pid for i in used if i.process is not None]
+                    cpu0 = [proc_cpu_seconds(pid) for pid in pids]
+                    rate, ok = _token_burst_spread([i.port for i in used], body, headers,
+                                                   settings)
+                    cpu1 = [proc_cpu_seconds(pid) for pid in pids]
+                    out[f"{key}_per_s"] = max(out[f"{key}_per_s"], rate)
+                    if None not in cpu0 + cpu1:
+                        spent = sum(c1 - c0 for c0, c1 in zip(cpu0, cpu1, strict=True))
+                        if spent > 0:
+                            per_cpu = ok / spent
+                            out[f"{key}_per_server_cpu_s"] = max(
+                                out.get(f"{key}_per_server_cpu_s", 0.0), per_cpu)
+        return out
+
+
+def _token_burst_spread(ports: list[int], body: bytes, headers: dict[str, str],
+                        settings: Settings) -> tuple[float, int]:
+    """Requests per wall second with ``settings.http_connections`` split over ``ports``, and
+    how many requests that was."""
+    share = max(1, settings.http_connections // len(ports))
+    totals: list[tuple[int, int]] = []
+    threads = [
+        threading.Thread(target=lambda p=port: totals.append(
+            _token_burst(p, body, headers, share, settings.http_seconds)))
+        for port in ports
+    ]
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    elapsed = time.perf_counter() - t0
+    failed = sum(f for _, f in totals)
+    if failed:
+        raise RuntimeError(f"/token failed {failed} times during the replicas benchmark")
+    ok = sum(n for n, _ in totals)
+    return ok / elapsed, ok
+
+
+def replica_lines(results: dict[str, Any]) -> list[str]:
+    """The table's rows for :func:`replicas_http` (none when it did not run)."""
+    one, two = results.get("replicas_1_redis_per_s"), results.get("replicas_2_redis_per_s")
+    if one is None or two is None:
+        return []
+    single = results.get("token_http_per_s")
+    rows = [
+        ("POST /token, 1 replica, Redis store", f"{one:,.0f}/s",
+         "" if not single else f"{one / single:.2f}", "vs 1 worker, no store"),
+        ("POST /token, 2 replicas, one Redis", f"{two:,.0f}/s",
+         f"{two / one:.2f}" if one else "", "vs 1 replica, Redis"),
+    ]
+    cpu_one = results.get("replicas_1_redis_per_server_cpu_s")
+    cpu_two = results.get("replicas_2_redis_per_server_cpu_s")
+    if cpu_one and cpu_two:
+        plain = results.get("token_http_per_server_cpu_s")
+        rows.append(("  same, 1 replica, per server CPU-s", f"{cpu_one:,.0f}/s",
+                     "" if not plain else f"{cpu_one / plain:.2f}", "vs 1 worker, no store"))
+        rows.append(("  same, 2 replicas, per server CPU-s", f"{cpu_two:,.0f}/s",
+                     f"{cpu_two / cpu_one:.2f}", "vs 1 replica, Redis"))
+    lines = [f"{label:<40} {value:>12} {rat:>7}  {note}" for label, value, rat, note in rows]
+    lines.append("  (loopback: the replicas, Redis and the client share this machine's "
+                 f"{os.cpu_count()} CPUs; per server CPU-s counts the replicas' CPU, not Redis's)")
+    return lines
+
+
 # --- the sign-in grants over HTTP ----------------------------------------------------------
 
 REDIRECT_URI = "http://127.0.0.1:33418/callback"
@@ -807,7 +940,8 @@ async def _tools_call_async(plain_url: str, protected: dict[str, tuple[str, str]
 # --- the run -----------------------------------------------------------------------------
 
 
-def run(settings: Settings) -> dict[str, Any]:
+def run(settings: Settings, replicas: bool | None = None) -> dict[str, Any]:
+    """Every figure; ``replicas`` (None: in full runs only) adds :func:`replicas_http`."""
     results: dict[str, Any] = {
         "quick": settings.quick,
         "python": platform.python_version(),
@@ -846,6 +980,12 @@ def run(settings: Settings) -> dict[str, Any]:
             except Exception as exc:  # a missing piece must not hide the figures we have
                 unavailable[name] = f"{type(exc).__name__}: {exc}".splitlines()[0]
                 log(f"bench: {name} unavailable: {unavailable[name]}")
+        if replicas if replicas is not None else not settings.quick:
+            log("bench: replicas_http (two replicas sharing Redis) ...")
+            try:
+                results.update(replicas_http(workdir, settings))
+            except Exception as exc:  # e.g. no redis-server: the other figures still count
+                unavailable["replicas_http"] = f"{type(exc).__name__}: {exc}".splitlines()[0]
     results["seconds"] = round(time.perf_counter() - started, 1)
     results.update(ratios(results))
     results["targets"] = targets(results)
@@ -975,6 +1115,7 @@ def table(results: dict[str, Any]) -> str:
     if results.get("token_http_server_cpu") is not None:
         lines.append(f"/token server CPU during the window: {results['token_http_server_cpu']:.0%}"
                      " of one core")
+    lines.extend(replica_lines(results))
     for name, why in results.get("unavailable", {}).items():
         lines.append(f"not measured: {name}: {why}")
     lines.append(f"({'quick' if results['quick'] else 'full'} run, {results['seconds']} s, "
@@ -1021,13 +1162,15 @@ def main(argv: list[str] | None = None) -> int:
                         help="profile one CPU benchmark (e.g. verify_fresh, mint) with cProfile")
     parser.add_argument("--table-from", metavar="FILE",
                         help="print the table of a saved --json run instead of running")
+    parser.add_argument("--replicas", action=argparse.BooleanOptionalAction, default=None,
+                        help="/token on 1 vs 2 replicas sharing Redis (default: full runs only)")
     args = parser.parse_args(argv)
     if args.table_from:
         print(table(json.loads(Path(args.table_from).read_text())))
         return 0
     if args.profile:
         return profile(args.profile)
-    results = run(Settings.make(args.quick))
+    results = run(Settings.make(args.quick), replicas=args.replicas)
     if args.json:
         print(json.dumps(results, indent=2))
     else:

@@ -9,6 +9,7 @@ import pytest
 
 from jwtmcp.keys import KeyRing, init_ring, load_ring
 from tests.browser import Browser, open_browser
+from tests.redis_support import RedisServer, redis_server
 from tests.support import FakeClock
 
 
@@ -52,3 +53,10 @@ def screenshot_dir(tmp_path: Path) -> Path:
     directory = Path(configured) if configured else tmp_path / "screenshots"
     directory.mkdir(parents=True, exist_ok=True)
     return directory
+
+
+@pytest.fixture(scope="session")
+def shared_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """One real redis-server for the session (tests keep apart by key prefix), stopped by PID."""
+    with redis_server(tmp_path_factory.mktemp("redis")) as server:
+        yield server

@@ -1,8 +1,9 @@
-"""The state store: single-use codes, refresh families, replay windows, counters.
+"""The state store: single-use codes, refresh families, replay windows, counters, buckets.
 
-Every test runs against a real SQLite file in a temporary directory; the races run in real
-separate processes. ``make_store`` is the one place that knows the backend, so another
-backend (Redis) runs the same tests by adding itself there.
+The behavioural tests run twice, against both backends, so both are proven equal: a real
+SQLite file in a temporary directory and a real redis-server on loopback (each test under its
+own key prefix). The races run in real separate processes. ``make_store`` is the one place
+that knows the backend; tests of one backend's own properties say so in their names.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import multiprocessing
 import sqlite3
 import stat
 import threading
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -27,7 +29,9 @@ from jwtmcp.store import (
     new_opaque_token,
     open_store,
 )
+from jwtmcp.store.redis import RedisStore
 from jwtmcp.store.sqlite import SqliteStore
+from tests.redis_support import RedisServer, redis_server
 from tests.support import FakeClock
 
 MakeStore = Callable[..., Store]
@@ -42,11 +46,48 @@ GRANT = {
 }
 
 
+BACKENDS = ["sqlite", "redis"]
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
 @pytest.fixture
-def make_store(tmp_path: Path, clock: FakeClock) -> Iterator[MakeStore]:
-    opened: list[SqliteStore] = []
+def location(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> str:
+    """Where this test's store lives: the SQLite file, or the Redis URL with a fresh prefix."""
+    if backend == "sqlite":
+        return str(tmp_path / "state.db")
+    server: RedisServer = request.getfixturevalue("shared_redis")
+    return f"{server.url}?prefix=t{uuid.uuid4().hex[:12]}:"
+
+
+def open_location(location: str, clock: Any, **kwargs: Any) -> Store:
+    if location.startswith("redis://"):
+        return RedisStore(location, clock=clock, **kwargs)
+    return SqliteStore(location, clock=clock, **kwargs)
+
+
+@pytest.fixture
+def make_store(location: str, clock: FakeClock) -> Iterator[MakeStore]:
+    opened: list[Store] = []
 
     def make(**kwargs: Any) -> Store:
+        store = open_location(location, kwargs.pop("clock", clock), **kwargs)
+        opened.append(store)
+        return store
+
+    yield make
+    for store in opened:
+        store.close()
+
+
+@pytest.fixture
+def make_sqlite(tmp_path: Path, clock: FakeClock) -> Iterator[Callable[..., SqliteStore]]:
+    opened: list[SqliteStore] = []
+
+    def make(**kwargs: Any) -> SqliteStore:
         store = SqliteStore(tmp_path / "state.db", clock=kwargs.pop("clock", clock), **kwargs)
         opened.append(store)
         return store
@@ -54,6 +95,27 @@ def make_store(tmp_path: Path, clock: FakeClock) -> Iterator[MakeStore]:
     yield make
     for store in opened:
         store.close()
+
+
+def stored_bytes(store: Store, tmp_path: Path) -> bytes:
+    """Everything the backend holds on disk or in memory: the SQLite files (WAL included),
+    or every key and value under the Redis store's prefix."""
+    if isinstance(store, RedisStore):
+        client = store._redis
+        out = []
+        for key in store.key_names():
+            out.append(key.encode())
+            kind = client.type(key)
+            if kind == b"hash":
+                out.extend(b"%s=%s" % kv for kv in client.hgetall(key).items())
+            elif kind == b"zset":
+                out.extend(client.zrange(key, 0, -1))
+            else:
+                out.append(client.get(key) or b"")
+        return b"\n".join(out)
+    files = [p for p in tmp_path.iterdir() if p.name.startswith("state.db")]
+    assert b"-wal" in b"".join(p.name.encode() for p in files)  # the WAL was read too
+    return b"".join(p.read_bytes() for p in files)
 
 
 @pytest.fixture
@@ -173,9 +235,7 @@ def test_codes_and_refresh_tokens_are_stored_only_as_digests(
     code, refresh, rotated = new_opaque_token(), new_opaque_token(), new_opaque_token()
     _family_from_code(store, code, refresh)
     store.rotate_refresh(refresh, rotated, client_id="app")
-    files = [p for p in tmp_path.iterdir() if p.name.startswith("state.db")]
-    raw = b"".join(p.read_bytes() for p in files)
-    assert b"-wal" in b"".join(p.name.encode() for p in files)  # the WAL was read too
+    raw = stored_bytes(store, tmp_path)
     for secret in (code, refresh, rotated):
         assert secret.encode() not in raw
     assert digest(code).encode() in raw
@@ -354,9 +414,10 @@ def test_counter_reset_forgets_it(store: Store) -> None:
 # --- housekeeping ------------------------------------------------------------------------
 
 
-def test_expired_rows_are_purged_on_the_way(make_store: MakeStore, clock: FakeClock) -> None:
-    store = make_store(purge_interval=60)
-    assert isinstance(store, SqliteStore)
+def test_sqlite_purges_expired_rows_on_the_way(
+    make_sqlite: Callable[..., SqliteStore], clock: FakeClock
+) -> None:
+    store = make_sqlite(purge_interval=60)
     _family_from_code(store, new_opaque_token(), new_opaque_token())  # tombstone: 1 day
     store.put_code(new_opaque_token(), GRANT, ttl=60)
     store.remember_once("jti", clock() + 60)
@@ -370,14 +431,21 @@ def test_expired_rows_are_purged_on_the_way(make_store: MakeStore, clock: FakeCl
         "refresh_tokens": 0,
         "replay": 1,
         "counters": 0,
+        "buckets": 0,
     }
 
 
-def test_store_file_is_private(store: Store, tmp_path: Path) -> None:
+def test_sqlite_store_file_is_private(
+    make_sqlite: Callable[..., SqliteStore], tmp_path: Path
+) -> None:
+    make_sqlite()
     assert stat.S_IMODE((tmp_path / "state.db").stat().st_mode) == 0o600
 
 
-def test_store_is_in_wal_mode(store: Store, tmp_path: Path) -> None:
+def test_sqlite_store_is_in_wal_mode(
+    make_sqlite: Callable[..., SqliteStore], tmp_path: Path
+) -> None:
+    make_sqlite()
     with sqlite3.connect(tmp_path / "state.db") as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     conn.close()
@@ -418,10 +486,10 @@ def test_store_that_is_not_a_database_is_unavailable(tmp_path: Path) -> None:
         SqliteStore(tmp_path / "state.db")
 
 
-def test_store_locked_too_long_by_another_process_is_unavailable(
-    make_store: MakeStore, tmp_path: Path
+def test_sqlite_store_locked_too_long_by_another_process_is_unavailable(
+    make_sqlite: Callable[..., SqliteStore], tmp_path: Path
 ) -> None:
-    store = make_store(busy_timeout=0.05)
+    store = make_sqlite(busy_timeout=0.05)
     holder = sqlite3.connect(tmp_path / "state.db", isolation_level=None)
     try:
         holder.execute("BEGIN EXCLUSIVE")
@@ -473,7 +541,12 @@ class _RendezvousClock(FakeClock):
 def _race(
     path: str, start: float, job: str, argument: str, ready: Any, inside: Any, results: Any
 ) -> None:
-    store = SqliteStore(path, clock=_RendezvousClock(start, inside), busy_timeout=60)
+    clock = _RendezvousClock(start, inside)
+    store = (
+        RedisStore(path, clock=clock, socket_timeout=60)
+        if path.startswith("redis://")
+        else SqliteStore(path, clock=clock, busy_timeout=60)
+    )
     ready.wait(timeout=60)
     if job == "take":
         taken = store.take_code(argument)
@@ -485,16 +558,18 @@ def _race(
         results.put(store.remember_once(argument, start + 60))
     elif job == "count":
         results.put(max(store.count(argument, window=60) for _ in range(20)))
+    elif job == "bucket":
+        results.put(sum(store.take_token(argument, rate=0.001, burst=10) == 0 for _ in range(5)))
     store.close()
 
 
-def _run_race(path: Path, clock: FakeClock, job: str, argument: str) -> list[Any]:
+def _run_race(path: str, clock: FakeClock, job: str, argument: str) -> list[Any]:
     ctx = multiprocessing.get_context("spawn")
     ready, inside = ctx.Barrier(WORKERS), ctx.Barrier(WORKERS)
     results = ctx.Queue()
     procs = [
         ctx.Process(
-            target=_race, args=(str(path), clock(), job, argument, ready, inside, results)
+            target=_race, args=(path, clock(), job, argument, ready, inside, results)
         )
         for _ in range(WORKERS)
     ]
@@ -513,20 +588,20 @@ def _run_race(path: Path, clock: FakeClock, job: str, argument: str) -> list[Any
 
 
 def test_processes_racing_to_take_one_code_exactly_one_wins(
-    store: Store, tmp_path: Path, clock: FakeClock
+    store: Store, location: str, clock: FakeClock
 ) -> None:
     code = new_opaque_token()
     store.put_code(code, GRANT, ttl=60)
-    outcomes = _run_race(tmp_path / "state.db", clock, "take", code)
+    outcomes = _run_race(location, clock, "take", code)
     assert sorted(outcomes) == ["reused"] * (WORKERS - 1) + ["won"]
 
 
 def test_processes_racing_to_rotate_one_refresh_token_exactly_one_rotates(
-    store: Store, tmp_path: Path, clock: FakeClock
+    store: Store, location: str, clock: FakeClock
 ) -> None:
     refresh = new_opaque_token()
     _family_from_code(store, new_opaque_token(), refresh)
-    outcomes = _run_race(tmp_path / "state.db", clock, "rotate", refresh)
+    outcomes = _run_race(location, clock, "rotate", refresh)
     assert outcomes.count("rotated") == 1
     assert outcomes.count("reused") == 1  # the first loser revokes the family...
     assert outcomes.count("revoked") == WORKERS - 2  # ...and the others find it revoked
@@ -534,16 +609,16 @@ def test_processes_racing_to_rotate_one_refresh_token_exactly_one_rotates(
 
 
 def test_processes_racing_to_remember_one_jti_exactly_one_is_first(
-    store: Store, tmp_path: Path, clock: FakeClock
+    store: Store, location: str, clock: FakeClock
 ) -> None:
-    outcomes = _run_race(tmp_path / "state.db", clock, "remember", "jti-race")
+    outcomes = _run_race(location, clock, "remember", "jti-race")
     assert sorted(outcomes) == [False] * (WORKERS - 1) + [True]
 
 
 def test_processes_counting_at_once_lose_no_count(
-    store: Store, tmp_path: Path, clock: FakeClock
+    store: Store, location: str, clock: FakeClock
 ) -> None:
-    _run_race(tmp_path / "state.db", clock, "count", "user:alice")
+    _run_race(location, clock, "count", "user:alice")
     assert store.peek_count("user:alice") == WORKERS * 20
 
 
@@ -592,18 +667,206 @@ def _families_seen_by_another_process(path: Path, now: float) -> int:
     return int(done.stdout)
 
 
-def test_a_second_connection_in_the_process_keeps_the_first_ones_locks(
-    make_store: MakeStore, tmp_path: Path, clock: FakeClock
+def test_a_second_sqlite_connection_in_the_process_keeps_the_first_ones_locks(
+    make_sqlite: Callable[..., SqliteStore], tmp_path: Path, clock: FakeClock
 ) -> None:
     # The issuer holds two connections to one file (sign-in pages and grants). Opening the
     # second must not drop the first one's POSIX locks (closing any descriptor of the file
     # does): another process would then think itself the last user, fold the WAL into the
     # database and delete it while the issuer still writes there.
-    first = make_store()
+    first = make_sqlite()
     _family_from_code(first, "code-1", "refresh-1")
-    second = make_store()
+    second = make_sqlite()
     second.peek_count("opens the second connection")
     assert _families_seen_by_another_process(tmp_path / "state.db", clock()) == 1
     _family_from_code(first, "code-2", "refresh-2")
     assert _families_seen_by_another_process(tmp_path / "state.db", clock()) == 2
     assert (tmp_path / "state.db-wal").exists()
+
+
+# --- token buckets (the issuer's /token rate limits, shared by replicas) -------------------
+
+
+def test_bucket_allows_its_burst_then_says_how_long_to_wait(
+    store: Store, clock: FakeClock
+) -> None:
+    waits = [store.take_token("client:app", rate=2, burst=3) for _ in range(4)]
+    assert waits[:3] == [0.0, 0.0, 0.0]
+    assert waits[3] == pytest.approx(0.5)  # one token at 2 per second
+    assert store.take_token("client:other", rate=2, burst=3) == 0.0  # its own bucket
+
+
+def test_bucket_refills_at_its_rate_up_to_its_burst(store: Store, clock: FakeClock) -> None:
+    for _ in range(3):
+        store.take_token("k", rate=1, burst=3)
+    clock.advance(1.5)  # 1.5 tokens back
+    assert store.take_token("k", rate=1, burst=3) == 0.0
+    assert store.take_token("k", rate=1, burst=3) == pytest.approx(0.5)
+    clock.advance(3600)  # full again, never fuller than the burst
+    assert [store.take_token("k", rate=1, burst=3) for _ in range(4)][3] > 0
+
+
+def test_a_refused_request_takes_nothing_from_the_bucket(store: Store, clock: FakeClock) -> None:
+    store.take_token("k", rate=1, burst=1)
+    for _ in range(5):
+        assert store.take_token("k", rate=1, burst=1) > 0
+    clock.advance(1)
+    assert store.take_token("k", rate=1, burst=1) == 0.0
+
+
+@pytest.mark.parametrize(("rate", "burst"), [(0, 1), (-1, 1), (1, 0), (1, 1.5)])
+def test_bucket_needs_a_positive_rate_and_a_whole_burst(
+    store: Store, rate: float, burst: Any
+) -> None:
+    with pytest.raises(ConfigError):
+        store.take_token("k", rate=rate, burst=burst)
+
+
+def test_processes_racing_on_one_bucket_take_exactly_its_burst(
+    store: Store, location: str, clock: FakeClock
+) -> None:
+    outcomes = _run_race(location, clock, "bucket", "client:app")  # 6 x 5 tries, burst 10
+    assert sum(outcomes) == 10
+
+
+def test_sqlite_store_of_schema_1_gains_the_buckets_table(tmp_path: Path) -> None:
+    SqliteStore(tmp_path / "state.db").close()
+    with contextlib.closing(sqlite3.connect(tmp_path / "state.db")) as db:
+        db.execute("DROP TABLE buckets")  # as jwtmcp made it before the tables of version 2
+        db.execute("PRAGMA user_version=1")
+        db.commit()
+    with SqliteStore(tmp_path / "state.db") as store:
+        assert store.take_token("k", rate=1, burst=1) == 0.0
+        assert store.row_counts()["buckets"] == 1
+
+
+# --- Redis: its own properties ---------------------------------------------------------------
+
+
+def _redis_store(server: RedisServer, clock: Any, **kwargs: Any) -> RedisStore:
+    return RedisStore(f"{server.url}?prefix=t{uuid.uuid4().hex[:12]}:", clock=clock, **kwargs)
+
+
+def _fill(store: Store, clock: FakeClock) -> None:
+    """One record of every kind: codes (taken and not), a rotated family, a window, a
+    counter, a bucket."""
+    refresh = new_opaque_token()
+    _family_from_code(store, new_opaque_token(), refresh)
+    store.rotate_refresh(refresh, new_opaque_token(), client_id="app")
+    store.put_code(new_opaque_token(), GRANT, ttl=60)
+    store.remember_once("jti", clock() + 60)
+    store.count("k", window=60)
+    store.take_token("b", rate=1, burst=5)
+
+
+def test_redis_gives_every_key_a_ttl_no_longer_than_its_record_lives(
+    shared_redis: RedisServer, clock: FakeClock
+) -> None:
+    store = _redis_store(shared_redis, clock)
+    _fill(store, clock)
+    client = store._redis
+    ttls = {key: client.ttl(key) for key in store.key_names()}
+    assert len(ttls) == 11  # 2 codes, family, 2 tokens, 3 indexes, window, counter, bucket
+    longest = {"c:": 86401, "f:": 3601, "r:": 86401, "fa": 86401, "fs": 86401, "fc": 86401}
+    longest.update({"o:": 61, "n:": 61, "b:": 6})
+    for key, ttl in ttls.items():
+        kind = key[len(store.prefix) : len(store.prefix) + 2]
+        assert 0 < ttl <= longest[kind], (key, ttl)
+    store.close()
+
+
+def test_redis_purge_deletes_what_expired_by_the_stores_clock(
+    shared_redis: RedisServer, clock: FakeClock
+) -> None:
+    store = _redis_store(shared_redis, clock)
+    _fill(store, clock)
+    assert store.purge_expired() == 0
+    clock.advance(86400)  # everything has expired, the family at its absolute end
+    store.remember_once("later", clock() + 60)
+    store.purge_expired()
+    assert [k[len(store.prefix) :] for k in store.key_names()] == ["o:" + digest("later")]
+    store.close()
+
+
+def test_redis_that_is_down_is_unavailable_with_a_retry_after(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    with redis_server(tmp_path / "redis") as server:
+        store = RedisStore(server.url, clock=clock)
+        store.put_code(new_opaque_token(), GRANT, ttl=60)
+        server.stop()
+        with pytest.raises(StoreUnavailable) as caught:
+            store.put_code(new_opaque_token(), GRANT, ttl=60)
+    assert caught.value.code == "store_unavailable" and caught.value.retry_after > 0
+    assert "127.0.0.1" in caught.value.message
+
+
+def test_redis_password_is_used_and_never_in_an_error(tmp_path: Path, clock: FakeClock) -> None:
+    secret = "s3cret-" + uuid.uuid4().hex
+    with redis_server(tmp_path / "redis", password=secret) as server:
+        with RedisStore(server.url, clock=clock) as good:
+            assert good.remember_once("jti", clock() + 60) is True
+        wrong = server.url.replace(secret, secret + "x")
+        with pytest.raises(StoreUnavailable) as caught, RedisStore(wrong, clock=clock) as bad:
+            bad.remember_once("jti", clock() + 60)
+    assert secret not in caught.value.message and ":***@" in caught.value.message
+
+
+def test_redis_that_never_answers_is_unavailable_within_the_socket_timeout(
+    clock: FakeClock,
+) -> None:
+    import socket
+    import time
+
+    with socket.socket() as silent:  # accepts connections (the kernel does), never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        url = f"redis://127.0.0.1:{silent.getsockname()[1]}/0"
+        store = RedisStore(url, clock=clock, socket_timeout=0.2)
+        started = time.monotonic()
+        with pytest.raises(StoreUnavailable, match="unavailable"):
+            store.take_code(new_opaque_token())
+        assert time.monotonic() - started < 5  # bounded by the timeout, not hanging
+        store.close()
+
+
+def test_open_store_takes_redis_and_unix_socket_urls(tmp_path: Path, clock: FakeClock) -> None:
+    socket_path = tmp_path / "redis.sock"
+    with redis_server(
+        tmp_path / "redis", extra=["--unixsocket", str(socket_path), "--unixsocketperm", "700"]
+    ) as server:
+        for location in (
+            f"redis://127.0.0.1:{server.port}/0?prefix=a:",
+            f"unix://{socket_path}?db=0&prefix=b:",
+        ):
+            opened = open_store(location, clock=clock)
+            assert isinstance(opened, RedisStore) and opened.networked
+            assert opened.remember_once("x", clock() + 60) is True
+            opened.close()
+        assert sorted(k.decode()[:2] for k in server.client().keys("*")) == ["a:", "b:"]
+
+
+@pytest.mark.parametrize(
+    "location", ["redis://:pw@127.0.0.1:notaport/0", "redis://127.0.0.1/0?socket_timeout=x"]
+)
+def test_open_store_refuses_a_bad_redis_url_without_showing_its_password(location: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        open_store(location)
+    assert ":pw@" not in caught.value.message
+
+
+def test_remember_once_takes_a_window_ending_in_the_far_future(
+    store: Store, clock: FakeClock
+) -> None:
+    assert store.remember_once("jti-far", 1e17) is True
+    assert store.remember_once("jti-far", 1e17) is False
+
+
+def test_counters_buckets_and_families_take_lifetimes_far_in_the_future(
+    store: Store, clock: FakeClock
+) -> None:
+    assert [store.count("k", window=1e17) for _ in range(2)] == [1, 2]
+    assert store.take_token("b", rate=1e-12, burst=10**6) == 0.0  # full again in 1e18 s
+    code = new_opaque_token()
+    store.put_code(code, {"client_id": "app", "subject": "alice"}, ttl=60)
+    assert store.redeem_code(code, new_opaque_token(), idle_ttl=1e17, absolute_ttl=1e17)

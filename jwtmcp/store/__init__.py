@@ -10,17 +10,18 @@ kinds of short-lived state, and only these live here, every record with a time t
   :meth:`Store.list_families`, :meth:`Store.revoke_families`;
 - **replay windows** for ``jti`` values: :meth:`Store.remember_once`;
 - **counters** in fixed windows (failed logins, for rate limiting): :meth:`Store.count`,
-  :meth:`Store.peek_count`, :meth:`Store.reset_count`.
+  :meth:`Store.peek_count`, :meth:`Store.reset_count`;
+- **token buckets** shared by issuer replicas (``/token`` rate limits): :meth:`Store.take_token`.
 
 Codes and refresh tokens are stored only as SHA-256 digests, never as given: whoever reads
 the database learns nothing that can be redeemed. Every time comes from an injected clock.
 
 Backends: :class:`~jwtmcp.store.sqlite.SqliteStore` (an embedded SQLite file, safe for
-several processes on one machine) is the default; a networked backend (Redis, for replicas
-on several machines) implements the same :class:`Store` protocol. :func:`open_store` picks
-one from a location string. A backend that cannot be reached raises
-:class:`~jwtmcp.errors.StoreUnavailable` from any method; the issuer answers 503 with
-``Retry-After`` then.
+several processes on one machine) is the default; :class:`~jwtmcp.store.redis.RedisStore`
+(Redis or Valkey, for replicas on several machines) implements the same :class:`Store`
+protocol. :func:`open_store` picks one from a location string. A backend that cannot be
+reached raises :class:`~jwtmcp.errors.StoreUnavailable` from any method; the issuer answers
+503 with ``Retry-After`` then.
 """
 
 from __future__ import annotations
@@ -165,6 +166,10 @@ class Store(Protocol):
     use from several threads and several processes at once.
     """
 
+    networked: bool
+    """True when issuer replicas on several machines share the store (Redis): the issuer's
+    ``/token`` rate limits then go through :meth:`take_token`. False for a local file."""
+
     def put_code(self, code: str, grant: Mapping[str, Any], *, ttl: float) -> None:
         """Remember authorization ``code`` for ``ttl`` seconds (0 < ttl <= 60).
 
@@ -279,6 +284,16 @@ class Store(Protocol):
         """Forget counter ``key`` (e.g. after a successful login)."""
         ...
 
+    def take_token(self, key: str, *, rate: float, burst: int) -> float:
+        """Take one request from token bucket ``key``: 0.0 if allowed, else seconds to wait.
+
+        The bucket holds at most ``burst`` (a whole number >= 1) requests and refills at
+        ``rate`` requests per second (> 0), by the store's clock; a bucket seen for the first
+        time is full. A refused request takes nothing. Atomic across processes and replicas.
+        Raises :class:`~jwtmcp.errors.ConfigError` for a rate or burst out of range.
+        """
+        ...
+
     def purge_expired(self) -> int:
         """Delete every expired record now; returns how many. Backends also do it by themselves."""
         ...
@@ -296,21 +311,48 @@ def default_store_path(keys_dir: str | os.PathLike[str]) -> Path:
     return Path(keys_dir).absolute().parent / DEFAULT_STORE_FILE
 
 
+def is_networked_location(location: str | os.PathLike[str]) -> bool:
+    """True when ``location`` names a networked store (``redis://``, ``rediss://``,
+    ``unix://``): one that replicas on several machines share."""
+    text = os.fspath(location)
+    scheme, sep, _ = text.partition("://")
+    return bool(sep) and scheme.lower() in ("redis", "rediss", "unix")
+
+
+def redacted_location(location: str | os.PathLike[str]) -> str:
+    """``location`` safe to print or log: a URL's password replaced by ``***``."""
+    text = os.fspath(location)
+    if "://" not in text:
+        return text
+    from .redis import redact_url
+
+    return redact_url(text)
+
+
 def open_store(
     location: str | os.PathLike[str],
     *,
     clock: Clock = time.time,
     busy_timeout: float | None = None,
 ) -> Store:
-    """Open the store at ``location``: a file path or ``sqlite:///abs/path``.
+    """Open the store at ``location``: a file path, ``sqlite:///abs/path``, or a Redis (or
+    Valkey) URL: ``redis://[[user]:password@]host[:port][/db]``, ``rediss://...`` (TLS),
+    ``unix://[[user]:password@]/path/to/socket[?db=N]`` (see
+    :class:`~jwtmcp.store.redis.RedisStore` for its options, e.g. ``?prefix=``).
 
     ``busy_timeout`` (seconds; None: the backend's default) is how long a call waits for
-    another writer before :class:`~jwtmcp.errors.StoreUnavailable`.
+    another writer before :class:`~jwtmcp.errors.StoreUnavailable` (SQLite only; a Redis
+    URL sets ``socket_timeout`` instead).
 
-    Raises :class:`~jwtmcp.errors.ConfigError` for a location it does not understand and
-    :class:`~jwtmcp.errors.StoreUnavailable` when the database cannot be opened.
+    Raises :class:`~jwtmcp.errors.ConfigError` for a location it does not understand (or a
+    Redis URL without redis-py installed) and :class:`~jwtmcp.errors.StoreUnavailable` when
+    the database cannot be opened. A Redis store connects on its first call, not here.
     """
     text = os.fspath(location)
+    if is_networked_location(text):
+        from .redis import RedisStore
+
+        return RedisStore(text, clock=clock)
     if text.startswith("sqlite://"):
         text = text[len("sqlite://") :]
         if not text.startswith("/"):
@@ -319,7 +361,10 @@ def open_store(
             )
     elif "://" in text:
         scheme = text.split("://", 1)[0]
-        raise ConfigError(f"unknown store {scheme!r}: give a file path or sqlite:///PATH")
+        raise ConfigError(
+            f"unknown store {scheme!r}: give a file path, sqlite:///PATH, redis://HOST[:PORT]"
+            "[/DB], rediss://... or unix:///PATH"
+        )
     from .sqlite import SqliteStore
 
     if busy_timeout is None:
@@ -340,6 +385,8 @@ __all__ = [
     "Store",
     "default_store_path",
     "digest",
+    "is_networked_location",
     "new_opaque_token",
     "open_store",
+    "redacted_location",
 ]

@@ -40,7 +40,8 @@ from . import (
     new_opaque_token,
 )
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+"""2 added the ``buckets`` table (token buckets); a version-1 file is upgraded in place."""
 DEFAULT_BUSY_TIMEOUT = 5.0
 """Seconds a call waits for another process's write lock before :class:`StoreUnavailable`."""
 DEFAULT_PURGE_INTERVAL = 60.0
@@ -86,6 +87,12 @@ CREATE TABLE IF NOT EXISTS counters (
     key_hash    TEXT PRIMARY KEY,
     value       INTEGER NOT NULL,
     expires_at  REAL NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS buckets (
+    key_hash    TEXT PRIMARY KEY,
+    tokens      REAL NOT NULL,
+    updated_at  REAL NOT NULL,
+    expires_at  REAL NOT NULL    -- full again by then: forgetting it changes nothing
 ) WITHOUT ROWID;
 """
 
@@ -140,6 +147,9 @@ class SqliteStore:
     second use is recognised as reuse rather than an unknown code. One instance may be used
     from several threads; a process that forks gets its own connection in the child.
     """
+
+    networked = False
+    """One machine's file: the issuer keeps its ``/token`` rate limits in process memory."""
 
     def __init__(
         self,
@@ -610,6 +620,32 @@ class SqliteStore:
         with self._write() as (conn, _now):
             conn.execute("DELETE FROM counters WHERE key_hash = ?", (digest(key),))
 
+    def take_token(self, key: str, *, rate: float, burst: int) -> float:
+        rate = _positive("a bucket's rate", rate)
+        if isinstance(burst, bool) or not isinstance(burst, int) or burst < 1:
+            raise ConfigError(f"a bucket's burst must be a whole number >= 1, not {burst!r}")
+        key_hash = digest(key)
+        with self._write() as (conn, now):
+            row = conn.execute(
+                "SELECT tokens, updated_at FROM buckets WHERE key_hash = ?", (key_hash,)
+            ).fetchone()
+            tokens, last = (float(burst), now) if row is None else (row[0], row[1])
+            tokens = min(float(burst), tokens + max(0.0, now - last) * rate)
+            wait = 0.0
+            if tokens >= 1.0:
+                tokens -= 1.0
+            else:
+                wait = (1.0 - tokens) / rate
+            stamp = max(now, last)
+            conn.execute(
+                "INSERT INTO buckets (key_hash, tokens, updated_at, expires_at)"
+                " VALUES (?, ?, ?, ?) ON CONFLICT (key_hash) DO UPDATE SET"
+                " tokens = excluded.tokens, updated_at = excluded.updated_at,"
+                " expires_at = excluded.expires_at",
+                (key_hash, tokens, stamp, stamp + (burst - tokens) / rate),
+            )
+            return wait
+
     # --- housekeeping ----------------------------------------------------------------
 
     def purge_expired(self) -> int:
@@ -631,6 +667,7 @@ class SqliteStore:
             ("codes", "forget_at"),
             ("replay", "expires_at"),
             ("counters", "expires_at"),
+            ("buckets", "expires_at"),
         ):
             removed += conn.execute(
                 f"DELETE FROM {table} WHERE {column} <= ?",  # noqa: S608 - fixed names
@@ -643,5 +680,7 @@ class SqliteStore:
         with self._read() as (conn, _now):
             return {
                 table: int(conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0])  # noqa: S608
-                for table in ("codes", "families", "refresh_tokens", "replay", "counters")
+                for table in (
+                    "codes", "families", "refresh_tokens", "replay", "counters", "buckets"
+                )
             }
