@@ -19,6 +19,7 @@ from the ring.
 from __future__ import annotations
 
 import hashlib
+import os
 import threading
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
@@ -103,8 +104,11 @@ class KmsBackend:
             with self._lock:
                 if self._client is None:
                     try:
+                        # AWS_REGION is the SDKs' common name; boto3 itself reads
+                        # AWS_DEFAULT_REGION (and the profile's region) when it is unset.
+                        region = self.region or os.environ.get("AWS_REGION") or None
                         session = boto3.session.Session(
-                            region_name=self.region, profile_name=self.profile
+                            region_name=region, profile_name=self.profile
                         )
                         self._client = session.client(
                             "kms",
@@ -117,8 +121,8 @@ class KmsBackend:
                         )
                     except botocore.exceptions.NoRegionError:
                         raise KeyRingError(
-                            "the kms key backend needs a region: set AWS_REGION, or give "
-                            "the ring one (--kms-region)"
+                            "the kms key backend needs a region: set AWS_REGION (or "
+                            "AWS_DEFAULT_REGION), or give the ring one (--kms-region)"
                         ) from None
                     except botocore.exceptions.BotoCoreError as exc:
                         raise KeyRingError(

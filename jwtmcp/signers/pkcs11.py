@@ -141,7 +141,12 @@ class Pkcs11Backend:
                 retry_after=RETRY_AFTER,
             ) from None
         try:
-            self._session = token.open(rw=True, user_pin=pin)
+            try:
+                self._session = token.open(rw=True, user_pin=pin)
+            except pkcs11.UserAlreadyLoggedIn:
+                # PKCS#11 logs an application in once per token: another session of this
+                # process did, and every new session shares that login.
+                self._session = token.open(rw=True)
         except (pkcs11.PinIncorrect, pkcs11.PinInvalid, pkcs11.PinLenRange, pkcs11.PinLocked):
             raise KeyRingError(
                 f"the PKCS#11 token {self.token_label!r} refused the user PIN"
