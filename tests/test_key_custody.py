@@ -291,6 +291,29 @@ def test_pkcs11_token_gone_answers_503_with_retry_after_and_keeps_serving_the_jw
         assert http.get("/.well-known/jwks.json").json() == jwks
 
 
+def test_rotate_with_backend_moves_a_file_ring_into_the_token_without_breaking_tokens(
+    softhsm: SoftHsm, tmp_path: Path
+) -> None:
+    ring_dir = tmp_path / "keys"
+    _cli("keys", "init", "--keys", str(ring_dir))
+    file_token = _mint(ring_dir)
+    _cli("keys", "rotate", "--keys", str(ring_dir), *softhsm.cli_flags())
+    ring = load_ring(ring_dir)
+    assert ring.active.backend == "file" and ring.next is not None
+    assert ring.next.backend == "pkcs11"  # published now, signs after the next rotation
+    _cli("keys", "rotate", "--keys", str(ring_dir))
+    ring = load_ring(ring_dir)
+    assert (ring.active.backend, ring.next.backend if ring.next else None) == ("pkcs11", "pkcs11")
+    jwks = _publish(ring_dir, tmp_path / "jwks.json")
+    assert _verify(_mint(ring_dir), jwks) == ring.active.kid
+    assert _verify(file_token, jwks) in {k.kid for k in ring.keys if k.backend == "file"}
+    listing = _cli("keys", "list", "--keys", str(ring_dir))
+    assert listing.splitlines()[0].split() == [
+        "KID", "STATE", "BITS", "BACKEND", "CREATED", "REMOVABLE"
+    ]
+    assert {line.split()[3] for line in listing.splitlines()[1:]} == {"file", "pkcs11"}
+
+
 # --- AWS KMS (moto server) ------------------------------------------------------------------
 
 
