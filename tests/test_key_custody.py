@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+import socket
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,7 +17,7 @@ import pkcs11
 import pytest
 from pkcs11 import Attribute, KeyType, ObjectClass
 
-from jwtmcp.errors import ConfigError
+from jwtmcp.errors import ConfigError, SignerUnavailable
 from jwtmcp.issuer import create_app
 from jwtmcp.keys import KeyRing, load_ring, rsa_kid
 from jwtmcp.tokens import SigningKey
@@ -389,6 +391,68 @@ def test_kms_unreachable_answers_503_with_retry_after_and_keeps_serving_the_jwks
             assert int(answer.headers["retry-after"]) >= 1
             assert httpx2.get(iss.jwks_url, timeout=10).json() == jwks
             assert "Traceback" not in iss.stderr()
+
+
+class _ClosingServer:
+    """A misbehaving KMS on loopback: accepts each connection and closes it at once."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.sock.settimeout(0.1)
+        self.accepted = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                continue
+            self.accepted += 1
+            conn.close()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self.sock.close()
+
+
+def test_kms_signer_fails_fast_for_retry_after_seconds_after_kms_could_not_be_reached(
+    aws_env: None,
+) -> None:
+    from jwtmcp.signers.kms import RETRY_AFTER, KmsBackend
+
+    server = _ClosingServer()
+    try:
+        backend = KmsBackend({"endpoint_url": server.url, "region": "us-east-1"})
+        clock = FakeClock(1000.0)
+        backend.monotonic = clock
+        signer = backend.signer("a-key-id")
+        with pytest.raises(SignerUnavailable) as first:
+            signer.sign(b"signing input")
+        assert first.value.retry_after == RETRY_AFTER
+        tried = server.accepted
+        assert tried >= 1
+        # Within Retry-After: refused at once, KMS is not called (the worker is not held up).
+        clock.advance(RETRY_AFTER - 0.5)
+        with pytest.raises(SignerUnavailable):
+            signer.sign(b"signing input")
+        assert server.accepted == tried
+        # Then KMS is tried again.
+        clock.advance(1.0)
+        with pytest.raises(SignerUnavailable):
+            signer.sign(b"signing input")
+        assert server.accepted > tried
+    finally:
+        server.close()
 
 
 def test_kms_revoke_schedules_the_key_for_deletion(kms: str, tmp_path: Path) -> None:
