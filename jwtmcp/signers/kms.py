@@ -19,8 +19,10 @@ from the ring.
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import threading
+import time
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
@@ -85,6 +87,10 @@ class KmsBackend:
         self.timeout = float(timeout)
         self._client: Any = None
         self._lock = threading.Lock()
+        self.monotonic: Callable[[], float] = time.monotonic
+        """Seconds from any origin, for the fail-fast window (tests set a fake clock)."""
+        self._down_until = 0.0
+        self._down_reason = ""
 
     def settings(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -153,10 +159,12 @@ class KmsBackend:
                 "environment, profile or role)"
             ) from None
         except botocore.exceptions.BotoCoreError as exc:
-            raise SignerUnavailable(
-                f"{self._where()} could not {what}: {type(exc).__name__}",
-                retry_after=RETRY_AFTER,
-            ) from None
+            reason = f"{self._where()} could not {what}: {type(exc).__name__}"
+            # KMS could not be reached (refused, timed out, cut off): every call would hold
+            # a worker for up to the timeouts, so signing fails fast for RETRY_AFTER seconds.
+            self._down_reason = reason
+            self._down_until = self.monotonic() + RETRY_AFTER
+            raise SignerUnavailable(reason, retry_after=RETRY_AFTER) from None
 
     # -- the KeyBackend protocol ----------------------------------------------------------
 
@@ -199,7 +207,13 @@ class KmsBackend:
         )
 
     def sign(self, handle: str, data: bytes) -> bytes:
-        """The RSASSA-PKCS1-v1_5 SHA-256 signature of ``data`` by KMS key ``handle``."""
+        """The RSASSA-PKCS1-v1_5 SHA-256 signature of ``data`` by KMS key ``handle``.
+
+        Within :data:`RETRY_AFTER` seconds of KMS not being reached, raises
+        :class:`SignerUnavailable` at once instead of calling it again."""
+        wait = self._down_until - self.monotonic()
+        if wait > 0:
+            raise SignerUnavailable(self._down_reason, retry_after=max(1, math.ceil(wait)))
         if len(data) <= MAX_RAW_MESSAGE:
             message, message_type = data, "RAW"
         else:
