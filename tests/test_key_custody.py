@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import os
 import socket
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -468,6 +470,34 @@ def test_kms_revoke_schedules_the_key_for_deletion(kms: str, tmp_path: Path) -> 
     ring: KeyRing = load_ring(ring_dir)
     for key in ring.keys:
         assert client.describe_key(KeyId=key.handle)["KeyMetadata"]["KeyState"] == "Enabled"
+
+
+@pytest.mark.parametrize(
+    ("package", "extra", "flags"),
+    [
+        ("pkcs11", "pkcs11", ["--pkcs11-module", "/nonexistent.so", "--pkcs11-token", "t"]),
+        ("boto3", "kms", []),
+    ],
+)
+def test_a_missing_backend_package_is_one_line_naming_the_extra_to_install(
+    tmp_path: Path, package: str, extra: str, flags: list[str]
+) -> None:
+    # The package made unimportable in a fresh interpreter, as on a machine without it.
+    code = (
+        f"import sys; sys.modules[{package!r}] = None\n"
+        "from jwtmcp.cli import main\n"
+        "sys.exit(main(sys.argv[1:]))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, "keys", "init", "--keys", str(tmp_path / "keys"),
+         "--backend", extra, *flags],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines() == [
+        f"jwtmcp: error: the {extra} key backend needs "
+        f"{'python-pkcs11' if extra == 'pkcs11' else 'boto3'}: pip install 'jwtmcp[{extra}]'"
+    ]
 
 
 # --- files stay as they were ---------------------------------------------------------------
