@@ -67,6 +67,11 @@ def test_bench_quick_json_reports_every_figure_and_target() -> None:
     calls = result["tools_call_per_server"]
     assert result["tools_call_observed_counted"] == calls > 0
     assert result["tools_call_observed_audit_lines"] == calls
+    # /token with keys in custody: files, PKCS#11 (SoftHSM2) and moto's KMS emulator.
+    for backend in ("file", "pkcs11", "kms"):
+        value = result.get(f"token_http_{backend}_keys_per_s")
+        why = result.get(f"token_http_{backend}_unavailable")
+        assert isinstance(value, int | float) and value > 0, (backend, value, why)
 
 
 def test_bench_table_is_the_default_output() -> None:
