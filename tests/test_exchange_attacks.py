@@ -1,0 +1,97 @@
+"""Attacks on token exchange, its audit trail and the tools/call gate (attack13 findings).
+
+Real issuers and protected servers on loopback; nothing of jwtmcp is mocked.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import httpx2
+import pytest
+
+from jwtmcp.clients import add_client
+from jwtmcp.issuer import create_app
+from jwtmcp.keys import init_ring
+from jwtmcp.token_exchange import ACCESS_TOKEN_TYPE, GRANT_TYPE
+from jwtmcp.tokens import split_scope
+from jwtmcp.users import add_user
+from tests.support import serve_app
+
+A = "http://127.0.0.1:9201/mcp"
+B = "http://127.0.0.1:9202/mcp"
+PASSWORD = "correct horse battery staple"
+
+
+@dataclass
+class Issuer:
+    http: httpx2.Client
+    secrets: dict[str, str]
+
+    def client_token(self, client: str, resource: str) -> str:
+        answer = self.http.post(
+            "/token",
+            data={"grant_type": "client_credentials", "resource": resource},
+            auth=(client, self.secrets[client]),
+        )
+        assert answer.status_code == 200, answer.text
+        return str(answer.json()["access_token"])
+
+    def exchange(self, client: str, subject_token: str, resource: str) -> httpx2.Response:
+        return self.http.post(
+            "/token",
+            data={
+                "grant_type": GRANT_TYPE,
+                "subject_token": subject_token,
+                "subject_token_type": ACCESS_TOKEN_TYPE,
+                "resource": resource,
+            },
+            auth=(client, self.secrets[client]),
+        )
+
+
+@pytest.fixture(scope="module")
+def issuer(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Issuer]:
+    """``ci-bot`` is both a machine client (tools: search) and, by the same name, a user
+    (tools: everything), as ``demo`` is after ``jwtmcp serve``'s first start. ``server-a``
+    and ``server-b`` may delegate anything to each other."""
+    directory = tmp_path_factory.mktemp("exchange-attacks")
+    init_ring(directory / "keys")
+    clients_file = directory / "clients.json"
+    users_file = directory / "users.json"
+    secrets: dict[str, str] = {}
+    _, secrets["ci-bot"] = add_client(clients_file, "ci-bot", tools=["search"], audiences=[A, B])
+    _, secrets["server-a"] = add_client(
+        clients_file, "server-a", tools=[], audiences=[B], resource=A, delegate={B: ["*"]}
+    )
+    _, secrets["server-b"] = add_client(
+        clients_file, "server-b", tools=[], audiences=[A], resource=B, delegate={A: ["*"]}
+    )
+    add_user(users_file, "ci-bot", password=PASSWORD, tools=["*"], audiences=[A, B])
+    app = create_app(
+        issuer_url="http://127.0.0.1:9200",
+        keys_dir=directory / "keys",
+        clients_file=clients_file,
+        users_file=users_file,
+        store=directory / "state.db",
+        rate_limit=0,
+    )
+    with serve_app(app) as url, httpx2.Client(base_url=url, timeout=10) as http:
+        yield Issuer(http, secrets)
+
+
+def test_a_chain_from_a_client_token_never_gets_the_allowance_of_a_same_named_user(
+    issuer: Issuer,
+) -> None:
+    """A client-credentials token of ``ci-bot`` (tool:search only), exchanged once and then
+    again, must not come out with the user ``ci-bot``'s ``tool:*``: the second hop cannot
+    tell whether the chain began with the client or with the user, so it may not take the
+    wider of the two."""
+    first = issuer.exchange("server-a", issuer.client_token("ci-bot", A), B)
+    assert first.status_code == 200, first.text
+    assert first.json()["scope"] == "tool:search"
+    second = issuer.exchange("server-b", first.json()["access_token"], A)
+    assert second.status_code in (200, 400), second.text
+    if second.status_code == 200:
+        assert split_scope(second.json()["scope"]) == ("tool:search",), second.json()
