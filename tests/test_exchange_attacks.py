@@ -5,8 +5,11 @@ Real issuers and protected servers on loopback; nothing of jwtmcp is mocked.
 
 from __future__ import annotations
 
+import json
+import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import httpx2
 import pytest
@@ -95,3 +98,22 @@ def test_a_chain_from_a_client_token_never_gets_the_allowance_of_a_same_named_us
     assert second.status_code in (200, 400), second.text
     if second.status_code == 200:
         assert split_scope(second.json()["scope"]) == ("tool:search",), second.json()
+
+
+def audit_lines(caplog: pytest.LogCaptureFixture) -> list[dict[str, Any]]:
+    return [json.loads(r.getMessage()) for r in caplog.records if r.name == "jwtmcp.audit"]
+
+
+def test_the_audit_line_of_an_exchanged_token_names_every_actor(
+    issuer: Issuer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Who acted is the point of an exchanged token: the audit line must say it, most
+    recent first, as the ``act`` claim does (the service log already does)."""
+    subject = issuer.client_token("ci-bot", A)
+    with caplog.at_level(logging.INFO, logger="jwtmcp.audit"):
+        first = issuer.exchange("server-a", subject, B)
+        assert first.status_code == 200, first.text
+        second = issuer.exchange("server-b", first.json()["access_token"], A)
+        assert second.status_code == 200, second.text
+    lines = [line for line in audit_lines(caplog) if line["grant_type"] == GRANT_TYPE]
+    assert [line.get("act") for line in lines] == [["server-a"], ["server-b", "server-a"]]
