@@ -17,10 +17,11 @@ import pytest
 from jwtmcp.clients import add_client
 from jwtmcp.issuer import create_app
 from jwtmcp.keys import init_ring
+from jwtmcp.mcp import protected_server
 from jwtmcp.token_exchange import ACCESS_TOKEN_TYPE, GRANT_TYPE
 from jwtmcp.tokens import split_scope
 from jwtmcp.users import add_user
-from tests.support import serve_app
+from tests.support import free_port, serve_app
 
 A = "http://127.0.0.1:9201/mcp"
 B = "http://127.0.0.1:9202/mcp"
@@ -117,3 +118,84 @@ def test_the_audit_line_of_an_exchanged_token_names_every_actor(
         assert second.status_code == 200, second.text
     lines = [line for line in audit_lines(caplog) if line["grant_type"] == GRANT_TYPE]
     assert [line.get("act") for line in lines] == [["server-a"], ["server-b", "server-a"]]
+
+
+@pytest.fixture(scope="module")
+def gate(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
+    """A protected server with metrics and a token that may call its one tool."""
+    directory = tmp_path_factory.mktemp("gate")
+    init_ring(directory / "keys")
+    issuer_port, mcp_port = free_port(), free_port()
+    issuer_url = f"http://127.0.0.1:{issuer_port}"
+    resource = f"http://127.0.0.1:{mcp_port}/mcp"
+    _, secret = add_client(directory / "clients.json", "adder", tools=["add"], audiences=[resource])
+    app = create_app(
+        issuer_url=issuer_url,
+        keys_dir=directory / "keys",
+        clients_file=directory / "clients.json",
+        rate_limit=0,
+        store=directory / "state.db",
+    )
+    server = protected_server("math", issuer=issuer_url, resource=resource, metrics=True)
+
+    @server.tool()
+    def add(a: float, b: float) -> float:
+        return a + b
+
+    with (
+        serve_app(app, port=issuer_port),
+        serve_app(server.streamable_http_app(), port=mcp_port),
+    ):
+        answer = httpx2.post(
+            f"{issuer_url}/token",
+            data={"grant_type": "client_credentials", "resource": resource},
+            auth=("adder", secret),
+        )
+        yield resource, answer.json()["access_token"]
+    server.jwt_verifier.close()  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": 7}},
+        [{"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": ["add"]}}],
+        '{"jsonrpc": "2.0", "id": 3, "method": "tools/call", "params": {"name": "add"',
+    ],
+    ids=["number-name", "list-name-in-batch", "cut-json"],
+)
+def test_a_tools_call_refused_as_unreadable_is_audited_and_counted(
+    gate: tuple[str, str], body: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A caller with a valid token whose tools/call is refused because its body cannot be
+    read still leaves a refused tool_call line and a refused count: no refusal goes unseen."""
+    url, token = gate
+    metrics_url = url.removesuffix("/mcp") + "/metrics"
+
+    def refused_count() -> float:
+        text = httpx2.get(metrics_url).text
+        return sum(
+            float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines()
+            if line.startswith("jwtmcp_tool_calls_total{") and 'decision="refused"' in line
+        )
+
+    before = refused_count()
+    raw = body if isinstance(body, str) else json.dumps(body)
+    with caplog.at_level(logging.INFO, logger="jwtmcp.audit"):
+        answer = httpx2.post(
+            url,
+            content=raw.encode(),
+            headers={
+                "Authorization": f"Bearer {token}",
+                "Content-Type": "application/json",
+                "Accept": "application/json, text/event-stream",
+            },
+        )
+    assert answer.status_code == 400, answer.text
+    lines = [line for line in audit_lines(caplog) if line["event"] == "tool_call"]
+    assert [(line["decision"], line["reason"]) for line in lines] == [
+        ("refused", "invalid_request")
+    ]
+    assert lines[0]["sub"] == "adder"
+    assert refused_count() == before + 1
