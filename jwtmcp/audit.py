@@ -114,10 +114,11 @@ class IssuerEvents:
 
 
 def tool_call(
-    caller: VerifiedClaims, tool: str, decision: str, reason: str | None = None
+    caller: VerifiedClaims, tool: str | None, decision: str, reason: str | None = None
 ) -> None:
     """Audit one ``tools/call`` decision of a protected server: ``decision`` is ``allowed``
-    or ``refused``, ``reason`` the refusal code (``insufficient_scope``, ``invalid_request``)."""
+    or ``refused``, ``reason`` the refusal code (``insufficient_scope``, ``invalid_request``).
+    ``tool`` is None for a request whose body could not be read (refused, no name known)."""
     if audit_log.isEnabledFor(logging.INFO):
         client_id = caller.client_id
         _emit(
