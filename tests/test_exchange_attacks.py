@@ -13,14 +13,18 @@ from typing import Any
 
 import httpx2
 import pytest
+from prometheus_client.exposition import generate_latest
 
 from jwtmcp.clients import add_client
 from jwtmcp.issuer import create_app
 from jwtmcp.keys import init_ring
 from jwtmcp.mcp import protected_server
+from jwtmcp.metrics import ServerMetrics
+from jwtmcp.middleware import JwtAuthMiddleware
 from jwtmcp.token_exchange import ACCESS_TOKEN_TYPE, GRANT_TYPE
-from jwtmcp.tokens import split_scope
+from jwtmcp.tokens import mint, split_scope
 from jwtmcp.users import add_user
+from jwtmcp.verifier import Verifier
 from tests.support import free_port, serve_app
 
 A = "http://127.0.0.1:9201/mcp"
@@ -199,3 +203,56 @@ def test_a_tools_call_refused_as_unreadable_is_audited_and_counted(
     ]
     assert lines[0]["sub"] == "adder"
     assert refused_count() == before + 1
+
+
+# --- metrics labels of a server that names no tools ---------------------------------------
+
+
+async def _echo(scope: Any, receive: Any, send: Any) -> None:
+    """A stand-in MCP app behind the middleware: answers every request with ``{}``."""
+    if scope["type"] != "http":
+        return
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": b"{}"})
+
+
+def test_callers_cannot_fill_the_tool_labels_of_a_server_without_a_tool_list(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """A middleware built without ``tools`` labels the first names it sees. A caller whose
+    token grants only ``add`` calls 120 junk names (refused: not granted), some a few KB
+    long: none may become a label (bounded memory and scrape size), and ``add``, called
+    afterwards, must still be counted under its own name, not ``other``."""
+    directory = tmp_path_factory.mktemp("labels")
+    ring = init_ring(directory / "keys")
+    (directory / "jwks.json").write_text(json.dumps(ring.jwks()))
+    port = free_port()
+    resource = f"http://127.0.0.1:{port}/mcp"
+    issuer_url = "http://127.0.0.1:9"
+    verifier = Verifier(
+        issuer=issuer_url, audience=resource, jwks_file=str(directory / "jwks.json")
+    )
+    metrics = ServerMetrics(verifier)
+    app = JwtAuthMiddleware(
+        _echo, verifier=verifier, resource=resource, issuer=issuer_url, metrics=metrics
+    )
+    token = mint(ring, issuer=issuer_url, subject="mallory", audience=resource, tools=("add",))
+    headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+
+    def call(name: str) -> int:
+        body = {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": name}}
+        return httpx2.post(resource, json=body, headers=headers, timeout=10).status_code
+
+    with serve_app(app, port=port):
+        for i in range(120):
+            assert call(f"junk{i}_" + "x" * (4000 if i % 10 == 0 else 10)) == 403
+        assert call("add") == 200
+    text = generate_latest(metrics.registry).decode()
+    labels = [
+        line.split('tool="', 1)[1].split('"', 1)[0]
+        for line in text.splitlines()
+        if line.startswith("jwtmcp_tool_calls_total{")
+    ]
+    assert not [label for label in labels if label.startswith("junk")], labels[:5]
+    assert 'jwtmcp_tool_calls_total{decision="allowed",tool="add"} 1.0' in text
+    verifier.close()
