@@ -606,7 +606,7 @@ class JwtAuthMiddleware:
                 reason = "insufficient_scope" if is_scope_tool_name(name) else "invalid_request"
             audit.tool_call(claims, name, decision, reason)
             if self.metrics is not None:
-                label = await self._tool_labels.label(name)
+                label = await self._tool_labels.label(name, granted=claims.may_call(name))
                 self.metrics.tool_calls.labels(label, decision).inc()
         if refusal is not None:
             with self._tool_span(claims, calls, refusal):
