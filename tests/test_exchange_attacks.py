@@ -77,6 +77,9 @@ def issuer(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Issuer]:
         clients_file, "server-b", tools=[], audiences=[A], resource=B, delegate={A: ["*"]}
     )
     add_user(users_file, "ci-bot", password=PASSWORD, tools=["*"], audiences=[A, B])
+    # And the other way round: a wide client "kiosk" and a narrow user "kiosk".
+    _, secrets["kiosk"] = add_client(clients_file, "kiosk", tools=["*"], audiences=[A, B])
+    add_user(users_file, "kiosk", password=PASSWORD, tools=["search"], audiences=[A, B])
     app = create_app(
         issuer_url="http://127.0.0.1:9200",
         keys_dir=directory / "keys",
@@ -103,6 +106,19 @@ def test_a_chain_from_a_client_token_never_gets_the_allowance_of_a_same_named_us
     assert second.status_code in (200, 400), second.text
     if second.status_code == 200:
         assert split_scope(second.json()["scope"]) == ("tool:search",), second.json()
+
+
+def test_a_first_hop_token_that_may_be_a_same_named_users_gets_no_more_than_the_user(
+    issuer: Issuer,
+) -> None:
+    """A token with ``sub`` = ``client_id`` = ``kiosk`` may be the client's own
+    (client credentials) or the user ``kiosk`` signed in by that client (a clients-file
+    client may run /authorize): the two look alike, so the exchange must not hand the user
+    the client's ``tool:*``."""
+    answer = issuer.exchange("server-a", issuer.client_token("kiosk", A), B)
+    assert answer.status_code in (200, 400), answer.text
+    if answer.status_code == 200:
+        assert split_scope(answer.json()["scope"]) == ("tool:search",), answer.json()
 
 
 def audit_lines(caplog: pytest.LogCaptureFixture) -> list[dict[str, Any]]:
