@@ -329,9 +329,10 @@ class TokenExchangeGrant:
         """What the subject itself may have at ``target``.
 
         A client-credentials token (no ``act``, its ``client_id`` a client of the clients
-        file whose subject is the token's ``sub``) is that client's own allowance; any other
-        first-hop subject is a user of the identity source (the users file), looked up by
-        ``sub``.
+        file whose subject is the token's ``sub``) is that client's own allowance (narrowed
+        by a user of the same name, whom that client may have signed in: the tokens look
+        alike); any other first-hop subject is a user of the identity source (the users
+        file), looked up by ``sub``.
 
         A token that already names an actor no longer says whether its chain began with a
         user or with a machine client (its ``client_id`` is the last actor). Its ``sub`` may
@@ -341,10 +342,6 @@ class TokenExchangeGrant:
         """
         table = self.service.clients.current()
         machine = table.get(subject.client_id) if subject.client_id else None
-        if previous is None and machine is not None and machine.subject == subject.subject:
-            return self._within(
-                target, [(machine.allowed_scopes, machine.audiences, machine.max_ttl)]
-            )
         try:
             identity = self.service.sign_in.identity.lookup(subject.subject)
         except JwtMcpError:
@@ -354,7 +351,11 @@ class TokenExchangeGrant:
             candidates.append(
                 (identity.allowed_scopes, identity.audiences, identity.max_lifetime)
             )
-        if previous is not None:
+        if previous is None and machine is not None and machine.subject == subject.subject:
+            # A client-credentials token, or that same client signing in the same-named
+            # user (the two tokens look alike): the client, and the user if there is one.
+            candidates.append((machine.allowed_scopes, machine.audiences, machine.max_ttl))
+        elif previous is not None:
             # A chain that may have begun with a client-credentials token: its client(s).
             candidates += [
                 (c.allowed_scopes, c.audiences, c.max_ttl)
