@@ -272,3 +272,29 @@ def test_callers_cannot_fill_the_tool_labels_of_a_server_without_a_tool_list(
     assert not [label for label in labels if label.startswith("junk")], labels[:5]
     assert 'jwtmcp_tool_calls_total{decision="allowed",tool="add"} 1.0' in text
     verifier.close()
+
+
+def test_a_tools_call_refused_as_too_large_is_audited(
+    gate: tuple[str, str], caplog: pytest.LogCaptureFixture
+) -> None:
+    """The same for a body over the size bound (413): a verified caller's refused request
+    leaves a refused tool_call line."""
+    url, token = gate
+    name = "x" * (4 * 1024 * 1024)
+    body = {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": name}}
+    with caplog.at_level(logging.INFO, logger="jwtmcp.audit"):
+        answer = httpx2.post(
+            url,
+            content=json.dumps(body).encode(),
+            headers={
+                "Authorization": f"Bearer {token}",
+                "Content-Type": "application/json",
+                "Accept": "application/json, text/event-stream",
+            },
+            timeout=30,
+        )
+    assert answer.status_code == 413, answer.text
+    lines = [line for line in audit_lines(caplog) if line["event"] == "tool_call"]
+    assert [(line["tool"], line["decision"], line["reason"]) for line in lines] == [
+        (None, "refused", "invalid_request")
+    ]
