@@ -517,6 +517,7 @@ class JwtAuthMiddleware:
             try:
                 body = await _read_body(receive, self.max_body_bytes)
             except _BodyTooLarge:
+                await self._unreadable(claims)
                 await _send_json(send, 413, {"error": "request body too large"})
                 return
             calls = called_tools(body)
@@ -614,7 +615,8 @@ class JwtAuthMiddleware:
 
     async def _unreadable(self, claims: VerifiedClaims) -> None:
         """Count and audit a request refused because its body cannot be read while it may
-        name ``tools/call`` (a name that is no string, JSON cut short): a refused call like
+        name ``tools/call`` (a name that is no string, JSON cut short, a body over
+        ``max_body_bytes``): a refused call like
         any other, with no tool name (``tool`` null in the audit line, ``other`` in the
         metric), so a verified caller's probing never goes unseen."""
         reason = "invalid_request"
