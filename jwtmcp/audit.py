@@ -25,7 +25,7 @@ from typing import Any
 from .clients import ClientsWatcher
 from .logfields import client_fields, short_client_id
 from .metrics import PUBLIC_CLIENT, IssuerMetrics
-from .tokens import VerifiedClaims
+from .tokens import Actor, VerifiedClaims
 
 audit_log = logging.getLogger("jwtmcp.audit")
 """The audit logger: INFO lines, one JSON object each."""
@@ -88,20 +88,24 @@ class IssuerEvents:
         if self.metrics is not None:
             self.metrics.tokens_issued.labels(grant_type, self.client_label(client_id)).inc()
         if audit_log.isEnabledFor(logging.INFO):
-            _emit(
-                {
-                    "event": "token_issued",
-                    "time": round(self.clock(), 3),
-                    "grant_type": grant_type,
-                    "sub": claims.get("sub"),
-                    **client_fields(client_id, client_name),
-                    "jti": claims.get("jti"),
-                    "aud": claims.get("aud"),
-                    "scope": claims.get("scope"),
-                    "kid": kid,
-                    "exp": claims.get("exp"),
-                }
-            )
+            fields: dict[str, Any] = {
+                "event": "token_issued",
+                "time": round(self.clock(), 3),
+                "grant_type": grant_type,
+                "sub": claims.get("sub"),
+                **client_fields(client_id, client_name),
+                "jti": claims.get("jti"),
+                "aud": claims.get("aud"),
+                "scope": claims.get("scope"),
+                "kid": kid,
+                "exp": claims.get("exp"),
+            }
+            if "act" in claims:
+                # Who acts for ``sub`` (RFC 8693 §4.1), most recent first: the point of an
+                # exchanged token, which client_id (the last actor only) does not tell.
+                actor = Actor.from_claim(claims["act"])
+                fields["act"] = list(actor.chain) if actor is not None else None
+            _emit(fields)
 
     def token_refused(self, error: str) -> None:
         """Count one refused token request by its OAuth error code (RFC 6749 5.2)."""
@@ -110,10 +114,11 @@ class IssuerEvents:
 
 
 def tool_call(
-    caller: VerifiedClaims, tool: str, decision: str, reason: str | None = None
+    caller: VerifiedClaims, tool: str | None, decision: str, reason: str | None = None
 ) -> None:
     """Audit one ``tools/call`` decision of a protected server: ``decision`` is ``allowed``
-    or ``refused``, ``reason`` the refusal code (``insufficient_scope``, ``invalid_request``)."""
+    or ``refused``, ``reason`` the refusal code (``insufficient_scope``, ``invalid_request``).
+    ``tool`` is None for a request whose body could not be read (refused, no name known)."""
     if audit_log.isEnabledFor(logging.INFO):
         client_id = caller.client_id
         _emit(

@@ -18,6 +18,7 @@ from the objects that hold them, so the hot paths pay only for counters.
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
@@ -36,6 +37,10 @@ OTHER_TOOL = "other"
 """The ``tool`` label of a name that is no tool of the server."""
 MAX_UNLISTED_TOOLS = 100
 """Tool labels kept when the server does not say which tools it has (first come)."""
+MAX_UNLISTED_TOOL_NAME = 128
+"""The longest unlisted name that may become a label (the MCP spec's limit for tool names)."""
+_LABEL_NAME = re.compile(r"[!#-\[\]-~]{1,128}")
+"""An unlisted name that may be a label: a scope token's characters (RFC 6749 §3.3)."""
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 """Histogram buckets (seconds) of request latencies: an RS256 signature takes ~1 ms."""
@@ -282,14 +287,26 @@ class ToolLabels:
         self._known: frozenset[str] = frozenset()
         self._unlisted: set[str] = set()
 
-    async def label(self, name: str) -> str:
-        """The label of ``name`` (str); asks ``names()`` again only for a name not known yet."""
+    async def label(self, name: str, *, granted: bool = True) -> str:
+        """The label of ``name`` (str); asks ``names()`` again only for a name not known yet.
+
+        ``granted`` says whether the caller's token grants the name. Without a tool list,
+        only a granted name of at most :data:`MAX_UNLISTED_TOOL_NAME` scope-token characters
+        may take one of the :data:`MAX_UNLISTED_TOOLS` labels: a name the caller may not
+        call (any string it likes) is ``other``, so it can neither grow a label without
+        bound nor use up the labels of the server's real tools."""
         if name in self._known:
             return name
         names = await self._names()
         if names is None:
-            # No tool list to check against: the first names seen, up to a bound.
-            if name in self._unlisted or len(self._unlisted) < MAX_UNLISTED_TOOLS:
+            # No tool list to check against: the first granted names seen, up to a bound.
+            if name in self._unlisted:
+                return name
+            if (
+                granted
+                and len(self._unlisted) < MAX_UNLISTED_TOOLS
+                and _LABEL_NAME.fullmatch(name) is not None
+            ):
                 self._unlisted.add(name)
                 return name
             return OTHER_TOOL

@@ -43,7 +43,7 @@ from . import audit
 from .errors import KeysUnavailable, TokenError
 from .exchange_client import Caller, TokenExchangeClient
 from .identifiers import canonical_issuer, canonical_resource
-from .metrics import ServerMetrics, ToolLabels
+from .metrics import OTHER_TOOL, ServerMetrics, ToolLabels
 from .strict_json import unique_members
 from .tokens import TOOL_SCOPE_PREFIX, VerifiedClaims
 from .tracing import (
@@ -517,10 +517,12 @@ class JwtAuthMiddleware:
             try:
                 body = await _read_body(receive, self.max_body_bytes)
             except _BodyTooLarge:
+                await self._unreadable(claims)
                 await _send_json(send, 413, {"error": "request body too large"})
                 return
             calls = called_tools(body)
             if calls is None:
+                await self._unreadable(claims)
                 await _send_json(
                     send,
                     400,
@@ -605,11 +607,24 @@ class JwtAuthMiddleware:
                 reason = "insufficient_scope" if is_scope_tool_name(name) else "invalid_request"
             audit.tool_call(claims, name, decision, reason)
             if self.metrics is not None:
-                label = await self._tool_labels.label(name)
+                label = await self._tool_labels.label(name, granted=claims.may_call(name))
                 self.metrics.tool_calls.labels(label, decision).inc()
         if refusal is not None:
             with self._tool_span(claims, calls, refusal):
                 pass
+
+    async def _unreadable(self, claims: VerifiedClaims) -> None:
+        """Count and audit a request refused because its body cannot be read while it may
+        name ``tools/call`` (a name that is no string, JSON cut short, a body over
+        ``max_body_bytes``): a refused call like
+        any other, with no tool name (``tool`` null in the audit line, ``other`` in the
+        metric), so a verified caller's probing never goes unseen."""
+        reason = "invalid_request"
+        audit.tool_call(claims, None, audit.REFUSED, reason)
+        if self.metrics is not None:
+            self.metrics.tool_calls.labels(OTHER_TOOL, audit.REFUSED).inc()
+        with self._tool_span(claims, [], reason):
+            pass
 
     def _tool_span(
         self, claims: VerifiedClaims, calls: list[tuple[Any, str]], refusal: str | None

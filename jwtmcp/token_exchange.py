@@ -334,46 +334,62 @@ class TokenExchangeGrant:
         """What the subject itself may have at ``target``.
 
         A client-credentials token (no ``act``, its ``client_id`` a client of the clients
-        file whose subject is the token's ``sub``) is that client's own allowance; any other
-        subject is a user of the identity source (the users file), looked up by ``sub``.
+        file whose subject is the token's ``sub``) is that client's own allowance (narrowed
+        by a user of the same name, whom that client may have signed in: the tokens look
+        alike); any other first-hop subject is a user of the identity source (the users
+        file), looked up by ``sub``.
+
+        A token that already names an actor no longer says whether its chain began with a
+        user or with a machine client (its ``client_id`` is the last actor). Its ``sub`` may
+        name both a user and clients of the clients file (``demo`` does after the first
+        start), so it gets only what ALL of them allow: never the wider of two principals
+        that share a name.
         """
         table = self.service.clients.current()
         machine = table.get(subject.client_id) if subject.client_id else None
-        if previous is None and machine is not None and machine.subject == subject.subject:
-            scopes, audiences, max_ttl = (
-                machine.allowed_scopes,
-                machine.audiences,
-                machine.max_ttl,
+        try:
+            identity = self.service.sign_in.identity.lookup(subject.subject)
+        except JwtMcpError:
+            identity = None
+        candidates: list[tuple[Sequence[str], Sequence[str], int | None]] = []
+        if identity is not None:
+            candidates.append(
+                (identity.allowed_scopes, identity.audiences, identity.max_lifetime)
             )
-        else:
-            try:
-                identity = self.service.sign_in.identity.lookup(subject.subject)
-            except JwtMcpError:
-                identity = None
-            if identity is None:
-                machines = [c for c in table if c.subject == subject.subject]
-                if previous is None or len(machines) != 1:
-                    raise OAuthError(
-                        SUBJECT_TOKEN_REFUSED,
-                        "the subject token's subject is no longer a user or client of this issuer",
-                    )
-                # A chain that began with a client-credentials token: its one client.
-                scopes, audiences, max_ttl = (
-                    machines[0].allowed_scopes,
-                    machines[0].audiences,
-                    machines[0].max_ttl,
-                )
-            else:
-                scopes, audiences, max_ttl = (
-                    identity.allowed_scopes,
-                    identity.audiences,
-                    identity.max_lifetime,
-                )
-        if target not in audiences:
+        if previous is None and machine is not None and machine.subject == subject.subject:
+            # A client-credentials token, or that same client signing in the same-named
+            # user (the two tokens look alike): the client, and the user if there is one.
+            candidates.append((machine.allowed_scopes, machine.audiences, machine.max_ttl))
+        elif previous is not None:
+            # A chain that may have begun with a client-credentials token: its client(s).
+            candidates += [
+                (c.allowed_scopes, c.audiences, c.max_ttl)
+                for c in table
+                if c.subject == subject.subject
+            ]
+        if not candidates:
+            raise OAuthError(
+                SUBJECT_TOKEN_REFUSED,
+                "the subject token's subject is no longer a user or client of this issuer",
+            )
+        return self._within(target, candidates)
+
+    @staticmethod
+    def _within(
+        target: str, candidates: Sequence[tuple[Sequence[str], Sequence[str], int | None]]
+    ) -> _Allowance:
+        """The allowance every candidate principal grants at ``target``: the resource must be
+        in all their audiences, the scopes are what all of them allow, the lifetime the
+        shortest cap."""
+        if not all(target in audiences for _, audiences, _ in candidates):
             raise OAuthError(
                 "invalid_target", "the token's subject may not use the requested resource"
             )
-        return _Allowance(scopes, max_ttl)
+        scopes: tuple[str, ...] = tuple(candidates[0][0])
+        for other, _, _ in candidates[1:]:
+            scopes = intersect_scopes(scopes, other)
+        caps = [cap for _, _, cap in candidates if cap is not None]
+        return _Allowance(scopes, min(caps) if caps else None)
 
     @staticmethod
     def _scopes(
