@@ -395,6 +395,48 @@ def test_kms_unreachable_answers_503_with_retry_after_and_keeps_serving_the_jwks
             assert "Traceback" not in iss.stderr()
 
 
+def test_kms_unreachable_answers_503_to_a_token_exchange_too(aws_env: None, tmp_path: Path) -> None:
+    # Every grant that signs maps a signer outage to 503 + Retry-After, not only
+    # client_credentials: RFC 8693 token exchange here (a grant added after the signers).
+    from jwtmcp.clients import add_client
+    from jwtmcp.users import add_user
+
+    here, there = "http://127.0.0.1:9101/mcp", "http://127.0.0.1:9102/mcp"
+    ring_dir, work = tmp_path / "keys", tmp_path / "issuer"
+    work.mkdir()
+    _, secret = add_client(
+        work / "clients.json", "server-a", tools=[], audiences=[there],
+        resource=here, delegate={there: ["add"]},
+    )  # fmt: skip
+    add_user(work / "users.json", "alice", password="pw-" + "x" * 20, tools=["add"],
+             audiences=[here, there])  # fmt: skip
+    with moto_server(tmp_path / "moto.log") as (endpoint, emulator):
+        _cli("keys", "init", "--keys", str(ring_dir), *_kms_flags(endpoint))
+        with issuer_process(work, args=["--keys", str(ring_dir)], env=AWS_TEST_ENV) as iss:
+            subject = _cli(
+                "mint", "--keys", str(ring_dir), "--issuer", iss.issuer, "--audience", here,
+                "--subject", "alice", "--tools", "add",
+            ).strip()  # fmt: skip
+            form = {
+                "grant_type": "urn:ietf:params:oauth:grant-type:token-exchange",
+                "subject_token": subject,
+                "subject_token_type": "urn:ietf:params:oauth:token-type:access_token",
+                "resource": there,
+            }
+
+            def exchange() -> httpx2.Response:
+                return httpx2.post(iss.token_url, data=form, auth=("server-a", secret), timeout=30)
+
+            assert exchange().status_code == 200
+            emulator.terminate()
+            emulator.wait(30)
+            answer = exchange()
+            assert answer.status_code == 503, answer.text
+            assert answer.json()["error"] == "temporarily_unavailable"
+            assert int(answer.headers["retry-after"]) >= 1
+            assert "Traceback" not in iss.stderr()
+
+
 class _ClosingServer:
     """A misbehaving KMS on loopback: accepts each connection and closes it at once."""
 
