@@ -49,7 +49,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .clients import DEFAULT_MAX_DELEGATION_DEPTH, Client
-from .errors import JwtMcpError, TokenError, UnknownKid
+from .errors import JwtMcpError, SignerUnavailable, TokenError, UnknownKid
 from .exchange_client import ACCESS_TOKEN_TYPE, GRANT_TYPE
 from .identifiers import canonical_or_none
 from .issuer import (
@@ -60,6 +60,7 @@ from .issuer import (
     _Encoded,
     _json_headers,
     _scope_tokens,
+    signer_unavailable,
 )
 from .jwks import JwksError, PublicKey, parse_jwks
 from .keys import KeyRing, RingWatcher
@@ -453,6 +454,8 @@ class TokenExchangeGrant:
             )
             claims["act"] = act_claim(client.client_id, previous)
             token = sign(claims, key.signing_key)
+        except SignerUnavailable as exc:  # an HSM/KMS outage: 503 + Retry-After, not a 500
+            raise signer_unavailable(exc) from None
         except JwtMcpError as exc:  # a misconfiguration, not the caller's fault
             log.error(json.dumps({"event": "token_error", "error": exc.message}))
             raise OAuthError("server_error", "the token could not be issued", 500) from None
