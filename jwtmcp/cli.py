@@ -157,17 +157,23 @@ def _ring_summary(ring: KeyRing) -> str:
 
 
 def cmd_keys_init(args: argparse.Namespace, clock: Clock) -> int:
+    from .cli_custody import backend_options
+
     directory = keys_dir(args)
+    backend, settings = backend_options(args)
     ring = init_ring(
         directory,
         bits=args.bits,
         max_lifetime=args.max_lifetime,
         leeway=args.leeway,
         clock=clock,
+        backend=backend or "file",
+        backend_settings=settings,
     )
+    where = "" if ring.backend == "file" else f", keys in {ring.backend}"
     print(
         f"created a key ring in {directory} (RSA {ring.active.bits}, "
-        f"tokens live at most {ring.max_lifetime} s)"
+        f"tokens live at most {ring.max_lifetime} s{where})"
     )
     print(f"  active  {ring.active.kid}")
     if ring.next:
@@ -177,8 +183,13 @@ def cmd_keys_init(args: argparse.Namespace, clock: Clock) -> int:
 
 def cmd_keys_rotate(args: argparse.Namespace, clock: Clock) -> int:
     directory = keys_dir(args)
+    from .cli_custody import backend_options
+
     before = load_ring(directory)
-    ring = rotate_ring(directory, bits=args.bits, clock=clock)
+    backend, settings = backend_options(args)
+    ring = rotate_ring(
+        directory, bits=args.bits, clock=clock, backend=backend, backend_settings=settings
+    )
     retired = ring.get(before.active.kid)
     print(f"rotated the key ring in {directory}")
     print(f"  active  {ring.active.kid}  (was next)")
@@ -206,6 +217,8 @@ def _key_rows(ring: KeyRing, now: float) -> list[dict[str, Any]]:
                 "retired_at": key.retired_at,
                 "removable_at": until,
                 "removable_now": until is not None and now >= until,
+                "backend": key.backend,
+                **({"handle": key.handle} if key.handle is not None else {}),
             }
         )
     return rows
@@ -226,7 +239,10 @@ def cmd_keys_list(args: argparse.Namespace, clock: Clock) -> int:
             }
         )
         return 0
-    header = ("KID", "STATE", "BITS", "CREATED", "REMOVABLE")
+    header: tuple[str, ...] = ("KID", "STATE", "BITS", "CREATED", "REMOVABLE")
+    custody = any(row["backend"] != "file" for row in rows)
+    if custody:  # a ring of files only lists as it always did
+        header = ("KID", "STATE", "BITS", "BACKEND", "CREATED", "REMOVABLE")
     table = [header]
     for row in rows:
         until = row["removable_at"]
@@ -236,8 +252,10 @@ def cmd_keys_list(args: argparse.Namespace, clock: Clock) -> int:
             removable = "now (run 'jwtmcp keys prune')"
         else:
             removable = f"after {_utc(until)} (in {_duration(until - now)})"
+        where = (row["backend"],) if custody else ()
         table.append(
-            (row["kid"], row["state"], str(row["bits"]), _utc(row["created_at"]), removable)
+            (row["kid"], row["state"], str(row["bits"]), *where, _utc(row["created_at"]),
+             removable)
         )
     widths = [max(len(r[i]) for r in table) for i in range(len(header) - 1)]
     for r in table:
@@ -703,6 +721,8 @@ Run '{PROG} COMMAND --help' for the flags of each command.
 
 def build_parser() -> argparse.ArgumentParser:
     """The whole ``jwtmcp`` argument tree."""
+    from .cli_custody import add_backend_flags
+
     parser = _Parser(
         prog=PROG,
         description="Short-lived RS256 access tokens with per-tool scopes for MCP servers: "
@@ -767,6 +787,7 @@ examples:
         help="clock-skew allowance added to a retired key's grace period "
         f"(default: {DEFAULT_LEEWAY})",
     )
+    add_backend_flags(p, default="file")
     p.set_defaults(func=cmd_keys_init)
 
     p = keys_cmds.add_parser(
@@ -785,6 +806,7 @@ examples:
         metavar="N",
         help="size of the new next key (default: as active)",
     )
+    add_backend_flags(p, default=None)
     p.set_defaults(func=cmd_keys_rotate)
 
     p = keys_cmds.add_parser(

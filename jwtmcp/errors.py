@@ -37,6 +37,21 @@ class KeyRingError(JwtMcpError):
     code = "key_ring"
 
 
+class SignerUnavailable(KeyRingError):
+    """A key backend (an HSM's PKCS#11 session, a cloud KMS) cannot sign right now.
+
+    The issuer answers 503 ``temporarily_unavailable`` with ``Retry-After: <retry_after>``
+    (seconds); the JWKS keeps being served. The message names the backend and the failure,
+    never a PIN or credential.
+    """
+
+    code = "signer_unavailable"
+
+    def __init__(self, message: str, *, retry_after: int = 5) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
 class ClientsError(JwtMcpError):
     """The clients file is missing, unreadable or a client name is unknown."""
 

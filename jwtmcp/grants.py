@@ -51,6 +51,7 @@ from .errors import (
     ConfigError,
     JwtMcpError,
     OAuthClientError,
+    SignerUnavailable,
     StoreError,
     StoreUnavailable,
 )
@@ -66,6 +67,7 @@ from .issuer import (
     _json_headers,
     _scope_tokens,
     client_credentials,
+    signer_unavailable,
 )
 from .keys import RingWatcher
 from .logfields import client_fields
@@ -368,6 +370,8 @@ class InteractiveGrants:
                 now=self.clock(),
             )
             token = sign(claims, key.signing_key)
+        except SignerUnavailable as exc:
+            raise signer_unavailable(exc) from None
         except JwtMcpError as exc:  # a bad record or setting, not the caller's fault
             log.error(json.dumps({"event": "token_error", "error": exc.message}))
             raise OAuthError("server_error", "the token could not be issued", 500) from None

@@ -52,7 +52,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from .authorize import LoginLimits
 from .cimd import ClientMetadataFetcher
 from .clients import Client, ClientsWatcher, ClientTable, ensure_clients
-from .errors import ConfigError, JwtMcpError
+from .errors import ConfigError, JwtMcpError, SignerUnavailable
 from .identifiers import canonical_issuer, canonical_or_none
 from .keys import KeyRing, RingWatcher, ensure_ring
 from .logfields import client_fields, short_client_id
@@ -260,6 +260,19 @@ class OAuthError(Exception):
         response = Response(body, status)
         response.raw_headers = headers
         return response
+
+
+def signer_unavailable(exc: SignerUnavailable) -> OAuthError:
+    """The answer when the active key's backend cannot sign now (an HSM session error, KMS
+    unreachable): 503 ``temporarily_unavailable`` with ``Retry-After`` (RFC 6749 4.1.2.1),
+    never a 500. The reason (backend and failure, no secret) goes to the log only."""
+    log.error(json.dumps({"event": "signer_unavailable", "error": exc.message}))
+    return OAuthError(
+        "temporarily_unavailable",
+        "the signing key's backend is unavailable; retry shortly",
+        503,
+        {"Retry-After": str(max(1, exc.retry_after))},
+    )
 
 
 _INVALID_CLIENT_HEADERS = {"WWW-Authenticate": 'Basic realm="jwtmcp", charset="UTF-8"'}
@@ -626,6 +639,8 @@ class IssuerService:
                     )
                 )
             body, status, headers = exc.encoded()
+        except SignerUnavailable as exc:  # any grant: the key's HSM or KMS is down
+            body, status, headers = signer_unavailable(exc).encoded()
         except _Disconnected:
             return
         await send({"type": "http.response.start", "status": status, "headers": headers})
@@ -777,6 +792,8 @@ class IssuerService:
                 now=self.clock(),
             )
             token = sign(claims, key.signing_key)
+        except SignerUnavailable as exc:
+            raise signer_unavailable(exc) from None
         except JwtMcpError as exc:  # a misconfiguration, not the caller's fault
             log.error(json.dumps({"event": "token_error", "error": exc.message}))
             raise OAuthError("server_error", "the token could not be issued", 500) from None

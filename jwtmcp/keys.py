@@ -6,6 +6,11 @@ Layout of a ring directory (mode 0700)::
     <kid>.pem        one PKCS#8 PEM private key per key (mode 0600, written atomically)
     .lock            advisory lock taken by every change, so two rotations never interleave
 
+Keys may also live in an HSM (PKCS#11) or a cloud KMS instead of PEM files
+(:mod:`jwtmcp.signers`, docs/key-custody.md): then ``ring.json`` names the backend and the
+key's handle inside it, ``backends`` holds the backends' settings (no secrets), and
+``backend`` the one that makes new keys. The life cycle is the same for every backend.
+
 Life cycle: ``next`` (published, not signing) -> ``active`` (signs; exactly one) ->
 ``retired`` (published, no longer signs) -> removed by ``prune`` once every token it can
 have signed has expired (``retired_at + max_lifetime + leeway``). ``revoke`` removes a key
@@ -18,8 +23,10 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import functools
 import hashlib
 import json
+import logging
 import os
 import re
 import stat
@@ -42,7 +49,10 @@ from .files import (
     release_lock,
     signature_is_settled,
 )
+from .signers import FILE_BACKEND, KeyBackend, Signer, open_backend
 from .tokens import DEFAULT_MAX_LIFETIME, Clock, SigningKey
+
+log = logging.getLogger("jwtmcp.keys")
 
 KeyState = Literal["next", "active", "retired"]
 STATES: tuple[KeyState, ...] = ("next", "active", "retired")
@@ -92,7 +102,8 @@ def rsa_kid(public_key: rsa.RSAPublicKey) -> str:
 
 @dataclass(frozen=True)
 class RingKey:
-    """One key of the ring, with its private key loaded."""
+    """One key of the ring: a file key with its private key loaded, or a key inside a
+    backend (``backend`` names it, ``handle`` is the key's name there, ``signer`` signs)."""
 
     kid: str
     state: KeyState
@@ -103,19 +114,34 @@ class RingKey:
     private_key: rsa.RSAPrivateKey = field(repr=False, compare=False, default=None)  # type: ignore[assignment]
     max_lifetime: int = DEFAULT_MAX_LIFETIME
     """The ring's maximum token lifetime (seconds); :class:`KeyRing` sets it on its keys."""
+    backend: str = FILE_BACKEND
+    """Where the private key lives: ``file`` (a PEM in the ring), ``pkcs11``, ``kms``..."""
+    handle: str | None = None
+    """The key's name inside its backend (None for a file key)."""
+    signer: Signer | None = field(repr=False, compare=False, default=None)
+    """What signs with a backend key (None for a file key: its private key signs)."""
+    public: rsa.RSAPublicKey | None = field(repr=False, compare=False, default=None)
+    """A backend key's public key, read from the backend."""
 
     @property
     def file_name(self) -> str:
         return f"{self.kid}.pem"
 
-    @property
+    @functools.cached_property
     def signing_key(self) -> SigningKey:
-        """This key for :func:`~jwtmcp.mint`, carrying the ring's maximum lifetime."""
-        return SigningKey(self.kid, self.private_key, self.max_lifetime)
+        """This key for :func:`~jwtmcp.mint`, carrying the ring's maximum lifetime (made once
+        per ring snapshot, so minting costs no allocation here)."""
+        return SigningKey(self.kid, self.private_key, self.max_lifetime, signer=self.signer)  # type: ignore[arg-type]
+
+    def public_key(self) -> rsa.RSAPublicKey:
+        """The RSA public key (from the private key of a file key, else from its backend)."""
+        if self.public is not None:
+            return self.public
+        return self.private_key.public_key()
 
     def public_jwk(self) -> dict[str, str]:
         """The public JWK (``kty``, ``n``, ``e``, ``kid``, ``use``, ``alg``), no private part."""
-        jwk = rsa_public_jwk_members(self.private_key.public_key())
+        jwk = rsa_public_jwk_members(self.public_key())
         jwk.update(kid=self.kid, use="sig", alg="RS256")
         return jwk
 
@@ -126,7 +152,7 @@ class RingKey:
         return self.retired_at + max_lifetime + leeway
 
     def _state_entry(self) -> dict[str, Any]:
-        return {
+        entry: dict[str, Any] = {
             "kid": self.kid,
             "state": self.state,
             "bits": self.bits,
@@ -134,6 +160,9 @@ class RingKey:
             "activated_at": self.activated_at,
             "retired_at": self.retired_at,
         }
+        if self.backend != FILE_BACKEND:
+            entry.update(backend=self.backend, handle=self.handle)
+        return entry
 
 
 @dataclass(frozen=True)
@@ -145,6 +174,10 @@ class KeyRing:
     max_lifetime: int = DEFAULT_MAX_LIFETIME
     leeway: int = DEFAULT_LEEWAY
     revision: int = 0
+    backends: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    """Settings of each key backend the ring uses besides files, by name (no secrets)."""
+    backend: str = FILE_BACKEND
+    """The backend new keys are made in (``keys init/rotate --backend``)."""
 
     def __post_init__(self) -> None:
         # Every key carries the ring's maximum, so a token minted with
@@ -193,13 +226,19 @@ class KeyRing:
         return tuple(out)
 
     def _state_document(self) -> dict[str, Any]:
-        return {
+        doc: dict[str, Any] = {
             "version": FORMAT_VERSION,
             "revision": self.revision,
             "max_lifetime": self.max_lifetime,
             "leeway": self.leeway,
-            "keys": [k._state_entry() for k in self.keys],
         }
+        # A ring of files only writes exactly what it always wrote.
+        if self.backend != FILE_BACKEND:
+            doc["backend"] = self.backend
+        if self.backends:
+            doc["backends"] = {name: dict(v) for name, v in self.backends.items()}
+        doc["keys"] = [k._state_entry() for k in self.keys]
+        return doc
 
 
 # --- files -------------------------------------------------------------------------------
@@ -295,6 +334,25 @@ def _parse_state(directory: Path, raw: bytes) -> dict[str, Any]:
             or not _is_time(entry.get("retired_at"), optional=(entry.get("state") != "retired"))
         ):
             raise KeyRingError(f"the key ring state file {where} has an invalid key entry")
+    backends = doc.get("backends", {})
+    if not isinstance(backends, dict) or not all(
+        isinstance(name, str) and name != FILE_BACKEND and isinstance(v, dict)
+        for name, v in backends.items()
+    ):
+        raise KeyRingError(f"the key ring state file {where} has invalid backend settings")
+    new_keys = doc.get("backend", FILE_BACKEND)
+    if new_keys != FILE_BACKEND and new_keys not in backends:
+        raise KeyRingError(f"the key ring state file {where} names an unknown key backend")
+    for entry in keys:
+        backend = entry.get("backend", FILE_BACKEND)
+        if backend != FILE_BACKEND and (
+            backend not in backends
+            or not isinstance(entry.get("handle"), str)
+            or not entry["handle"]
+        ):
+            raise KeyRingError(
+                f"the key ring state file {where} has a key with an unknown backend or no handle"
+            )
     if len({e["kid"] for e in keys}) != len(keys):
         raise KeyRingError(f"the key ring state file {where} lists a key twice")
     actives = sum(1 for e in keys if e["state"] == "active")
@@ -327,6 +385,40 @@ class _KeyFileVanished(KeyRingError):
 
 _key_cache: dict[tuple[str, str], rsa.RSAPrivateKey] = {}
 _key_cache_lock = threading.Lock()
+_public_cache: dict[tuple[int, str], rsa.RSAPublicKey] = {}
+"""Public keys read from backends, by (id of the backend object, handle): a key's public
+half never changes, so a reload of ``ring.json`` asks the backend only for new keys."""
+
+
+def _backend_key(
+    backends: Mapping[str, Mapping[str, Any]], entry: Mapping[str, Any]
+) -> RingKey:
+    """The :class:`RingKey` of a state entry whose private key lives in a backend."""
+    name, handle, kid = entry["backend"], entry["handle"], entry["kid"]
+    backend = open_backend(name, backends[name])
+    cache_key = (id(backend), handle)
+    with _key_cache_lock:
+        public = _public_cache.get(cache_key)
+    if public is None:
+        public = backend.public_key(handle)
+        if rsa_kid(public) != kid:
+            raise KeyRingError(f"{name} key {handle} does not match its kid {kid}")
+        if public.key_size < MIN_BITS:
+            raise KeyRingError(f"{name} key {handle} has {public.key_size} bits; 2048 needed")
+        with _key_cache_lock:
+            _public_cache[cache_key] = public
+    return RingKey(
+        kid=kid,
+        state=entry["state"],
+        created_at=float(entry["created_at"]),
+        bits=public.key_size,
+        activated_at=entry.get("activated_at"),
+        retired_at=entry.get("retired_at"),
+        backend=name,
+        handle=handle,
+        signer=backend.signer(handle),
+        public=public,
+    )
 
 
 def _read_ring(directory: Path) -> KeyRing:
@@ -347,8 +439,12 @@ def _read_ring(directory: Path) -> KeyRing:
     except OSError as exc:
         raise KeyRingError(f"cannot read {state_path}: {exc.strerror}") from None
     doc = _parse_state(directory, raw)
+    backends = doc.get("backends", {})
     keys = []
     for entry in doc["keys"]:
+        if entry.get("backend", FILE_BACKEND) != FILE_BACKEND:
+            keys.append(_backend_key(backends, entry))
+            continue
         kid = entry["kid"]
         path = directory / f"{kid}.pem"
         cache_key = (str(directory.resolve()), kid)
@@ -385,6 +481,8 @@ def _read_ring(directory: Path) -> KeyRing:
         max_lifetime=doc.get("max_lifetime", DEFAULT_MAX_LIFETIME) or DEFAULT_MAX_LIFETIME,
         leeway=doc.get("leeway", DEFAULT_LEEWAY),
         revision=doc.get("revision", 0),
+        backends=backends,
+        backend=doc.get("backend", FILE_BACKEND),
     )
 
 
@@ -408,19 +506,38 @@ def load_ring(directory: str | os.PathLike[str]) -> KeyRing:
     raise AssertionError("unreachable")
 
 
-def _write_ring(ring: KeyRing, new_keys: tuple[RingKey, ...] = ()) -> KeyRing:
-    """Write new PEMs, then the state file; then remove PEMs no key names any more."""
-    ring = replace(ring, revision=ring.revision + 1)
+def _write_ring(
+    ring: KeyRing, new_keys: tuple[RingKey, ...] = (), removed: tuple[RingKey, ...] = ()
+) -> KeyRing:
+    """Write new PEMs, then the state file; then remove PEMs no key names any more, and
+    destroy the ``removed`` keys that live in a backend (the state no longer names them)."""
+    used = {k.backend for k in ring.keys} | {ring.backend}
+    ring = replace(
+        ring,
+        revision=ring.revision + 1,
+        backends={name: v for name, v in ring.backends.items() if name in used},
+    )
     for key in new_keys:
-        atomic_write(ring.directory / key.file_name, _pem(key.private_key))
+        if key.backend == FILE_BACKEND:
+            atomic_write(ring.directory / key.file_name, _pem(key.private_key))
     body = json.dumps(ring._state_document(), indent=2).encode() + b"\n"
     atomic_write(ring.directory / STATE_FILE, body)
     _remove_orphans(ring)
+    for key in removed:
+        if key.backend != FILE_BACKEND and key.handle is not None:
+            try:
+                open_backend(key.backend, ring.backends[key.backend]).destroy_key(key.handle)
+            except KeyRingError as exc:
+                # The key is out of the ring and the JWKS already; only its copy stays.
+                log.warning(
+                    "jwtmcp: key %s left the ring, but its %s key %s was not deleted: %s",
+                    key.kid, key.backend, key.handle, exc.message,
+                )
     return ring
 
 
 def _remove_orphans(ring: KeyRing) -> None:
-    named = {k.file_name for k in ring.keys}
+    named = {k.file_name for k in ring.keys if k.backend == FILE_BACKEND}
     for entry in ring.directory.iterdir():
         name = entry.name
         orphan_pem = (
@@ -442,9 +559,27 @@ def _check_bits(bits: int) -> int:
     return bits
 
 
-def generate_key(state: KeyState, now: float, bits: int = DEFAULT_BITS) -> RingKey:
-    """A new RSA key in ``state``, created at ``now``."""
-    private = rsa.generate_private_key(public_exponent=65537, key_size=_check_bits(bits))
+def generate_key(
+    state: KeyState, now: float, bits: int = DEFAULT_BITS, backend: KeyBackend | None = None
+) -> RingKey:
+    """A new RSA key in ``state``, created at ``now``: in memory (a file key, written by the
+    ring), or generated inside ``backend`` (never leaving it). Raises :class:`KeyRingError`
+    (or :class:`SignerUnavailable`) when the backend cannot make it."""
+    _check_bits(bits)
+    if backend is not None:
+        handle, public = backend.create_key(bits)
+        return RingKey(
+            kid=rsa_kid(public),
+            state=state,
+            created_at=now,
+            bits=public.key_size,
+            activated_at=now if state == "active" else None,
+            backend=backend.name,
+            handle=handle,
+            signer=backend.signer(handle),
+            public=public,
+        )
+    private = rsa.generate_private_key(public_exponent=65537, key_size=bits)
     return RingKey(
         kid=rsa_kid(private.public_key()),
         state=state,
@@ -475,14 +610,18 @@ def init_ring(
     max_lifetime: int = DEFAULT_MAX_LIFETIME,
     leeway: int = DEFAULT_LEEWAY,
     clock: Clock = time.time,
+    backend: str = FILE_BACKEND,
+    backend_settings: Mapping[str, Any] | None = None,
 ) -> KeyRing:
     """Create a ring with one ``active`` and one ``next`` key in ``directory``; return it.
 
     ``bits`` (2048, 3072 or 4096) is the RSA key size; ``max_lifetime`` (seconds, default
     3600) caps every token minted from the ring; ``leeway`` (seconds, default 60) is added
-    to a retired key's grace; ``clock`` returns epoch seconds. Creates the directory (mode
-    0700) if needed. Raises :class:`KeyRingError` if a ring already exists there, or for a
-    bad size, lifetime or leeway.
+    to a retired key's grace; ``clock`` returns epoch seconds. ``backend`` (``file``, the
+    default, ``pkcs11``, ``kms`` or a plugged-in one) is where the keys are generated and
+    stay, configured by ``backend_settings`` (docs/key-custody.md). Creates the directory
+    (mode 0700) if needed. Raises :class:`KeyRingError` if a ring already exists there, for
+    a bad size, lifetime, leeway or backend setting, or when the backend cannot make keys.
     """
     path = Path(directory)
     _check_bits(bits)
@@ -494,31 +633,73 @@ def init_ring(
     with _locked(path):
         if (path / STATE_FILE).exists():
             raise KeyRingError(f"a key ring already exists in {path}; use 'jwtmcp keys rotate'")
+        maker, backends = _backend_for_new_keys(backend, backend_settings, {})
         now = clock()
-        new = (generate_key("active", now, bits), generate_key("next", now, bits))
-        ring = KeyRing(path, new, max_lifetime=max_lifetime, leeway=leeway)
+        new = (
+            generate_key("active", now, bits, maker),
+            generate_key("next", now, bits, maker),
+        )
+        ring = KeyRing(
+            path, new, max_lifetime=max_lifetime, leeway=leeway, backends=backends,
+            backend=backend,
+        )
         return _write_ring(ring, new)
 
 
+def _backend_for_new_keys(
+    name: str,
+    settings: Mapping[str, Any] | None,
+    backends: Mapping[str, Mapping[str, Any]],
+) -> tuple[KeyBackend | None, dict[str, Mapping[str, Any]]]:
+    """The backend that makes new keys (None: files) and the ring's backend settings with
+    its settings in them."""
+    out = dict(backends)
+    if name == FILE_BACKEND:
+        return None, out
+    if settings is None:
+        settings = backends.get(name, {})
+    backend = open_backend(name, settings)
+    out[name] = backend.settings()
+    return backend, out
+
+
+def _maker(ring: KeyRing) -> KeyBackend | None:
+    if ring.backend == FILE_BACKEND:
+        return None
+    return open_backend(ring.backend, ring.backends[ring.backend])
+
+
 def rotate_ring(
-    directory: str | os.PathLike[str], *, bits: int | None = None, clock: Clock = time.time
+    directory: str | os.PathLike[str],
+    *,
+    bits: int | None = None,
+    clock: Clock = time.time,
+    backend: str | None = None,
+    backend_settings: Mapping[str, Any] | None = None,
 ) -> KeyRing:
     """Promote ``next`` to ``active``, retire the old ``active``, make a new ``next``.
 
     Verifiers already hold the new active key (it was published as ``next``), so tokens it
     signs verify without a JWKS refetch. ``bits`` sets the new next key's size (default: the
-    size of the current active key). Returns the new ring; raises :class:`KeyRingError` as
-    :func:`load_ring` does, or for a bad size.
+    size of the current active key). ``backend`` (with ``backend_settings``, or the ring's
+    settings of that backend) moves the making of new keys there from now on: the new
+    ``next`` key is made in it and signs from the rotation after this one. Returns the new
+    ring; raises :class:`KeyRingError` as :func:`load_ring` does, for a bad size, or when
+    the backend cannot make a key.
     """
     path = Path(directory)
     with _locked(path):
         ring = load_ring(path)
+        if backend is not None:
+            _, backends = _backend_for_new_keys(backend, backend_settings, ring.backends)
+            ring = replace(ring, backend=backend, backends=backends)
+        maker = _maker(ring)
         now = clock()
         old_active = ring.active
         size = _check_bits(bits if bits is not None else max(old_active.bits, DEFAULT_BITS))
-        promoted = ring.next or generate_key("next", now, size)
+        promoted = ring.next or generate_key("next", now, size, maker)
         created = [] if ring.next else [promoted]
-        new_next = generate_key("next", now, size)
+        new_next = generate_key("next", now, size, maker)
         created.append(new_next)
         keys = []
         for key in ring.keys:
@@ -550,21 +731,22 @@ def revoke_key(
         if target is None:
             raise KeyRingError(f"no key with kid {kid!r} in the ring at {path}")
         now = clock()
+        maker = _maker(ring)
         keys = [k for k in ring.keys if k.kid != kid]
         created: list[RingKey] = []
         size = max(target.bits, DEFAULT_BITS)
         if target.state == "active":
             nxt = next((k for k in keys if k.state == "next"), None)
             if nxt is None:
-                nxt = generate_key("next", now, size)
+                nxt = generate_key("next", now, size, maker)
                 created.append(nxt)
                 keys.append(nxt)
             keys = [replace(k, state="active", activated_at=now) if k is nxt else k for k in keys]
         if not any(k.state == "next" for k in keys):
-            fresh = generate_key("next", now, size)
+            fresh = generate_key("next", now, size, maker)
             created.append(fresh)
             keys.append(fresh)
-        return _write_ring(replace(ring, keys=tuple(keys)), tuple(created))
+        return _write_ring(replace(ring, keys=tuple(keys)), tuple(created), (target,))
 
 
 def prune_ring(
@@ -583,7 +765,8 @@ def prune_ring(
         if not gone:
             return ring, ()
         kept = tuple(k for k in ring.keys if k.kid not in gone)
-        return _write_ring(replace(ring, keys=kept)), tuple(sorted(gone))
+        removed = tuple(k for k in ring.keys if k.kid in gone)
+        return _write_ring(replace(ring, keys=kept), (), removed), tuple(sorted(gone))
 
 
 def ensure_ring(

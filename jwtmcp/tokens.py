@@ -17,12 +17,11 @@ from typing import Any, Protocol
 
 import orjson
 import pybase64
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import padding
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 
 from .errors import ConfigError
 from .identifiers import canonical_issuer, canonical_resources
+from .signers import FileSigner, Signer
 
 Clock = Callable[[], float]
 """Seconds since the epoch. Injected everywhere time matters, so tests never sleep."""
@@ -244,13 +243,26 @@ class VerifiedClaims:
 
 @dataclass(frozen=True)
 class SigningKey:
-    """What minting needs from a key: its kid, the RSA private key, and the longest
-    lifetime (seconds) a token it signs may have — its ring's maximum, which the ring's
-    verifiers enforce (``Verifier(max_lifetime=...)``)."""
+    """What minting needs from a key: its kid, what signs, and the longest lifetime
+    (seconds) a token it signs may have — its ring's maximum, which the ring's verifiers
+    enforce (``Verifier(max_lifetime=...)``).
+
+    ``SigningKey(kid, private_key)`` signs with an RSA private key in memory (a file key);
+    ``SigningKey(kid, signer=...)`` with any :class:`~jwtmcp.signers.Signer` (a key in an
+    HSM or a KMS), whose ``sign`` may raise :class:`~jwtmcp.errors.SignerUnavailable`.
+    Raises :class:`ConfigError` when given neither.
+    """
 
     kid: str
-    private_key: RSAPrivateKey = field(repr=False)
+    private_key: RSAPrivateKey | None = field(default=None, repr=False)
     max_lifetime: int = DEFAULT_MAX_LIFETIME
+    signer: Signer = field(default=None, repr=False, compare=False)  # type: ignore[assignment]
+
+    def __post_init__(self) -> None:
+        if self.signer is None:
+            if self.private_key is None:
+                raise ConfigError("a SigningKey needs a private key or a signer")
+            object.__setattr__(self, "signer", FileSigner(self.private_key))
 
 
 class HasSigningKey(Protocol):
@@ -409,8 +421,6 @@ def _check_json_members(value: object, depth: int) -> None:
             _check_json_members(member, depth + 1)
 
 
-_PKCS1V15 = padding.PKCS1v15()
-_SHA256 = hashes.SHA256()
 _COMPACT_JSON = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
 _PLAIN_TYPES = frozenset({str, int})
 _DEL = b"\x7f"
@@ -462,11 +472,12 @@ def sign(claims: Mapping[str, Any], key: SigningKey) -> str:
     about 10% of a mint. The header of each kid is encoded once.
 
     Raises :class:`ConfigError` when the token would be longer than
-    :data:`MAX_TOKEN_BYTES`, which verifiers refuse by default.
+    :data:`MAX_TOKEN_BYTES`, which verifiers refuse by default, and
+    :class:`~jwtmcp.errors.SignerUnavailable` when the key's HSM or KMS cannot sign now.
     """
     payload = _b64url(_claims_json(claims))
     signing_input = _header_segment(key.kid) + payload
-    signature = key.private_key.sign(signing_input, _PKCS1V15, _SHA256)
+    signature = key.signer.sign(signing_input)
     token = (signing_input + b"." + _b64url(signature)).decode("ascii")
     if len(token) > MAX_TOKEN_BYTES:
         raise ConfigError(

@@ -15,7 +15,8 @@ CPU figures are measured round-robin: each benchmark runs for a short slice in t
 several rounds, and the best slice counts. ``/token`` runs against a real ``jwtmcp serve``
 subprocess (one worker) on loopback, for ``client_credentials`` and for the sign-in grants
 (``authorization_code`` exchanges and ``refresh_token`` rotations, see :func:`sign_in_http`);
-``tools/call`` goes through the official MCP SDK client
+and with the ring's keys in custody (:func:`key_custody_http`: PEM files, a SoftHSM2 token
+over PKCS#11, moto's KMS emulator); ``tools/call`` goes through the official MCP SDK client
 to a real MCP server subprocess, plain and protected, alternating between the two.
 Everything binds 127.0.0.1 and is bounded in time.
 """
@@ -33,6 +34,7 @@ import os
 import platform
 import sqlite3
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -53,6 +55,8 @@ from _harness import (  # noqa: E402
     LOOPBACK,
     Issuer,
     McpServer,
+    Process,
+    child_env,
     free_port,
     percentile,
     proc_cpu_seconds,
@@ -602,6 +606,111 @@ def replica_lines(results: dict[str, Any]) -> list[str]:
     return lines
 
 
+# --- /token with keys in custody: files, PKCS#11 (SoftHSM2), KMS (moto's emulator) ---------
+
+SOFTHSM_MODULE = "/usr/lib/softhsm/libsofthsm2.so"
+
+
+def key_custody_http(workdir: Path, settings: Settings) -> dict[str, Any]:
+    """``POST /token`` per second on one ``jwtmcp serve`` worker whose ring keys are PEM
+    files, keys inside a SoftHSM2 token (PKCS#11), or keys in moto's KMS emulator, each
+    measured as :func:`token_http` does (best round; wall-clock and per server CPU-second).
+
+    The PKCS#11 and KMS signers block the worker for each signature (a call into the token,
+    an HTTP round trip to KMS), so these rows show what custody costs per token. A backend
+    whose engine is missing (Debian's ``softhsm2``, ``moto[server]``) is reported as such.
+    """
+    out: dict[str, Any] = {}
+    with contextlib.ExitStack() as stack:
+        backends: list[tuple[str, list[str], dict[str, str]]] = [("file", [], {})]
+        try:
+            backends.append(("pkcs11", *_softhsm_token(workdir / "softhsm")))
+        except (OSError, RuntimeError, subprocess.SubprocessError) as exc:
+            out["token_http_pkcs11_unavailable"] = f"{type(exc).__name__}: {exc}"
+        try:
+            backends.append(("kms", *_kms_emulator(workdir / "moto", stack)))
+        except (OSError, RuntimeError) as exc:
+            out["token_http_kms_unavailable"] = f"{type(exc).__name__}: {exc}"
+        for name, flags, env in backends:
+            saved = {k: os.environ.get(k) for k in env}
+            os.environ.update(env)  # the issuer and the CLI inherit it (PIN, AWS settings)
+            try:
+                issuer = Issuer(workdir / f"custody-{name}", rate_limit=0)
+                issuer.workdir.mkdir(parents=True, exist_ok=True)
+                issuer.cli("keys", "init", *flags)
+                secret = issuer.add_client("bench", tools=TOOLS, audiences=[AUDIENCE])
+                figures = _token_rounds(issuer, secret, settings)
+            finally:
+                for k, v in saved.items():
+                    if v is None:
+                        os.environ.pop(k, None)
+                    else:
+                        os.environ[k] = v
+            out[f"token_http_{name}_keys_per_s"] = figures.get("per_s")
+            out[f"token_http_{name}_keys_per_server_cpu_s"] = figures.get("per_cpu_s")
+    for name in ("pkcs11", "kms"):
+        out[f"token_http_{name}_vs_file_keys"] = _ratio(
+            out, f"token_http_{name}_keys_per_s", "token_http_file_keys_per_s"
+        )
+    return out
+
+
+def _token_rounds(issuer: Issuer, secret: str, settings: Settings) -> dict[str, float]:
+    """The best round of ``/token`` bursts against ``issuer`` (started and stopped here)."""
+    best: dict[str, float] = {}
+    with running(issuer):
+        assert issuer.process is not None
+        pid = issuer.process.pid
+        auth = "Basic " + base64.b64encode(f"bench:{secret}".encode()).decode()
+        body = urlencode({"grant_type": "client_credentials", "resource": AUDIENCE}).encode()
+        headers = {"Authorization": auth, "Content-Type": "application/x-www-form-urlencoded"}
+        _token_burst(issuer.port, body, headers, 1, 0.5)  # warm-up: key load, the session
+        for _ in range(settings.http_rounds):
+            cpu0 = proc_cpu_seconds(pid)
+            t0 = time.perf_counter()
+            ok, failed = _token_burst(issuer.port, body, headers, settings.http_connections,
+                                      settings.http_seconds)
+            elapsed = time.perf_counter() - t0
+            cpu1 = proc_cpu_seconds(pid)
+            if failed:
+                raise RuntimeError(f"/token failed {failed} times during the benchmark")
+            best["per_s"] = max(best.get("per_s", 0.0), ok / elapsed)
+            if cpu0 is not None and cpu1 is not None and cpu1 > cpu0:
+                best["per_cpu_s"] = max(best.get("per_cpu_s", 0.0), ok / (cpu1 - cpu0))
+    return best
+
+
+def _softhsm_token(directory: Path) -> tuple[list[str], dict[str, str]]:
+    """A fresh SoftHSM2 token; (``keys init`` flags, environment) for a ring inside it."""
+    if not Path(SOFTHSM_MODULE).exists():
+        raise RuntimeError("Debian's softhsm2 is not installed (scripts/test-deps installs it)")
+    (directory / "tokens").mkdir(parents=True)
+    conf = directory / "softhsm2.conf"
+    conf.write_text(f"directories.tokendir = {directory / 'tokens'}\n"
+                    "objectstore.backend = file\nlog.level = ERROR\n")
+    pin = "bench-" + os.urandom(6).hex()
+    env = {"SOFTHSM2_CONF": str(conf), "JWTMCP_PKCS11_PIN": pin}
+    subprocess.run(["softhsm2-util", "--init-token", "--free", "--label", "bench",
+                    "--pin", pin, "--so-pin", pin], env={**os.environ, **env},
+                   capture_output=True, check=True, timeout=60)
+    flags = ["--backend", "pkcs11", "--pkcs11-module", SOFTHSM_MODULE, "--pkcs11-token", "bench"]
+    return flags, env
+
+
+def _kms_emulator(directory: Path, stack: contextlib.ExitStack) -> tuple[list[str], dict[str, str]]:
+    """moto's KMS server on loopback (stopped with ``stack``); (flags, environment)."""
+    directory.mkdir(parents=True)
+    port = free_port()
+    url = f"http://{LOOPBACK}:{port}"
+    emulator = Process("moto", [sys.executable, "-m", "moto.server", "-H", LOOPBACK,
+                                "-p", str(port)], directory / "moto.log", env=child_env())
+    stack.callback(emulator.stop)
+    emulator.start_until_up(url + "/moto-api/")
+    env = {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench",
+           "AWS_REGION": "us-east-1", "AWS_DEFAULT_REGION": "us-east-1"}
+    return ["--backend", "kms", "--kms-endpoint-url", url], env
+
+
 # --- the sign-in grants over HTTP ----------------------------------------------------------
 
 REDIRECT_URI = "http://127.0.0.1:33418/callback"
@@ -877,7 +986,7 @@ def run(settings: Settings, replicas: bool | None = None) -> dict[str, Any]:
             log("bench: verified-token cache memory ...")
             results.update(cache_memory(world, verifier_cls, settings.fill_cache))
         for name, fn in (("token_http", token_http), ("sign_in_http", sign_in_http),
-                         ("tools_call", tools_call)):
+                         ("tools_call", tools_call), ("key_custody_http", key_custody_http)):
             log(f"bench: {name} ...")
             try:
                 results.update(fn(workdir, settings))
@@ -981,6 +1090,12 @@ def table(results: dict[str, Any]) -> str:
          ratio("code_exchange_http_vs_raw_sign"), "code_exchange_http_vs_raw_sign"),
         ("refresh grant, 1 worker, per server CPU-s", rate("refresh_http_per_server_cpu_s"),
          ratio("refresh_http_vs_raw_sign"), "refresh_http_vs_raw_sign"),
+        ("POST /token, file keys, per wall second", rate("token_http_file_keys_per_s"),
+         "1.00", "baseline"),
+        ("POST /token, PKCS#11 (SoftHSM2) keys", rate("token_http_pkcs11_keys_per_s"),
+         ratio("token_http_pkcs11_vs_file_keys"), ""),
+        ("POST /token, KMS keys (moto emulator)", rate("token_http_kms_keys_per_s"),
+         ratio("token_http_kms_vs_file_keys"), ""),
         ("tools/call p50, no auth", ms("tools_call_p50_ms_noauth"), "1.00", "baseline"),
         ("tools/call p50, jwtmcp auth", ms("tools_call_p50_ms_auth"),
          ratio("tools_call_p50_auth_vs_noauth"), "tools_call_p50_auth_vs_noauth"),
@@ -1010,6 +1125,10 @@ def table(results: dict[str, Any]) -> str:
     lines.extend(replica_lines(results))
     for name, why in results.get("unavailable", {}).items():
         lines.append(f"not measured: {name}: {why}")
+    for name in ("pkcs11", "kms"):
+        if results.get(f"token_http_{name}_unavailable"):
+            lines.append(f"not measured: /token with {name} keys: "
+                         f"{results[f'token_http_{name}_unavailable']}")
     lines.append(f"({'quick' if results['quick'] else 'full'} run, {results['seconds']} s, "
                  f"Python {results['python']}, {results['machine']})")
     return "\n".join(lines)

@@ -58,6 +58,11 @@ def test_bench_quick_json_reports_every_figure_and_target() -> None:
         assert target["ratio"] == round(result[key], 3), (key, target)
         assert isinstance(target["holds"], bool), (key, target)
     assert result["cache_memory_mb_at_default_size"] > 0
+    # /token with keys in custody: files, PKCS#11 (SoftHSM2) and moto's KMS emulator.
+    for backend in ("file", "pkcs11", "kms"):
+        value = result.get(f"token_http_{backend}_keys_per_s")
+        why = result.get(f"token_http_{backend}_unavailable")
+        assert isinstance(value, int | float) and value > 0, (backend, value, why)
 
 
 def test_bench_table_is_the_default_output() -> None:

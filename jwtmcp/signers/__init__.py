@@ -1,0 +1,180 @@
+"""Signers: where a ring key's private half lives and how it signs.
+
+A :class:`Signer` is one RSA private key that makes RS256 signatures (RSASSA-PKCS1-v1_5
+with SHA-256, RFC 7518 3.3) and tells its public key. :func:`jwtmcp.tokens.sign` calls
+``signer.sign(signing_input)`` once per token, whatever holds the key:
+
+- files (the default): :class:`FileSigner` over a PEM the ring loaded; no I/O per token;
+- a PKCS#11 token (an HSM, a cloud HSM, SoftHSM2): :mod:`jwtmcp.signers.pkcs11`;
+- AWS KMS: :mod:`jwtmcp.signers.kms`.
+
+A :class:`KeyBackend` makes keys inside its custody and finds them again by a *handle*
+(the string the ring's state file stores instead of a PEM file). Backends are chosen by
+name through :func:`open_backend`; a backend from another package plugs in through the
+``jwtmcp.key_backends`` entry point group (docs/key-custody.md).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable, Mapping
+from importlib import import_module
+from typing import Any, Protocol, runtime_checkable
+
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
+
+from ..errors import KeyRingError, SignerUnavailable
+
+__all__ = [
+    "BUILTIN_BACKENDS",
+    "FileSigner",
+    "KeyBackend",
+    "Signer",
+    "SignerUnavailable",
+    "backend_names",
+    "open_backend",
+]
+
+FILE_BACKEND = "file"
+"""The backend of keys kept as PEM files in the ring directory (no entry in the state)."""
+
+BUILTIN_BACKENDS: Mapping[str, str] = {
+    "pkcs11": "jwtmcp.signers.pkcs11:Pkcs11Backend",
+    "kms": "jwtmcp.signers.kms:KmsBackend",
+}
+"""Backends jwtmcp ships, by name: ``module:factory``, imported only when a ring uses them."""
+
+PKCS11_DEFAULT_PIN_ENV = "JWTMCP_PKCS11_PIN"
+"""The environment variable the ``pkcs11`` backend reads the user PIN from by default."""
+
+ENTRY_POINT_GROUP = "jwtmcp.key_backends"
+"""Other packages register ``name = "module:Factory"`` in this entry point group."""
+
+
+@runtime_checkable
+class Signer(Protocol):
+    """One RSA private key that signs RS256.
+
+    ``sign(data)`` returns the RSASSA-PKCS1-v1_5 SHA-256 signature (RFC 8017 8.2) of
+    ``data`` (bytes: the JWS signing input, RFC 7515 5.1), as many bytes as the modulus.
+    It raises :class:`~jwtmcp.errors.SignerUnavailable` when the key's custody cannot be
+    reached or refuses for a reason that may pass (the issuer answers 503 + Retry-After),
+    never another exception. It must be safe to call from several threads.
+    ``public_key()`` returns the RSA public key (the JWKS and the kid, RFC 7638, come from
+    it).
+    """
+
+    def sign(self, data: bytes) -> bytes: ...
+
+    def public_key(self) -> rsa.RSAPublicKey: ...
+
+
+_PKCS1V15 = padding.PKCS1v15()
+_SHA256 = hashes.SHA256()
+
+
+class FileSigner:
+    """A :class:`Signer` over an RSA private key in memory (a ring's PEM file)."""
+
+    __slots__ = ("_key",)
+
+    def __init__(self, private_key: rsa.RSAPrivateKey) -> None:
+        self._key = private_key
+
+    def sign(self, data: bytes) -> bytes:
+        return self._key.sign(data, _PKCS1V15, _SHA256)
+
+    def public_key(self) -> rsa.RSAPublicKey:
+        return self._key.public_key()
+
+
+class KeyBackend(Protocol):
+    """A place that keeps private keys and signs with them (an HSM, a KMS, a transit engine).
+
+    Built by a factory called with the backend's settings (the JSON object the ring's state
+    file keeps under ``backends.<name>``: no secrets, only where to find them), and then:
+
+    - ``name``: the backend's name (``"pkcs11"``, ``"kms"``...).
+    - ``settings()``: the JSON-ready settings to store in the state file (the same that
+      rebuild this backend).
+    - ``create_key(bits)``: generate a new RSA key of ``bits`` (2048, 3072 or 4096) inside
+      the custody, never exported; return its handle (a string naming it in the backend,
+      stored in the state file) and its public key.
+    - ``public_key(handle)``: the public key of an existing key.
+    - ``signer(handle)``: a :class:`Signer` for it (may connect lazily, at the first sign).
+    - ``destroy_key(handle)``: delete the key (or schedule its deletion); called after the
+      state file no longer names it (prune, revoke).
+
+    Every method raises :class:`~jwtmcp.errors.KeyRingError` with a one-line reason for a
+    bad setting or a missing key, and :class:`~jwtmcp.errors.SignerUnavailable` when the
+    custody cannot be reached. Messages never hold a PIN, a password or a credential.
+    """
+
+    name: str
+
+    def settings(self) -> dict[str, Any]: ...
+
+    def create_key(self, bits: int) -> tuple[str, rsa.RSAPublicKey]: ...
+
+    def public_key(self, handle: str) -> rsa.RSAPublicKey: ...
+
+    def signer(self, handle: str) -> Signer: ...
+
+    def destroy_key(self, handle: str) -> None: ...
+
+
+BackendFactory = Callable[[Mapping[str, Any]], KeyBackend]
+
+_backends: dict[str, KeyBackend] = {}
+_backends_lock = threading.Lock()
+
+
+def _entry_points() -> list[Any]:
+    from importlib.metadata import entry_points  # only when a ring names a plugged-in backend
+
+    return list(entry_points(group=ENTRY_POINT_GROUP))
+
+
+def _factory(name: str) -> BackendFactory:
+    target = BUILTIN_BACKENDS.get(name)
+    if target is None:
+        found = [ep for ep in _entry_points() if ep.name == name]
+        if not found:
+            raise KeyRingError(
+                f"unknown key backend {name!r}; known: "
+                + ", ".join([FILE_BACKEND, *backend_names()])
+            )
+        loaded: BackendFactory = found[0].load()
+        return loaded
+    module_name, _, attribute = target.partition(":")
+    module = import_module(module_name)
+    factory: BackendFactory = getattr(module, attribute)
+    return factory
+
+
+def backend_names() -> tuple[str, ...]:
+    """The names of the key backends this installation knows (besides ``file``)."""
+    names = dict.fromkeys(BUILTIN_BACKENDS)
+    names.update(dict.fromkeys(ep.name for ep in _entry_points()))
+    return tuple(names)
+
+
+def open_backend(name: str, settings: Mapping[str, Any]) -> KeyBackend:
+    """The backend ``name`` built from ``settings``, one object per process for equal
+    settings (so one PKCS#11 session or one KMS client serves every key of a ring).
+
+    Raises :class:`~jwtmcp.errors.KeyRingError` for an unknown name, a backend whose
+    optional package is missing (naming the ``pip install 'jwtmcp[...]'`` that adds it), or
+    invalid settings.
+    """
+    if not isinstance(settings, Mapping):
+        raise KeyRingError(f"the settings of key backend {name!r} must be a JSON object")
+    cache_key = name + "\0" + json.dumps(dict(settings), sort_keys=True, default=str)
+    with _backends_lock:
+        backend = _backends.get(cache_key)
+        if backend is None:
+            backend = _factory(name)(settings)
+            _backends[cache_key] = backend
+    return backend

@@ -1,0 +1,255 @@
+"""Ring keys inside AWS KMS (``boto3``): ``CreateKey``, ``GetPublicKey``, ``Sign``.
+
+A key is made by ``CreateKey`` (``KeySpec`` ``RSA_2048``/``RSA_3072``/``RSA_4096``,
+``KeyUsage`` ``SIGN_VERIFY``); its handle is the KMS ``KeyId``. Tokens are signed by
+``Sign`` with ``RSASSA_PKCS1_V1_5_SHA_256`` over the JWS signing input itself
+(``MessageType`` ``RAW``); an input above KMS's 4096-byte limit for RAW messages (a token
+with many extra claims) is sent as its SHA-256 (``MessageType`` ``DIGEST``), which gives the
+same signature. Pruned and revoked keys get ``ScheduleKeyDeletion`` (7 days, the shortest
+window AWS allows; ``CancelKeyDeletion`` undoes it).
+
+Settings (the ring's ``backends.kms`` object), all optional: ``region`` and ``profile``
+(else the standard AWS settings: ``AWS_REGION``/``AWS_DEFAULT_REGION``, ``AWS_PROFILE``,
+``~/.aws/config``), ``endpoint_url`` (a KMS-compatible endpoint, e.g. an emulator or a VPC
+endpoint) and ``timeout`` (seconds for connecting and for an answer, default 5). Credentials
+always come from the standard AWS chain (environment, profile, instance or pod role), never
+from the ring.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import threading
+import time
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from ..errors import KeyRingError, SignerUnavailable
+
+try:
+    import boto3  # type: ignore[import-untyped]
+    import botocore.config  # type: ignore[import-untyped]
+    import botocore.exceptions  # type: ignore[import-untyped]
+except ImportError:  # pragma: no cover - the error names the extra to install
+    boto3 = None
+
+NAME = "kms"
+SIGNING_ALGORITHM = "RSASSA_PKCS1_V1_5_SHA_256"
+MAX_RAW_MESSAGE = 4096
+"""The longest message KMS ``Sign`` takes with ``MessageType`` RAW (bytes)."""
+DEFAULT_TIMEOUT = 5.0
+DELETION_WINDOW_DAYS = 7
+RETRY_AFTER = 5
+
+T = TypeVar("T")
+
+_UNAVAILABLE_CODES = frozenset(
+    {
+        "DependencyTimeoutException",
+        "KMSInternalException",
+        "KeyUnavailableException",
+        "ThrottlingException",
+        "LimitExceededException",
+        "ServiceUnavailable",
+        "ServiceUnavailableException",
+        "InternalFailure",
+        "RequestTimeout",
+        "RequestTimeoutException",
+    }
+)
+
+
+class KmsBackend:
+    """The ``kms`` :class:`~jwtmcp.signers.KeyBackend`: one KMS client per process."""
+
+    name = NAME
+
+    def __init__(self, settings: Mapping[str, Any]) -> None:
+        if boto3 is None:
+            raise KeyRingError("the kms key backend needs boto3: pip install 'jwtmcp[kms]'")
+        for name in ("region", "profile", "endpoint_url"):
+            value = settings.get(name)
+            if value is not None and (not isinstance(value, str) or not value):
+                raise KeyRingError(f"the kms key backend's {name!r} must be a non-empty string")
+        timeout = settings.get("timeout", DEFAULT_TIMEOUT)
+        if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not (
+            0 < timeout <= 120
+        ):
+            raise KeyRingError("the kms key backend's 'timeout' must be 0 < seconds <= 120")
+        self.region: str | None = settings.get("region")
+        self.profile: str | None = settings.get("profile")
+        self.endpoint_url: str | None = settings.get("endpoint_url")
+        self.timeout = float(timeout)
+        self._client: Any = None
+        self._lock = threading.Lock()
+        self.monotonic: Callable[[], float] = time.monotonic
+        """Seconds from any origin, for the fail-fast window (tests set a fake clock)."""
+        self._down_until = 0.0
+        self._down_reason = ""
+
+    def settings(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for name in ("region", "profile", "endpoint_url"):
+            if getattr(self, name) is not None:
+                out[name] = getattr(self, name)
+        if self.timeout != DEFAULT_TIMEOUT:
+            out["timeout"] = self.timeout
+        return out
+
+    def _where(self) -> str:
+        return f"AWS KMS at {self.endpoint_url}" if self.endpoint_url else "AWS KMS"
+
+    def client(self) -> Any:
+        """The boto3 KMS client (made once; boto3 clients are thread-safe)."""
+        if self._client is None:
+            with self._lock:
+                if self._client is None:
+                    try:
+                        # AWS_REGION is the SDKs' common name; boto3 itself reads
+                        # AWS_DEFAULT_REGION (and the profile's region) when it is unset.
+                        region = self.region or os.environ.get("AWS_REGION") or None
+                        session = boto3.session.Session(
+                            region_name=region, profile_name=self.profile
+                        )
+                        self._client = session.client(
+                            "kms",
+                            endpoint_url=self.endpoint_url,
+                            config=botocore.config.Config(
+                                connect_timeout=self.timeout,
+                                read_timeout=self.timeout,
+                                retries={"max_attempts": 2, "mode": "standard"},
+                            ),
+                        )
+                    except botocore.exceptions.NoRegionError:
+                        raise KeyRingError(
+                            "the kms key backend needs a region: set AWS_REGION (or "
+                            "AWS_DEFAULT_REGION), or give the ring one (--kms-region)"
+                        ) from None
+                    except botocore.exceptions.BotoCoreError as exc:
+                        raise KeyRingError(
+                            f"cannot set up the {self._where()} client: {exc}"
+                        ) from None
+        return self._client
+
+    def _call(self, what: str, action: Callable[[Any], T]) -> T:
+        """``action(client)``; KMS and network failures become one-line errors:
+        :class:`SignerUnavailable` for what may pass, :class:`KeyRingError` for the rest."""
+        client = self.client()
+        try:
+            return action(client)
+        except botocore.exceptions.ClientError as exc:
+            error = exc.response.get("Error", {})
+            code = str(error.get("Code", "error"))
+            message = str(error.get("Message", ""))[:200]
+            reason = f"{self._where()} could not {what}: {code}"
+            if message:
+                reason += f" ({message})"
+            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 400)
+            if code in _UNAVAILABLE_CODES or (isinstance(status, int) and status >= 500):
+                raise SignerUnavailable(reason, retry_after=RETRY_AFTER) from None
+            raise KeyRingError(reason) from None
+        except botocore.exceptions.NoCredentialsError:
+            raise KeyRingError(
+                f"{self._where()}: no AWS credentials (set them the standard AWS way: "
+                "environment, profile or role)"
+            ) from None
+        except botocore.exceptions.BotoCoreError as exc:
+            reason = f"{self._where()} could not {what}: {type(exc).__name__}"
+            # KMS could not be reached (refused, timed out, cut off): every call would hold
+            # a worker for up to the timeouts, so signing fails fast for RETRY_AFTER seconds.
+            self._down_reason = reason
+            self._down_until = self.monotonic() + RETRY_AFTER
+            raise SignerUnavailable(reason, retry_after=RETRY_AFTER) from None
+
+    # -- the KeyBackend protocol ----------------------------------------------------------
+
+    def create_key(self, bits: int) -> tuple[str, rsa.RSAPublicKey]:
+        answer = self._call(
+            "create a key",
+            lambda kms: kms.create_key(
+                KeySpec=f"RSA_{bits}",
+                KeyUsage="SIGN_VERIFY",
+                Description="jwtmcp token signing key (RS256)",
+                Tags=[{"TagKey": "jwtmcp", "TagValue": "ring-key"}],
+            ),
+        )
+        handle = str(answer["KeyMetadata"]["KeyId"])
+        return handle, self.public_key(handle)
+
+    def public_key(self, handle: str) -> rsa.RSAPublicKey:
+        answer = self._call("read a public key", lambda kms: kms.get_public_key(KeyId=handle))
+        if SIGNING_ALGORITHM not in answer.get("SigningAlgorithms", ()):
+            raise KeyRingError(f"KMS key {handle} cannot sign {SIGNING_ALGORITHM}")
+        try:
+            key = serialization.load_der_public_key(answer["PublicKey"])
+        except (ValueError, TypeError, KeyError):
+            raise KeyRingError(f"KMS key {handle} gave an unreadable public key") from None
+        if not isinstance(key, rsa.RSAPublicKey):
+            raise KeyRingError(f"KMS key {handle} is not an RSA key")
+        return key
+
+    def signer(self, handle: str) -> KmsSigner:
+        if not isinstance(handle, str) or not handle:
+            raise KeyRingError("a KMS key handle must be a non-empty KeyId")
+        return KmsSigner(self, handle)
+
+    def destroy_key(self, handle: str) -> None:
+        self._call(
+            "schedule a key's deletion",
+            lambda kms: kms.schedule_key_deletion(
+                KeyId=handle, PendingWindowInDays=DELETION_WINDOW_DAYS
+            ),
+        )
+
+    def sign(self, handle: str, data: bytes) -> bytes:
+        """The RSASSA-PKCS1-v1_5 SHA-256 signature of ``data`` by KMS key ``handle``.
+
+        Within :data:`RETRY_AFTER` seconds of KMS not being reached, raises
+        :class:`SignerUnavailable` at once instead of calling it again."""
+        wait = self._down_until - self.monotonic()
+        if wait > 0:
+            raise SignerUnavailable(self._down_reason, retry_after=max(1, math.ceil(wait)))
+        if len(data) <= MAX_RAW_MESSAGE:
+            message, message_type = data, "RAW"
+        else:
+            message, message_type = hashlib.sha256(data).digest(), "DIGEST"
+        answer = self._call(
+            "sign",
+            lambda kms: kms.sign(
+                KeyId=handle,
+                Message=message,
+                MessageType=message_type,
+                SigningAlgorithm=SIGNING_ALGORITHM,
+            ),
+        )
+        signature: bytes = answer["Signature"]
+        return signature
+
+
+class KmsSigner:
+    """A :class:`~jwtmcp.signers.Signer` for one AWS KMS key."""
+
+    __slots__ = ("_backend", "_public", "handle")
+
+    def __init__(self, backend: KmsBackend, handle: str) -> None:
+        self._backend = backend
+        self.handle = handle
+        self._public: rsa.RSAPublicKey | None = None
+
+    def sign(self, data: bytes) -> bytes:
+        try:
+            return self._backend.sign(self.handle, data)
+        except SignerUnavailable:
+            raise
+        except KeyRingError as exc:  # a disabled or deleted key: still no 500 at /token
+            raise SignerUnavailable(exc.message, retry_after=RETRY_AFTER) from None
+
+    def public_key(self) -> rsa.RSAPublicKey:
+        if self._public is None:
+            self._public = self._backend.public_key(self.handle)
+        return self._public
