@@ -27,6 +27,7 @@ import io
 import json
 import re
 import shlex
+import subprocess
 import tomllib
 from collections.abc import Iterator
 from dataclasses import fields
@@ -35,15 +36,18 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import httpx2
+import jwt
 import pytest
 import yaml
 
 import jwtmcp
 from jwtmcp.cli import build_parser
+from jwtmcp.clients import add_client
 from jwtmcp.issuer import create_app
-from jwtmcp.keys import init_ring
+from jwtmcp.keys import init_ring, rotate_ring
 from jwtmcp.server import ENV_PREFIX, ServerLimits
 from jwtmcp.store import open_store
+from tests.custody_support import AWS_TEST_ENV, moto_server
 from tests.support import serve_app
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -658,3 +662,101 @@ def test_compose_healthchecks_exist_for_every_long_running_service() -> None:
         if service.get("restart") == "no":
             continue
         assert service.get("healthcheck", {}).get("test"), name
+
+
+# --- the pod's file layout, run for real ------------------------------------------------------
+
+
+def publish(volume: Path, files: dict[str, bytes], mode: int) -> None:
+    """Write ``files`` into ``volume`` as the kubelet does for a ConfigMap or Secret: a new
+    hidden directory, the ``..data`` symlink renamed over to it, one ``name -> ..data/name``
+    symlink per key. A second call is an update of the object."""
+    stamp = volume / f"..{len(list(volume.glob('..[0-9]*')))}"
+    stamp.mkdir(parents=True)
+    for name, body in files.items():
+        (stamp / name).write_bytes(body)
+        (stamp / name).chmod(mode)
+    (volume / "..data_tmp").symlink_to(stamp.name)
+    (volume / "..data_tmp").replace(volume / "..data")
+    for name in files:
+        if not (volume / name).is_symlink():
+            (volume / name).symlink_to(f"..data/{name}")
+
+
+def test_k8s_layout_serves_a_kms_ring_and_picks_up_a_rotated_config_map(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The init container's own script, re-rooted under tmp_path, over ConfigMap and Secret
+    # volumes written as the kubelet writes them; then the issuer on those paths signs with
+    # KMS (moto on loopback) and, after the ConfigMap is updated with a rotated ring, signs
+    # with the new active key without a restart.
+
+    for name, value in AWS_TEST_ENV.items():
+        monkeypatch.setenv(name, value)
+    spec = pod_spec(issuer_deployment())
+    (init,) = spec["initContainers"]
+    argv = container_argv(init)
+    assert argv[:2] == ["sh", "-c"]
+    root = tmp_path / "pod"
+    script = argv[2].replace("/etc/jwtmcp/", f"{root}/etc/jwtmcp/")
+    script = script.replace("/var/lib/jwtmcp", f"{root}/var/lib/jwtmcp")
+    env = {
+        k: v.replace("/var/lib/jwtmcp", f"{root}/var/lib/jwtmcp")
+        for k, v in env_values(issuer_container()).items()
+    }
+    mounts = {m["name"]: m["mountPath"] for m in init["volumeMounts"]}
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    (ring_volume,) = [n for n in mounts if "configMap" in volumes[n]]
+    (files_volume,) = [n for n in mounts if "secret" in volumes[n]]
+
+    private = tmp_path / "operator"  # the operator's private copy
+    with moto_server(tmp_path / "moto.log") as (endpoint, _):
+        init_ring(private / "ring", backend="kms", backend_settings={"endpoint_url": endpoint})
+        _, secret = add_client(
+            private / "clients.json", "svc", tools=["*"], audiences=["https://mcp.example/mcp"]
+        )
+        publish(
+            Path(f"{root}{mounts[ring_volume]}"),
+            {"ring.json": (private / "ring" / "ring.json").read_bytes()},
+            volumes[ring_volume]["configMap"]["defaultMode"],
+        )
+        publish(
+            Path(f"{root}{mounts[files_volume]}"),
+            {
+                "registration.key": b"A" * 43 + b"\n",
+                "clients.json": (private / "clients.json").read_bytes(),
+                "users.json": b'{"version": 1, "users": {}}\n',
+            },
+            volumes[files_volume]["secret"]["defaultMode"],
+        )
+        (root / "var/lib/jwtmcp").mkdir(parents=True)  # the emptyDir
+        subprocess.run(["sh", "-c", script], check=True, timeout=30)
+        app = create_app(
+            issuer_url="https://auth.example.com",
+            keys_dir=env["JWTMCP_KEYS"],
+            clients_file=env["JWTMCP_CLIENTS"],
+            users_file=env["JWTMCP_USERS"],
+            store=tmp_path / "state.db",
+            reload_interval=0,
+        )
+        form = {"grant_type": "client_credentials", "resource": "https://mcp.example/mcp"}
+        with serve_app(app) as url:
+            health = httpx2.get(url + "/healthz", timeout=10).json()
+            assert (health["status"], health["client_count"]) == ("ok", 1)
+            first = health["active_kid"]
+            answer = httpx2.post(url + "/token", data=form, auth=("svc", secret), timeout=30)
+            assert answer.status_code == 200, answer.text
+
+            ring = rotate_ring(private / "ring")
+            publish(
+                Path(f"{root}{mounts[ring_volume]}"),
+                {"ring.json": (private / "ring" / "ring.json").read_bytes()},
+                volumes[ring_volume]["configMap"]["defaultMode"],
+            )
+            health = httpx2.get(url + "/healthz", timeout=10).json()
+            assert health["status"] == "ok"
+            assert (health["active_kid"], health["ring_revision"]) == (ring.active.kid, 2)
+            assert ring.active.kid != first
+            answer = httpx2.post(url + "/token", data=form, auth=("svc", secret), timeout=30)
+            token = answer.json()["access_token"]
+            assert jwt.get_unverified_header(token)["kid"] == ring.active.kid
