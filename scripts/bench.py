@@ -674,6 +674,8 @@ def replica_lines(results: dict[str, Any]) -> list[str]:
     lines.append("  (loopback: the replicas, Redis and the client share this machine's "
                  f"{os.cpu_count()} CPUs; per server CPU-s counts the replicas' CPU, not Redis's)")
     return lines
+
+
 # --- /token with keys in custody: files, PKCS#11 (SoftHSM2), KMS (moto's emulator) ---------
 
 SOFTHSM_MODULE = "/usr/lib/softhsm/libsofthsm2.so"
