@@ -92,7 +92,7 @@ from .files import read_file
 from .identifiers import canonical_issuer
 from .identity import Identity
 from .jwks import SIGNATURE_SCHEMES, JwksCache, JwksPolicy, PublicKey, is_loopback_url
-from .policy import Policy, PolicyWatcher
+from .policy import Policy, PolicyWatcher, ascii_fold
 from .strict_json import STRICT_DECODER
 from .tokens import Clock
 
@@ -248,7 +248,7 @@ def _parse_provider(pid: str, entry: Any, base: Path) -> Provider:
     scopes = _string_list(entry, "scopes", DEFAULT_SCOPES)
     if "openid" not in scopes:
         raise ConfigError("scopes must include 'openid'")
-    domains = tuple(d.casefold() for d in _string_list(entry, "allowed_email_domains", ()))
+    domains = tuple(ascii_fold(d) for d in _string_list(entry, "allowed_email_domains", ()))
     method = entry.get("token_endpoint_auth_method", "client_secret_basic")
     if method not in _AUTH_METHODS:
         raise ConfigError(f"token_endpoint_auth_method must be one of {', '.join(_AUTH_METHODS)}")
@@ -740,7 +740,7 @@ class FederatedSource:
             return "your account has no email address, and this sign-in needs one"
         if claims.get("email_verified") is not True:
             return "your email address is not verified at the identity provider"
-        if email.rpartition("@")[2].casefold() not in domains:
+        if ascii_fold(email.rpartition("@")[2]) not in domains:
             return "your email address is not in a domain allowed to sign in here"
         return None
 
