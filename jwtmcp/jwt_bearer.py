@@ -180,7 +180,7 @@ def _parse_entry(iss: str, entry: object, base: Path) -> TrustedIssuer:
     if unknown:
         raise ValueError(f"unknown member {unknown[0]!r}")
     parts = urlsplit(iss)
-    if parts.scheme != "https" or not parts.hostname or parts.query or parts.fragment:
+    if parts.scheme != "https" or not parts.hostname or "?" in iss or "#" in iss:
         raise ValueError("the issuer must be an https URL without query or fragment")
     algorithms = entry.get("algorithms", ["RS256"])
     if (
