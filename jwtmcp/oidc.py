@@ -235,7 +235,7 @@ def _string_list(entry: Mapping[str, Any], name: str, default: Sequence[str]) ->
     return tuple(dict.fromkeys(value))
 
 
-def _parse_provider(pid: str, entry: Any, base: Path) -> Provider:
+def _parse_provider(pid: str, entry: Any, base: Path, *, secrets: bool = True) -> Provider:
     if not isinstance(entry, dict):
         raise ConfigError("must be an object")
     for key in entry:
@@ -263,7 +263,7 @@ def _parse_provider(pid: str, entry: Any, base: Path) -> Provider:
         display_name=name.strip(),
         issuer=issuer,
         client_id=entry["client_id"],
-        client_secret=_secret(pid, entry, base),
+        client_secret=_secret(pid, entry, base) if secrets else "",
         scopes=scopes,
         allowed_email_domains=domains,
         token_endpoint_auth_method=method,
@@ -271,8 +271,12 @@ def _parse_provider(pid: str, entry: Any, base: Path) -> Provider:
     )
 
 
-def load_providers(path: str | os.PathLike[str]) -> ProvidersConfig:
-    """Read the providers file. Raises :class:`ProvidersError` naming the provider and field."""
+def load_providers(path: str | os.PathLike[str], *, secrets: bool = True) -> ProvidersConfig:
+    """Read the providers file. Raises :class:`ProvidersError` naming the provider and field.
+
+    ``secrets=False`` leaves each provider's ``client_secret`` empty instead of reading it
+    (its environment variable or file): for ``jwtmcp policy check``, which never talks to a
+    provider."""
     where = Path(path)
     raw = read_file(
         where,
@@ -307,7 +311,7 @@ def load_providers(path: str | os.PathLike[str]) -> ProvidersConfig:
                 "starting with a letter or digit"
             )
         try:
-            providers[pid] = _parse_provider(pid, entry, where.parent)
+            providers[pid] = _parse_provider(pid, entry, where.parent, secrets=secrets)
         except ConfigError as exc:
             raise bad(f"provider {pid!r}: {exc.message}") from None
     return ProvidersConfig(MappingProxyType(providers), password_login)
