@@ -82,6 +82,9 @@ _GRANT_FIELDS = ("tools", "audiences", "max_ttl")
 _NOT_IN_CLAIMS = {"sub": "sub", "email": "email", "groups": "group", "email_verified": "email"}
 
 _TIME_CLAIMS = frozenset({"iat", "nbf", "exp", "jti", "auth_time"})
+_SOURCE_KINDS = ("oidc:", "issuer:")
+"""A source names its kind first, so that no pattern (``*``) spans upstream sign-in and
+assertions, and a typo fails at load instead of matching nothing."""
 
 Scalar = str | int | float | bool
 
@@ -288,6 +291,12 @@ def _parse_sources(value: Any) -> tuple[str, ...]:
     for source in sources:
         if "*" in source[:-1]:
             raise _Bad("match.source", f"{source!r}: '*' may only end a source pattern")
+        if not source.startswith(_SOURCE_KINDS):
+            raise _Bad(
+                "match.source",
+                f"{source[:80]!r} names no kind of source: start it with 'oidc:' (upstream "
+                "sign-in) or 'issuer:' (assertions), e.g. 'oidc:corp' or 'oidc:*'",
+            )
     return sources
 
 
