@@ -16,6 +16,7 @@ from .errors import JwtMcpError
 from .tokens import Clock
 
 ENV_POLICY = "JWTMCP_POLICY"
+ENV_PROVIDERS = "JWTMCP_PROVIDERS"
 
 EXIT_GRANTED = 0
 EXIT_DENIED = 1
@@ -28,6 +29,40 @@ def policy_file(args: argparse.Namespace) -> Path:
 
     flag = getattr(args, "policy", None) or os.environ.get(ENV_POLICY)
     return Path(flag) if flag else policy_file_beside(clients_file(args))
+
+
+def _provider_view(
+    args: argparse.Namespace, claims: dict[str, Any], source: str
+) -> tuple[dict[str, Any], list[str], str | None]:
+    """The claims as sign-in gives them to the policy for ``source`` ``oidc:ID``: through
+    the provider's entry (``groups_claim``, the token's own claims dropped), with the lines
+    to print and why ``allowed_email_domains`` refuses them (None: it does not). Other
+    sources, and no providers file: the claims as they are.
+
+    Raises :class:`~jwtmcp.errors.JwtMcpError` for an invalid providers file or one that
+    names no such provider."""
+    from .oidc import FederatedSource, load_providers, providers_file_beside, upstream_claims
+    from .policy import Policy
+
+    if not source.startswith("oidc:"):
+        return claims, [], None
+    flag = getattr(args, "providers", None) or os.environ.get(ENV_PROVIDERS)
+    path = Path(flag) if flag else providers_file_beside(clients_file(args))
+    if not flag and not path.exists():
+        return claims, [f"(no providers file at {path}: the claims are read as they are)"], None
+    provider_id = source.removeprefix("oidc:")
+    provider = load_providers(path, secrets=False).providers.get(provider_id)
+    if provider is None:
+        raise JwtMcpError(f"the providers file {path} names no provider {provider_id!r}")
+    seen = upstream_claims(provider, claims)
+    lines = [f"provider {provider_id} in {path}"]
+    if provider.groups_claim != "groups":
+        lines.append(f"  groups   from its claim {provider.groups_claim!r}")
+    refusal = FederatedSource(provider, lambda: Policy(())).refusal(seen)
+    if refusal is not None:
+        domains = ", ".join(provider.allowed_email_domains)
+        lines.append(f"  refused by its allowed_email_domains ({domains}): {refusal}")
+    return seen, lines, refusal
 
 
 def _read_claims(path: str) -> dict[str, Any]:
@@ -65,8 +100,18 @@ def cmd_policy_check(args: argparse.Namespace, clock: Clock) -> int:
             )
             return EXIT_BAD_FILE
         source = f"issuer:{iss}"
+    try:
+        claims, provider_lines, refusal = _provider_view(args, claims, source)
+    except JwtMcpError as exc:
+        print(f"{PROG}: error: {exc.message}", file=sys.stderr)
+        return EXIT_BAD_FILE
     print(f"policy   {policy.path}")
     print(f"source   {source}")
+    for line in provider_lines:
+        print(line)
+    if refusal is not None:
+        print("denied: sign-in refuses before any rule is asked; no token would be issued")
+        return EXIT_DENIED
     for line in policy.explain(claims, source=source):
         print(f"  {line}")
     grant = policy.evaluate(claims, source=source)
@@ -117,6 +162,13 @@ examples:
         "--policy",
         metavar="FILE",
         help=f"policy file (default: ${ENV_POLICY}, else 'policy.json' beside the clients file)",
+    )
+    p.add_argument(
+        "--providers",
+        metavar="FILE",
+        help=f"providers file, read for an oidc:<provider id> source as sign-in reads it "
+        f"(groups_claim, allowed_email_domains; no secret needed) (default: ${ENV_PROVIDERS}, "
+        "else 'providers.json' beside the clients file, if it exists)",
     )
     _add_clients_flag(p)
     p.set_defaults(func=cmd_policy_check)

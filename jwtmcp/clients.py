@@ -362,6 +362,26 @@ def check_max_ttl(max_ttl: int | None) -> int | None:
     return max_ttl
 
 
+RESERVED_SUBJECT_PREFIXES = ("oidc:", "issuer:")
+"""Subjects of identities jwtmcp did not register itself: ``oidc:<provider>:<sub>`` for an
+upstream sign-in (:func:`jwtmcp.oidc.federated_subject`), ``issuer:<iss>#<sub>`` for a
+jwt-bearer assertion. A client's ``subject`` never starts with one (in any case), so that
+no client's tokens name a person or workload that MCP servers key data by."""
+
+
+def check_subject(subject: str) -> str:
+    """A client's ``subject``: non-empty, no surrounding spaces, not of a reserved form
+    (:data:`RESERVED_SUBJECT_PREFIXES`). Raises :class:`ClientsError`."""
+    if not subject or subject != subject.strip():
+        raise ClientsError(f"invalid subject {subject!r}")
+    if subject.lower().startswith(RESERVED_SUBJECT_PREFIXES):
+        raise ClientsError(
+            f"invalid subject {subject[:80]!r}: subjects starting with 'oidc:' or 'issuer:' "
+            "are reserved for people signed in upstream and for workload assertions"
+        )
+    return subject
+
+
 # --- reading -----------------------------------------------------------------------------
 
 
@@ -401,7 +421,7 @@ def _parse(path: Path, raw: bytes) -> ClientTable:
             resource, delegate, depth = check_delegation(entry)
             client = Client(
                 client_id=name,
-                subject=subject,
+                subject=check_subject(subject),
                 tools=check_tools(tools),
                 scopes=_check_scopes(scopes),
                 audiences=check_audiences(audiences),
@@ -554,8 +574,8 @@ def add_client(
     aud_list = check_audiences(audiences)
     if not aud_list:
         raise ClientsError("a client needs at least one audience (--audience URL)")
-    if subject is not None and (not subject or subject != subject.strip()):
-        raise ClientsError(f"invalid subject {subject!r}")
+    if subject is not None:
+        check_subject(subject)
     own, delegated, depth = check_delegation(
         {
             "resource": resource,

@@ -24,7 +24,9 @@ through jwtmcp's key cache, https only) or ``jwks_file`` (a path, relative to th
 directory); optionally the ``audience`` its assertions must name as their only ``aud``
 (default: this issuer's identifier), the ``algorithms`` it signs with (a subset of
 RS256/PS256; default RS256) and ``max_assertion_lifetime`` (seconds an assertion may still
-be valid for when it arrives, default 3600: a Kubernetes projected token lives an hour).
+be valid for when it arrives, default 3600: a Kubernetes projected token lives an hour)
+and the ``assertions`` it presents (:data:`ASSERTION_KINDS`): ``["workload"]`` by default,
+``["id-jag"]`` for an identity provider issuing SEP-990 identity assertions.
 
 **The assertion** is checked as :mod:`jwtmcp.assertions` says (signature by the issuer's
 registered keys only, ``exp`` required, ``jti`` required and accepted once, RFC 7523 §3),
@@ -45,7 +47,9 @@ authenticate (:meth:`~jwtmcp.issuer.IssuerService.authenticate_client`), and the
 no more than both the client (its tools and audiences) and the policy allow.
 
 **ID-JAG** (SEP-990, draft-ietf-oauth-identity-assertion-authz-grant): an assertion with the
-``typ`` header ``oauth-id-jag+jwt``. The client must authenticate and the assertion's
+``typ`` header ``oauth-id-jag+jwt``, from an issuer whose entry lists ``"id-jag"`` in
+``assertions`` (an issuer listing only that presents nothing else: a plain JWT it signed is
+not a workload assertion). The client must authenticate and the assertion's
 ``client_id`` claim must be that client; its ``aud`` must be this issuer's identifier
 (whatever ``audience`` the issuer entry names); its ``resource`` claim, when present, is the
 token's audience (a ``resource`` parameter must then name the same); its ``scope`` claim,
@@ -113,8 +117,14 @@ TRUSTED_ISSUERS_FILE = "trusted-issuers.json"
 FORMAT_VERSION = 1
 DEFAULT_MAX_ASSERTION_LIFETIME = 3600
 _ENTRY_FIELDS = frozenset(
-    {"jwks_uri", "jwks_file", "audience", "algorithms", "max_assertion_lifetime"}
+    {"jwks_uri", "jwks_file", "audience", "algorithms", "max_assertion_lifetime", "assertions"}
 )
+ASSERTION_KINDS = ("workload", "id-jag")
+"""What a trusted issuer may present (its entry's ``assertions``): ``workload`` tokens
+(``typ`` none or ``JWT``: Kubernetes, GitHub Actions) and/or ``id-jag`` identity assertions
+(``typ`` ``oauth-id-jag+jwt``). Default ``["workload"]``: an identity provider signs plenty
+of other JWTs (ID tokens, access tokens for audiences its administrators choose), and one of
+them naming jwtmcp must not pass as a workload assertion, which needs no client."""
 _CLIENT_PARAMS = ("client_id", "client_secret", "client_assertion", "client_assertion_type")
 
 
@@ -137,6 +147,8 @@ class TrustedIssuer:
     """The only ``aud`` its workload assertions may carry; None: this issuer's identifier."""
     algorithms: tuple[str, ...] = ("RS256",)
     max_assertion_lifetime: int = DEFAULT_MAX_ASSERTION_LIFETIME
+    assertions: tuple[str, ...] = ("workload",)
+    """The kinds of assertion it presents (:data:`ASSERTION_KINDS`)."""
 
     @property
     def source(self) -> str:
@@ -168,7 +180,7 @@ def _parse_entry(iss: str, entry: object, base: Path) -> TrustedIssuer:
     if unknown:
         raise ValueError(f"unknown member {unknown[0]!r}")
     parts = urlsplit(iss)
-    if parts.scheme != "https" or not parts.hostname or parts.query or parts.fragment:
+    if parts.scheme != "https" or not parts.hostname or "?" in iss or "#" in iss:
         raise ValueError("the issuer must be an https URL without query or fragment")
     algorithms = entry.get("algorithms", ["RS256"])
     if (
@@ -182,6 +194,12 @@ def _parse_entry(iss: str, entry: object, base: Path) -> TrustedIssuer:
     lifetime = entry.get("max_assertion_lifetime", DEFAULT_MAX_ASSERTION_LIFETIME)
     if isinstance(lifetime, bool) or not isinstance(lifetime, int) or not 0 < lifetime <= 86400:
         raise ValueError("max_assertion_lifetime must be a whole number of seconds (1-86400)")
+    kinds = entry.get("assertions", ["workload"])
+    if not isinstance(kinds, list) or not kinds or any(k not in ASSERTION_KINDS for k in kinds):
+        raise ValueError(
+            "assertions must be a non-empty list of 'workload' and 'id-jag' (what this "
+            "issuer presents: workload tokens, or SEP-990 identity assertions)"
+        )
     audience = entry.get("audience")
     if audience is not None and (not isinstance(audience, str) or not audience):
         raise ValueError("audience must be a string")
@@ -209,6 +227,7 @@ def _parse_entry(iss: str, entry: object, base: Path) -> TrustedIssuer:
         audience=audience,
         algorithms=tuple(dict.fromkeys(algorithms)),
         max_assertion_lifetime=lifetime,
+        assertions=tuple(dict.fromkeys(kinds)),
     )
 
 
@@ -374,6 +393,16 @@ class JwtBearerGrant:
         if not isinstance(sub, str) or not sub:
             raise _invalid_grant("the assertion has no sub (the identity it asserts)")
         id_jag = _is_id_jag(assertion)
+        if ("id-jag" if id_jag else "workload") not in trusted.assertions:
+            if id_jag:
+                raise _invalid_grant(
+                    "this issuer is not trusted for identity assertions (ID-JAG): its entry "
+                    "in the trusted issuers file does not list 'id-jag' in 'assertions'"
+                )
+            raise _invalid_grant(
+                f"this issuer is trusted for identity assertions (ID-JAG, typ {ID_JAG_TYPE}) "
+                "only, not for workload tokens"
+            )
         if id_jag:
             if client is None:
                 raise OAuthError(
@@ -564,6 +593,7 @@ def install_jwt_bearer(service: IssuerService) -> JwtBearerGrant | None:
 
 
 __all__ = [
+    "ASSERTION_KINDS",
     "ID_JAG_TYPE",
     "JWT_BEARER",
     "JwtBearerGrant",

@@ -92,7 +92,7 @@ from .files import read_file
 from .identifiers import canonical_issuer
 from .identity import Identity
 from .jwks import SIGNATURE_SCHEMES, JwksCache, JwksPolicy, PublicKey, is_loopback_url
-from .policy import Policy, PolicyWatcher
+from .policy import Policy, PolicyWatcher, ascii_fold
 from .strict_json import STRICT_DECODER
 from .tokens import Clock
 
@@ -235,7 +235,7 @@ def _string_list(entry: Mapping[str, Any], name: str, default: Sequence[str]) ->
     return tuple(dict.fromkeys(value))
 
 
-def _parse_provider(pid: str, entry: Any, base: Path) -> Provider:
+def _parse_provider(pid: str, entry: Any, base: Path, *, secrets: bool = True) -> Provider:
     if not isinstance(entry, dict):
         raise ConfigError("must be an object")
     for key in entry:
@@ -248,7 +248,7 @@ def _parse_provider(pid: str, entry: Any, base: Path) -> Provider:
     scopes = _string_list(entry, "scopes", DEFAULT_SCOPES)
     if "openid" not in scopes:
         raise ConfigError("scopes must include 'openid'")
-    domains = tuple(d.casefold() for d in _string_list(entry, "allowed_email_domains", ()))
+    domains = tuple(ascii_fold(d) for d in _string_list(entry, "allowed_email_domains", ()))
     method = entry.get("token_endpoint_auth_method", "client_secret_basic")
     if method not in _AUTH_METHODS:
         raise ConfigError(f"token_endpoint_auth_method must be one of {', '.join(_AUTH_METHODS)}")
@@ -263,7 +263,7 @@ def _parse_provider(pid: str, entry: Any, base: Path) -> Provider:
         display_name=name.strip(),
         issuer=issuer,
         client_id=entry["client_id"],
-        client_secret=_secret(pid, entry, base),
+        client_secret=_secret(pid, entry, base) if secrets else "",
         scopes=scopes,
         allowed_email_domains=domains,
         token_endpoint_auth_method=method,
@@ -271,8 +271,12 @@ def _parse_provider(pid: str, entry: Any, base: Path) -> Provider:
     )
 
 
-def load_providers(path: str | os.PathLike[str]) -> ProvidersConfig:
-    """Read the providers file. Raises :class:`ProvidersError` naming the provider and field."""
+def load_providers(path: str | os.PathLike[str], *, secrets: bool = True) -> ProvidersConfig:
+    """Read the providers file. Raises :class:`ProvidersError` naming the provider and field.
+
+    ``secrets=False`` leaves each provider's ``client_secret`` empty instead of reading it
+    (its environment variable or file): for ``jwtmcp policy check``, which never talks to a
+    provider."""
     where = Path(path)
     raw = read_file(
         where,
@@ -307,7 +311,7 @@ def load_providers(path: str | os.PathLike[str]) -> ProvidersConfig:
                 "starting with a letter or digit"
             )
         try:
-            providers[pid] = _parse_provider(pid, entry, where.parent)
+            providers[pid] = _parse_provider(pid, entry, where.parent, secrets=secrets)
         except ConfigError as exc:
             raise bad(f"provider {pid!r}: {exc.message}") from None
     return ProvidersConfig(MappingProxyType(providers), password_login)
@@ -740,7 +744,7 @@ class FederatedSource:
             return "your account has no email address, and this sign-in needs one"
         if claims.get("email_verified") is not True:
             return "your email address is not verified at the identity provider"
-        if email.rpartition("@")[2].casefold() not in domains:
+        if ascii_fold(email.rpartition("@")[2]) not in domains:
             return "your email address is not in a domain allowed to sign in here"
         return None
 

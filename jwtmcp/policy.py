@@ -23,9 +23,9 @@ holds when any one value does:
   login, ``issuer:<issuer URL>`` for jwt-bearer / identity assertions. A value ending in
   ``*`` matches by prefix (``oidc:*``).
 - ``sub``: the upstream ``sub`` claim, exactly.
-- ``email``: the ``email`` claim (compared case-insensitively), only when
+- ``email``: the ``email`` claim (compared case-insensitively in ASCII), only when
   ``email_verified`` is the JSON ``true``.
-- ``email_domain``: the part of ``email`` after its last ``@`` equals the domain (case
+- ``email_domain``: the part of ``email`` after its last ``@`` equals the domain (ASCII case
   insensitive, the whole domain, not a suffix), only when ``email_verified`` is ``true``.
 - ``group``: a member of the ``groups`` claim (a list of strings).
 - ``claims``: ``{name: value | [values]}``, each upstream claim equal to one of the values
@@ -65,6 +65,7 @@ __all__ = [
     "PolicyGrant",
     "PolicyRule",
     "PolicyWatcher",
+    "ascii_fold",
     "load_policy",
     "policy_file_beside",
 ]
@@ -81,6 +82,9 @@ _GRANT_FIELDS = ("tools", "audiences", "max_ttl")
 _NOT_IN_CLAIMS = {"sub": "sub", "email": "email", "groups": "group", "email_verified": "email"}
 
 _TIME_CLAIMS = frozenset({"iat", "nbf", "exp", "jti", "auth_time"})
+_SOURCE_KINDS = ("oidc:", "issuer:")
+"""A source names its kind first, so that no pattern (``*``) spans upstream sign-in and
+assertions, and a typo fails at load instead of matching nothing."""
 
 Scalar = str | int | float | bool
 
@@ -140,9 +144,9 @@ class PolicyRule:
                     f"{_shown(claims.get('email_verified'))}, not true)"
                 )
             else:
-                if self.emails and email.casefold() not in self.emails:
+                if self.emails and ascii_fold(email) not in self.emails:
                     out.append(f"email {email!r} is not {_any(self.emails)}")
-                domain = email.rpartition("@")[2].casefold() if "@" in email else ""
+                domain = ascii_fold(email.rpartition("@")[2]) if "@" in email else ""
                 if self.email_domains and domain not in self.email_domains:
                     out.append(f"email domain {domain!r} is not {_any(self.email_domains)}")
         if self.groups:
@@ -168,6 +172,19 @@ class PolicyRule:
 
 
 _MISSING = object()
+
+_ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
+
+
+def ascii_fold(text: str) -> str:
+    """``text`` with ASCII letters lower-cased and every other character left as it is.
+
+    Emails and domains compare case-insensitively in ASCII only: Unicode case folding
+    (``str.casefold``, ``str.lower``) maps distinct characters onto ASCII letters (``ß`` to
+    ``ss``, the Kelvin sign U+212A to ``k``, the long s U+017F to ``s``), so a mailbox or
+    domain a provider verified would match another one a rule names.
+    """
+    return text.translate(_ASCII_LOWER)
 
 
 def _shown(value: Any) -> str:
@@ -274,6 +291,12 @@ def _parse_sources(value: Any) -> tuple[str, ...]:
     for source in sources:
         if "*" in source[:-1]:
             raise _Bad("match.source", f"{source!r}: '*' may only end a source pattern")
+        if not source.startswith(_SOURCE_KINDS):
+            raise _Bad(
+                "match.source",
+                f"{source[:80]!r} names no kind of source: start it with 'oidc:' (upstream "
+                "sign-in) or 'issuer:' (assertions), e.g. 'oidc:corp' or 'oidc:*'",
+            )
     return sources
 
 
@@ -283,7 +306,7 @@ def _parse_emails(value: Any) -> tuple[str, ...]:
         local, at, domain = email.rpartition("@")
         if not at or not local or not _DOMAIN.fullmatch(domain):
             raise _Bad("match.email", f"{email!r} is not an email address")
-    return tuple(e.casefold() for e in emails)
+    return tuple(ascii_fold(e) for e in emails)
 
 
 def _parse_domains(value: Any) -> tuple[str, ...]:
@@ -291,7 +314,7 @@ def _parse_domains(value: Any) -> tuple[str, ...]:
     for domain in domains:
         if not _DOMAIN.fullmatch(domain):
             raise _Bad("match.email_domain", f"{domain!r} is not a domain (e.g. example.com)")
-    return tuple(d.casefold() for d in domains)
+    return tuple(ascii_fold(d) for d in domains)
 
 
 def _parse_claims(value: Any) -> tuple[tuple[str, tuple[Scalar, ...]], ...]:

@@ -220,7 +220,11 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
             "issuers": {
                 K8S: {"jwks_file": "cluster-jwks.json"},
                 GITHUB: {"jwks_uri": github_url, "max_assertion_lifetime": 600},
-                IDP: {"jwks_file": "idp-jwks.json", "max_assertion_lifetime": 300},
+                IDP: {
+                    "jwks_file": "idp-jwks.json",
+                    "max_assertion_lifetime": 300,
+                    "assertions": ["id-jag"],
+                },
                 DOWN: {"jwks_uri": down_url},
             },
         }
