@@ -744,8 +744,13 @@ environment:
   {ENV_CLIENTS}  default for --clients (else '{DEFAULT_CLIENTS_FILE}')
   {ENV_ISSUER}   default issuer URL, the 'iss' claim (else '{DEFAULT_ISSUER}')
   {ENV_DEBUG}=1  show a Python traceback for unexpected errors
-  JWTMCP_DEFAULT_TTL, JWTMCP_JWKS_MAX_AGE, JWTMCP_RATE_LIMIT, JWTMCP_RATE_BURST
+  JWTMCP_DEFAULT_TTL, JWTMCP_JWKS_MAX_AGE, JWTMCP_RATE_LIMIT, JWTMCP_RATE_BURST,
+  JWTMCP_REVOCATION_MAX_AGE
                   defaults for the serve flags of the same names
+  JWTMCP_USERS, JWTMCP_STORE, JWTMCP_PROVIDERS, JWTMCP_POLICY, JWTMCP_REVOCATIONS
+                  defaults for --users, --store, --providers, --policy, --revocations
+  JWTMCP_PKCS11_MODULE, JWTMCP_PKCS11_TOKEN, JWTMCP_PKCS11_PIN, JWTMCP_KMS_ENDPOINT_URL
+                  the key backend (keys init --backend pkcs11|kms; docs/key-custody.md)
 
 Run '{PROG} COMMAND --help' for the flags of each command.
 """
@@ -1130,8 +1135,10 @@ examples:
         help="run the issuer service (JWKS, OAuth metadata, /token, sign-in pages)",
         description="Run the token issuer over HTTP: /.well-known/jwks.json, "
         "/.well-known/oauth-authorization-server, POST /token (client_credentials, "
-        "authorization_code, refresh_token), /authorize with its login and consent pages, "
-        "POST /register and /healthz. On first start it creates the key ring, a demo client "
+        "authorization_code, refresh_token, jwt-bearer and SEP-990 identity assertions, "
+        "token exchange), /authorize with its login and consent pages, POST /register, "
+        "the signed revocation list /.well-known/jwtmcp-revocations, POST /admin/revoke and "
+        "/healthz. On first start it creates the key ring, a demo client "
         "and a demo user and says so. "
         "Exits with status 69 when it cannot listen (the port is in use).",
         epilog=f"""\
