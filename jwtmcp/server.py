@@ -133,6 +133,53 @@ class _HeadTooLarge(Exception):
     """Raised inside a parser callback to stop parsing a head over the limits."""
 
 
+class _OneSendPerAnswer:
+    """The transport one request's response cycle writes to.
+
+    uvicorn writes a response's head and its body with two ``transport.write`` calls, so a
+    small answer (a token) costs two ``send()`` system calls and two TCP segments, and the
+    client two wake-ups. Here the cycle's first write waits for the next one and both leave
+    in one ``send()``; what was held is written at the event loop's next turn at the latest
+    (a streamed answer's head, an answer whose body is empty), or before the cycle closes
+    the connection. Later writes go straight through.
+    """
+
+    __slots__ = ("_first", "_held", "_loop", "_transport")
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+        self._transport = transport
+        self._loop = loop
+        self._held: bytes | None = None
+        self._first = True
+
+    def write(self, data: bytes) -> None:
+        held = self._held
+        if held is not None:
+            self._held = None
+            self._transport.write(held + data)
+        elif self._first:
+            self._first = False
+            self._held = bytes(data)
+            self._loop.call_soon(self.flush)
+        else:
+            self._transport.write(data)
+
+    def flush(self) -> None:
+        """Write what is held now (nothing when the connection is closing)."""
+        held = self._held
+        if held is not None:
+            self._held = None
+            if not self._transport.is_closing():
+                self._transport.write(held)
+
+    def is_closing(self) -> bool:
+        return self._transport.is_closing()
+
+    def close(self) -> None:
+        self.flush()
+        self._transport.close()
+
+
 class HardenedHttpToolsProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol with :class:`ServerLimits` applied (see the module)."""
 
@@ -226,7 +273,11 @@ class HardenedHttpToolsProtocol(HttpToolsProtocol):
         self._in_head = False
         self._stop_timer()
         self._start_timer(self.limits.body_timeout)
+        previous = self.cycle
         super().on_headers_complete()
+        cycle = self.cycle
+        if cycle is not None and cycle is not previous:
+            cycle.transport = _OneSendPerAnswer(self.transport, self.loop)  # type: ignore[assignment]
 
     def on_message_complete(self) -> None:
         self._stop_timer()
