@@ -158,12 +158,21 @@ def _canonical(url: str, kind: Kind) -> str:
     return f"{scheme}://{host}{port}{path}{query}"
 
 
+@functools.lru_cache(maxsize=1024)
+def _canonical_cached(url: str, kind: Kind) -> str:
+    """:func:`_canonical`, remembered: a token's issuer and audience are the same few URLs
+    on every request. Bounded: 1024 URLs of at most 2048 characters (the longest accepted),
+    least recently used first out; a URL that is not an identifier raises every time
+    (exceptions are not cached)."""
+    return _canonical(url, kind)
+
+
 def _canonical_or_raise(url: object, kind: Kind) -> str:
     if not isinstance(url, str) or not url:
         what = "an issuer URL" if kind == "issuer" else "an audience (an MCP server's URL)"
         raise ConfigError(f"{what} is required, e.g. {_EXAMPLES[kind]}; got {url!r}")
     try:
-        return _canonical(url, kind)
+        return _canonical_cached(url, kind)
     except _Invalid as why:
         shown = repr(url) if len(url) <= 200 else repr(url[:200]) + "..."
         raise ConfigError(f"invalid {kind} URL {shown}: {why}; e.g. {_EXAMPLES[kind]}") from None

@@ -133,6 +133,53 @@ class _HeadTooLarge(Exception):
     """Raised inside a parser callback to stop parsing a head over the limits."""
 
 
+class _OneSendPerAnswer:
+    """The transport one request's response cycle writes to.
+
+    uvicorn writes a response's head and its body with two ``transport.write`` calls, so a
+    small answer (a token) costs two ``send()`` system calls and two TCP segments, and the
+    client two wake-ups. Here the cycle's first write waits for the next one and both leave
+    in one ``send()``; what was held is written at the event loop's next turn at the latest
+    (a streamed answer's head, an answer whose body is empty), or before the cycle closes
+    the connection. Later writes go straight through.
+    """
+
+    __slots__ = ("_first", "_held", "_loop", "_transport")
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+        self._transport = transport
+        self._loop = loop
+        self._held: bytes | None = None
+        self._first = True
+
+    def write(self, data: bytes) -> None:
+        held = self._held
+        if held is not None:
+            self._held = None
+            self._transport.write(held + data)
+        elif self._first:
+            self._first = False
+            self._held = bytes(data)
+            self._loop.call_soon(self.flush)
+        else:
+            self._transport.write(data)
+
+    def flush(self) -> None:
+        """Write what is held now (nothing when the connection is closing)."""
+        held = self._held
+        if held is not None:
+            self._held = None
+            if not self._transport.is_closing():
+                self._transport.write(held)
+
+    def is_closing(self) -> bool:
+        return self._transport.is_closing()
+
+    def close(self) -> None:
+        self.flush()
+        self._transport.close()
+
+
 class HardenedHttpToolsProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol with :class:`ServerLimits` applied (see the module)."""
 
@@ -158,6 +205,7 @@ class HardenedHttpToolsProtocol(HttpToolsProtocol):
         self._head_size = 0  # target and header lines parsed so far (exact, unlike _head_bytes)
         self._refusing: tuple[int, str] | None = None
         self._timer: asyncio.TimerHandle | None = None
+        self._deadline: float | None = None  # loop time the current head or body is due by
 
     # -- connection ------------------------------------------------------------------------
 
@@ -174,6 +222,9 @@ class HardenedHttpToolsProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._stop_timer()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         if self._address is not None:
             self._open[self._address] -= 1
             if self._open[self._address] <= 0:
@@ -199,7 +250,7 @@ class HardenedHttpToolsProtocol(HttpToolsProtocol):
         self._in_head = True
         self._header_lines = 0
         self._head_size = 0
-        if self._timer is None:
+        if self._deadline is None:
             self._start_timer(self.limits.header_timeout)
 
     def on_url(self, url: bytes) -> None:
@@ -224,9 +275,12 @@ class HardenedHttpToolsProtocol(HttpToolsProtocol):
         if self._head_size > self.limits.max_header_bytes:
             self._stop(431, "request head over the size limit")
         self._in_head = False
-        self._stop_timer()
         self._start_timer(self.limits.body_timeout)
+        previous = self.cycle
         super().on_headers_complete()
+        cycle = self.cycle
+        if cycle is not None and cycle is not previous:
+            cycle.transport = _OneSendPerAnswer(self.transport, self.loop)  # type: ignore[assignment]
 
     def on_message_complete(self) -> None:
         self._stop_timer()
@@ -244,17 +298,36 @@ class HardenedHttpToolsProtocol(HttpToolsProtocol):
 
     # -- timeouts and refusals -------------------------------------------------------------
 
+    # One timer per connection, not one per deadline: a request on a kept-alive connection
+    # moves the deadline (head, then body, then none) without scheduling or cancelling
+    # anything; the timer, when it fires early, sleeps again until the deadline.
+
     def _start_timer(self, seconds: float) -> None:
-        self._stop_timer()
-        self._timer = self.loop.call_later(seconds, self._timed_out)
+        """Time out ``seconds`` from now (replacing the current deadline)."""
+        deadline = self.loop.time() + seconds
+        self._deadline = deadline
+        timer = self._timer
+        if timer is not None and timer.when() <= deadline:
+            return  # fires first, then waits for the rest
+        if timer is not None:
+            timer.cancel()
+        self._timer = self.loop.call_at(deadline, self._timer_fired)
 
     def _stop_timer(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._deadline = None
+
+    def _timer_fired(self) -> None:
+        self._timer = None
+        deadline = self._deadline
+        if deadline is None:
+            return
+        if self.loop.time() < deadline:
+            self._timer = self.loop.call_at(deadline, self._timer_fired)
+            return
+        self._deadline = None
+        self._timed_out()
 
     def _timed_out(self) -> None:
-        self._timer = None
         if self.transport.is_closing():
             return
         if not self._in_head and self.flow.read_paused:

@@ -448,6 +448,8 @@ def _check_seconds(value: object, what: str) -> None:
 
 def _items(value: object, what: str) -> Iterable[object]:
     """``value`` as an iterable of items; a string, bytes or a mapping is no list of items."""
+    if type(value) is tuple or type(value) is list:
+        return value  # the usual case, without the ABC checks
     if isinstance(value, str | bytes | bytearray | Mapping) or not isinstance(value, Iterable):
         raise ConfigError(f"{what} must be a list of strings, not {_shown(value)}")
     return value

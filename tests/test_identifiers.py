@@ -604,3 +604,27 @@ def test_any_text_is_refused_clearly_or_has_one_stable_canonical_form(text: str)
     assert canonical_resource(canonical) == canonical
     # Safe inside an RFC 9110 quoted-string (the challenge's resource_metadata) as it is.
     assert not any(c in canonical for c in '"\\<> ')
+
+
+# --- the remembered canonical forms (the token endpoint's hot path) ----------------------
+
+
+def test_remembered_canonical_forms_stay_within_their_bound() -> None:
+    from jwtmcp import identifiers
+
+    identifiers._canonical_cached.cache_clear()
+    bound = identifiers._canonical_cached.cache_info().maxsize
+    assert bound is not None
+    for n in range(bound + 50):
+        assert identifiers.canonical_resource(f"https://mcp.example.com/s{n}/") == (
+            f"https://mcp.example.com/s{n}"
+        )
+    assert identifiers._canonical_cached.cache_info().currsize == bound
+
+
+def test_a_malformed_url_is_refused_again_after_being_refused_once() -> None:
+    from jwtmcp import identifiers
+
+    for _ in range(2):
+        with pytest.raises(JwtMcpError, match="invalid resource URL"):
+            identifiers.canonical_resource("https://mcp.example.com/a b")

@@ -45,6 +45,9 @@ SCHEMA_VERSION = 2
 DEFAULT_BUSY_TIMEOUT = 5.0
 """Seconds a call waits for another process's write lock before :class:`StoreUnavailable`."""
 DEFAULT_PURGE_INTERVAL = 60.0
+MMAP_SIZE = 256 * 1024 * 1024
+"""Bytes of the database file each connection reads through a memory map (address space,
+not memory): a page that is not in the connection's cache costs no ``pread`` copy."""
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS codes (
@@ -219,6 +222,7 @@ class SqliteStore:
         try:
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute(f"PRAGMA mmap_size={MMAP_SIZE}")
             version = conn.execute("PRAGMA user_version").fetchone()[0]
             if version > SCHEMA_VERSION:
                 raise StoreError(
@@ -340,6 +344,7 @@ class SqliteStore:
                 grant_json,
                 idle,
                 absolute,
+                redemption.grant,
             )
             return redemption
 
@@ -439,8 +444,11 @@ class SqliteStore:
         grant_json: str,
         idle: float,
         absolute: float,
+        grant: Mapping[str, Any] | None = None,
     ) -> RefreshFamily:
-        """Store a new family and its first refresh token (generation 0), inside a write."""
+        """Store a new family and its first refresh token (generation 0), inside a write.
+
+        ``grant`` is ``grant_json`` already decoded, when the caller has it."""
         try:
             conn.execute(
                 "INSERT INTO refresh_tokens (token_hash, family_id, generation) VALUES (?, ?, 0)",
@@ -452,7 +460,7 @@ class SqliteStore:
             family_id=family_id,
             client_id=client_id,
             subject=subject,
-            grant=_from_json(grant_json),
+            grant=_from_json(grant_json) if grant is None else grant,
             created_at=now,
             last_used_at=now,
             idle_ttl=idle,
