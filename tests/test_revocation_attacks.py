@@ -17,8 +17,10 @@ from jwtmcp.clients import add_client
 from jwtmcp.issuer import create_app
 from jwtmcp.keys import init_ring, load_ring
 from jwtmcp.mcp import protected_server
-from tests.support import FakeClock, free_port, serve_app
+from tests.support import FakeClock, free_port, run_cli, serve_app
 from tests.test_revocation import ACCEPTED, REVOKED, World, answers
+
+LONG = 30 * 86400
 
 
 def _world(
@@ -78,6 +80,11 @@ def short_world(tmp_path: Path) -> Iterator[World]:
     yield from _world(tmp_path, max_age=5)
 
 
+@pytest.fixture
+def long_world(tmp_path: Path) -> Iterator[World]:
+    yield from _world(tmp_path, max_lifetime=LONG)
+
+
 def test_revocation_reaches_servers_within_a_max_age_shorter_than_the_refetch_cooldown(
     short_world: World,
 ) -> None:
@@ -90,4 +97,31 @@ def test_revocation_reaches_servers_within_a_max_age_shorter_than_the_refetch_co
     code, _, err = world.cli("revoke", "--sub", "alice")
     assert code == 0, err
     world.clock.advance(5)
+    assert answers(world, token) == REVOKED
+
+
+def test_long_lived_token_stays_revoked_after_long_lived_tokens_are_disabled(
+    long_world: World,
+) -> None:
+    """`revoke enable --max-ttl 30d`, `mint --ttl 30d`, `revoke disable` (the docs: tokens
+    minted before stay valid), then `revoke --sub`: the entry was listed only for the
+    ring's 3600 s, after which the 30-day token worked again."""
+    world = long_world
+    flags = ("--clients", str(world.directory / "clients.json"))
+    assert run_cli("revoke", "enable", "--max-ttl", "30d", *flags, clock=world.clock)[0] == 0
+    code, out, err = run_cli(
+        "mint", "--subject", "alice", "--tools", "add", "--iss", world.issuer,
+        "--audience", world.servers[0], "--audience", world.servers[1], "--ttl", "30d",
+        "--keys", str(world.directory / "keys"),
+        "--revocations", str(world.directory / "revocations.json"), clock=world.clock,
+    )  # fmt: skip
+    assert code == 0, err
+    token = out.strip()
+    assert answers(world, token) == ACCEPTED
+    assert run_cli("revoke", "disable", *flags, clock=world.clock)[0] == 0
+    code, _, err = world.cli("revoke", "--sub", "alice")
+    assert code == 0, err
+    world.clock.advance(60)
+    assert answers(world, token) == REVOKED
+    world.clock.advance(3600 + 60)  # past the ring's lifetime + leeway; the token lives on
     assert answers(world, token) == REVOKED
