@@ -68,10 +68,12 @@ LIST_MEDIA_TYPE = "application/" + LIST_TYPE
 _FORM_NAMES: dict[str, Kind] = {"sub": "sub", "client": "client_id", "jti": "jti"}
 
 
-def long_lived_horizon(ring: KeyRing, state: RevocationState) -> int:
-    """Seconds a revocation must be listed: the longest lifetime a token of this issuer may
-    have (the ring's maximum, or the long-lived maximum when larger) plus the ring's leeway."""
-    return max(ring.max_lifetime, state.long_lived_max_lifetime or 0) + ring.leeway
+def long_lived_horizon(ring: KeyRing, state: RevocationState, now: float) -> int:
+    """Seconds a revocation made at ``now`` must be listed: the longest lifetime a token of
+    this issuer may still have (the ring's maximum, or the long-lived maximum when larger,
+    including tokens minted under a maximum since withdrawn or lowered) plus the ring's
+    leeway."""
+    return max(ring.max_lifetime, state.longest_lifetime(now)) + ring.leeway
 
 
 @dataclass(frozen=True)
@@ -235,7 +237,9 @@ class RevocationEndpoints:
                 reason = check_reason(form.params.get("reason", ""))
             except RevocationError as exc:
                 raise OAuthError("invalid_request", exc.message) from None
-            horizon = long_lived_horizon(service.rings.current(), self.watcher.current())
+            horizon = long_lived_horizon(
+                service.rings.current(), self.watcher.current(), service.clock()
+            )
             try:
                 entry, state = await run_in_threadpool(
                     revoke,
