@@ -14,9 +14,11 @@ from typing import Any
 import pytest
 
 from jwtmcp.clients import add_client
+from jwtmcp.errors import ConfigError
 from jwtmcp.issuer import create_app
 from jwtmcp.keys import init_ring, load_ring
 from jwtmcp.mcp import protected_server
+from jwtmcp.verifier import Verifier
 from tests.support import FakeClock, free_port, run_cli, serve_app
 from tests.test_revocation import ACCEPTED, REVOKED, World, answers
 
@@ -125,3 +127,44 @@ def test_long_lived_token_stays_revoked_after_long_lived_tokens_are_disabled(
     assert answers(world, token) == REVOKED
     world.clock.advance(3600 + 60)  # past the ring's lifetime + leeway; the token lives on
     assert answers(world, token) == REVOKED
+
+
+def test_long_lived_tokens_cannot_be_had_or_accepted_without_the_revocation_list(
+    tmp_path: Path,
+) -> None:
+    """The gate on `mint --ttl 30d` ('safe only with revocation') was bypassed two ways: a
+    ring made with `keys init --max-lifetime 2592000` minted 30-day tokens with no
+    revocation list at all, and a server given max_lifetime=30d accepted them without
+    checking one."""
+    keys = str(tmp_path / "keys")
+    code, out, err = run_cli("keys", "init", "--keys", keys, "--max-lifetime", str(LONG))
+    assert (code, out) == (1, "") and err.count("\n") == 1, (code, out, err)
+    assert "revoke enable" in err
+    minted = run_cli(
+        "mint", "--subject", "s", "--tools", "add", "--audience", "http://127.0.0.1:1/mcp",
+        "--ttl", "30d", "--keys", keys, "--revocations", str(tmp_path / "revocations.json"),
+    )  # fmt: skip
+    assert minted[0] == 1 and minted[1] == ""
+    issuer = f"http://127.0.0.1:{free_port()}"
+    with pytest.raises(ConfigError, match="revocation"):
+        protected_server(
+            "math",
+            issuer=issuer,
+            resource="http://127.0.0.1:1/mcp",
+            verifier_options={"max_lifetime": LONG},
+        )
+    with pytest.raises(ConfigError, match="revocation"):
+        Verifier(
+            issuer=issuer,
+            audience="http://127.0.0.1:1/mcp",
+            jwks_url=issuer + "/.well-known/jwks.json",
+            max_lifetime=3601,
+        )
+    checked = protected_server(
+        "math",
+        issuer=issuer,
+        resource="http://127.0.0.1:1/mcp",
+        revocations=True,
+        verifier_options={"max_lifetime": LONG},
+    )
+    checked.jwt_verifier.close()
