@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx2
 import pytest
 
 from jwtmcp.clients import add_client
@@ -168,3 +169,47 @@ def test_long_lived_tokens_cannot_be_had_or_accepted_without_the_revocation_list
         verifier_options={"max_lifetime": LONG},
     )
     checked.jwt_verifier.close()
+
+
+@pytest.fixture
+def plain_world(tmp_path: Path) -> Iterator[World]:
+    yield from _world(tmp_path)
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"Origin": "https://evil.example"},
+        {"Origin": "null"},
+        {"Sec-Fetch-Site": "cross-site"},
+    ],
+    ids=["origin", "null-origin", "sec-fetch-site"],
+)
+def test_admin_revoke_refuses_a_cross_origin_form_post(
+    plain_world: World, headers: dict[str, str]
+) -> None:
+    """A browser that has the admin's Basic credentials cached (the endpoint's 401 asks for
+    them with WWW-Authenticate: Basic) sends them with a plain cross-site form POST, which
+    needs no CORS preflight: any web page could revoke any subject (CSRF). Revocation
+    tools are not browsers; a request a browser marks as cross-origin is refused."""
+    world = plain_world
+    token = world.token("alice")
+    reply = httpx2.post(
+        world.issuer + "/admin/revoke",
+        data={"sub": "alice"},
+        auth=("ops", world.secrets["ops"]),
+        headers=headers,
+        timeout=10,
+    )
+    assert reply.status_code == 403, reply.text
+    assert reply.json()["error"] == "invalid_request"
+    world.clock.advance(60)
+    assert answers(world, token) == ACCEPTED
+    same_origin = httpx2.post(
+        world.issuer + "/admin/revoke",
+        data={"sub": "alice"},
+        auth=("ops", world.secrets["ops"]),
+        headers={"Origin": world.issuer, "Sec-Fetch-Site": "same-origin"},
+        timeout=10,
+    )
+    assert same_origin.status_code == 200, same_origin.text
