@@ -12,7 +12,7 @@
   ``exp`` in epoch seconds), and an optional ``reason``. The caller authenticates as a
   client of the clients file (:meth:`~jwtmcp.issuer.IssuerService.authenticate_client`:
   ``client_secret_basic`` or ``client_secret_post``) whose scopes include
-  ``jwtmcp:revoke`` (:data:`ADMIN_SCOPE`; ``jwtmcp clients add ops --scopes jwtmcp:revoke
+  ``jwtmcp:revoke`` (:data:`ADMIN_SCOPE`; ``jwtmcp clients add ops --scope jwtmcp:revoke
   ...``). Answers 200 with the entry and the new sequence; 401 ``invalid_client`` (with
   ``WWW-Authenticate: Basic``) for failed authentication; 403 ``insufficient_scope`` for
   a client without the scope; 400 ``invalid_request`` for a bad form; 429 ``slow_down``
@@ -28,6 +28,7 @@ import logging
 import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -189,6 +190,7 @@ class RevocationEndpoints:
 
         service = self.service
         try:
+            _refuse_cross_origin(request, service.issuer)
             content_type = request.headers.get("content-type", "")
             if content_type.partition(";")[0].strip().lower() != FORM_TYPE:
                 raise OAuthError("invalid_request", f"the request must be a {FORM_TYPE} form")
@@ -295,6 +297,27 @@ class RevocationEndpoints:
             headers={"Cache-Control": "no-store"},
             media_type="application/json",
         )
+
+
+def _origin(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}".lower()
+
+
+def _refuse_cross_origin(request: Request, issuer: str) -> None:
+    """Refuse a request a browser marks as coming from another origin (``Origin``, or
+    ``Sec-Fetch-Site``). A plain cross-site form POST needs no CORS preflight and carries
+    Basic credentials the browser has cached (the 401 asks for them): without this, any web
+    page an administrator visits could revoke anything (CSRF). Revocation tools (curl,
+    scripts) send neither header."""
+    from .issuer import OAuthError
+
+    site = request.headers.get("sec-fetch-site")
+    origin = request.headers.get("origin")
+    if (site is not None and site.strip().lower() not in ("same-origin", "none")) or (
+        origin is not None and origin.strip().lower() != _origin(issuer)
+    ):
+        raise OAuthError("invalid_request", "cross-origin requests may not revoke tokens", 403)
 
 
 async def _read_limited(request: Request, limit: int) -> bytes:
