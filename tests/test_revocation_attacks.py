@@ -213,3 +213,32 @@ def test_admin_revoke_refuses_a_cross_origin_form_post(
         timeout=10,
     )
     assert same_origin.status_code == 200, same_origin.text
+
+
+def test_admin_revoke_past_the_rate_limit_logs_which_client(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A 429 at /admin/revoke was logged with "client_id": null: the audit log could not
+    say which revoking client was hammering the endpoint."""
+    init_ring(tmp_path / "keys")
+    clients = tmp_path / "clients.json"
+    _, secret = add_client(
+        clients, "ops", tools=["add"], audiences=["http://127.0.0.1:1/mcp"],
+        scopes=["jwtmcp:revoke"],
+    )  # fmt: skip
+    app = create_app(
+        issuer_url="http://127.0.0.1:1",
+        keys_dir=tmp_path / "keys",
+        clients_file=clients,
+        rate_limit=0.001,
+        rate_burst=1,
+    )
+    caplog.set_level("INFO", logger="jwtmcp.issuer")
+    with serve_app(app) as base:
+        replies = [
+            httpx2.post(base + "/admin/revoke", data={"sub": f"s{i}"}, auth=("ops", secret))
+            for i in range(2)
+        ]
+    assert [r.status_code for r in replies] == [200, 429]
+    refused = [r.getMessage() for r in caplog.records if "revoke_refused" in r.getMessage()]
+    assert refused and all('"client_id": "ops"' in line for line in refused), refused
