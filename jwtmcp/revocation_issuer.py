@@ -189,6 +189,7 @@ class RevocationEndpoints:
         from .issuer import FORM_TYPE, OAuthError, _form_pairs, parse_form
 
         service = self.service
+        who: str | None = None  # the authenticated client, for the refusal's log line
         try:
             _refuse_cross_origin(request, service.issuer)
             content_type = request.headers.get("content-type", "")
@@ -200,6 +201,7 @@ class RevocationEndpoints:
                 value for name, value in request.headers.raw if name == b"authorization"
             ]
             client = await service.authenticate_client(form.params, authorizations)
+            who = client.client_id
             if ADMIN_SCOPE not in client.scopes:
                 refused = OAuthError(
                     "insufficient_scope",
@@ -264,12 +266,13 @@ class RevocationEndpoints:
                     {"Retry-After": "5"},
                 ) from None
         except OAuthError as exc:
+            refused_id = exc.client_id or who
             log.info(
                 json.dumps(
                     {
                         "event": "revoke_refused",
                         "error": exc.error,
-                        "client_id": short_client_id(exc.client_id) if exc.client_id else None,
+                        "client_id": short_client_id(refused_id) if refused_id else None,
                     }
                 )
             )
