@@ -22,7 +22,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NoReturn
 
-from .errors import ConfigError, JwtMcpError, KeysUnavailable, ListenError, TokenError
+from .errors import (
+    ConfigError,
+    JwtMcpError,
+    KeysUnavailable,
+    ListenError,
+    RevocationsUnavailable,
+    TokenError,
+)
 from .keys import (
     DEFAULT_BITS,
     DEFAULT_LEEWAY,
@@ -34,7 +41,14 @@ from .keys import (
     rotate_ring,
 )
 from .numeric import parse_decimal_number, parse_whole_number
-from .tokens import DEFAULT_LIFETIME, DEFAULT_MAX_LIFETIME, Clock, mint, tool_scope
+from .tokens import (
+    DEFAULT_LIFETIME,
+    DEFAULT_MAX_LIFETIME,
+    SHORT_LIVED_MAX,
+    Clock,
+    mint,
+    tool_scope,
+)
 
 PROG = "jwtmcp"
 DEFAULT_KEYS_DIR = "keys"
@@ -254,8 +268,7 @@ def cmd_keys_list(args: argparse.Namespace, clock: Clock) -> int:
             removable = f"after {_utc(until)} (in {_duration(until - now)})"
         where = (row["backend"],) if custody else ()
         table.append(
-            (row["kid"], row["state"], str(row["bits"]), *where, _utc(row["created_at"]),
-             removable)
+            (row["kid"], row["state"], str(row["bits"]), *where, _utc(row["created_at"]), removable)
         )
     widths = [max(len(r[i]) for r in table) for i in range(len(header) - 1)]
     for r in table:
@@ -364,9 +377,7 @@ def cmd_verify(args: argparse.Namespace, clock: Clock) -> int:
             key_source = {"public_key_pem": Path(source).read_bytes()}
         else:
             key_source = {"jwks_file": source}
-    audience: str | list[str] = (
-        args.audience[0] if len(args.audience) == 1 else list(args.audience)
-    )
+    audience: str | list[str] = args.audience[0] if len(args.audience) == 1 else list(args.audience)
     # A one-shot run has no last good keys to keep: the key cache's outage log lines are
     # for servers. A URL that cannot be used is this command's one error line instead.
     jwks_log = logging.getLogger("jwtmcp.jwks")
@@ -378,10 +389,20 @@ def cmd_verify(args: argparse.Namespace, clock: Clock) -> int:
             audience=audience,
             clock=clock,
             max_lifetime=args.max_lifetime,
+            # Longer-lived tokens are accepted only while checking the revocation list.
+            revocations=args.max_lifetime > SHORT_LIVED_MAX,
             **key_source,
         )
         try:
             claims = verifier.verify(token)
+        except RevocationsUnavailable:
+            listed = verifier.revocations
+            assert listed is not None
+            listed.wait_idle(listed.policy.fetch_timeout + 1.0)
+            why = listed.last_error or f"no answer within {listed.policy.fetch_timeout} s"
+            raise RevocationsUnavailable(
+                f"cannot fetch the revocation list from {listed.url}: {why}"
+            ) from None
         except KeysUnavailable:
             keys = verifier.keys
             if not isinstance(keys, JwksCache):
@@ -390,9 +411,7 @@ def cmd_verify(args: argparse.Namespace, clock: Clock) -> int:
             reason = keys.last_error or f"no answer within {keys.policy.fetch_timeout} s"
             raise KeysUnavailable(f"cannot fetch the JWKS from {source}: {reason}") from None
         except TokenError as exc:
-            raise TokenError(
-                f"token refused ({exc.code}): {exc.message}", code=exc.code
-            ) from None
+            raise TokenError(f"token refused ({exc.code}): {exc.message}", code=exc.code) from None
         finally:
             verifier.close()
     finally:
@@ -667,9 +686,7 @@ def _add_clients_flag(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _add_flag(
-    parser: argparse.ArgumentParser, documented: str, alias: str, **options: Any
-) -> None:
+def _add_flag(parser: argparse.ArgumentParser, documented: str, alias: str, **options: Any) -> None:
     """A flag with two spellings: ``documented`` (the word, as in the Python API) is the one
     the help shows; ``alias`` (the JWT claim name: ``--iss``, ``--aud``, ``--sub``) works
     the same and is not listed."""
@@ -713,8 +730,7 @@ def _add_grant_flags(
         action="append",
         required=required,
         metavar="A,B",
-        help=f"tools {holder} may {verb}, comma-separated ('*' and 'prefix*' allowed); "
-        "repeatable",
+        help=f"tools {holder} may {verb}, comma-separated ('*' and 'prefix*' allowed); repeatable",
     )
     _add_flag(
         parser,
@@ -914,8 +930,7 @@ cannot be set with --claim.
         "--tools",
         action="append",
         metavar="A,B",
-        help="tools the token may call, comma-separated; repeatable (required, "
-        "unless --no-tools)",
+        help="tools the token may call, comma-separated; repeatable (required, unless --no-tools)",
     )
     grants.add_argument(
         "--no-tools",
@@ -1014,7 +1029,8 @@ examples:
         default=DEFAULT_MAX_LIFETIME,
         metavar="SECONDS",
         help="refuse tokens that live longer than this (exp - iat); match the ring's "
-        "'keys init --max-lifetime'",
+        "'keys init --max-lifetime'; above 3600 (long-lived tokens) the issuer's revocation "
+        "list is checked too",
     )
     p.set_defaults(func=cmd_verify)
 

@@ -112,7 +112,7 @@ def cmd_revoke(args: argparse.Namespace, clock: Clock) -> int:
         raise CliError("--until is for --jti only (the token's exp, in epoch seconds)")
     path = revocations_file(args)
     ring = load_ring(keys_dir(args))
-    horizon = long_lived_horizon(ring, load_revocations(path))
+    horizon = long_lived_horizon(ring, load_revocations(path), clock())
     entry, state = revoke(
         path,
         kind,

@@ -21,7 +21,9 @@ happens around that lookup:
   wall clock (``clock``) is used only where an absolute time is needed: the response's
   ``Date`` (RFC 9111's apparent age, which a fast clock can only shorten) and the cache file.
 * **Unknown kids** cause a refetch, at most one fetch per ``refetch_cooldown`` seconds
-  (all fetches share this budget, so a flood of random kids costs one fetch per cooldown);
+  (all fetches share this budget, so a flood of random kids costs one fetch per cooldown;
+  the budget is never longer than the held document's refresh-ahead point, 80 % of its
+  max-age, so a revocation list with a short max-age is refreshed within it);
   a kid still missing after a fetch is remembered for ``unknown_kid_ttl`` seconds.
 * **Outages**: a failed fetch never drops keys. The last good set keeps serving for
   ``stale_window`` seconds past its max-age, with retries in the background; after that,
@@ -713,6 +715,12 @@ class CachedDocument(Generic[T]):
         """Seconds from one fetch attempt to the next (caller holds the lock)."""
         policy = self.policy
         if self._failures == 0:
+            # Never hold a refresh past the held document's own refresh-ahead point: a
+            # revocation list may ask for max-age 5 s, below the cooldown, and serving it
+            # until the cooldown ran out would break the propagation bound it promises.
+            snap = self._snapshot
+            if snap is not None:
+                return min(policy.refetch_cooldown, snap.max_age * policy.refresh_ahead)
             return policy.refetch_cooldown
         backoff = policy.retry_backoff * 2.0 ** min(self._failures - 1, 60)
         return min(backoff, policy.refetch_cooldown)

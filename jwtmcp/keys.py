@@ -50,7 +50,7 @@ from .files import (
     signature_is_settled,
 )
 from .signers import FILE_BACKEND, KeyBackend, Signer, open_backend
-from .tokens import DEFAULT_MAX_LIFETIME, Clock, SigningKey
+from .tokens import DEFAULT_MAX_LIFETIME, SHORT_LIVED_MAX, Clock, SigningKey
 
 log = logging.getLogger("jwtmcp.keys")
 
@@ -390,9 +390,7 @@ _public_cache: dict[tuple[int, str], rsa.RSAPublicKey] = {}
 half never changes, so a reload of ``ring.json`` asks the backend only for new keys."""
 
 
-def _backend_key(
-    backends: Mapping[str, Mapping[str, Any]], entry: Mapping[str, Any]
-) -> RingKey:
+def _backend_key(backends: Mapping[str, Mapping[str, Any]], entry: Mapping[str, Any]) -> RingKey:
     """The :class:`RingKey` of a state entry whose private key lives in a backend."""
     name, handle, kid = entry["backend"], entry["handle"], entry["kid"]
     backend = open_backend(name, backends[name])
@@ -531,7 +529,10 @@ def _write_ring(
                 # The key is out of the ring and the JWKS already; only its copy stays.
                 log.warning(
                     "jwtmcp: key %s left the ring, but its %s key %s was not deleted: %s",
-                    key.kid, key.backend, key.handle, exc.message,
+                    key.kid,
+                    key.backend,
+                    key.handle,
+                    exc.message,
                 )
     return ring
 
@@ -627,6 +628,12 @@ def init_ring(
     _check_bits(bits)
     if isinstance(max_lifetime, bool) or not isinstance(max_lifetime, int) or max_lifetime <= 0:
         raise KeyRingError(f"max lifetime must be a positive number of seconds, not {max_lifetime}")
+    if max_lifetime > SHORT_LIVED_MAX:
+        raise KeyRingError(
+            f"max lifetime {max_lifetime} s is above {SHORT_LIVED_MAX} s: a longer-lived token "
+            "is safe only with the revocation list; keep the ring short-lived and run "
+            "'jwtmcp revoke enable --max-ttl' then 'jwtmcp mint --ttl' (see docs/revocation.md)"
+        )
     if isinstance(leeway, bool) or not isinstance(leeway, int) or leeway < 0:
         raise KeyRingError(f"leeway must be zero or a positive number of seconds, not {leeway}")
     _ensure_directory(path)
@@ -640,7 +647,11 @@ def init_ring(
             generate_key("next", now, bits, maker),
         )
         ring = KeyRing(
-            path, new, max_lifetime=max_lifetime, leeway=leeway, backends=backends,
+            path,
+            new,
+            max_lifetime=max_lifetime,
+            leeway=leeway,
+            backends=backends,
             backend=backend,
         )
         return _write_ring(ring, new)
@@ -714,9 +725,7 @@ def rotate_ring(
         return _write_ring(replace(ring, keys=tuple(keys)), tuple(created))
 
 
-def revoke_key(
-    directory: str | os.PathLike[str], kid: str, *, clock: Clock = time.time
-) -> KeyRing:
+def revoke_key(directory: str | os.PathLike[str], kid: str, *, clock: Clock = time.time) -> KeyRing:
     """Remove ``kid`` from the ring (and so from the JWKS) at once.
 
     Revoking the active key promotes ``next`` to active; revoking the ``next`` key (or the

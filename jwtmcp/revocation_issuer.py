@@ -12,7 +12,7 @@
   ``exp`` in epoch seconds), and an optional ``reason``. The caller authenticates as a
   client of the clients file (:meth:`~jwtmcp.issuer.IssuerService.authenticate_client`:
   ``client_secret_basic`` or ``client_secret_post``) whose scopes include
-  ``jwtmcp:revoke`` (:data:`ADMIN_SCOPE`; ``jwtmcp clients add ops --scopes jwtmcp:revoke
+  ``jwtmcp:revoke`` (:data:`ADMIN_SCOPE`; ``jwtmcp clients add ops --scope jwtmcp:revoke
   ...``). Answers 200 with the entry and the new sequence; 401 ``invalid_client`` (with
   ``WWW-Authenticate: Basic``) for failed authentication; 403 ``insufficient_scope`` for
   a client without the scope; 400 ``invalid_request`` for a bad form; 429 ``slow_down``
@@ -28,6 +28,7 @@ import logging
 import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -68,10 +69,12 @@ LIST_MEDIA_TYPE = "application/" + LIST_TYPE
 _FORM_NAMES: dict[str, Kind] = {"sub": "sub", "client": "client_id", "jti": "jti"}
 
 
-def long_lived_horizon(ring: KeyRing, state: RevocationState) -> int:
-    """Seconds a revocation must be listed: the longest lifetime a token of this issuer may
-    have (the ring's maximum, or the long-lived maximum when larger) plus the ring's leeway."""
-    return max(ring.max_lifetime, state.long_lived_max_lifetime or 0) + ring.leeway
+def long_lived_horizon(ring: KeyRing, state: RevocationState, now: float) -> int:
+    """Seconds a revocation made at ``now`` must be listed: the longest lifetime a token of
+    this issuer may still have (the ring's maximum, or the long-lived maximum when larger,
+    including tokens minted under a maximum since withdrawn or lowered) plus the ring's
+    leeway."""
+    return max(ring.max_lifetime, state.longest_lifetime(now)) + ring.leeway
 
 
 @dataclass(frozen=True)
@@ -186,7 +189,9 @@ class RevocationEndpoints:
         from .issuer import FORM_TYPE, OAuthError, _form_pairs, parse_form
 
         service = self.service
+        who: str | None = None  # the authenticated client, for the refusal's log line
         try:
+            _refuse_cross_origin(request, service.issuer)
             content_type = request.headers.get("content-type", "")
             if content_type.partition(";")[0].strip().lower() != FORM_TYPE:
                 raise OAuthError("invalid_request", f"the request must be a {FORM_TYPE} form")
@@ -196,6 +201,7 @@ class RevocationEndpoints:
                 value for name, value in request.headers.raw if name == b"authorization"
             ]
             client = await service.authenticate_client(form.params, authorizations)
+            who = client.client_id
             if ADMIN_SCOPE not in client.scopes:
                 refused = OAuthError(
                     "insufficient_scope",
@@ -235,7 +241,9 @@ class RevocationEndpoints:
                 reason = check_reason(form.params.get("reason", ""))
             except RevocationError as exc:
                 raise OAuthError("invalid_request", exc.message) from None
-            horizon = long_lived_horizon(service.rings.current(), self.watcher.current())
+            horizon = long_lived_horizon(
+                service.rings.current(), self.watcher.current(), service.clock()
+            )
             try:
                 entry, state = await run_in_threadpool(
                     revoke,
@@ -258,12 +266,13 @@ class RevocationEndpoints:
                     {"Retry-After": "5"},
                 ) from None
         except OAuthError as exc:
+            refused_id = exc.client_id or who
             log.info(
                 json.dumps(
                     {
                         "event": "revoke_refused",
                         "error": exc.error,
-                        "client_id": short_client_id(exc.client_id) if exc.client_id else None,
+                        "client_id": short_client_id(refused_id) if refused_id else None,
                     }
                 )
             )
@@ -291,6 +300,27 @@ class RevocationEndpoints:
             headers={"Cache-Control": "no-store"},
             media_type="application/json",
         )
+
+
+def _origin(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}".lower()
+
+
+def _refuse_cross_origin(request: Request, issuer: str) -> None:
+    """Refuse a request a browser marks as coming from another origin (``Origin``, or
+    ``Sec-Fetch-Site``). A plain cross-site form POST needs no CORS preflight and carries
+    Basic credentials the browser has cached (the 401 asks for them): without this, any web
+    page an administrator visits could revoke anything (CSRF). Revocation tools (curl,
+    scripts) send neither header."""
+    from .issuer import OAuthError
+
+    site = request.headers.get("sec-fetch-site")
+    origin = request.headers.get("origin")
+    if (site is not None and site.strip().lower() not in ("same-origin", "none")) or (
+        origin is not None and origin.strip().lower() != _origin(issuer)
+    ):
+        raise OAuthError("invalid_request", "cross-origin requests may not revoke tokens", 403)
 
 
 async def _read_limited(request: Request, limit: int) -> bytes:

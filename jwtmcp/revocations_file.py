@@ -9,6 +9,8 @@ or not. Format (version 1)::
     {"version": 1,
      "sequence": 1796001464,               # grows at every change; published in the list
      "long_lived_max_lifetime": 2592000,   # seconds; set by 'jwtmcp revoke enable', or null
+     "long_lived_valid_until": null,       # after a disable/lower: when the last token
+                                           # minted under the former maximum expires
      "entries": [
        {"kind": "sub", "value": "alice", "before": 1796001464,
         "until": 1796005124, "at": 1796001464.2, "reason": "laptop stolen"},
@@ -87,12 +89,22 @@ class RevocationState:
     sequence: int = 0
     long_lived_max_lifetime: int | None = None
     entries: tuple[Revocation, ...] = ()
+    long_lived_valid_until: int | None = None
+    """When long-lived tokens were disabled (or their maximum lowered): the time until
+    which a token minted under the former maximum may still be valid (epoch seconds)."""
     present: bool = True
     """False when there is no file (nothing revoked)."""
 
     def published_sequence(self, now: float) -> int:
         """The sequence the list carries at ``now``: the file's, else the current time."""
         return self.sequence if self.present else int(now)
+
+    def longest_lifetime(self, now: float) -> int:
+        """Seconds a token of this issuer minted above the ring's maximum may still live at
+        ``now``: the long-lived maximum, or, after ``revoke disable`` (or a lower
+        ``--max-ttl``), what is left of the tokens minted under the former one (0: none)."""
+        left = (self.long_lived_valid_until or 0) - int(now)
+        return max(self.long_lived_max_lifetime or 0, left, 0)
 
     def next_sequence(self, now: float) -> int:
         """The sequence of the next change made at ``now``."""
@@ -117,6 +129,7 @@ class RevocationState:
             "version": FORMAT_VERSION,
             "sequence": self.sequence,
             "long_lived_max_lifetime": self.long_lived_max_lifetime,
+            "long_lived_valid_until": self.long_lived_valid_until,
             "entries": [e._entry() for e in self.entries],
         }
 
@@ -160,6 +173,9 @@ def _parse(path: Path, raw: bytes) -> RevocationState:
     long_lived = doc.get("long_lived_max_lifetime")
     if long_lived is not None and (type(long_lived) is not int or long_lived <= 0):
         raise bad("'long_lived_max_lifetime' must be a positive integer or null")
+    valid_until = doc.get("long_lived_valid_until")
+    if valid_until is not None and (type(valid_until) is not int or valid_until < 0):
+        raise bad("'long_lived_valid_until' must be a time or null")
     raw_entries = doc.get("entries", [])
     if not isinstance(raw_entries, list):
         raise bad("'entries' must be a list")
@@ -190,7 +206,9 @@ def _parse(path: Path, raw: bytes) -> RevocationState:
                 reason=reason,
             )
         )
-    return RevocationState(path, sequence, long_lived, tuple(entries))
+    return RevocationState(
+        path, sequence, long_lived, tuple(entries), long_lived_valid_until=valid_until
+    )
 
 
 def load_revocations(path: str | os.PathLike[str]) -> RevocationState:
@@ -266,16 +284,27 @@ def set_long_lived(
 ) -> RevocationState:
     """Allow tokens living up to ``max_lifetime`` seconds (None: none longer than the ring's
     maximum) for this issuer: the declaration that its servers check the revocation list,
-    which ``jwtmcp mint --ttl`` above the ring's maximum requires."""
+    which ``jwtmcp mint --ttl`` above the ring's maximum requires.
+
+    Lowering the maximum (or withdrawing it) does not shorten the tokens minted before:
+    the file keeps when the last of them may expire (``long_lived_valid_until``), and
+    revocations stay listed that long (:meth:`RevocationState.longest_lifetime`)."""
     if max_lifetime is not None and (type(max_lifetime) is not int or max_lifetime <= 0):
         raise RevocationError("the long-lived maximum must be a positive number of seconds")
     where = Path(path)
+    now = clock()
     with _locked(where):
         state = load_revocations(where)
+        valid_until = state.long_lived_valid_until
+        if state.long_lived_max_lifetime and (max_lifetime or 0) < state.long_lived_max_lifetime:
+            valid_until = max(valid_until or 0, int(now) + state.long_lived_max_lifetime)
+        if valid_until is not None and valid_until <= now:
+            valid_until = None
         new = replace(
             state,
-            sequence=state.next_sequence(clock()),
+            sequence=state.next_sequence(now),
             long_lived_max_lifetime=max_lifetime,
+            long_lived_valid_until=valid_until,
             present=True,
         )
         _write(new)

@@ -31,6 +31,11 @@ ALGORITHM = "RS256"
 TOOL_SCOPE_PREFIX = "tool:"
 DEFAULT_LIFETIME = 300
 DEFAULT_MAX_LIFETIME = 3600
+SHORT_LIVED_MAX = DEFAULT_MAX_LIFETIME
+"""The longest lifetime (seconds) a token may have without the revocation list: a key
+ring's maximum never goes above it, and a verifier accepting longer-lived tokens must check
+the list (longer ones come only from ``jwtmcp mint --ttl`` after ``jwtmcp revoke enable``;
+docs/revocation.md)."""
 MAX_TOKEN_BYTES = 8192
 """The longest token a :class:`~jwtmcp.Verifier` accepts by default; mint signs none longer."""
 MAX_NUMERIC_DATE = 2**53 - 1
@@ -99,7 +104,7 @@ def _tool_scope(tool: str) -> str:
     if name.startswith(TOOL_SCOPE_PREFIX):
         raise ConfigError(
             f"invalid tool name {_shown(tool)}: give it without the 'tool:' prefix "
-            f"({name[len(TOOL_SCOPE_PREFIX):]!r}), which jwtmcp adds"
+            f"({name[len(TOOL_SCOPE_PREFIX) :]!r}), which jwtmcp adds"
         )
     if "*" in name[:-1]:
         raise ConfigError(f"invalid tool name {tool!r}: '*' may only end a name")
@@ -359,8 +364,10 @@ def build_claims(
     names to plain JSON values (string member names, nesting up to :data:`MAX_CLAIM_DEPTH`,
     finite numbers) or that name a registered claim.
     """
-    if not isinstance(now, int | float) or isinstance(now, bool) or not (
-        0 <= now <= MAX_NUMERIC_DATE
+    if (
+        not isinstance(now, int | float)
+        or isinstance(now, bool)
+        or not (0 <= now <= MAX_NUMERIC_DATE)
     ):
         raise ConfigError(f"the clock gave {_shown(now)}, not a time in seconds since the epoch")
     _check_text(issuer, "the issuer (iss)")
@@ -388,9 +395,7 @@ def build_claims(
     _check_seconds(max_lifetime, "the maximum lifetime")
     _check_seconds(lifetime, "lifetime")
     if lifetime > max_lifetime:
-        raise ConfigError(
-            f"lifetime {lifetime} s is above the maximum of {max_lifetime} s"
-        )
+        raise ConfigError(f"lifetime {lifetime} s is above the maximum of {max_lifetime} s")
     iat = int(now)
     if iat + lifetime > MAX_NUMERIC_DATE:
         raise ConfigError(f"the token's expiry (exp) would be past {MAX_NUMERIC_DATE}")
@@ -500,9 +505,7 @@ def _claims_json(claims: Mapping[str, Any]) -> bytes:
     kinds = set(map(type, claims.values()))
     if kinds <= _PLAIN_TYPES or (
         kinds - _PLAIN_TYPES == {list}
-        and all(
-            type(item) is str for v in claims.values() if type(v) is list for item in v
-        )
+        and all(type(item) is str for v in claims.values() if type(v) is list for item in v)
     ):
         try:
             payload = orjson.dumps(claims)
@@ -590,8 +593,7 @@ def mint(
     signing = key if isinstance(key, SigningKey) else getattr(key, "signing_key", None)
     if not isinstance(signing, SigningKey):
         raise ConfigError(
-            f"mint needs a SigningKey (ring.active.signing_key) or a KeyRing, "
-            f"not {_shown(key)}"
+            f"mint needs a SigningKey (ring.active.signing_key) or a KeyRing, not {_shown(key)}"
         )
     # The ring's maximum is a ceiling: an explicit max_lifetime may lower it, never raise it.
     ceiling = signing.max_lifetime

@@ -77,6 +77,7 @@ from .tokens import (
     DEFAULT_MAX_LIFETIME,
     MAX_NUMERIC_DATE,
     MAX_TOKEN_BYTES,
+    SHORT_LIVED_MAX,
     TOKEN_TYPE,
     Clock,
     ToolGrants,
@@ -246,8 +247,19 @@ def _verified_claims_fields() -> frozenset[str]:
 _VERIFIED_FIELDS = _verified_claims_fields()
 # The fields _new_verified_claims fills in, checked once here against the dataclass.
 _FILLED_FIELDS = frozenset(
-    {"subject", "client_id", "issuer", "audience", "scopes", "tools", "issued_at",
-     "expires_at", "jti", "kid", "claims"}
+    {
+        "subject",
+        "client_id",
+        "issuer",
+        "audience",
+        "scopes",
+        "tools",
+        "issued_at",
+        "expires_at",
+        "jti",
+        "kid",
+        "claims",
+    }
 )
 _FAST_CONSTRUCTION = (
     "__slots__" not in VerifiedClaims.__dict__
@@ -351,7 +363,8 @@ class Verifier:
     - ``algorithms`` (iterable of str): the allow-list, default ``("RS256",)``; only RSA
       ``RS*``/``PS*`` algorithms exist (RFC 8725 §3.1).
     - ``leeway`` (seconds, 0-300, default 30): clock skew allowed on ``exp``, ``nbf``, ``iat``.
-    - ``max_lifetime`` (seconds, default 3600): ``exp - iat`` above it is refused.
+    - ``max_lifetime`` (seconds, default 3600): ``exp - iat`` above it is refused; above
+      3600 only with ``revocations`` (long-lived tokens are safe only with the list).
     - ``required_type`` (str, default ``"at+jwt"``): the ``typ`` header, as a media type.
     - ``max_token_bytes`` (int, at least 256, default 8192): refused before decoding.
     - ``verified_cache_size`` (int, default 10000 tokens; 0 disables the cache).
@@ -424,6 +437,12 @@ class Verifier:
                 raise ConfigError(f"{name} must be between 0 and {top} seconds, not {value!r}")
         if max_lifetime <= 0:
             raise ConfigError("max_lifetime must be positive")
+        if max_lifetime > SHORT_LIVED_MAX and not (revocations or revocation_url is not None):
+            raise ConfigError(
+                f"max_lifetime {max_lifetime:g} s is above {SHORT_LIVED_MAX} s: accept tokens "
+                "that long only while checking the issuer's revocation list "
+                "(revocations=True; see docs/revocation.md)"
+            )
         if not isinstance(required_type, str) or not required_type.strip():
             raise ConfigError("required_type must name the token type, e.g. 'at+jwt'")
         for name, ivalue, low in (
@@ -633,9 +652,7 @@ class Verifier:
     # its key (replaced, revoked, or a fetch to wait for) takes the full path below, which
     # looks the key up again: JwksCache.find returns the fetch already in flight.
 
-    def _start(
-        self, token: str, now: float
-    ) -> tuple[_Entry | _Header, PublicKey | Future[bool]]:
+    def _start(self, token: str, now: float) -> tuple[_Entry | _Header, PublicKey | Future[bool]]:
         """The cache entry or checked header, and the key or a fetch to wait for."""
         entry = self._cached(token, now)
         return entry, self.keys.find(entry.kid, now)
@@ -657,7 +674,6 @@ class Verifier:
     def _unexpected() -> MalformedToken:
         log.exception("unexpected error while verifying a token")
         return MalformedToken("the token could not be verified")
-
 
     def _cached(self, token: str, now: float) -> _Entry | _Header:
         """A still-valid cache entry for ``token``, else its checked header."""

@@ -721,17 +721,24 @@ def test_verify_with_a_missing_jwks_file(keys: str, tmp_path: Path) -> None:
     run("verify", token, "--jwks", str(tmp_path / "absent.json"), "--aud", AUD).one_line_error()
 
 
-def test_verify_max_lifetime_follows_a_long_lived_ring(tmp_path: Path) -> None:
-    keys = str(tmp_path / "long")
-    assert cli("keys", "init", "--keys", keys, "--max-lifetime", "7200").code == 0
+def test_verify_max_lifetime_above_an_hour_checks_the_revocation_list(tmp_path: Path) -> None:
+    keys = str(tmp_path / "ring")
+    refused = cli("keys", "init", "--keys", keys, "--max-lifetime", "7200").one_line_error()
+    assert "revoke enable" in refused  # a long-lived ring would skip the revocation gate
+    assert cli("keys", "init", "--keys", keys).code == 0
+    listed = ("--revocations", str(tmp_path / "revocations.json"))
+    assert cli("revoke", "enable", "--max-ttl", "2h", *listed).code == 0
     jwks = _jwks_file(keys, tmp_path / "jwks.json")
+    issuer = f"http://127.0.0.1:{free_port()}"  # nothing listens: no list to be had
     minted = cli("mint", "--keys", keys, "--sub", "a", "--tools", "add", "--aud", AUD,
-                 "--ttl", "7000")
+                 "--iss", issuer, "--ttl", "7000", *listed)  # fmt: skip
     token = minted.out.strip()
-    err = cli("verify", token, "--jwks", jwks, "--aud", AUD).one_line_error()
+    err = cli("verify", token, "--jwks", jwks, "--aud", AUD, "--iss", issuer).one_line_error()
     assert "lifetime_too_long" in err
-    ok = cli("verify", token, "--jwks", jwks, "--aud", AUD, "--max-lifetime", "7200")
-    assert ok.code == 0, ok.err
+    err = cli(
+        "verify", token, "--jwks", jwks, "--aud", AUD, "--iss", issuer, "--max-lifetime", "7200"
+    ).one_line_error()
+    assert "cannot fetch the revocation list" in err
 
 
 def test_rotate_then_revoke_end_to_end(ring: KeyRing, keys: str, tmp_path: Path) -> None:
