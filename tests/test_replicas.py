@@ -296,3 +296,33 @@ def test_the_rate_limiter_goes_local_while_redis_is_down_and_shared_again_after(
         store.close()
     events = [json.loads(r.getMessage())["event"] for r in caplog.records]
     assert events == ["rate_limit_local", "rate_limit_shared"]
+
+
+def test_concurrent_failed_logins_at_both_replicas_get_no_more_password_checks_than_the_limit(
+    replicas: Replicas,
+) -> None:
+    """The failed-login limit (5 per user name per window) is a brute-force budget: racing
+    wrong passwords at both replicas at once must not get more of them checked than that
+    (a check-then-count race would let every concurrent request through to Argon2)."""
+    attempts = 16
+
+    async def race() -> list[int]:
+        async with httpx2.AsyncClient(timeout=60, follow_redirects=False, trust_env=False) as c:
+            page = await c.get(replicas.authorize_url(replicas.a.base_url))
+            assert page.status_code == 200, page.text
+            form = next(f for f in parse_forms(page.text) if f.method == "post")
+            fields = {i.name: i.value for i in form.inputs if i.name}
+            fields["username"] = "demo"
+
+            async def attempt(n: int) -> int:
+                base = (replicas.a, replicas.b)[n % 2].base_url
+                data = {**fields, "password": f"wrong-{n}"}
+                answer = await c.post(base + form.action, data=data)
+                return answer.status_code
+
+            return list(await asyncio.gather(*(attempt(n) for n in range(attempts))))
+
+    statuses = asyncio.run(race())
+    checked = statuses.count(401)  # the password was checked and refused
+    assert set(statuses) <= {401, 429}, statuses
+    assert checked <= 5, f"{checked} of {attempts} concurrent guesses were checked: {statuses}"
