@@ -411,6 +411,23 @@ def test_counter_reset_forgets_it(store: Store) -> None:
     assert store.peek_count("ip:127.0.0.1") == 0
 
 
+def test_uncount_takes_one_back_in_the_open_window_never_below_zero(
+    store: Store, clock: FakeClock
+) -> None:
+    assert [store.count("ip:10.0.0.1", window=60) for _ in range(2)] == [1, 2]
+    store.uncount("ip:10.0.0.1")
+    assert store.peek_count("ip:10.0.0.1") == 1
+    store.uncount("ip:10.0.0.1")
+    store.uncount("ip:10.0.0.1")
+    assert store.peek_count("ip:10.0.0.1") == 0
+    store.uncount("ip:never-counted")
+    assert store.peek_count("ip:never-counted") == 0
+    assert store.count("ip:10.0.0.1", window=60) == 1
+    clock.advance(60)
+    store.uncount("ip:10.0.0.1")  # the window has closed: nothing to take back
+    assert store.count("ip:10.0.0.1", window=60) == 1
+
+
 # --- housekeeping ------------------------------------------------------------------------
 
 

@@ -10,7 +10,7 @@ kinds of short-lived state, and only these live here, every record with a time t
   :meth:`Store.list_families`, :meth:`Store.revoke_families`;
 - **replay windows** for ``jti`` values: :meth:`Store.remember_once`;
 - **counters** in fixed windows (failed logins, for rate limiting): :meth:`Store.count`,
-  :meth:`Store.peek_count`, :meth:`Store.reset_count`;
+  :meth:`Store.peek_count`, :meth:`Store.reset_count`, :meth:`Store.uncount`;
 - **token buckets** shared by issuer replicas (``/token`` rate limits): :meth:`Store.take_token`.
 
 Codes and refresh tokens are stored only as SHA-256 digests, never as given: whoever reads
@@ -282,6 +282,12 @@ class Store(Protocol):
 
     def reset_count(self, key: str) -> None:
         """Forget counter ``key`` (e.g. after a successful login)."""
+        ...
+
+    def uncount(self, key: str) -> None:
+        """Take one back from counter ``key`` in its current window (never below 0; nothing
+        when no window is open): an attempt counted before it was known to fail, which then
+        did not, as :meth:`count` first and this after keeps a limit exact under races."""
         ...
 
     def take_token(self, key: str, *, rate: float, burst: int) -> float:

@@ -249,6 +249,15 @@ end
 return redis.call('HINCRBY', KEYS[1], 'v', 1)
 """
 
+# ARGV: now. One back from a counter whose window is open, never below 0.
+_UNCOUNT = r"""
+local h = redis.call('HMGET', KEYS[1], 'v', 'e')
+if h[2] and tonumber(h[2]) > tonumber(ARGV[1]) and tonumber(h[1]) > 0 then
+  redis.call('HINCRBY', KEYS[1], 'v', -1)
+end
+return 1
+"""
+
 # ARGV: now, rate (per second), burst, ttl. Returns the seconds to wait ('0': allowed).
 _TAKE_FROM_BUCKET = r"""
 local n, rate, burst = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
@@ -445,6 +454,7 @@ class RedisStore:
         self._revoke = register(_REVOKE)
         self._remember_once = register(_REMEMBER_ONCE)
         self._count = register(_LIB + _COUNT)
+        self._uncount = register(_UNCOUNT)
         self._take_from_bucket = register(_LIB + _TAKE_FROM_BUCKET)
         self._purge = register(_PURGE)
 
@@ -669,6 +679,11 @@ class RedisStore:
     def reset_count(self, key: str) -> None:
         with self._calling():
             self._redis.delete(self._key("n:", digest(key)))
+
+    def uncount(self, key: str) -> None:
+        now = self._clock()
+        with self._calling():
+            self._uncount(keys=[self._key("n:", digest(key))], args=[_seconds(now)])
 
     def take_token(self, key: str, *, rate: float, burst: int) -> float:
         rate = _positive("a bucket's rate", rate)

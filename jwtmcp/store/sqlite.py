@@ -620,6 +620,14 @@ class SqliteStore:
         with self._write() as (conn, _now):
             conn.execute("DELETE FROM counters WHERE key_hash = ?", (digest(key),))
 
+    def uncount(self, key: str) -> None:
+        with self._write() as (conn, now):
+            conn.execute(
+                "UPDATE counters SET value = value - 1"
+                " WHERE key_hash = ? AND expires_at > ? AND value > 0",
+                (digest(key), now),
+            )
+
     def take_token(self, key: str, *, rate: float, burst: int) -> float:
         rate = _positive("a bucket's rate", rate)
         if isinstance(burst, bool) or not isinstance(burst, int) or burst < 1:
