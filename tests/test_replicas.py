@@ -256,6 +256,32 @@ def test_serve_refuses_a_malformed_redis_url_in_one_line(tmp_path: Path) -> None
     assert "Redis store URL" in done.stderr and "hunter2" not in done.stderr + done.stdout
 
 
+def test_a_redis_password_with_reserved_characters_never_shows_in_output(tmp_path: Path) -> None:
+    """A password made by ``openssl rand -base64`` holds ``/`` and ``+``: whatever the URL
+    parser makes of it (a port, a socket path), no part of it may reach stderr or a log."""
+    secret = "Zm9vYmFyYmF6/cXV4cXV1eA+Ym9i/YWxpY2U"
+    pieces = [p for p in re.split(r"[/+]", secret) if len(p) >= 4]
+    port = free_port()  # nothing listens there
+    for url in (
+        f"redis://:{secret}@127.0.0.1:{port}/0",
+        f"redis://jwtmcp:{secret}@127.0.0.1:{port}/0?prefix=x:",
+        f"rediss://:{secret}@127.0.0.1:{port}",
+        f"unix://:{secret}@{tmp_path}/redis.sock",
+        f"redis://:{secret.replace('/', '#')}@127.0.0.1:{port}/0",
+        f"redis://:{secret.replace('/', '?')}@127.0.0.1:{port}/0",
+    ):
+        code, out, err = run_cli("sessions", "list", "--store", url)
+        assert code != 0, out
+        done = subprocess.run(
+            [sys.executable, "-m", "jwtmcp", "serve", "--port", str(free_port()),
+             "--store", url],
+            cwd=tmp_path, capture_output=True, text=True, timeout=60,
+        )
+        shown = out + err + done.stdout + done.stderr
+        leaked = [p for p in pieces if p in shown]
+        assert not leaked, (url, leaked, err, done.stderr)
+
+
 # --- Redis back after an outage ----------------------------------------------------------------
 
 
