@@ -35,11 +35,12 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import re
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from types import MappingProxyType
 from typing import Any, cast
-from urllib.parse import parse_qsl, urlencode, urlsplit
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
 
 from ..errors import ConfigError, StoreError, StoreUnavailable
 from ..tokens import Clock
@@ -371,17 +372,50 @@ def _family(raw: Sequence[bytes]) -> RefreshFamily:
     )
 
 
-def redact_url(url: str) -> str:
-    """``url`` with its password (if any) replaced by ``***``: safe to print or log."""
+def _userinfo(url: str) -> tuple[str, str, str] | None:
+    """``(scheme, userinfo, rest after its "@")`` when ``url`` has a ``user:password@`` part,
+    taken up to the **last** ``@``: a password holding an unencoded ``/``, ``?`` or ``#``
+    (``openssl rand -base64`` makes them) ends a URL parser's authority early, and the
+    rest of the password would then be read as a port, a path or a query."""
     scheme, sep, rest = url.partition("://")
-    if not sep:
+    at = rest.rfind("@")
+    if not sep or at < 0:
+        return None
+    userinfo = rest[:at]
+    if ":" not in userinfo or userinfo.startswith("/"):  # unix:///path@with-at: no password
+        return None
+    return scheme, userinfo, rest[at + 1 :]
+
+
+def redact_url(url: str) -> str:
+    """``url`` with its password (if any) replaced by ``***``: safe to print or log, even
+    when the password holds characters that should have been percent-encoded."""
+    found = _userinfo(url)
+    if found is None:
         return url
-    netloc, slash, tail = rest.partition("/")
-    userinfo, at, host = netloc.rpartition("@")
-    if not at or ":" not in userinfo:
-        return url
+    scheme, userinfo, rest = found
     user = userinfo.split(":", 1)[0]
-    return f"{scheme}://{user}:***@{host}{slash}{tail}"
+    if any(c in user for c in "/?#"):
+        user = ""
+    return f"{scheme}://{user}:***@{rest}"
+
+
+def _password_pieces(url: str) -> list[str]:
+    """The password of ``url`` and its pieces between reserved characters (3 characters or
+    more): what an error message from a URL parser might quote."""
+    found = _userinfo(url)
+    if found is None:
+        return []
+    password = found[1].split(":", 1)[1]
+    pieces = {password, unquote(password), *re.split(r"[^A-Za-z0-9._~-]+", password)}
+    return sorted((p for p in pieces if len(p) >= 3), key=len, reverse=True)
+
+
+def _scrub_url(message: str, url: str) -> str:
+    """``message`` with every piece of ``url``'s password replaced by ``***``."""
+    for piece in _password_pieces(url):
+        message = message.replace(piece, "***")
+    return message
 
 
 def is_redis_url(location: str) -> bool:
@@ -419,11 +453,20 @@ class RedisStore:
         if _redis is None:
             raise ConfigError("the Redis store needs redis-py: pip install 'jwtmcp[redis]'")
         self.location = redact_url(url)
+        self._pieces = _password_pieces(url)
         if not is_redis_url(url):
             raise ConfigError(
                 f"a Redis store location is redis://, rediss:// or unix://, not {self.location}"
             )
         parts = urlsplit(url)
+        found = _userinfo(url)
+        if found is not None and "@" not in parts.netloc:
+            raise ConfigError(
+                f"the Redis store URL {self.location} has a password (or user name) with "
+                "an unencoded / ? or #: percent-encode them (%2F %3F %23; @ as %40), e.g. "
+                "with python3 -c 'import urllib.parse,sys; "
+                "print(urllib.parse.quote(sys.argv[1], safe=\"\"))' PASSWORD"
+            )
         query = parse_qsl(parts.query, keep_blank_values=True)
         url_prefix = [v for k, v in query if k == "prefix"]
         rest = urlencode([(k, v) for k, v in query if k != "prefix"])
@@ -444,7 +487,9 @@ class RedisStore:
                 decode_responses=False,
             )
         except (ValueError, TypeError) as exc:
-            raise ConfigError(f"invalid Redis store URL {self.location}: {exc}") from None
+            raise ConfigError(
+                f"invalid Redis store URL {self.location}: {_scrub_url(str(exc), url)}"
+            ) from None
         register = self._redis.register_script
         self._put_code = register(_LIB + _PUT_CODE)
         self._claim_code = register(_LIB + _CLAIM_CODE)
@@ -467,12 +512,20 @@ class RedisStore:
         try:
             yield
         except (_redis.exceptions.DataError, _redis.exceptions.NoScriptError) as exc:
-            raise StoreError(f"the Redis store {self.location} refused a call: {exc}") from None
+            raise StoreError(
+                f"the Redis store {self.location} refused a call: {self._scrub(exc)}"
+            ) from None
         except _redis.exceptions.RedisError as exc:
             raise StoreUnavailable(
-                f"the Redis store {self.location} is unavailable: {exc}",
+                f"the Redis store {self.location} is unavailable: {self._scrub(exc)}",
                 retry_after=RETRY_AFTER,
             ) from None
+
+    def _scrub(self, exc: BaseException) -> str:
+        message = str(exc)
+        for piece in self._pieces:
+            message = message.replace(piece, "***")
+        return message
 
     def close(self) -> None:
         self._redis.close()
