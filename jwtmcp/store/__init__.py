@@ -44,6 +44,11 @@ MAX_CODE_TTL = 60
 DEFAULT_CODE_TOMBSTONE_TTL = 24 * 3600
 """How long a redeemed code is remembered, so a late second use still revokes its tokens."""
 
+ROTATED_TOKENS_KEPT = 32
+"""Rotated-away refresh tokens a family remembers (its most recent ones): presenting one of
+them is reuse and revokes the family; an older one is just unknown. Without a bound, a
+client rotating in a loop would keep one record per rotation for the family's whole life."""
+
 DEFAULT_REFRESH_IDLE_TTL = 14 * 24 * 3600
 """A refresh family unused for 14 days stops working (seconds): long enough for someone who
 opens their MCP client every week or two to stay signed in, short enough that a token left

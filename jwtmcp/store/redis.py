@@ -47,6 +47,7 @@ from ..tokens import Clock
 from . import (
     DEFAULT_CODE_TOMBSTONE_TTL,
     MAX_CODE_TTL,
+    ROTATED_TOKENS_KEPT,
     CodeRedemption,
     RefreshFamily,
     Rotation,
@@ -166,7 +167,7 @@ end
 return redis.call('HGETALL', KEYS[1])
 """
 
-# ARGV: prefix, now, old digest, new digest, client id, tombstone ttl
+# ARGV: prefix, now, old digest, new digest, client id, tombstone ttl, rotated tokens kept
 _ROTATE = r"""
 local p, now = ARGV[1], ARGV[2]
 local n = tonumber(now)
@@ -193,9 +194,15 @@ end
 local nk = p .. 'r:' .. ARGV[4]
 if redis.call('EXISTS', nk) == 1 then return {'duplicate'} end
 redis.call('SET', nk, fid, 'EX', ttl_of(a - n))
+-- The most recent rotated-away token digests (64 hex digits each): older ones are forgotten.
+local hist = (f['h'] or '') .. ARGV[3]
+while #hist > 64 * tonumber(ARGV[7]) do
+  redis.call('DEL', p .. 'r:' .. string.sub(hist, 1, 64))
+  hist = string.sub(hist, 65)
+end
 local ends = math.min(a, n + tonumber(f['it']))
 redis.call('HSET', k, 'cur', ARGV[4], 'gen', tostring(tonumber(f['gen']) + 1), 'lu', now,
-  'x', fmt(ends))
+  'x', fmt(ends), 'h', hist)
 redis.call('EXPIRE', k, ttl_of(ends - n))
 return {'rotated', redis.call('HGETALL', k)}
 """
@@ -632,7 +639,7 @@ class RedisStore:
             answer = self._rotate(
                 keys=[self._key("r:", old_hash)],
                 args=[self.prefix, _seconds(now), old_hash, new_hash, client_id,
-                      _seconds(self._tombstone_ttl)],
+                      _seconds(self._tombstone_ttl), ROTATED_TOKENS_KEPT],
             )
         if answer is None:
             return None

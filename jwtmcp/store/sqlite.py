@@ -32,6 +32,7 @@ from ..tokens import Clock
 from . import (
     DEFAULT_CODE_TOMBSTONE_TTL,
     MAX_CODE_TTL,
+    ROTATED_TOKENS_KEPT,
     CodeRedemption,
     RefreshFamily,
     Rotation,
@@ -517,6 +518,10 @@ class SqliteStore:
             except sqlite3.IntegrityError:
                 raise StoreError("the new refresh token was issued already") from None
             rotated = replace(family, last_used_at=now, generation=family.generation + 1)
+            conn.execute(  # only the most recent rotated tokens are remembered
+                "DELETE FROM refresh_tokens WHERE family_id = ? AND generation < ?",
+                (family.family_id, rotated.generation - ROTATED_TOKENS_KEPT),
+            )
             conn.execute(
                 "UPDATE families SET current_hash = ?, generation = ?, last_used_at = ?,"
                 " forget_at = ? WHERE family_id = ?",
