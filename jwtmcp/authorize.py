@@ -1027,14 +1027,19 @@ class Authorizer:
             address = request.client.host if request.client else "unknown"
             user_key = f"login-failures:user:{username.casefold()}"
             address_key = f"login-failures:address:{address}"
+            # Each attempt is counted *before* the password is checked (one atomic count
+            # per key) and given back if it succeeds: of many attempts raced at once, at
+            # any number of replicas, no more than the limit reach the password check.
             try:
-                limited = (
-                    "user"
-                    if self.store.peek_count(user_key) >= self.limits.per_user
-                    else "address"
-                    if self.store.peek_count(address_key) >= self.limits.per_address
-                    else None
-                )
+                limited = None
+                if self.store.count(user_key, window=self.limits.window) > self.limits.per_user:
+                    limited = "user"
+                elif (
+                    self.store.count(address_key, window=self.limits.window)
+                    > self.limits.per_address
+                ):
+                    limited = "address"
+                    self.store.uncount(user_key)  # not this user's attempt: it never ran
             except StoreUnavailable as exc:
                 raise self._store_down(exc) from None
             # Untrusted values (the name) are escaped by json.dumps: one line, no forgery.
@@ -1056,12 +1061,7 @@ class Authorizer:
                     headers={"Retry-After": str(self.limits.window)},
                 )
             identity = await anyio.to_thread.run_sync(self.source.authenticate, username, password)
-            if identity is None:
-                try:
-                    self.store.count(user_key, window=self.limits.window)
-                    self.store.count(address_key, window=self.limits.window)
-                except StoreUnavailable as exc:
-                    raise self._store_down(exc) from None
+            if identity is None:  # both counted already
                 # Unknown user or wrong password: one event, told apart neither here nor
                 # on the page (no user enumeration through the logs either).
                 log.warning(json.dumps({"event": "login_failed", **attempt}))
@@ -1074,6 +1074,7 @@ class Authorizer:
                 )
             try:
                 self.store.reset_count(user_key)
+                self.store.uncount(address_key)  # only failures count against an address
             except StoreUnavailable as exc:
                 raise self._store_down(exc) from None
         except _PageError as exc:

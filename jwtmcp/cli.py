@@ -1167,6 +1167,8 @@ connection limits (environment; sizes in bytes, times in seconds):
   JWTMCP_HEADER_TIMEOUT (10), JWTMCP_BODY_TIMEOUT (30): a slower client gets 408
   JWTMCP_MAX_CONNECTIONS_PER_CLIENT (64): more from one address get 429 (raise it behind
   a reverse proxy); JWTMCP_MAX_CONNECTIONS (1000) in all; JWTMCP_KEEP_ALIVE_TIMEOUT (5)
+  JWTMCP_FORWARDED_ALLOW_IPS (unset): addresses/networks of reverse proxies whose
+  X-Forwarded-For is believed (for per-address limits and logs); unset: none
 """,
         formatter_class=_Formatter,
     )

@@ -109,7 +109,27 @@ class ServerLimits:
             "limit_concurrency": self.max_connections,
             "timeout_keep_alive": self.keep_alive_timeout,
             "h11_max_incomplete_event_size": self.max_header_bytes,
+            # uvicorn believes X-Forwarded-For/-Proto from 127.0.0.1 by default: behind a
+            # proxy that passes a client's own header on, every client could then name any
+            # address (and escape per-address limits). Trusted proxies are opt-in:
+            # $JWTMCP_FORWARDED_ALLOW_IPS (see proxy_options).
+            "proxy_headers": False,
         }
+
+
+FORWARDED_ALLOW_IPS_ENV = ENV_PREFIX + "FORWARDED_ALLOW_IPS"
+"""Addresses or networks (comma-separated) of the reverse proxies whose ``X-Forwarded-For``
+and ``X-Forwarded-Proto`` are believed; unset: none, the connection's peer is the client."""
+
+
+def proxy_options(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """``uvicorn.Config`` options for :data:`FORWARDED_ALLOW_IPS_ENV`: headers believed only
+    from the proxies it names, none when it is unset or empty."""
+    environ = os.environ if environ is None else environ
+    proxies = environ.get(FORWARDED_ALLOW_IPS_ENV, "").strip()
+    if not proxies:
+        return {"proxy_headers": False}
+    return {"proxy_headers": True, "forwarded_allow_ips": proxies}
 
 
 class HardenedConfig(uvicorn.Config):
@@ -117,7 +137,7 @@ class HardenedConfig(uvicorn.Config):
 
     def __init__(self, app: Any, *, limits: ServerLimits | None = None, **options: Any) -> None:
         self.limits = limits or ServerLimits.from_environment()
-        super().__init__(app, **{**self.limits.uvicorn_options(), **options})
+        super().__init__(app, **{**self.limits.uvicorn_options(), **proxy_options(), **options})
 
 
 @functools.lru_cache(maxsize=1)

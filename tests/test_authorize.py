@@ -599,6 +599,23 @@ def test_failed_logins_are_rate_limited_per_address(tmp_path: Path) -> None:
     assert limited.status_code == 429 and "retry-after" in limited.headers
 
 
+def test_successful_logins_do_not_use_up_an_addresss_failed_login_budget(tmp_path: Path) -> None:
+    """Attempts are counted before the password check (so racing them gains nothing) and a
+    success gives its count back: many people behind one address (a NAT, an ingress) who
+    sign in correctly never lock that address out."""
+    limits = LoginLimits(per_user=100, per_address=3, window=60)
+    with make_world(tmp_path, limits=limits) as w, browser() as http:
+        html = login_page(http, w.authorize_url(w.register()))
+        assert post_login(http, w, html, "u1", "wrong").status_code == 401
+        for _ in range(4):  # each a person of their own, behind the same address
+            with browser() as other:
+                other_html = login_page(other, w.authorize_url(w.register()))
+                assert post_login(other, w, other_html, "alice", PASSWORD).status_code == 303
+        assert post_login(http, w, html, "u2", "wrong").status_code == 401
+        assert post_login(http, w, html, "u3", "wrong").status_code == 401
+        assert post_login(http, w, html, "alice", PASSWORD).status_code == 429
+
+
 def test_a_store_outage_is_a_503_with_retry_after(tmp_path: Path) -> None:
     clock = FakeClock()
     store = SqliteStore(tmp_path / "state.db", clock=clock, busy_timeout=0.2)

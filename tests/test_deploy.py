@@ -760,3 +760,32 @@ def test_k8s_layout_serves_a_kms_ring_and_picks_up_a_rotated_config_map(
             answer = httpx2.post(url + "/token", data=form, auth=("svc", secret), timeout=30)
             token = answer.json()["access_token"]
             assert jwt.get_unverified_header(token)["kid"] == ring.active.kid
+
+
+def _bytes(quantity: str) -> int:
+    """A Kubernetes memory quantity (``512Mi``) or a redis-server size (``384mb``) in bytes."""
+    units = {"ki": 1024, "mi": 1024**2, "gi": 1024**3, "kb": 1024, "mb": 1024**2, "gb": 1024**3,
+             "k": 1000, "m": 1000**2, "g": 1000**3}
+    text = quantity.strip().lower()
+    for unit in sorted(units, key=len, reverse=True):
+        if text.endswith(unit):
+            return int(float(text[: -len(unit)]) * units[unit])
+    return int(text)
+
+
+def test_k8s_redis_refuses_writes_before_its_container_is_oom_killed() -> None:
+    """``noeviction`` only acts under a ``maxmemory``: without one Redis grows until the
+    container's memory limit OOM-kills it, and with AOF on it replays the same data into the
+    same limit (a crash loop: every sign-in down). With a maxmemory below the limit a full
+    Redis refuses writes, which the issuer answers with 503 + Retry-After."""
+    (redis,) = [w for w in k8s_documents() if w["kind"] == "StatefulSet"]
+    (container,) = pod_spec(redis)["containers"]
+    argv = container_argv(container)
+    words = shlex.split(" ".join(argv[2:]) if argv[:2] == ["sh", "-c"] else " ".join(argv))
+    after = words[words.index("redis-server") :]
+    assert after[after.index("--maxmemory-policy") + 1] == "noeviction"
+    assert "--maxmemory" in after, "redis-server needs --maxmemory for noeviction to act"
+    maxmemory = _bytes(after[after.index("--maxmemory") + 1])
+    limit = _bytes(container["resources"]["limits"]["memory"])
+    # Headroom for the AOF rewrite's fork (copy-on-write) and Redis's own overhead.
+    assert 0 < maxmemory <= 0.8 * limit, (maxmemory, limit)

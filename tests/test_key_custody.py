@@ -559,3 +559,73 @@ def test_file_ring_state_names_no_backend_and_keeps_pem_files(tmp_path: Path) ->
 def test_a_signing_key_needs_a_private_key_or_a_signer() -> None:
     with pytest.raises(ConfigError, match="private key or a signer"):
         SigningKey("kid")
+
+
+def _edit_active_handle(ring_dir: Path, handle: str, kid: str) -> None:
+    """What an edited ring.json does: point the active key at another token object."""
+    state = json.loads((ring_dir / "ring.json").read_text())
+    active = next(k for k in state["keys"] if k["state"] == "active")
+    active["handle"], active["kid"] = handle, kid
+    (ring_dir / "ring.json").write_text(json.dumps(state))
+
+
+def test_pkcs11_ring_refuses_a_private_key_that_could_be_extracted_or_does_not_match(
+    softhsm: SoftHsm, tmp_path: Path
+) -> None:
+    """A ring.json pointed at a token key pair whose private half is extractable (imported,
+    or made by another application), or whose private half is not the public key's, must
+    not load: jwtmcp would otherwise sign with a key that can leave the HSM, or publish a
+    kid whose tokens no verifier accepts."""
+    ring_dir = tmp_path / "keys"
+    _cli("keys", "init", "--keys", str(ring_dir), *softhsm.cli_flags())
+    soft_id, other_id, lonely_id = os.urandom(16), os.urandom(16), os.urandom(16)
+    token = pkcs11.lib(softhsm.module).get_token(token_label=softhsm.label)
+    try:
+        rw_session = token.open(rw=True, user_pin=softhsm.pin)
+    except pkcs11.UserAlreadyLoggedIn:
+        rw_session = token.open(rw=True)
+    with rw_session as session:
+        public, _ = session.generate_keypair(
+            KeyType.RSA, 2048, id=soft_id, label="not jwtmcp", store=True,
+            public_template={Attribute.TOKEN: True, Attribute.VERIFY: True},
+            private_template={
+                Attribute.TOKEN: True, Attribute.PRIVATE: True, Attribute.SIGN: True,
+                Attribute.SENSITIVE: False, Attribute.EXTRACTABLE: True,
+            },
+        )
+        soft_kid = rsa_kid(_public_of(public))
+        # A pair whose private half was swapped for another pair's (same CKA_ID).
+        lonely_public, lonely_private = session.generate_keypair(
+            KeyType.RSA, 2048, id=lonely_id, label="lonely", store=True,
+            private_template={Attribute.TOKEN: True, Attribute.SENSITIVE: True,
+                              Attribute.EXTRACTABLE: False, Attribute.SIGN: True},
+        )
+        lonely_kid = rsa_kid(_public_of(lonely_public))
+        lonely_private.destroy()
+        _, other_private = session.generate_keypair(
+            KeyType.RSA, 2048, id=other_id, label="other", store=True,
+            private_template={Attribute.TOKEN: True, Attribute.SENSITIVE: True,
+                              Attribute.EXTRACTABLE: False, Attribute.SIGN: True},
+        )
+        other_private[Attribute.ID] = lonely_id
+    for handle, kid, why in (
+        (soft_id.hex(), soft_kid, "extract"),
+        (lonely_id.hex(), lonely_kid, "does not match"),
+    ):
+        _edit_active_handle(ring_dir, handle, kid)
+        code, out, err = run_cli(
+            "mint", "--keys", str(ring_dir), "--subject", "alice", "--tools", "add",
+            "--audience", AUD, "--issuer", ISSUER,
+        )
+        assert code != 0, f"minted with the key {handle}: {out[:40]}..."
+        assert why in err and handle in err and softhsm.pin not in err
+        assert len(err.strip().splitlines()) == 1
+
+
+def _public_of(public: Any) -> Any:
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    return rsa.RSAPublicNumbers(
+        int.from_bytes(public[Attribute.PUBLIC_EXPONENT], "big"),
+        int.from_bytes(public[Attribute.MODULUS], "big"),
+    ).public_key()

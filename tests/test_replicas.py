@@ -256,6 +256,32 @@ def test_serve_refuses_a_malformed_redis_url_in_one_line(tmp_path: Path) -> None
     assert "Redis store URL" in done.stderr and "hunter2" not in done.stderr + done.stdout
 
 
+def test_a_redis_password_with_reserved_characters_never_shows_in_output(tmp_path: Path) -> None:
+    """A password made by ``openssl rand -base64`` holds ``/`` and ``+``: whatever the URL
+    parser makes of it (a port, a socket path), no part of it may reach stderr or a log."""
+    secret = "Zm9vYmFyYmF6/cXV4cXV1eA+Ym9i/YWxpY2U"
+    pieces = [p for p in re.split(r"[/+]", secret) if len(p) >= 4]
+    port = free_port()  # nothing listens there
+    for url in (
+        f"redis://:{secret}@127.0.0.1:{port}/0",
+        f"redis://jwtmcp:{secret}@127.0.0.1:{port}/0?prefix=x:",
+        f"rediss://:{secret}@127.0.0.1:{port}",
+        f"unix://:{secret}@{tmp_path}/redis.sock",
+        f"redis://:{secret.replace('/', '#')}@127.0.0.1:{port}/0",
+        f"redis://:{secret.replace('/', '?')}@127.0.0.1:{port}/0",
+    ):
+        code, out, err = run_cli("sessions", "list", "--store", url)
+        assert code != 0, out
+        done = subprocess.run(
+            [sys.executable, "-m", "jwtmcp", "serve", "--port", str(free_port()),
+             "--store", url],
+            cwd=tmp_path, capture_output=True, text=True, timeout=60,
+        )
+        shown = out + err + done.stdout + done.stderr
+        leaked = [p for p in pieces if p in shown]
+        assert not leaked, (url, leaked, err, done.stderr)
+
+
 # --- Redis back after an outage ----------------------------------------------------------------
 
 
@@ -296,3 +322,33 @@ def test_the_rate_limiter_goes_local_while_redis_is_down_and_shared_again_after(
         store.close()
     events = [json.loads(r.getMessage())["event"] for r in caplog.records]
     assert events == ["rate_limit_local", "rate_limit_shared"]
+
+
+def test_concurrent_failed_logins_at_both_replicas_get_no_more_password_checks_than_the_limit(
+    replicas: Replicas,
+) -> None:
+    """The failed-login limit (5 per user name per window) is a brute-force budget: racing
+    wrong passwords at both replicas at once must not get more of them checked than that
+    (a check-then-count race would let every concurrent request through to Argon2)."""
+    attempts = 16
+
+    async def race() -> list[int]:
+        async with httpx2.AsyncClient(timeout=60, follow_redirects=False, trust_env=False) as c:
+            page = await c.get(replicas.authorize_url(replicas.a.base_url))
+            assert page.status_code == 200, page.text
+            form = next(f for f in parse_forms(page.text) if f.method == "post")
+            fields = {i.name: i.value for i in form.inputs if i.name}
+            fields["username"] = "demo"
+
+            async def attempt(n: int) -> int:
+                base = (replicas.a, replicas.b)[n % 2].base_url
+                data = {**fields, "password": f"wrong-{n}"}
+                answer = await c.post(base + form.action, data=data)
+                return answer.status_code
+
+            return list(await asyncio.gather(*(attempt(n) for n in range(attempts))))
+
+    statuses = asyncio.run(race())
+    checked = statuses.count(401)  # the password was checked and refused
+    assert set(statuses) <= {401, 429}, statuses
+    assert checked <= 5, f"{checked} of {attempts} concurrent guesses were checked: {statuses}"

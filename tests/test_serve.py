@@ -345,3 +345,56 @@ def test_banner_default_issuer_is_the_one_the_cli_assumes() -> None:
     from jwtmcp.issuer import TOUR_DEFAULT_ISSUER
 
     assert TOUR_DEFAULT_ISSUER == DEFAULT_ISSUER
+
+
+def _failed_logins_with_forged_addresses(running: RunningIssuer, attempts: int) -> list[int]:
+    """Wrong passwords for ``attempts`` different user names, each request claiming another
+    client address in ``X-Forwarded-For``: the statuses of the login posts."""
+    from tests.signin_support import parse_forms
+
+    with httpx2.Client(timeout=30, follow_redirects=False, trust_env=False) as http:
+        client_id = http.post(
+            f"{running.base_url}/register",
+            json={"redirect_uris": ["http://127.0.0.1:5999/cb"]},
+        ).json()["client_id"]
+        page = http.get(
+            f"{running.base_url}/authorize",
+            params={
+                "response_type": "code", "client_id": client_id,
+                "redirect_uri": "http://127.0.0.1:5999/cb", "state": "s",
+                "code_challenge": "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSMtm-cM",
+                "code_challenge_method": "S256",
+            },
+        )
+        form = next(f for f in parse_forms(page.text) if f.method == "post")
+        fields = {i.name: i.value for i in form.inputs if i.name}
+        return [
+            http.post(
+                running.base_url + form.action,
+                data={**fields, "username": f"user{n}", "password": "wrong"},
+                headers={"X-Forwarded-For": f"203.0.113.{n}", "X-Forwarded-Proto": "https"},
+            ).status_code
+            for n in range(attempts)
+        ]
+
+
+def test_x_forwarded_for_is_not_believed_unless_trusted_proxies_are_configured(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The per-address failed-login limit (20) must hold against a client that names another
+    address in each request's X-Forwarded-For: behind a proxy that passes the header on
+    (nginx's proxy_pass does), every client connects from loopback, which uvicorn trusted by
+    default. Only with JWTMCP_FORWARDED_ALLOW_IPS set are the proxy's headers believed."""
+    monkeypatch.delenv("FORWARDED_ALLOW_IPS", raising=False)
+    with issuer_process(tmp_path / "plain") as running:
+        statuses = _failed_logins_with_forged_addresses(running, 22)
+        log = running.stderr()
+    assert statuses[:20] == [401] * 20 and statuses[20:] == [429, 429], statuses
+    assert "203.0.113." not in log
+    with issuer_process(
+        tmp_path / "proxied", env={"JWTMCP_FORWARDED_ALLOW_IPS": "127.0.0.1"}
+    ) as running:
+        statuses = _failed_logins_with_forged_addresses(running, 22)
+        log = running.stderr()
+    assert statuses == [401] * 22, statuses  # each a different (proxied) client address
+    assert '"address": "203.0.113.21"' in log

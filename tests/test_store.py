@@ -411,6 +411,23 @@ def test_counter_reset_forgets_it(store: Store) -> None:
     assert store.peek_count("ip:127.0.0.1") == 0
 
 
+def test_uncount_takes_one_back_in_the_open_window_never_below_zero(
+    store: Store, clock: FakeClock
+) -> None:
+    assert [store.count("ip:10.0.0.1", window=60) for _ in range(2)] == [1, 2]
+    store.uncount("ip:10.0.0.1")
+    assert store.peek_count("ip:10.0.0.1") == 1
+    store.uncount("ip:10.0.0.1")
+    store.uncount("ip:10.0.0.1")
+    assert store.peek_count("ip:10.0.0.1") == 0
+    store.uncount("ip:never-counted")
+    assert store.peek_count("ip:never-counted") == 0
+    assert store.count("ip:10.0.0.1", window=60) == 1
+    clock.advance(60)
+    store.uncount("ip:10.0.0.1")  # the window has closed: nothing to take back
+    assert store.count("ip:10.0.0.1", window=60) == 1
+
+
 # --- housekeeping ------------------------------------------------------------------------
 
 
@@ -870,3 +887,34 @@ def test_counters_buckets_and_families_take_lifetimes_far_in_the_future(
     code = new_opaque_token()
     store.put_code(code, {"client_id": "app", "subject": "alice"}, ttl=60)
     assert store.redeem_code(code, new_opaque_token(), idle_ttl=1e17, absolute_ttl=1e17)
+
+
+def test_a_family_keeps_a_bounded_number_of_rotated_tokens(
+    store: Store, location: str
+) -> None:
+    """Every rotation used to keep its rotated-away token (a Redis ``r:`` key of ~300 bytes,
+    an SQLite row) until the family's absolute end, 90 days: one signed-in client rotating in
+    a loop (the refresh grant has no rate limit) grew the store without bound until Redis
+    was full and every sign-in failed. A family now remembers its recent rotated tokens only,
+    and reuse of one of those still revokes it."""
+    tokens = [new_opaque_token()]
+    family = store.start_family(
+        _code_for(store), tokens[0], client_id="app", subject="alice", grant={},
+        idle_ttl=600, absolute_ttl=6000,
+    )
+    assert family is not None
+    for _ in range(300):
+        tokens.append(new_opaque_token())
+        rotation = store.rotate_refresh(tokens[-2], tokens[-1], client_id="app")
+        assert rotation is not None and rotation.status == "rotated"
+    if isinstance(store, RedisStore):
+        kept = len([k for k in store.key_names() if k.startswith(store.prefix + "r:")])
+    else:
+        with contextlib.closing(sqlite3.connect(location)) as conn:
+            kept = conn.execute("SELECT count(*) FROM refresh_tokens").fetchone()[0]
+    assert kept <= 100, f"{kept} refresh-token records kept for one family after 300 rotations"
+    assert store.rotate_refresh(tokens[0], new_opaque_token(), client_id="app") is None
+    reused = store.rotate_refresh(tokens[-10], new_opaque_token(), client_id="app")
+    assert reused is not None and reused.status == "reused"
+    assert store.find_refresh(tokens[-1]) is not None
+    assert store.find_refresh(tokens[-1]).revoked_at is not None  # type: ignore[union-attr]

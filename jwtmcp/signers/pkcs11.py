@@ -24,7 +24,9 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
-from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from ..errors import KeyRingError, SignerUnavailable
 from . import PKCS11_DEFAULT_PIN_ENV
@@ -243,10 +245,18 @@ class Pkcs11Backend:
         return handle, self._run("generate a key", generate)
 
     def public_key(self, handle: str) -> rsa.RSAPublicKey:
-        return self._run(
-            "read a public key",
-            lambda session: _public_key(self._find(session, handle, ObjectClass.PUBLIC_KEY)),
-        )
+        """The public half of ``handle``, after checking that its private half can never
+        leave the token and is that public key's (a probe signature verifies): a ring.json
+        pointed at another object (imported, extractable, or a mismatched pair) refuses to
+        load instead of signing with it."""
+
+        def read(session: Any) -> rsa.RSAPublicKey:
+            public = _public_key(self._find(session, handle, ObjectClass.PUBLIC_KEY))
+            private = self._find(session, handle, ObjectClass.PRIVATE_KEY)
+            _check_custody(self.token_label, handle, private, public)
+            return public
+
+        return self._run("read a public key", read)
 
     def signer(self, handle: str) -> Pkcs11Signer:
         self._id(handle)
@@ -298,6 +308,38 @@ class Pkcs11Signer:
         if self._public is None:
             self._public = self._backend.public_key(self.handle)
         return self._public
+
+
+_PROBE = b"jwtmcp: does this private key belong to its public key?"
+
+
+def _check_custody(label: str, handle: str, private: Any, public: rsa.RSAPublicKey) -> None:
+    """Raise :class:`KeyRingError` unless ``private`` is sensitive, never extractable, and
+    signs what ``public`` verifies."""
+    where = f"the PKCS#11 token {label!r}: private key {handle}"
+    try:
+        flags = {
+            name: private[attribute]
+            for name, attribute in (
+                ("CKA_SENSITIVE", Attribute.SENSITIVE),
+                ("CKA_ALWAYS_SENSITIVE", Attribute.ALWAYS_SENSITIVE),
+                ("CKA_NEVER_EXTRACTABLE", Attribute.NEVER_EXTRACTABLE),
+            )
+        }
+        flags["not CKA_EXTRACTABLE"] = not private[Attribute.EXTRACTABLE]
+    except (PKCS11Error, KeyError):
+        raise KeyRingError(f"{where} does not say whether it can be extracted") from None
+    missing = [name for name, value in flags.items() if value is not True]
+    if missing:
+        raise KeyRingError(
+            f"{where} could be extracted from the token ({', '.join(missing)} false): "
+            "jwtmcp signs only with keys generated inside the token (jwtmcp keys rotate)"
+        )
+    signature = private.sign(_PROBE, mechanism=Mechanism.SHA256_RSA_PKCS)
+    try:
+        public.verify(signature, _PROBE, padding.PKCS1v15(), hashes.SHA256())
+    except InvalidSignature:
+        raise KeyRingError(f"{where} does not match the public key of the same id") from None
 
 
 def _public_key(public: Any) -> rsa.RSAPublicKey:

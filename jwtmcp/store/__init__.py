@@ -10,7 +10,7 @@ kinds of short-lived state, and only these live here, every record with a time t
   :meth:`Store.list_families`, :meth:`Store.revoke_families`;
 - **replay windows** for ``jti`` values: :meth:`Store.remember_once`;
 - **counters** in fixed windows (failed logins, for rate limiting): :meth:`Store.count`,
-  :meth:`Store.peek_count`, :meth:`Store.reset_count`;
+  :meth:`Store.peek_count`, :meth:`Store.reset_count`, :meth:`Store.uncount`;
 - **token buckets** shared by issuer replicas (``/token`` rate limits): :meth:`Store.take_token`.
 
 Codes and refresh tokens are stored only as SHA-256 digests, never as given: whoever reads
@@ -43,6 +43,11 @@ MAX_CODE_TTL = 60
 
 DEFAULT_CODE_TOMBSTONE_TTL = 24 * 3600
 """How long a redeemed code is remembered, so a late second use still revokes its tokens."""
+
+ROTATED_TOKENS_KEPT = 32
+"""Rotated-away refresh tokens a family remembers (its most recent ones): presenting one of
+them is reuse and revokes the family; an older one is just unknown. Without a bound, a
+client rotating in a loop would keep one record per rotation for the family's whole life."""
 
 DEFAULT_REFRESH_IDLE_TTL = 14 * 24 * 3600
 """A refresh family unused for 14 days stops working (seconds): long enough for someone who
@@ -282,6 +287,12 @@ class Store(Protocol):
 
     def reset_count(self, key: str) -> None:
         """Forget counter ``key`` (e.g. after a successful login)."""
+        ...
+
+    def uncount(self, key: str) -> None:
+        """Take one back from counter ``key`` in its current window (never below 0; nothing
+        when no window is open): an attempt counted before it was known to fail, which then
+        did not, as :meth:`count` first and this after keeps a limit exact under races."""
         ...
 
     def take_token(self, key: str, *, rate: float, burst: int) -> float:

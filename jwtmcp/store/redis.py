@@ -35,17 +35,19 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import re
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from types import MappingProxyType
 from typing import Any, cast
-from urllib.parse import parse_qsl, urlencode, urlsplit
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
 
 from ..errors import ConfigError, StoreError, StoreUnavailable
 from ..tokens import Clock
 from . import (
     DEFAULT_CODE_TOMBSTONE_TTL,
     MAX_CODE_TTL,
+    ROTATED_TOKENS_KEPT,
     CodeRedemption,
     RefreshFamily,
     Rotation,
@@ -165,7 +167,7 @@ end
 return redis.call('HGETALL', KEYS[1])
 """
 
-# ARGV: prefix, now, old digest, new digest, client id, tombstone ttl
+# ARGV: prefix, now, old digest, new digest, client id, tombstone ttl, rotated tokens kept
 _ROTATE = r"""
 local p, now = ARGV[1], ARGV[2]
 local n = tonumber(now)
@@ -192,9 +194,15 @@ end
 local nk = p .. 'r:' .. ARGV[4]
 if redis.call('EXISTS', nk) == 1 then return {'duplicate'} end
 redis.call('SET', nk, fid, 'EX', ttl_of(a - n))
+-- The most recent rotated-away token digests (64 hex digits each): older ones are forgotten.
+local hist = (f['h'] or '') .. ARGV[3]
+while #hist > 64 * tonumber(ARGV[7]) do
+  redis.call('DEL', p .. 'r:' .. string.sub(hist, 1, 64))
+  hist = string.sub(hist, 65)
+end
 local ends = math.min(a, n + tonumber(f['it']))
 redis.call('HSET', k, 'cur', ARGV[4], 'gen', tostring(tonumber(f['gen']) + 1), 'lu', now,
-  'x', fmt(ends))
+  'x', fmt(ends), 'h', hist)
 redis.call('EXPIRE', k, ttl_of(ends - n))
 return {'rotated', redis.call('HGETALL', k)}
 """
@@ -247,6 +255,15 @@ if not h[2] or tonumber(h[2]) <= n then
   return 1
 end
 return redis.call('HINCRBY', KEYS[1], 'v', 1)
+"""
+
+# ARGV: now. One back from a counter whose window is open, never below 0.
+_UNCOUNT = r"""
+local h = redis.call('HMGET', KEYS[1], 'v', 'e')
+if h[2] and tonumber(h[2]) > tonumber(ARGV[1]) and tonumber(h[1]) > 0 then
+  redis.call('HINCRBY', KEYS[1], 'v', -1)
+end
+return 1
 """
 
 # ARGV: now, rate (per second), burst, ttl. Returns the seconds to wait ('0': allowed).
@@ -362,17 +379,50 @@ def _family(raw: Sequence[bytes]) -> RefreshFamily:
     )
 
 
-def redact_url(url: str) -> str:
-    """``url`` with its password (if any) replaced by ``***``: safe to print or log."""
+def _userinfo(url: str) -> tuple[str, str, str] | None:
+    """``(scheme, userinfo, rest after its "@")`` when ``url`` has a ``user:password@`` part,
+    taken up to the **last** ``@``: a password holding an unencoded ``/``, ``?`` or ``#``
+    (``openssl rand -base64`` makes them) ends a URL parser's authority early, and the
+    rest of the password would then be read as a port, a path or a query."""
     scheme, sep, rest = url.partition("://")
-    if not sep:
+    at = rest.rfind("@")
+    if not sep or at < 0:
+        return None
+    userinfo = rest[:at]
+    if ":" not in userinfo or userinfo.startswith("/"):  # unix:///path@with-at: no password
+        return None
+    return scheme, userinfo, rest[at + 1 :]
+
+
+def redact_url(url: str) -> str:
+    """``url`` with its password (if any) replaced by ``***``: safe to print or log, even
+    when the password holds characters that should have been percent-encoded."""
+    found = _userinfo(url)
+    if found is None:
         return url
-    netloc, slash, tail = rest.partition("/")
-    userinfo, at, host = netloc.rpartition("@")
-    if not at or ":" not in userinfo:
-        return url
+    scheme, userinfo, rest = found
     user = userinfo.split(":", 1)[0]
-    return f"{scheme}://{user}:***@{host}{slash}{tail}"
+    if any(c in user for c in "/?#"):
+        user = ""
+    return f"{scheme}://{user}:***@{rest}"
+
+
+def _password_pieces(url: str) -> list[str]:
+    """The password of ``url`` and its pieces between reserved characters (3 characters or
+    more): what an error message from a URL parser might quote."""
+    found = _userinfo(url)
+    if found is None:
+        return []
+    password = found[1].split(":", 1)[1]
+    pieces = {password, unquote(password), *re.split(r"[^A-Za-z0-9._~-]+", password)}
+    return sorted((p for p in pieces if len(p) >= 3), key=len, reverse=True)
+
+
+def _scrub_url(message: str, url: str) -> str:
+    """``message`` with every piece of ``url``'s password replaced by ``***``."""
+    for piece in _password_pieces(url):
+        message = message.replace(piece, "***")
+    return message
 
 
 def is_redis_url(location: str) -> bool:
@@ -410,11 +460,20 @@ class RedisStore:
         if _redis is None:
             raise ConfigError("the Redis store needs redis-py: pip install 'jwtmcp[redis]'")
         self.location = redact_url(url)
+        self._pieces = _password_pieces(url)
         if not is_redis_url(url):
             raise ConfigError(
                 f"a Redis store location is redis://, rediss:// or unix://, not {self.location}"
             )
         parts = urlsplit(url)
+        found = _userinfo(url)
+        if found is not None and "@" not in parts.netloc:
+            raise ConfigError(
+                f"the Redis store URL {self.location} has a password (or user name) with "
+                "an unencoded / ? or #: percent-encode them (%2F %3F %23; @ as %40), e.g. "
+                "with python3 -c 'import urllib.parse,sys; "
+                "print(urllib.parse.quote(sys.argv[1], safe=\"\"))' PASSWORD"
+            )
         query = parse_qsl(parts.query, keep_blank_values=True)
         url_prefix = [v for k, v in query if k == "prefix"]
         rest = urlencode([(k, v) for k, v in query if k != "prefix"])
@@ -435,7 +494,9 @@ class RedisStore:
                 decode_responses=False,
             )
         except (ValueError, TypeError) as exc:
-            raise ConfigError(f"invalid Redis store URL {self.location}: {exc}") from None
+            raise ConfigError(
+                f"invalid Redis store URL {self.location}: {_scrub_url(str(exc), url)}"
+            ) from None
         register = self._redis.register_script
         self._put_code = register(_LIB + _PUT_CODE)
         self._claim_code = register(_LIB + _CLAIM_CODE)
@@ -445,6 +506,7 @@ class RedisStore:
         self._revoke = register(_REVOKE)
         self._remember_once = register(_REMEMBER_ONCE)
         self._count = register(_LIB + _COUNT)
+        self._uncount = register(_UNCOUNT)
         self._take_from_bucket = register(_LIB + _TAKE_FROM_BUCKET)
         self._purge = register(_PURGE)
 
@@ -457,12 +519,20 @@ class RedisStore:
         try:
             yield
         except (_redis.exceptions.DataError, _redis.exceptions.NoScriptError) as exc:
-            raise StoreError(f"the Redis store {self.location} refused a call: {exc}") from None
+            raise StoreError(
+                f"the Redis store {self.location} refused a call: {self._scrub(exc)}"
+            ) from None
         except _redis.exceptions.RedisError as exc:
             raise StoreUnavailable(
-                f"the Redis store {self.location} is unavailable: {exc}",
+                f"the Redis store {self.location} is unavailable: {self._scrub(exc)}",
                 retry_after=RETRY_AFTER,
             ) from None
+
+    def _scrub(self, exc: BaseException) -> str:
+        message = str(exc)
+        for piece in self._pieces:
+            message = message.replace(piece, "***")
+        return message
 
     def close(self) -> None:
         self._redis.close()
@@ -569,7 +639,7 @@ class RedisStore:
             answer = self._rotate(
                 keys=[self._key("r:", old_hash)],
                 args=[self.prefix, _seconds(now), old_hash, new_hash, client_id,
-                      _seconds(self._tombstone_ttl)],
+                      _seconds(self._tombstone_ttl), ROTATED_TOKENS_KEPT],
             )
         if answer is None:
             return None
@@ -669,6 +739,11 @@ class RedisStore:
     def reset_count(self, key: str) -> None:
         with self._calling():
             self._redis.delete(self._key("n:", digest(key)))
+
+    def uncount(self, key: str) -> None:
+        now = self._clock()
+        with self._calling():
+            self._uncount(keys=[self._key("n:", digest(key))], args=[_seconds(now)])
 
     def take_token(self, key: str, *, rate: float, burst: int) -> float:
         rate = _positive("a bucket's rate", rate)

@@ -32,6 +32,7 @@ from ..tokens import Clock
 from . import (
     DEFAULT_CODE_TOMBSTONE_TTL,
     MAX_CODE_TTL,
+    ROTATED_TOKENS_KEPT,
     CodeRedemption,
     RefreshFamily,
     Rotation,
@@ -525,6 +526,10 @@ class SqliteStore:
             except sqlite3.IntegrityError:
                 raise StoreError("the new refresh token was issued already") from None
             rotated = replace(family, last_used_at=now, generation=family.generation + 1)
+            conn.execute(  # only the most recent rotated tokens are remembered
+                "DELETE FROM refresh_tokens WHERE family_id = ? AND generation < ?",
+                (family.family_id, rotated.generation - ROTATED_TOKENS_KEPT),
+            )
             conn.execute(
                 "UPDATE families SET current_hash = ?, generation = ?, last_used_at = ?,"
                 " forget_at = ? WHERE family_id = ?",
@@ -627,6 +632,14 @@ class SqliteStore:
     def reset_count(self, key: str) -> None:
         with self._write() as (conn, _now):
             conn.execute("DELETE FROM counters WHERE key_hash = ?", (digest(key),))
+
+    def uncount(self, key: str) -> None:
+        with self._write() as (conn, now):
+            conn.execute(
+                "UPDATE counters SET value = value - 1"
+                " WHERE key_hash = ? AND expires_at > ? AND value > 0",
+                (digest(key), now),
+            )
 
     def take_token(self, key: str, *, rate: float, burst: int) -> float:
         rate = _positive("a bucket's rate", rate)
