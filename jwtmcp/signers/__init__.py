@@ -30,6 +30,7 @@ from ..errors import KeyRingError, SignerUnavailable
 __all__ = [
     "BUILTIN_BACKENDS",
     "FileSigner",
+    "HandleSigner",
     "KeyBackend",
     "Signer",
     "SignerUnavailable",
@@ -88,6 +89,44 @@ class FileSigner:
 
     def public_key(self) -> rsa.RSAPublicKey:
         return self._key.public_key()
+
+
+class _SignsByHandle(Protocol):
+    """What :class:`HandleSigner` needs from its backend."""
+
+    def sign(self, handle: str, data: bytes) -> bytes: ...
+
+    def public_key(self, handle: str) -> rsa.RSAPublicKey: ...
+
+
+class HandleSigner:
+    """A :class:`Signer` for one key a remote backend (an HSM, a KMS) holds by ``handle``.
+
+    ``sign`` goes to the backend each time; any :class:`~jwtmcp.errors.KeyRingError` it
+    raises (a PIN gone, a key disabled or deleted) becomes
+    :class:`~jwtmcp.errors.SignerUnavailable` with ``retry_after`` seconds, so ``/token``
+    answers 503 + Retry-After and never 500. The public key is read once, then kept."""
+
+    __slots__ = ("_backend", "_public", "handle", "retry_after")
+
+    def __init__(self, backend: _SignsByHandle, handle: str, *, retry_after: int) -> None:
+        self._backend = backend
+        self.handle = handle
+        self.retry_after = retry_after
+        self._public: rsa.RSAPublicKey | None = None
+
+    def sign(self, data: bytes) -> bytes:
+        try:
+            return self._backend.sign(self.handle, data)
+        except SignerUnavailable:
+            raise
+        except KeyRingError as exc:
+            raise SignerUnavailable(exc.message, retry_after=self.retry_after) from None
+
+    def public_key(self) -> rsa.RSAPublicKey:
+        if self._public is None:
+            self._public = self._backend.public_key(self.handle)
+        return self._public
 
 
 class KeyBackend(Protocol):

@@ -30,6 +30,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from ..errors import KeyRingError, SignerUnavailable
+from . import HandleSigner
 
 try:
     import boto3  # type: ignore[import-untyped]
@@ -231,25 +232,10 @@ class KmsBackend:
         return signature
 
 
-class KmsSigner:
+class KmsSigner(HandleSigner):
     """A :class:`~jwtmcp.signers.Signer` for one AWS KMS key."""
 
-    __slots__ = ("_backend", "_public", "handle")
+    __slots__ = ()
 
     def __init__(self, backend: KmsBackend, handle: str) -> None:
-        self._backend = backend
-        self.handle = handle
-        self._public: rsa.RSAPublicKey | None = None
-
-    def sign(self, data: bytes) -> bytes:
-        try:
-            return self._backend.sign(self.handle, data)
-        except SignerUnavailable:
-            raise
-        except KeyRingError as exc:  # a disabled or deleted key: still no 500 at /token
-            raise SignerUnavailable(exc.message, retry_after=RETRY_AFTER) from None
-
-    def public_key(self) -> rsa.RSAPublicKey:
-        if self._public is None:
-            self._public = self._backend.public_key(self.handle)
-        return self._public
+        super().__init__(backend, handle, retry_after=RETRY_AFTER)

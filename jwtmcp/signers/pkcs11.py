@@ -29,7 +29,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from ..errors import KeyRingError, SignerUnavailable
-from . import PKCS11_DEFAULT_PIN_ENV
+from . import PKCS11_DEFAULT_PIN_ENV, HandleSigner
 
 try:
     import pkcs11
@@ -286,28 +286,13 @@ class Pkcs11Backend:
         return self._run("sign", sign)
 
 
-class Pkcs11Signer:
+class Pkcs11Signer(HandleSigner):
     """A :class:`~jwtmcp.signers.Signer` for one key inside a PKCS#11 token."""
 
-    __slots__ = ("_backend", "_public", "handle")
+    __slots__ = ()
 
     def __init__(self, backend: Pkcs11Backend, handle: str) -> None:
-        self._backend = backend
-        self.handle = handle
-        self._public: rsa.RSAPublicKey | None = None
-
-    def sign(self, data: bytes) -> bytes:
-        try:
-            return self._backend.sign(self.handle, data)
-        except SignerUnavailable:
-            raise
-        except KeyRingError as exc:  # a PIN gone, a key deleted: still no 500 at /token
-            raise SignerUnavailable(exc.message, retry_after=RETRY_AFTER) from None
-
-    def public_key(self) -> rsa.RSAPublicKey:
-        if self._public is None:
-            self._public = self._backend.public_key(self.handle)
-        return self._public
+        super().__init__(backend, handle, retry_after=RETRY_AFTER)
 
 
 _PROBE = b"jwtmcp: does this private key belong to its public key?"
