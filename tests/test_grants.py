@@ -188,11 +188,10 @@ def running_issuer(
         keys_dir=ring_dir,
         clients_file=clients_file,
         clock=clock,
-        rate_limit=0,
         store=store_path,
         client_resolver=resolver,
         identity_source=source,
-        **options,
+        **{"rate_limit": 0, **options},
     )
     with serve_app(app) as url, httpx2.Client(base_url=url, timeout=10) as http:
         yield World(
@@ -462,6 +461,30 @@ def test_a_family_past_its_absolute_lifetime_is_invalid_grant_however_often_used
             refresh_token = world.refresh(refresh_token).json()["refresh_token"]
         world.clock.advance(900)  # 2700 s after the sign-in, 900 s after the last use
         assert "expired" in _refused(world.refresh(refresh_token), "invalid_grant")
+
+
+def test_code_and_refresh_grants_share_the_clients_rate_limit(
+    ring_dir: Path, tmp_path: Path
+) -> None:
+    # A signed-in client looping on refresh_token (or on codes) is throttled per client like
+    # client_credentials: 429 slow_down with Retry-After, other clients unaffected.
+    still = FakeClock()  # the buckets' monotonic clock stands still: no refill in the test
+    with running_issuer(
+        ring_dir, tmp_path, rate_limit=0.01, rate_burst=3, rate_limit_clock=still
+    ) as world:
+        token = world.signed_in()["refresh_token"]  # 1 of 3
+        for _ in range(2):  # 2 and 3 of 3
+            answer = world.refresh(token)
+            assert answer.status_code == 200, answer.text
+            token = answer.json()["refresh_token"]
+        answer = world.refresh(token)
+        assert answer.status_code == 429, answer.text
+        assert answer.json()["error"] == "slow_down"
+        assert int(answer.headers["retry-after"]) >= 1
+        assert world.exchange(world.code()).status_code == 429  # the code grant too
+        other = world.exchange(world.code(world.other_id), world.other_id)
+        assert other.status_code == 200, other.text  # another client has its own bucket
+        assert world.refresh(token).status_code == 429  # the token was not spent
 
 
 def test_an_unknown_refresh_token_is_invalid_grant(world: World) -> None:
