@@ -208,6 +208,8 @@ class InteractiveGrants:
         self.refresh_max_ttl = refresh_max_ttl
         self.clock = clock
         self.events: IssuerEvents | None = None
+        self.throttle: Callable[[str], None] | None = None
+        """The issuer's per-client rate limit (:meth:`IssuerService.throttle`)."""
         """Where issued tokens are reported (audit line, metrics); set by the issuer."""
         self.grants: dict[str, AuthorizationCodeGrant | RefreshTokenGrant] = {
             AUTHORIZATION_CODE: AuthorizationCodeGrant(self),
@@ -336,6 +338,8 @@ class InteractiveGrants:
         grant = self.grants[grant_type]
         client = await self.authenticate(form.params, authorizations)
         try:
+            if self.throttle is not None:  # a client looping on refresh or codes: 429
+                self.throttle(client.client_id)
             if grant_type not in client.grant_types:
                 raise OAuthError(
                     "unauthorized_client",

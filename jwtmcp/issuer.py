@@ -599,6 +599,7 @@ class IssuerService:
             store_busy_timeout=settings.store_busy_timeout,
         )
         self.grants.events = self.events
+        self.grants.throttle = self.throttle
         from .client_auth import PrivateKeyJwtAuthenticator
 
         self.private_key_jwt = PrivateKeyJwtAuthenticator(
@@ -804,6 +805,22 @@ class IssuerService:
             raise refused
         return client
 
+    def throttle(self, key: str, what: str = "token requests for this client") -> None:
+        """Take one request from ``key``'s bucket (a client id, or a workload's subject):
+        the ``--rate-limit``/``--rate-burst`` limit every grant and ``/admin/revoke`` share,
+        across replicas when the store is networked. Raises :class:`OAuthError`
+        ``slow_down`` (429, RFC 8628 3.5's code) with ``Retry-After`` in whole seconds when
+        the bucket is empty."""
+        wait = self.limiter.acquire(key)
+        if wait > 0:
+            retry = max(1, math.ceil(wait))
+            raise OAuthError(
+                "slow_down",
+                f"too many {what}; retry in {retry} s",
+                429,
+                {"Retry-After": str(retry)},
+            )
+
     def grant_types_supported(self) -> list[str]:
         """The ``grant_type`` values ``/token`` answers (RFC 8414 ``grant_types_supported``)."""
         return ["client_credentials", "authorization_code", "refresh_token", *self.token_grants]
@@ -811,15 +828,7 @@ class IssuerService:
     def _grant(self, client: Client, form: TokenRequest) -> _Encoded:
         """Everything after authentication: rate limit, scope, audience, mint."""
         params = form.params
-        wait = self.limiter.acquire(client.client_id)
-        if wait > 0:
-            retry = max(1, math.ceil(wait))
-            raise OAuthError(
-                "slow_down",
-                f"too many token requests for this client; retry in {retry} s",
-                429,
-                {"Retry-After": str(retry)},
-            )
+        self.throttle(client.client_id)
 
         # The resource first: a client asking for a server it may not use gets that reason,
         # not invalid_scope for the other server's tool scopes it was told to ask for.

@@ -66,7 +66,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -501,15 +500,7 @@ class JwtBearerGrant:
         return allowed
 
     def _rate_limit(self, client_id: str) -> None:
-        wait = self.service.limiter.acquire(client_id)
-        if wait > 0:
-            retry = max(1, math.ceil(wait))
-            raise OAuthError(
-                "slow_down",
-                f"too many token requests for this identity; retry in {retry} s",
-                429,
-                {"Retry-After": str(retry)},
-            )
+        self.service.throttle(client_id, "token requests for this identity")
 
     def _issue(self, decision: _Decision, *, kind: str) -> _Encoded:
         """Mint the access token: the one place this grant issues (for audit and metrics)."""

@@ -25,7 +25,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
@@ -210,15 +209,7 @@ class RevocationEndpoints:
                 )
                 refused.client_id = client.client_id
                 raise refused
-            wait = service.limiter.acquire(client.client_id)
-            if wait > 0:
-                retry = max(1, math.ceil(wait))
-                raise OAuthError(
-                    "slow_down",
-                    f"too many requests; retry in {retry} s",
-                    429,
-                    {"Retry-After": str(retry)},
-                )
+            service.throttle(client.client_id, "requests")
             names = [n for n, _ in _form_pairs(body.decode("utf-8")) if n in _FORM_NAMES]
             if len(names) != 1:
                 raise OAuthError(

@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -227,15 +226,7 @@ class TokenExchangeGrant:
         return self._mint(client, subject, previous, target, granted, lifetime)
 
     def _rate_limit(self, client: Client) -> None:
-        wait = self.service.limiter.acquire(client.client_id)
-        if wait > 0:
-            retry = max(1, math.ceil(wait))
-            raise OAuthError(
-                "slow_down",
-                f"too many token requests for this client; retry in {retry} s",
-                429,
-                {"Retry-After": str(retry)},
-            )
+        self.service.throttle(client.client_id)
 
     @staticmethod
     def _subject_token(params: Mapping[str, str]) -> str:
