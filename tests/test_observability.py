@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import logging
+import subprocess
+import sys
 from collections import Counter as Tally
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -488,3 +490,33 @@ def test_spans_carry_the_caller_client_and_decision_of_checks_and_tool_calls(
         },
     ]
     assert all(token not in str(s.attributes) for s in spans.get_finished_spans())
+
+
+def test_the_audit_log_stays_off_under_the_sdks_info_logging_until_its_logger_is_enabled() -> None:
+    # The MCP SDK's MCPServer sets the root logger to INFO with a handler, so an audit logger
+    # that inherits the root's level would format and write a line for every tools/call of
+    # every protected server (about 0.1 ms each) although no one asked for an audit log.
+    # A fresh interpreter: pytest's own handler on the root logger would change the outcome.
+    script = (
+        "import logging\n"
+        "from jwtmcp.mcp import protected_server\n"
+        "protected_server('x', issuer='http://127.0.0.1:9', resource='http://127.0.0.1:9/mcp',"
+        " public_key_pem=PEM)\n"
+        "audit = logging.getLogger('jwtmcp.audit')\n"
+        "print(logging.getLogger().isEnabledFor(20), audit.isEnabledFor(20))\n"
+        "audit.setLevel(logging.INFO)\n"  # the documented opt-in
+        "print(audit.isEnabledFor(20))\n"
+    )
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    pem = (
+        rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        .public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", f"PEM = {pem!r}\n" + script],
+        capture_output=True, text=True, timeout=60, check=True,
+    )  # fmt: skip
+    assert done.stdout.split() == ["True", "False", "True"], done.stdout + done.stderr
