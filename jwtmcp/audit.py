@@ -1,9 +1,10 @@
 """The audit log: one JSON line per issued token and per ``tools/call`` decision.
 
 Lines go to the standard :mod:`logging` logger ``jwtmcp.audit`` at INFO, so an application
-routes them anywhere (a file, syslog, a log shipper) with ordinary logging configuration;
-``jwtmcp serve`` writes them to stderr beside its other lines. Nothing is formatted while
-the logger is disabled. Each line is one JSON object (``json.dumps`` with ASCII output):
+routes them anywhere (a file, syslog, a log shipper) with ordinary logging configuration,
+once it turns the logger on (it is off, at WARNING, until then; ``jwtmcp serve
+--audit-log`` turns it on). Nothing is formatted while the logger is disabled.
+Each line is one JSON object (``json.dumps`` with ASCII output):
 every untrusted value (a tool name, a subject) is escaped, so a control character, a quote
 or a line break can never start a forged line. No line holds a token, a secret or a code;
 ``jti`` names a token instead. docs/observability.md lists the fields.
@@ -28,7 +29,12 @@ from .metrics import PUBLIC_CLIENT, IssuerMetrics
 from .tokens import Actor, VerifiedClaims
 
 audit_log = logging.getLogger("jwtmcp.audit")
-"""The audit logger: INFO lines, one JSON object each."""
+"""The audit logger: INFO lines, one JSON object each. Off (WARNING) until enabled with
+``logging.getLogger("jwtmcp.audit").setLevel(logging.INFO)`` (``jwtmcp serve --audit-log``
+does that): the MCP SDK's servers set the root logger to INFO, and an audit line per
+``tools/call`` that nobody asked for would cost every protected server ~0.1 ms a call."""
+if audit_log.level == logging.NOTSET:  # an application's own setting, made before, stays
+    audit_log.setLevel(logging.WARNING)
 
 MAX_AUDITED_TEXT = 200
 """Characters of an untrusted value (a tool name) kept in an audit line."""
