@@ -122,6 +122,8 @@ class FakeProvider:
             claims["aud"] = [CLIENT_ID, "another-client"]
         elif self.mode == "foreign_azp":
             claims["azp"] = "another-client"
+        elif self.mode in ("no_kid", "no_kid_two_keys"):
+            headers = {}
         return jwt.encode(claims, key, algorithm=alg, headers=headers)
 
     def app(self) -> Starlette:
@@ -139,7 +141,11 @@ class FakeProvider:
         async def jwks(request: Request) -> JSONResponse:
             jwk = json.loads(RSAAlgorithm.to_jwk(self.key.public_key()))
             jwk.update(kid="good", alg="RS256", use="sig")
-            return JSONResponse({"keys": [jwk]}, headers={"Cache-Control": "max-age=300"})
+            keys = [jwk]
+            if self.mode == "no_kid_two_keys":
+                other = json.loads(RSAAlgorithm.to_jwk(self.other_key.public_key()))
+                keys.append({**other, "kid": "other", "alg": "RS256", "use": "sig"})
+            return JSONResponse({"keys": keys}, headers={"Cache-Control": "max-age=300"})
 
         async def authorize(request: Request) -> Response:
             params = dict(request.query_params)
@@ -403,6 +409,30 @@ def test_a_bad_id_token_is_refused_with_a_page_naming_the_check_and_no_code(
     assert answer.status_code == 502, answer.text
     assert "Sign-in was refused" in answer.text and f"({code})" in answer.text
     assert "location" not in answer.headers
+    assert world.store.list_families(client_id=client_id) == ()
+
+
+def test_an_id_token_without_kid_from_a_one_key_provider_is_checked_with_that_key(
+    world: OidcWorld,
+) -> None:
+    # OpenID Connect Core 10.1: kid is required only when the provider publishes several keys.
+    world.provider.mode = "no_kid"
+    client_id = world.register()
+    with http_client() as http:
+        code = consent_and_code(world, http, upstream_sign_in(world, http, client_id))
+    claims = verify(world, redeem(world, client_id, code)["access_token"])
+    assert claims.subject == federated_subject("corp", "00u-alice")
+
+
+def test_an_id_token_without_kid_from_a_provider_with_several_keys_is_refused(
+    world: OidcWorld,
+) -> None:
+    world.provider.mode = "no_kid_two_keys"
+    client_id = world.register()
+    with http_client() as http:
+        answer = upstream_sign_in(world, http, client_id)
+    assert answer.status_code == 502, answer.text
+    assert "(unknown_kid)" in answer.text
     assert world.store.list_families(client_id=client_id) == ()
 
 
