@@ -1043,6 +1043,24 @@ class JwksCache(CachedDocument[Mapping[str, PublicKey]]):
                 return key
         return self._find_slow(kid, may_wait)
 
+    def only_key(self, *, may_wait: bool = True) -> PublicKey | Future[bool]:
+        """The key set's one key, for a token that names no ``kid``: OpenID Connect Core
+        10.1 lets a provider that publishes a single key leave ``kid`` out. A future to
+        wait on before asking again (``may_wait=False``) while the set is being fetched.
+        Raises :class:`UnknownKid` when the set holds several keys (the token must name
+        one) or none, and :class:`KeysUnavailable` as :meth:`find` does."""
+        if self._closed:
+            raise KeysUnavailable("the verifier is closed")
+        now = self._monotonic()
+        with self._lock:
+            snap = self._usable_snapshot(now, may_wait)
+            if not isinstance(snap, _Snapshot):
+                return snap  # a fetch to wait for
+            keys = list(snap.value.values())
+            if len(keys) != 1:
+                raise UnknownKid("the token names no signing key (kid) and the set has several")
+            return self._serve(keys[0], snap, now, may_wait)
+
     def _find_slow(self, kid: str | None, may_wait: bool) -> PublicKey | Future[bool]:
         now = self._monotonic()
         if kid is None:

@@ -68,6 +68,7 @@ import re
 import secrets
 import time
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -691,13 +692,21 @@ class ProviderClient:
             raise UpstreamRefused(exc.message, code=exc.code) from None
 
     async def _key(self, jwks_uri: str, kid: str | None) -> PublicKey:
+        """The provider's key ``kid`` names from its ``jwks_uri``; with no ``kid``, its only
+        key (OpenID Connect Core 10.1), never a key the token itself carries."""
         keys = self.keys(jwks_uri)
-        found = keys.find(kid, self._clock())
+
+        def lookup(may_wait: bool) -> PublicKey | Future[bool]:
+            if kid is None:
+                return keys.only_key(may_wait=may_wait)
+            return keys.find(kid, self._clock(), may_wait=may_wait)
+
+        found = lookup(True)
         if isinstance(found, PublicKey):
             return found
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(found)), HTTP_TIMEOUT + 1)
-        again = keys.find(kid, self._clock(), may_wait=False)
+        again = lookup(False)
         assert isinstance(again, PublicKey)
         return again
 
