@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any, TypeVar
 
 import httpx2
@@ -14,6 +15,7 @@ from mcp.shared.auth import OAuthClientInformationFull, OAuthToken
 
 from jwtmcp.mcp import JwtTokenVerifier, ToolScopeGuard
 from jwtmcp.verifier import Verifier
+from tests.support import serve_app
 
 MCP_ACCEPT = "application/json, text/event-stream"
 """The Accept header a streamable-HTTP MCP client must send."""
@@ -28,6 +30,23 @@ def run(factory: Callable[[], Awaitable[T]]) -> T:
         return await asyncio.wait_for(factory(), 30)
 
     return asyncio.run(bounded())
+
+
+@contextmanager
+def serve_protected(server: Any, *, port: int) -> Iterator[str]:
+    """Serve a :func:`jwtmcp.mcp.protected_server` on ``port`` (yields its base URL); close
+    its verifier afterwards.
+
+    Make the server only once its issuer listens: its verifier starts fetching the JWKS when
+    it is made, and a fetch refused by a port nobody listens on yet holds its keys back for
+    the retry backoff (1 s), so the first calls would get 503 whenever the fetch thread is
+    quick (``tests/test_schedules.py`` runs the suite's fixtures under that schedule).
+    """
+    try:
+        with serve_app(server.streamable_http_app(), port=port) as url:
+            yield url
+    finally:
+        server.jwt_verifier.close()
 
 
 def post_mcp(

@@ -34,7 +34,7 @@ from jwtmcp.issuer import create_app
 from jwtmcp.keys import init_ring, rsa_kid, rsa_public_jwk_members
 from jwtmcp.mcp import protected_server
 from tests.jwks_support import JwksServer, b64url, hs256, segment
-from tests.mcp_support import MemoryStorage, run
+from tests.mcp_support import MemoryStorage, run, serve_protected
 from tests.support import FakeClock, free_port, run_cli, serve_app
 
 
@@ -131,15 +131,15 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
             clock=clock,
             allow_loopback_http_jwks=True,
         )
-        server = protected_server("math", issuer=issuer, resource=resource)
+        with serve_app(app, port=port):  # first: see serve_protected
+            server = protected_server("math", issuer=issuer, resource=resource)
 
-        @server.tool()
-        def add(a: float, b: float) -> float:
-            return a + b
+            @server.tool()
+            def add(a: float, b: float) -> float:
+                return a + b
 
-        with serve_app(app, port=port), serve_app(server.streamable_http_app(), port=mcp_port):
-            yield World(issuer, resource, clock, signer_key, remote_key, jwks_server, directory)
-        server.jwt_verifier.close()  # type: ignore[attr-defined]
+            with serve_protected(server, port=mcp_port):
+                yield World(issuer, resource, clock, signer_key, remote_key, jwks_server, directory)
 
 
 def refused(answer: httpx2.Response, error: str = "invalid_client", status: int = 401) -> str:

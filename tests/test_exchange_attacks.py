@@ -25,6 +25,7 @@ from jwtmcp.token_exchange import ACCESS_TOKEN_TYPE, GRANT_TYPE
 from jwtmcp.tokens import mint, split_scope
 from jwtmcp.users import add_user
 from jwtmcp.verifier import Verifier
+from tests.mcp_support import serve_protected
 from tests.support import free_port, serve_app
 
 A = "http://127.0.0.1:9201/mcp"
@@ -156,23 +157,20 @@ def gate(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
         rate_limit=0,
         store=directory / "state.db",
     )
-    server = protected_server("math", issuer=issuer_url, resource=resource, metrics=True)
+    with serve_app(app, port=issuer_port):  # first: see serve_protected
+        server = protected_server("math", issuer=issuer_url, resource=resource, metrics=True)
 
-    @server.tool()
-    def add(a: float, b: float) -> float:
-        return a + b
+        @server.tool()
+        def add(a: float, b: float) -> float:
+            return a + b
 
-    with (
-        serve_app(app, port=issuer_port),
-        serve_app(server.streamable_http_app(), port=mcp_port),
-    ):
-        answer = httpx2.post(
-            f"{issuer_url}/token",
-            data={"grant_type": "client_credentials", "resource": resource},
-            auth=("adder", secret),
-        )
-        yield resource, answer.json()["access_token"]
-    server.jwt_verifier.close()  # type: ignore[attr-defined]
+        with serve_protected(server, port=mcp_port):
+            answer = httpx2.post(
+                f"{issuer_url}/token",
+                data={"grant_type": "client_credentials", "resource": resource},
+                auth=("adder", secret),
+            )
+            yield resource, answer.json()["access_token"]
 
 
 @pytest.mark.parametrize(

@@ -34,7 +34,7 @@ from jwtmcp.keys import init_ring, rsa_kid, rsa_public_jwk_members
 from jwtmcp.mcp import current_caller, protected_server
 from jwtmcp.policy import PolicyError
 from tests.jwks_support import JwksServer, b64url, hs256, segment
-from tests.mcp_support import MemoryStorage, run
+from tests.mcp_support import MemoryStorage, run, serve_protected
 from tests.support import FakeClock, free_port, serve_app
 
 K8S = "https://kubernetes.default.svc.cluster.local"
@@ -237,20 +237,20 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
             clock=clock,
             allow_loopback_http_jwks=True,
         )
-        server = protected_server("math", issuer=issuer, resource=resource)
+        with serve_app(app, port=port):  # first: see serve_protected
+            server = protected_server("math", issuer=issuer, resource=resource)
 
-        @server.tool()
-        def add(a: float, b: float) -> float:
-            return a + b
+            @server.tool()
+            def add(a: float, b: float) -> float:
+                return a + b
 
-        @server.tool()
-        def whoami() -> str:
-            caller = current_caller()
-            return json.dumps({"sub": caller.subject, "client_id": caller.client_id})
+            @server.tool()
+            def whoami() -> str:
+                caller = current_caller()
+                return json.dumps({"sub": caller.subject, "client_id": caller.client_id})
 
-        with serve_app(app, port=port), serve_app(server.streamable_http_app(), port=mcp_port):
-            yield World(issuer, resource, clock, keys, agent_secret, narrow_secret, directory)
-        server.jwt_verifier.close()  # type: ignore[attr-defined]
+            with serve_protected(server, port=mcp_port):
+                yield World(issuer, resource, clock, keys, agent_secret, narrow_secret, directory)
 
 
 @pytest.fixture(autouse=True)

@@ -32,7 +32,7 @@ from jwtmcp.clients import add_client
 from jwtmcp.issuer import create_app
 from jwtmcp.keys import init_ring, load_ring
 from jwtmcp.mcp import protected_server
-from tests.mcp_support import post_mcp, run
+from tests.mcp_support import post_mcp, run, serve_protected
 from tests.support import free_port, issuer_process, run_cli, serve_app
 from tests.test_grants import running_issuer
 
@@ -263,31 +263,28 @@ def protected(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Protected]:
         rate_limit=0,
         store=directory / "state.db",
     )
-    server = protected_server("math", issuer=issuer, resource=resource, metrics=True)
-    calls: Tally[str] = Tally()
+    with serve_app(app, port=issuer_port):  # first: see serve_protected
+        server = protected_server("math", issuer=issuer, resource=resource, metrics=True)
+        calls: Tally[str] = Tally()
 
-    @server.tool()
-    def add(a: float, b: float) -> float:
-        calls["add"] += 1
-        return a + b
+        @server.tool()
+        def add(a: float, b: float) -> float:
+            calls["add"] += 1
+            return a + b
 
-    @server.tool()
-    def subtract(a: float, b: float) -> float:
-        calls["subtract"] += 1
-        return a - b
+        @server.tool()
+        def subtract(a: float, b: float) -> float:
+            calls["subtract"] += 1
+            return a - b
 
-    with (
-        serve_app(app, port=issuer_port),
-        serve_app(server.streamable_http_app(), port=mcp_port),
-    ):
-        yield Protected(
-            url=resource,
-            metrics_url=f"http://127.0.0.1:{mcp_port}/metrics",
-            token_url=f"{issuer}/token",
-            secret=secret,
-            calls=calls,
-        )
-    server.jwt_verifier.close()  # type: ignore[attr-defined]
+        with serve_protected(server, port=mcp_port):
+            yield Protected(
+                url=resource,
+                metrics_url=f"http://127.0.0.1:{mcp_port}/metrics",
+                token_url=f"{issuer}/token",
+                secret=secret,
+                calls=calls,
+            )
 
 
 def tampered(token: str) -> str:

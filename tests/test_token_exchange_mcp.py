@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import socket
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,7 +39,7 @@ from jwtmcp.mcp import current_caller, protected_server
 from jwtmcp.tokens import VerifiedClaims, mint
 from jwtmcp.users import add_user
 from jwtmcp.verifier import Verifier
-from tests.mcp_support import run
+from tests.mcp_support import run, serve_protected
 from tests.support import FakeClock, free_port, serve_app
 
 PASSWORD = "correct horse battery staple"
@@ -101,6 +102,20 @@ def world(tmp_path_factory: pytest.TempPathFactory, users_file: Path) -> Iterato
         store=directory / "state.db",
         rate_limit=0,
     )
+    # The servers are made once the issuer listens (a with statement enters in order).
+    with (
+        serve_app(issuer_app, port=issuer_port),
+        _protected_servers(issuer, a, b, a_port, b_port, secret),
+    ):
+        yield World(issuer, ring, a, b, secret)
+
+
+@contextmanager
+def _protected_servers(
+    issuer: str, a: str, b: str, a_port: int, b_port: int, secret: str
+) -> Iterator[None]:
+    """A (which exchanges the caller's token for one for B) and B, serving on their ports;
+    made once the issuer listens (:func:`tests.mcp_support.serve_protected`)."""
     exchange = TokenExchangeClient(issuer=issuer, client_id="server-a", client_secret=secret)
     server_a = protected_server("a", issuer=issuer, resource=a, token_exchange=exchange)
     server_b = protected_server("b", issuer=issuer, resource=b)
@@ -154,14 +169,8 @@ def world(tmp_path_factory: pytest.TempPathFactory, users_file: Path) -> Iterato
             return exc.message
         return "exchanged"
 
-    with (
-        serve_app(issuer_app, port=issuer_port),
-        serve_app(server_a.streamable_http_app(), port=a_port),
-        serve_app(server_b.streamable_http_app(), port=b_port),
-    ):
-        yield World(issuer, ring, a, b, secret)
-    server_a.jwt_verifier.close()  # type: ignore[attr-defined]
-    server_b.jwt_verifier.close()  # type: ignore[attr-defined]
+    with serve_protected(server_a, port=a_port), serve_protected(server_b, port=b_port):
+        yield
 
 
 # --- A calls B for its user ---------------------------------------------------------------
