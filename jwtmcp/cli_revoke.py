@@ -242,7 +242,7 @@ examples:
     _add_keys_flag(revoke)
     _add_file_flags(revoke)
     revoke.set_defaults(func=cmd_revoke)
-    cmds = revoke.add_subparsers(dest="revoke_command", metavar="ACTION", parser_class=_Parser)
+    cmds = revoke.add_subparsers(dest="revoke_command", metavar="[ACTION]", parser_class=_Parser)
 
     p = cmds.add_parser(
         "list",

@@ -771,3 +771,11 @@ def test_client_added_with_the_revoke_scope_on_the_command_line_may_revoke(
     secret = out.strip().splitlines()[-1]
     reply = _revoke(world, {"sub": "alice"}, ("auditor", secret))
     assert reply.status_code == 200, reply.text
+
+
+def test_revoke_help_shows_its_action_as_optional() -> None:
+    """``jwtmcp revoke --sub alice`` needs no action: the usage line must not say it does."""
+    code, out, _ = run_cli("revoke", "--help")
+    assert code == 0
+    usage = " ".join(out.split("\n\n", 1)[0].split())
+    assert "[ACTION] ..." in usage, usage
