@@ -12,7 +12,11 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
+import subprocess
+import sys
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -52,6 +56,7 @@ CLUSTER = "https://kubernetes.default.svc.cluster.local"
 SERVICE_ACCOUNT = "system:serviceaccount:tools:reporter"
 ALWAYS_ANSWERING = ("/healthz", "/.well-known/jwks.json", "/.well-known/oauth-authorization-server")
 SIGN_TARGET = "TrentService.Sign"
+GET_PUBLIC_KEY_TARGET = "TrentService.GetPublicKey"
 _HOP_BY_HOP = {"host", "content-length", "connection", "transfer-encoding", "keep-alive"}
 
 
@@ -60,17 +65,19 @@ _HOP_BY_HOP = {"host", "content-length", "connection", "transfer-encoding", "kee
 
 @dataclass
 class Hold:
-    """One armed hold: ``arrived`` is set when a Sign comes in, ``released`` lets it on."""
+    """One armed hold of the KMS calls named ``target`` (an ``X-Amz-Target``): ``arrived`` is
+    set when one comes in, ``released`` lets it on."""
 
+    target: str
     arrived: threading.Event = field(default_factory=threading.Event)
     released: threading.Event = field(default_factory=threading.Event)
 
 
 class HoldingKmsProxy:
     """A loopback HTTP proxy in front of moto's KMS server. Forwards every request; while a
-    :class:`Hold` is armed (:meth:`holding`), each ``Sign`` waits (at most ``5 * WAIT``
-    seconds, longer than the test's checks while it holds) until the hold is released, then
-    goes on to KMS."""
+    :class:`Hold` is armed (:meth:`holding`), each call it names (``Sign`` by default)
+    waits (at most ``5 * WAIT`` seconds, longer than the test's checks while it holds)
+    until the hold is released, then goes on to KMS."""
 
     def __init__(self, upstream: str) -> None:
         self.upstream = upstream
@@ -81,7 +88,7 @@ class HoldingKmsProxy:
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
                 hold = proxy.hold
-                if hold is not None and self.headers.get("X-Amz-Target") == SIGN_TARGET:
+                if hold is not None and self.headers.get("X-Amz-Target") == hold.target:
                     hold.arrived.set()
                     hold.released.wait(5 * WAIT)
                 headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP_BY_HOP}
@@ -109,9 +116,9 @@ class HoldingKmsProxy:
         return f"http://127.0.0.1:{self.server.server_address[1]}"
 
     @contextlib.contextmanager
-    def holding(self) -> Iterator[Hold]:
-        """Hold every Sign while inside; on leaving, release them and stop holding."""
-        hold = self.hold = Hold()
+    def holding(self, target: str = SIGN_TARGET) -> Iterator[Hold]:
+        """Hold every ``target`` call while inside; on leaving, release them, stop holding."""
+        hold = self.hold = Hold(target)
         try:
             yield hold
         finally:
@@ -188,22 +195,28 @@ class World:
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
-    directory = tmp_path_factory.mktemp("remote-signing")
+def kms_proxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HoldingKmsProxy]:
+    """moto's KMS server behind a :class:`HoldingKmsProxy`, with test AWS credentials."""
+    directory = tmp_path_factory.mktemp("moto")
     with pytest.MonkeyPatch.context() as env:
         for name, value in AWS_TEST_ENV.items():
             env.setenv(name, value)
         with moto_server(directory / "moto.log") as (endpoint, _):
             proxy = HoldingKmsProxy(endpoint)
             try:
-                with _issuer(directory, proxy) as running:
-                    yield running
+                yield proxy
             finally:
                 proxy.close()
 
 
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory, kms_proxy: HoldingKmsProxy) -> Iterator[World]:
+    with _issuer(tmp_path_factory.mktemp("remote-signing"), kms_proxy) as running:
+        yield running
+
+
 @contextlib.contextmanager
-def _issuer(directory: Path, proxy: HoldingKmsProxy) -> Iterator[World]:
+def _issuer(directory: Path, proxy: HoldingKmsProxy, **options: Any) -> Iterator[World]:
     ring_dir = directory / "keys"
     # A KMS timeout far above WAIT: a held Sign must not end by timing out in boto3.
     init_ring(
@@ -248,7 +261,7 @@ def _issuer(directory: Path, proxy: HoldingKmsProxy) -> Iterator[World]:
         clock=clock,
         store=store_path,
         client_resolver=ClientResolver(registrar=registrar),
-        rate_limit=0,
+        **{"rate_limit": 0, **options},
     )
     try:
         with serve_app(app) as url, httpx2.Client(base_url=url, timeout=WAIT) as http:
@@ -370,3 +383,33 @@ def test_a_request_held_inside_kms_sign_leaves_healthz_jwks_and_metadata_answeri
     document = answer.text if request_kind == "revocation_list" else answer.json()["access_token"]
     jwks = world.http.get("/.well-known/jwks.json").json()
     assert _signed_by_jwks(document, jwks) == load_ring(world.ring_dir).active.kid
+
+
+# --- a ring reload that reads a new key's public key from KMS -------------------------------
+
+
+def test_a_ring_reload_held_inside_kms_get_public_key_leaves_healthz_jwks_and_metadata_answering(
+    kms_proxy: HoldingKmsProxy, tmp_path: Path
+) -> None:
+    with _issuer(tmp_path, kms_proxy, reload_interval=0) as world:
+        before = world.http.get("/healthz").json()
+        # Another process rotates: the issuer must read the new next key's public key.
+        rotate = subprocess.run(
+            [sys.executable, "-m", "jwtmcp", "keys", "rotate", "--keys", str(world.ring_dir)],
+            env={**os.environ, **AWS_TEST_ENV}, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert rotate.returncode == 0, rotate.stderr
+        state = json.loads((world.ring_dir / "ring.json").read_text())
+        (new_next,) = [k["kid"] for k in state["keys"] if k["state"] == "next"]
+        with kms_proxy.holding(GET_PUBLIC_KEY_TARGET) as hold:
+            first = _status_within_wait(world.http, "/healthz")  # notices the change
+            assert hold.arrived.wait(WAIT), "the reload never asked KMS for the public key"
+            while_held = {path: _status_within_wait(world.http, path) for path in ALWAYS_ANSWERING}
+        assert first == 200, first
+        assert while_held == dict.fromkeys(ALWAYS_ANSWERING, 200), while_held
+        # Released: the new ring is served (the reload finishes without a request waiting).
+        deadline = time.monotonic() + WAIT
+        while world.http.get("/healthz").json()["next_kid"] != new_next:
+            assert time.monotonic() < deadline, "the reloaded ring was never served"
+            time.sleep(0.01)
+        assert before["next_kid"] != new_next
