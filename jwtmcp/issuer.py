@@ -522,6 +522,7 @@ class IssuerService:
             settings.keys_dir,
             interval=settings.reload_interval,
             on_error=lambda reason: _log_reload_failure("key ring", reason),
+            background=True,  # a key in custody: its public key is read off the event loop
         )
         self.clients = ClientsWatcher(
             settings.clients_file,

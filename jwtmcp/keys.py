@@ -802,6 +802,12 @@ class RingWatcher:
     the same filesystem timestamp tick can leave the stat unchanged).
     If a reload fails the last good ring keeps serving, ``last_error`` says why, and
     ``on_error`` (if given) is called with that reason once per new reason.
+
+    ``background=True`` (the issuer): while the ring keeps keys in a backend (an HSM, a
+    KMS), a reload runs in a daemon thread, because it may ask the backend for a new key's
+    public key (a network round trip, up to the backend's timeouts): ``current()`` keeps
+    returning the last ring at once, never blocking an event loop, and serves the new one
+    as soon as the thread has read it. A ring of file keys reloads in place.
     """
 
     def __init__(
@@ -811,9 +817,12 @@ class RingWatcher:
         interval: float = 0.25,
         monotonic: Clock = time.monotonic,
         on_error: Callable[[str], None] | None = None,
+        background: bool = False,
     ) -> None:
         self.directory = Path(directory)
         self._on_error = on_error
+        self.background = background
+        self._reloading = False
         self.interval = interval
         self._monotonic = monotonic
         self._lock = threading.Lock()
@@ -838,13 +847,43 @@ class RingWatcher:
             self._checked_at = now
             signature = self._stat()
             if signature is not None and (signature != self._signature or not self._settled):
-                try:
-                    self._ring = load_ring(self.directory)
-                    self._signature = signature
-                    self._settled = signature_is_settled(signature)
-                    self.last_error = None
-                except KeyRingError as exc:
-                    if exc.message != self.last_error and self._on_error is not None:
-                        self._on_error(exc.message)
-                    self.last_error = exc.message
+                if not (self.background and self._ring.backends):
+                    self._reload(signature)
+                elif not self._reloading:
+                    self._reloading = True
+                    threading.Thread(
+                        target=self._reload_in_thread,
+                        args=(signature,),
+                        name="jwtmcp-ring-reload",
+                        daemon=True,
+                    ).start()
             return self._ring
+
+    def _reload(self, signature: FileSignature) -> None:
+        self._apply(self._load(), signature)
+
+    def _load(self) -> KeyRing | KeyRingError:
+        try:
+            return load_ring(self.directory)
+        except KeyRingError as exc:
+            return exc
+
+    def _apply(self, loaded: KeyRing | KeyRingError, signature: FileSignature) -> None:
+        if isinstance(loaded, KeyRingError):
+            if loaded.message != self.last_error and self._on_error is not None:
+                self._on_error(loaded.message)
+            self.last_error = loaded.message
+            return
+        self._ring = loaded
+        self._signature = signature
+        self._settled = signature_is_settled(signature)
+        self.last_error = None
+
+    def _reload_in_thread(self, signature: FileSignature) -> None:
+        loaded: KeyRing | KeyRingError = KeyRingError("the key ring reload did not finish")
+        try:
+            loaded = self._load()  # outside the lock: current() keeps serving meanwhile
+        finally:
+            with self._lock:
+                self._reloading = False
+                self._apply(loaded, signature)
