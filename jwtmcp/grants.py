@@ -84,7 +84,7 @@ from .store import (
     Store,
     new_opaque_token,
 )
-from .tokens import Clock, build_claims, scope_grants_scope, sign
+from .tokens import Clock, build_claims, scope_grants_scope, sign_async
 
 log = logging.getLogger("jwtmcp.issuer")
 
@@ -346,7 +346,7 @@ class InteractiveGrants:
                     f"this client is not registered for the {grant_type} grant",
                 )
             issued = await grant.issue(client, form)
-            return self.respond(issued, grant_type, client.client_name)
+            return await self.respond(issued, grant_type, client.client_name)
         except OAuthError as exc:
             exc.client_id = client.client_id
             exc.client_name = client.client_name
@@ -354,7 +354,7 @@ class InteractiveGrants:
 
     # -- the answer (RFC 6749 §5.1) ---------------------------------------------------------
 
-    def respond(
+    async def respond(
         self, issued: IssuedTokens, grant_type: str, client_name: str | None = None
     ) -> _Encoded:
         """Mint the RFC 9068 access token and build the §5.1 JSON answer (``client_name``
@@ -376,7 +376,7 @@ class InteractiveGrants:
                 extra_claims=issued.claims,
                 now=self.clock(),
             )
-            token = sign(claims, key.signing_key)
+            token = await sign_async(claims, key.signing_key)
         except SignerUnavailable as exc:
             raise signer_unavailable(exc) from None
         except JwtMcpError as exc:  # a bad record or setting, not the caller's fault

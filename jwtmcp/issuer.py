@@ -71,7 +71,7 @@ from .store import (
     is_networked_location,
     open_store,
 )
-from .tokens import DEFAULT_LIFETIME, Clock, build_claims, scope_grants_scope, sign
+from .tokens import DEFAULT_LIFETIME, Clock, build_claims, scope_grants_scope, sign_async
 from .users import ensure_users, users_file_beside
 
 if TYPE_CHECKING:
@@ -522,6 +522,7 @@ class IssuerService:
             settings.keys_dir,
             interval=settings.reload_interval,
             on_error=lambda reason: _log_reload_failure("key ring", reason),
+            background=True,  # a key in custody: its public key is read off the event loop
         )
         self.clients = ClientsWatcher(
             settings.clients_file,
@@ -769,7 +770,7 @@ class IssuerService:
 
         client = await self.authenticate_client(params, authorizations)
         try:
-            return self._grant(client, form)
+            return await self._grant(client, form)
         except OAuthError as exc:
             exc.client_id = client.client_id
             raise
@@ -825,7 +826,7 @@ class IssuerService:
         """The ``grant_type`` values ``/token`` answers (RFC 8414 ``grant_types_supported``)."""
         return ["client_credentials", "authorization_code", "refresh_token", *self.token_grants]
 
-    def _grant(self, client: Client, form: TokenRequest) -> _Encoded:
+    async def _grant(self, client: Client, form: TokenRequest) -> _Encoded:
         """Everything after authentication: rate limit, scope, audience, mint."""
         params = form.params
         self.throttle(client.client_id)
@@ -871,7 +872,7 @@ class IssuerService:
                 max_lifetime=ring.max_lifetime,
                 now=self.clock(),
             )
-            token = sign(claims, key.signing_key)
+            token = await sign_async(claims, key.signing_key)
         except SignerUnavailable as exc:
             raise signer_unavailable(exc) from None
         except JwtMcpError as exc:  # a misconfiguration, not the caller's fault

@@ -334,7 +334,8 @@ class JwtBearerGrant:
             first = await self.service.grants.call_store(lambda s: s.remember_once(key, until))
             if not first:
                 raise _invalid_grant("the assertion was used before (its jti is spent)")
-            return self._issue(decision, kind="id_jag" if _is_id_jag(assertion) else "workload")
+            kind = "id_jag" if _is_id_jag(assertion) else "workload"
+            return await self._issue(decision, kind=kind)
         except OAuthError as exc:
             if client is not None:
                 exc.client_id = client.client_id
@@ -502,7 +503,7 @@ class JwtBearerGrant:
     def _rate_limit(self, client_id: str) -> None:
         self.service.throttle(client_id, "token requests for this identity")
 
-    def _issue(self, decision: _Decision, *, kind: str) -> _Encoded:
+    async def _issue(self, decision: _Decision, *, kind: str) -> _Encoded:
         """Mint the access token: the one place this grant issues (for audit and metrics)."""
         if log.isEnabledFor(logging.INFO):
             log.info(
@@ -524,7 +525,7 @@ class JwtBearerGrant:
             max_lifetime=decision.max_ttl,
             refresh_token=None,
         )
-        return self.service.grants.respond(issued, JWT_BEARER)
+        return await self.service.grants.respond(issued, JWT_BEARER)
 
     def close(self) -> None:
         self.remote.close()

@@ -390,14 +390,23 @@ _public_cache: dict[tuple[int, str], rsa.RSAPublicKey] = {}
 half never changes, so a reload of ``ring.json`` asks the backend only for new keys."""
 
 
-def _backend_key(backends: Mapping[str, Mapping[str, Any]], entry: Mapping[str, Any]) -> RingKey:
-    """The :class:`RingKey` of a state entry whose private key lives in a backend."""
+class _PublicKeyNotCached(KeyRingError):
+    """Loading the ring would ask a backend for a public key (a ``cached_only`` load)."""
+
+
+def _backend_key(
+    backends: Mapping[str, Mapping[str, Any]], entry: Mapping[str, Any], cached_only: bool
+) -> RingKey:
+    """The :class:`RingKey` of a state entry whose private key lives in a backend.
+    ``cached_only``: raise :class:`_PublicKeyNotCached` rather than call the backend."""
     name, handle, kid = entry["backend"], entry["handle"], entry["kid"]
     backend = open_backend(name, backends[name])
     cache_key = (id(backend), handle)
     with _key_cache_lock:
         public = _public_cache.get(cache_key)
     if public is None:
+        if cached_only:
+            raise _PublicKeyNotCached(f"the public key of {name} key {handle} is not read yet")
         public = backend.public_key(handle)
         if rsa_kid(public) != kid:
             raise KeyRingError(f"{name} key {handle} does not match its kid {kid}")
@@ -419,7 +428,7 @@ def _backend_key(backends: Mapping[str, Mapping[str, Any]], entry: Mapping[str, 
     )
 
 
-def _read_ring(directory: Path) -> KeyRing:
+def _read_ring(directory: Path, cached_only: bool = False) -> KeyRing:
     state_path = directory / STATE_FILE
     try:
         raw = state_path.read_bytes()
@@ -441,7 +450,7 @@ def _read_ring(directory: Path) -> KeyRing:
     keys = []
     for entry in doc["keys"]:
         if entry.get("backend", FILE_BACKEND) != FILE_BACKEND:
-            keys.append(_backend_key(backends, entry))
+            keys.append(_backend_key(backends, entry, cached_only))
             continue
         kid = entry["kid"]
         path = directory / f"{kid}.pem"
@@ -491,10 +500,15 @@ def load_ring(directory: str | os.PathLike[str]) -> KeyRing:
     state file, a missing or foreign key file, or a key file readable by group or others.
     Files the state file does not name (a README, an orphan from a crash) are ignored.
     """
-    path = Path(directory)
+    return _load_ring(Path(directory))
+
+
+def _load_ring(path: Path, cached_only: bool = False) -> KeyRing:
+    """:func:`load_ring`; ``cached_only``: raise :class:`_PublicKeyNotCached` instead of
+    asking a backend for a public key this process has not read yet."""
     for attempt in range(3):
         try:
-            return _read_ring(path)
+            return _read_ring(path, cached_only)
         except _KeyFileVanished:
             # A concurrent prune/revoke may have removed a key file between reading the
             # state and the PEM; the newer state no longer names it, so read again.
@@ -569,6 +583,8 @@ def generate_key(
     _check_bits(bits)
     if backend is not None:
         handle, public = backend.create_key(bits)
+        with _key_cache_lock:  # this process knows the public half: no reload asks again
+            _public_cache[(id(backend), handle)] = public
         return RingKey(
             kid=rsa_kid(public),
             state=state,
@@ -802,6 +818,12 @@ class RingWatcher:
     the same filesystem timestamp tick can leave the stat unchanged).
     If a reload fails the last good ring keeps serving, ``last_error`` says why, and
     ``on_error`` (if given) is called with that reason once per new reason.
+
+    ``background=True`` (the issuer): a reload that must ask a backend (an HSM, a KMS) for
+    a public key this process has not read yet (a network round trip, up to the backend's
+    timeouts) runs in a daemon thread: ``current()`` keeps returning the last ring at once,
+    never blocking an event loop, and serves the new one as soon as the thread has read it.
+    Any other reload (file keys, backend keys already read) happens in place.
     """
 
     def __init__(
@@ -811,9 +833,12 @@ class RingWatcher:
         interval: float = 0.25,
         monotonic: Clock = time.monotonic,
         on_error: Callable[[str], None] | None = None,
+        background: bool = False,
     ) -> None:
         self.directory = Path(directory)
         self._on_error = on_error
+        self.background = background
+        self._reloading = False
         self.interval = interval
         self._monotonic = monotonic
         self._lock = threading.Lock()
@@ -838,13 +863,47 @@ class RingWatcher:
             self._checked_at = now
             signature = self._stat()
             if signature is not None and (signature != self._signature or not self._settled):
-                try:
-                    self._ring = load_ring(self.directory)
-                    self._signature = signature
-                    self._settled = signature_is_settled(signature)
-                    self.last_error = None
-                except KeyRingError as exc:
-                    if exc.message != self.last_error and self._on_error is not None:
-                        self._on_error(exc.message)
-                    self.last_error = exc.message
+                if not self.background:
+                    self._reload(signature)
+                elif not self._reloading:
+                    loaded = self._load(cached_only=True)
+                    if isinstance(loaded, _PublicKeyNotCached):
+                        self._reloading = True
+                        threading.Thread(
+                            target=self._reload_in_thread,
+                            args=(signature,),
+                            name="jwtmcp-ring-reload",
+                            daemon=True,
+                        ).start()
+                    else:
+                        self._apply(loaded, signature)
             return self._ring
+
+    def _reload(self, signature: FileSignature) -> None:
+        self._apply(self._load(), signature)
+
+    def _load(self, cached_only: bool = False) -> KeyRing | KeyRingError:
+        try:
+            return _load_ring(self.directory, cached_only)
+        except KeyRingError as exc:
+            return exc
+
+    def _apply(self, loaded: KeyRing | KeyRingError, signature: FileSignature) -> None:
+        if isinstance(loaded, KeyRingError):
+            if loaded.message != self.last_error and self._on_error is not None:
+                self._on_error(loaded.message)
+            self.last_error = loaded.message
+            return
+        self._ring = loaded
+        self._signature = signature
+        self._settled = signature_is_settled(signature)
+        self.last_error = None
+
+    def _reload_in_thread(self, signature: FileSignature) -> None:
+        loaded: KeyRing | KeyRingError = KeyRingError("the key ring reload did not finish")
+        try:
+            loaded = self._load()  # outside the lock: current() keeps serving meanwhile
+        finally:
+            with self._lock:
+                self._reloading = False
+                self._apply(loaded, signature)

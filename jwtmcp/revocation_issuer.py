@@ -54,7 +54,7 @@ from .revocations_file import (
     revocations_file_beside,
     revoke,
 )
-from .tokens import VerifiedClaims, sign
+from .tokens import VerifiedClaims, sign_async
 
 if TYPE_CHECKING:
     from .issuer import IssuerService
@@ -112,7 +112,7 @@ class RevocationEndpoints:
 
     # -- the list -----------------------------------------------------------------------
 
-    def document(self) -> tuple[bytes, str]:
+    async def document(self) -> tuple[bytes, str]:
         """The signed list and its ETag, signed again only when the revocations file or
         the active key changed, or the last signature is ``max_age`` seconds old."""
         service = self.service
@@ -137,7 +137,9 @@ class RevocationEndpoints:
             subjects=subjects,
             clients=clients,
         )
-        body = sign(claims, ring.active.signing_key, typ=LIST_TYPE, max_bytes=MAX_LIST_BYTES)
+        body = await sign_async(
+            claims, ring.active.signing_key, typ=LIST_TYPE, max_bytes=MAX_LIST_BYTES
+        )
         raw = body.encode("ascii")
         etag = '"' + hashlib.sha256(raw).hexdigest()[:32] + '"'
         self._signed = _Signed(state, kid, now, raw, etag)
@@ -168,7 +170,7 @@ class RevocationEndpoints:
 
     async def published(self, request: Request) -> Response:
         try:
-            body, etag = self.document()
+            body, etag = await self.document()
         except JwtMcpError as exc:
             log.error(json.dumps({"event": "revocation_list_error", "error": exc.message}))
             return _oauth_error(

@@ -69,7 +69,7 @@ from .tokens import (
     VerifiedClaims,
     build_claims,
     scope_grants_scope,
-    sign,
+    sign_async,
     split_scope,
     tool_scope,
 )
@@ -180,14 +180,14 @@ class TokenExchangeGrant:
     async def __call__(self, form: TokenRequest, authorizations: Sequence[bytes]) -> _Encoded:
         client = await self.service.authenticate_client(form.params, authorizations)
         try:
-            return self.exchange(client, form)
+            return await self.exchange(client, form)
         except OAuthError as exc:
             exc.client_id = client.client_id
             raise
 
     # -- the steps, in the order the checks run ------------------------------------------
 
-    def exchange(self, client: Client, form: TokenRequest) -> _Encoded:
+    async def exchange(self, client: Client, form: TokenRequest) -> _Encoded:
         """Everything after client authentication; raises ``OAuthError`` to refuse."""
         self._rate_limit(client)
         params = form.params
@@ -223,7 +223,7 @@ class TokenExchangeGrant:
         delegated_scopes = tuple(tool_scope(t) for t in delegated)
         granted = self._scopes(params.get("scope"), allowance.scopes, delegated_scopes)
         lifetime = self._lifetime(subject, client, allowance)
-        return self._mint(client, subject, previous, target, granted, lifetime)
+        return await self._mint(client, subject, previous, target, granted, lifetime)
 
     def _rate_limit(self, client: Client) -> None:
         self.service.throttle(client.client_id)
@@ -419,7 +419,7 @@ class TokenExchangeGrant:
             )
         return lifetime
 
-    def _mint(
+    async def _mint(
         self,
         client: Client,
         subject: VerifiedClaims,
@@ -444,7 +444,7 @@ class TokenExchangeGrant:
                 now=self.service.clock(),
             )
             claims["act"] = act_claim(client.client_id, previous)
-            token = sign(claims, key.signing_key)
+            token = await sign_async(claims, key.signing_key)
         except SignerUnavailable as exc:  # an HSM/KMS outage: 503 + Retry-After, not a 500
             raise signer_unavailable(exc) from None
         except JwtMcpError as exc:  # a misconfiguration, not the caller's fault

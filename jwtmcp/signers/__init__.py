@@ -2,7 +2,9 @@
 
 A :class:`Signer` is one RSA private key that makes RS256 signatures (RSASSA-PKCS1-v1_5
 with SHA-256, RFC 7518 3.3) and tells its public key. :func:`jwtmcp.tokens.sign` calls
-``signer.sign(signing_input)`` once per token, whatever holds the key:
+``signer.sign(signing_input)`` once per token, whatever holds the key. The issuer signs
+through :func:`jwtmcp.tokens.sign_async`: a :class:`FileSigner` in place, any other signer
+in a worker thread (several at once), never on the event loop:
 
 - files (the default): :class:`FileSigner` over a PEM the ring loaded; no I/O per token;
 - a PKCS#11 token (an HSM, a cloud HSM, SoftHSM2): :mod:`jwtmcp.signers.pkcs11`;
