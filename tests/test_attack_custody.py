@@ -1,0 +1,161 @@
+"""Attacks on keys in custody: signing in worker threads and background ring reloads.
+
+Real servers on loopback only: moto's KMS server behind a small misbehaving proxy, the
+issuer on uvicorn, ``jwtmcp keys`` as another process. Every wait is bounded.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx2
+import jwt
+import pytest
+
+from tests.custody_support import AWS_TEST_ENV, moto_server
+from tests.test_remote_signing import (
+    GET_PUBLIC_KEY_TARGET,
+    WAIT,
+    HoldingKmsProxy,
+    _issuer,
+)
+
+_HOP_BY_HOP = {"host", "content-length", "connection", "transfer-encoding", "keep-alive"}
+
+# What a misbehaving proxy answers instead of forwarding: (status, headers, body) or None.
+Answer = Callable[[str, bytes], tuple[int, dict[str, str], bytes] | None]
+
+
+class MisbehavingKmsProxy(HoldingKmsProxy):
+    """A :class:`HoldingKmsProxy` whose ``answer`` hook may replace KMS's answer to a call
+    (by its ``X-Amz-Target``) with anything."""
+
+    def __init__(self, upstream: str) -> None:
+        self.answer: Answer | None = None
+        super().__init__(upstream)
+        proxy = self
+        inner = self.server.RequestHandlerClass
+
+        class Handler(inner):  # type: ignore[misc, valid-type]
+            def do_POST(self) -> None:
+                hook = proxy.answer
+                target = self.headers.get("X-Amz-Target", "")
+                if hook is not None:
+                    length = int(self.headers.get("Content-Length", "0"))
+                    body = self.rfile.read(length)
+                    replaced = hook(target, body)
+                    if replaced is not None:
+                        status, headers, content = replaced
+                        self.send_response(status)
+                        for name, value in headers.items():
+                            self.send_header(name, value)
+                        self.send_header("Content-Length", str(len(content)))
+                        self.end_headers()
+                        self.wfile.write(content)
+                        return
+                    # forward what was read
+                    headers = {
+                        k: v for k, v in self.headers.items() if k.lower() not in _HOP_BY_HOP
+                    }
+                    upstream = httpx2.post(
+                        proxy.upstream + self.path, content=body, headers=headers, timeout=WAIT
+                    )
+                    self.send_response(upstream.status_code)
+                    for name, value in upstream.headers.items():
+                        if name.lower() not in _HOP_BY_HOP and name.lower() != "content-encoding":
+                            self.send_header(name, value)
+                    self.send_header("Content-Length", str(len(upstream.content)))
+                    self.end_headers()
+                    self.wfile.write(upstream.content)
+                    return
+                super().do_POST()
+
+        self.server.RequestHandlerClass = Handler
+
+    @contextlib.contextmanager
+    def answering(self, hook: Answer) -> Iterator[None]:
+        self.answer = hook
+        try:
+            yield
+        finally:
+            self.answer = None
+
+
+@pytest.fixture(scope="module")
+def kms_proxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MisbehavingKmsProxy]:
+    directory = tmp_path_factory.mktemp("moto-attack")
+    with pytest.MonkeyPatch.context() as env:
+        for name, value in AWS_TEST_ENV.items():
+            env.setenv(name, value)
+        with moto_server(directory / "moto.log") as (endpoint, _):
+            proxy = MisbehavingKmsProxy(endpoint)
+            try:
+                yield proxy
+            finally:
+                proxy.close()
+
+
+def _keys_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "jwtmcp", "keys", *args],
+        env={**os.environ, **AWS_TEST_ENV},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def _kids(jwks: dict[str, Any]) -> list[str]:
+    return [str(k["kid"]) for k in jwks["keys"]]
+
+
+def _token(world: Any) -> httpx2.Response:
+    return world.http.post(
+        "/token",
+        data={"grant_type": "client_credentials"},
+        auth=("machine", world.machine_secret),
+    )
+
+
+# --- a revoked key keeps being published (and used) while a reload waits on KMS ----------
+
+
+def test_revoked_active_key_leaves_jwks_while_new_next_key_is_read_from_kms(
+    kms_proxy: MisbehavingKmsProxy, tmp_path: Path
+) -> None:
+    """docs/keys.md: ``keys revoke KID`` "takes a key out of the ring and the JWKS at once";
+    a running issuer "picks up ... a revocation within a second". With keys in KMS, revoking
+    the active key makes a new ``next`` key whose public key the issuer has not read; while
+    that read waits on KMS (slow, throttled, failing), the issuer keeps the last ring: the
+    revoked key stays in the JWKS and keeps signing."""
+    with _issuer(tmp_path, kms_proxy, reload_interval=0) as world:
+        revoked = world.http.get("/healthz").json()["active_kid"]
+        revoke = _keys_cli("revoke", revoked, "--keys", str(world.ring_dir))
+        assert revoke.returncode == 0, revoke.stderr
+        state = json.loads((world.ring_dir / "ring.json").read_text())
+        (promoted,) = [k["kid"] for k in state["keys"] if k["state"] == "active"]
+        with kms_proxy.holding(GET_PUBLIC_KEY_TARGET) as hold:
+            world.http.get("/healthz")  # notices the change; the reload asks KMS
+            assert hold.arrived.wait(WAIT), "the reload never asked KMS for the public key"
+            # KMS answers everything else; only the new next key's public key is slow.
+            seen: dict[str, Any] = {}
+            for _ in range(3):  # a second or more after the revocation, several checks
+                seen["jwks"] = _kids(world.http.get("/.well-known/jwks.json").json())
+                seen["active_kid"] = world.http.get("/healthz").json()["active_kid"]
+                answer = _token(world)
+                seen["token"] = (
+                    jwt.get_unverified_header(answer.json()["access_token"])["kid"]
+                    if answer.status_code == 200
+                    else f"{answer.status_code} {answer.text[:80]}"
+                )
+        assert revoked != promoted
+        assert revoked not in seen["jwks"], f"revoked {revoked} still published: {seen}"
+        assert seen["active_kid"] == promoted, seen
+        assert seen["token"] == promoted, seen
