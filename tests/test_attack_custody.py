@@ -22,6 +22,7 @@ import pytest
 from tests.custody_support import AWS_TEST_ENV, moto_server
 from tests.test_remote_signing import (
     GET_PUBLIC_KEY_TARGET,
+    SIGN_TARGET,
     WAIT,
     HoldingKmsProxy,
     _issuer,
@@ -159,3 +160,28 @@ def test_revoked_active_key_leaves_jwks_while_new_next_key_is_read_from_kms(
         assert revoked not in seen["jwks"], f"revoked {revoked} still published: {seen}"
         assert seen["active_kid"] == promoted, seen
         assert seen["token"] == promoted, seen
+
+
+# --- a KMS answering Sign with nonsense --------------------------------------------------
+
+
+def test_kms_sign_answering_200_without_a_signature_is_503_not_500(
+    kms_proxy: MisbehavingKmsProxy, tmp_path: Path
+) -> None:
+    """docs/key-custody.md: when KMS is "failing", /token answers 503 with Retry-After,
+    "never a 500". A KMS (or a proxy on the way: a VPC endpoint, an egress gateway) that
+    answers Sign with 200 and an empty JSON object is failing."""
+
+    def empty_sign(target: str, body: bytes) -> tuple[int, dict[str, str], bytes] | None:
+        if target != SIGN_TARGET:
+            return None
+        return 200, {"Content-Type": "application/x-amz-json-1.1"}, b"{}"
+
+    with _issuer(tmp_path, kms_proxy) as world, kms_proxy.answering(empty_sign):
+        answer = _token(world)
+        healthz = world.http.get("/healthz").status_code
+    assert (answer.status_code, answer.headers.get("retry-after")) == (503, "5"), (
+        answer.status_code,
+        answer.text[:200],
+    )
+    assert healthz == 200
