@@ -19,6 +19,7 @@ import httpx2
 import jwt
 import pytest
 
+from jwtmcp.keys import jwk_thumbprint
 from tests.custody_support import AWS_TEST_ENV, moto_server
 from tests.test_remote_signing import (
     GET_PUBLIC_KEY_TARGET,
@@ -185,3 +186,30 @@ def test_kms_sign_answering_200_without_a_signature_is_503_not_500(
         answer.text[:200],
     )
     assert healthz == 200
+
+
+# --- a running issuer must refuse a ring whose kid does not match its KMS key --------------
+
+
+def test_ring_json_swapping_kms_handles_is_refused_by_a_running_issuer(
+    kms_proxy: MisbehavingKmsProxy, tmp_path: Path
+) -> None:
+    """docs/key-custody.md: the public key from GetPublicKey gives the JWK; "its thumbprint
+    must equal the kid in ring.json, or the ring refuses to load". A running issuer that
+    already read both keys must refuse a ring.json whose handles were swapped (a bad edit,
+    a wrong merge) as a fresh process does, not publish kids that are not thumbprints."""
+    with _issuer(tmp_path, kms_proxy, reload_interval=0) as world:
+        before = world.http.get("/.well-known/jwks.json").json()
+        path = world.ring_dir / "ring.json"
+        state = json.loads(path.read_text())
+        first, second = state["keys"][0], state["keys"][1]
+        first["handle"], second["handle"] = second["handle"], first["handle"]
+        state["revision"] += 1
+        path.write_text(json.dumps(state))
+        fresh = _keys_cli("list", "--keys", str(world.ring_dir))
+        health = world.http.get("/healthz").json()
+        after = world.http.get("/.well-known/jwks.json").json()
+    assert fresh.returncode != 0, "a fresh process accepted the swapped ring"
+    wrong = [k["kid"] for k in after["keys"] if jwk_thumbprint(k) != k["kid"]]
+    assert (health["ring"], wrong) == ("stale", []), (health, wrong, fresh.stderr.strip())
+    assert after == before
