@@ -11,6 +11,8 @@ import json
 import os
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -213,3 +215,80 @@ def test_ring_json_swapping_kms_handles_is_refused_by_a_running_issuer(
     wrong = [k["kid"] for k in after["keys"] if jwk_thumbprint(k) != k["kid"]]
     assert (health["ring"], wrong) == ("stale", []), (health, wrong, fresh.stderr.strip())
     assert after == before
+
+
+# --- a request queued for a signing thread signs with a key revoked meanwhile --------------
+
+
+def test_token_queued_for_a_signing_thread_is_not_signed_by_a_key_revoked_meanwhile(
+    kms_proxy: MisbehavingKmsProxy, tmp_path: Path
+) -> None:
+    """A /token request that waits for a free signing thread (16 already inside a slow KMS
+    Sign) has already picked its key. If that key is revoked and the issuer has switched to
+    the new ring before a thread frees up, the token is still signed by the revoked key,
+    which the JWKS no longer publishes. With file keys this cannot happen (they sign in
+    place on the event loop); the queue is new with signing threads."""
+    inside = threading.Semaphore(0)
+    released = threading.Event()
+    held = {"n": 0}
+    lock = threading.Lock()
+
+    def hold_first_16(target: str, body: bytes) -> tuple[int, dict[str, str], bytes] | None:
+        if target == SIGN_TARGET:
+            with lock:
+                held["n"] += 1
+                hold = held["n"] <= 16
+            if hold:
+                inside.release()
+                released.wait(5 * WAIT)
+        return None
+
+    with _issuer(tmp_path, kms_proxy, reload_interval=0) as world:
+        revoked = world.http.get("/healthz").json()["active_kid"]
+        answers: list[Any] = [None] * 17
+
+        def run(i: int) -> None:
+            try:
+                with httpx2.Client(base_url=str(world.http.base_url), timeout=5 * WAIT) as c:
+                    answers[i] = c.post(
+                        "/token",
+                        data={"grant_type": "client_credentials"},
+                        auth=("machine", world.machine_secret),
+                    )
+            except BaseException as exc:
+                answers[i] = exc
+
+        workers = [threading.Thread(target=run, args=(i,), daemon=True) for i in range(16)]
+        queued = threading.Thread(target=run, args=(16,), daemon=True)
+        with kms_proxy.answering(hold_first_16):
+            try:
+                for w in workers:
+                    w.start()
+                for _ in range(16):
+                    assert inside.acquire(timeout=WAIT), "fewer than 16 requests in Sign"
+                queued.start()  # waits for a signing thread, its key already chosen
+                # A request on another connection after it: the 17th is (in practice) in
+                # the issuer by then. Should it arrive after the reload, it picks the new
+                # key and the test passes: this race can only hide the fault, never fake it.
+                assert world.http.get("/healthz").status_code == 200
+                revoke = _keys_cli("revoke", revoked, "--keys", str(world.ring_dir))
+                assert revoke.returncode == 0, revoke.stderr
+                deadline = time.monotonic() + WAIT
+                while world.http.get("/healthz").json()["active_kid"] == revoked:
+                    assert time.monotonic() < deadline, "the revocation was never applied"
+                jwks_after_revoke = _kids(world.http.get("/.well-known/jwks.json").json())
+            finally:
+                released.set()
+            queued.join(5 * WAIT)
+            for w in workers:
+                w.join(5 * WAIT)
+    last = answers[16]
+    assert isinstance(last, httpx2.Response), repr(last)
+    if last.status_code == 200:
+        kid = jwt.get_unverified_header(last.json()["access_token"])["kid"]
+        assert kid in jwks_after_revoke, (
+            f"token issued after the revocation was applied, signed by revoked {kid}, "
+            f"not in the JWKS {jwks_after_revoke}"
+        )
+    else:
+        assert last.status_code == 503, last.text
