@@ -292,3 +292,21 @@ def test_token_queued_for_a_signing_thread_is_not_signed_by_a_key_revoked_meanwh
         )
     else:
         assert last.status_code == 503, last.text
+
+
+# --- a misconfigured KMS endpoint -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("endpoint", ["not a url", "http://127.0.0.1:99999"])
+def test_a_malformed_kms_endpoint_is_a_clear_one_line_error(tmp_path: Path, endpoint: str) -> None:
+    """A misconfigured backend must be a clear one-line error (as a bad region or timeout
+    is: "the kms key backend's 'timeout' must be ..."), never jwtmcp's catch-all
+    "unexpected <Exception>" for a bug."""
+    result = subprocess.run(
+        [sys.executable, "-m", "jwtmcp", "keys", "init", "--keys", str(tmp_path / "keys"),
+         "--backend", "kms", "--kms-endpoint-url", endpoint],
+        env={**os.environ, **AWS_TEST_ENV}, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode != 0
+    assert len(lines) == 1 and "unexpected" not in lines[0], lines
