@@ -34,7 +34,7 @@ from tests.test_remote_signing import (
 _HOP_BY_HOP = {"host", "content-length", "connection", "transfer-encoding", "keep-alive"}
 
 # What a misbehaving proxy answers instead of forwarding: (status, headers, body) or None.
-Answer = Callable[[str, bytes], tuple[int, dict[str, str], bytes] | None]
+Answer = Callable[[str, bytes], Any]
 
 
 class MisbehavingKmsProxy(HoldingKmsProxy):
@@ -55,6 +55,9 @@ class MisbehavingKmsProxy(HoldingKmsProxy):
                     length = int(self.headers.get("Content-Length", "0"))
                     body = self.rfile.read(length)
                     replaced = hook(target, body)
+                    if replaced == "drop":  # close the connection without an answer
+                        self.close_connection = True
+                        return
                     if replaced is not None:
                         status, headers, content = replaced
                         self.send_response(status)
@@ -310,3 +313,35 @@ def test_a_malformed_kms_endpoint_is_a_clear_one_line_error(tmp_path: Path, endp
     lines = result.stderr.strip().splitlines()
     assert result.returncode != 0
     assert len(lines) == 1 and "unexpected" not in lines[0], lines
+
+
+# --- KMS cut off: 503 + Retry-After, then fail fast -----------------------------------------
+
+
+def test_kms_cut_off_is_503_with_retry_after_then_fails_fast_without_calling_kms(
+    kms_proxy: MisbehavingKmsProxy, tmp_path: Path
+) -> None:
+    """docs/key-custody.md: KMS unreachable is 503 temporarily_unavailable + Retry-After: 5;
+    once it could not be reached the signer answers 503 at once for the next 5 seconds
+    instead of calling KMS for every token; /healthz and the JWKS keep answering."""
+    calls = {"sign": 0}
+
+    def cut_sign(target: str, body: bytes) -> Any:
+        if target == SIGN_TARGET:
+            calls["sign"] += 1
+            return "drop"
+        return None
+
+    with _issuer(tmp_path, kms_proxy) as world, kms_proxy.answering(cut_sign):
+        first = _token(world)
+        after_first = calls["sign"]
+        second = _token(world)
+        after_second = calls["sign"]
+        other = {p: world.http.get(p).status_code for p in ("/healthz", "/.well-known/jwks.json")}
+    assert (first.status_code, first.json()["error"]) == (503, "temporarily_unavailable")
+    assert first.headers["retry-after"] == "5", first.headers
+    assert second.status_code == 503 and 1 <= int(second.headers["retry-after"]) <= 5
+    assert after_second == after_first, calls
+    # "one retry": the first call and one more, never a third
+    assert after_first in (1, 2), f"one /token made {after_first} KMS Sign calls"
+    assert other == {"/healthz": 200, "/.well-known/jwks.json": 200}
