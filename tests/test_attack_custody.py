@@ -345,3 +345,36 @@ def test_kms_cut_off_is_503_with_retry_after_then_fails_fast_without_calling_kms
     # "one retry": the first call and one more, never a third
     assert after_first in (1, 2), f"one /token made {after_first} KMS Sign calls"
     assert other == {"/healthz": 200, "/.well-known/jwks.json": 200}
+
+
+# --- a ring.json edited to a malformed KMS endpoint, picked up by a running issuer ----------
+
+
+def test_running_issuer_reports_a_malformed_kms_endpoint_in_one_line_without_tracebacks(
+    kms_proxy: MisbehavingKmsProxy, tmp_path: Path
+) -> None:
+    """docs/key-custody.md: if a reload fails "the running issuer keeps its last good ring
+    and /healthz says "ring": "stale"", and the log says why. A ring.json whose KMS
+    endpoint is malformed (a bad edit of the ConfigMap) must give that, with a reason,
+    not a Python traceback from the background reload thread at every check."""
+    from jwtmcp.keys import init_ring
+    from tests.support import issuer_process
+
+    directory = tmp_path / "issuer"
+    ring = directory / "keys"
+    init_ring(ring, backend="kms",
+              backend_settings={"endpoint_url": kms_proxy.url, "region": "us-east-1"})  # fmt: skip
+    with issuer_process(directory, env=AWS_TEST_ENV) as running:
+        state = json.loads((ring / "ring.json").read_text())
+        state["backends"]["kms"]["endpoint_url"] = "http://127.0.0.1:99999"
+        state["revision"] += 1
+        (ring / "ring.json").write_text(json.dumps(state))
+        deadline = time.monotonic() + WAIT
+        with httpx2.Client(base_url=running.base_url, timeout=WAIT) as c:
+            while c.get("/healthz").json()["ring"] != "stale":
+                assert time.monotonic() < deadline, "the bad ring was never reported"
+            jwks = c.get("/.well-known/jwks.json").status_code
+        stderr = running.stderr()
+    assert jwks == 200
+    assert "Traceback" not in stderr, stderr[-1500:]
+    assert "did not finish" not in stderr, stderr[-1500:]
