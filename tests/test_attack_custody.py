@@ -7,6 +7,7 @@ issuer on uvicorn, ``jwtmcp keys`` as another process. Every wait is bounded.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import os
 import subprocess
@@ -378,3 +379,53 @@ def test_running_issuer_reports_a_malformed_kms_endpoint_in_one_line_without_tra
     assert jwks == 200
     assert "Traceback" not in stderr, stderr[-1500:]
     assert "did not finish" not in stderr, stderr[-1500:]
+
+
+# --- a KMS answering Sign with another key's signature ---------------------------------------
+
+_MOTO_AUTH = (
+    "AWS4-HMAC-SHA256 Credential=testing/20260101/us-east-1/kms/aws4_request, "
+    "SignedHeaders=host, Signature=x"
+)
+
+
+def test_kms_sign_by_another_key_never_gives_a_token_that_fails_its_own_jwks(
+    kms_proxy: MisbehavingKmsProxy, tmp_path: Path
+) -> None:
+    """A token's kid must match its signature. A KMS (or a proxy, or an alias gone wrong)
+    that signs with another key than the handle named gives a token no verifier accepts;
+    the issuer should notice (the public key is in memory) and answer 503, not hand out a
+    token that fails against its own JWKS."""
+    from tests.custody_support import kms_client
+    from tests.test_remote_signing import _signed_by_jwks
+
+    other = kms_client(kms_proxy.upstream).create_key(  # type: ignore[attr-defined]
+        KeySpec="RSA_2048", KeyUsage="SIGN_VERIFY"
+    )["KeyMetadata"]["KeyId"]
+
+    def other_key(target: str, body: bytes) -> Any:
+        if target != SIGN_TARGET:
+            return None
+        request = json.loads(body)
+        request["KeyId"] = other
+        answer = httpx2.post(
+            kms_proxy.upstream + "/",
+            content=json.dumps(request).encode(),
+            headers={"X-Amz-Target": SIGN_TARGET, "Content-Type": "application/x-amz-json-1.1",
+                     "Authorization": _MOTO_AUTH},
+            timeout=WAIT,
+        )  # fmt: skip
+        return answer.status_code, {"Content-Type": "application/x-amz-json-1.1"}, answer.content
+
+    with _issuer(tmp_path, kms_proxy) as world:
+        jwks = world.http.get("/.well-known/jwks.json").json()
+        with kms_proxy.answering(other_key):
+            answer = _token(world)
+    if answer.status_code == 200:
+        token = answer.json()["access_token"]
+        try:
+            _signed_by_jwks(token, jwks)
+        except jwt.InvalidTokenError as exc:
+            pytest.fail(f"200 with a token whose signature fails the issuer's JWKS: {exc!r}")
+    else:
+        assert answer.status_code == 503, answer.text
