@@ -7,7 +7,6 @@ issuer on uvicorn, ``jwtmcp keys`` as another process. Every wait is bounded.
 from __future__ import annotations
 
 import contextlib
-import itertools
 import json
 import os
 import subprocess
@@ -429,3 +428,28 @@ def test_kms_sign_by_another_key_never_gives_a_token_that_fails_its_own_jwks(
             pytest.fail(f"200 with a token whose signature fails the issuer's JWKS: {exc!r}")
     else:
         assert answer.status_code == 503, answer.text
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b"not json", b'{"Signature": 5}', b'{"Signature": "!!!"}', b'{"Signature": "AAAA"}'],
+    ids=["not-json", "signature-a-number", "signature-not-base64", "signature-3-bytes"],
+)
+def test_kms_sign_answering_200_with_a_malformed_body_is_503(
+    kms_proxy: MisbehavingKmsProxy, tmp_path: Path, body: bytes
+) -> None:
+    """A failing KMS (or a proxy on the way) answering Sign with 200 and a body that holds
+    no usable signature: /token must answer 503 + Retry-After ("never a 500"), never a
+    token whose signature is garbage."""
+
+    def malformed(target: str, request: bytes) -> Any:
+        if target != SIGN_TARGET:
+            return None
+        return 200, {"Content-Type": "application/x-amz-json-1.1"}, body
+
+    with _issuer(tmp_path, kms_proxy) as world, kms_proxy.answering(malformed):
+        answer = _token(world)
+    assert (answer.status_code, answer.headers.get("retry-after")) == (503, "5"), (
+        answer.status_code,
+        answer.text[:120],
+    )
