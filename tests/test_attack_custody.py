@@ -7,6 +7,7 @@ issuer on uvicorn, ``jwtmcp keys`` as another process. Every wait is bounded.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import os
 import subprocess
@@ -193,6 +194,70 @@ def test_kms_sign_answering_200_without_a_signature_is_503_not_500(
     assert healthz == 200
 
 
+# --- many token requests held inside KMS Sign at once ------------------------------------
+
+
+def test_more_token_requests_than_signing_threads_held_in_kms_leave_the_issuer_answering(
+    kms_proxy: MisbehavingKmsProxy, tmp_path: Path
+) -> None:
+    """docs/key-custody.md: at most 16 signatures at once per process; more requests wait
+    for a free thread without blocking anything else; /healthz, the JWKS and the metadata
+    keep answering."""
+    from tests.test_remote_signing import ALWAYS_ANSWERING, _signed_by_jwks, _status_within_wait
+
+    requests = 24
+    inside = threading.Semaphore(0)
+    count = {"in_sign": 0, "most": 0}
+    lock = threading.Lock()
+    released = threading.Event()
+
+    def hold_sign(target: str, body: bytes) -> tuple[int, dict[str, str], bytes] | None:
+        if target == SIGN_TARGET:
+            with lock:
+                count["in_sign"] += 1
+                count["most"] = max(count["most"], count["in_sign"])
+            inside.release()
+            released.wait(5 * WAIT)
+            with lock:
+                count["in_sign"] -= 1
+        return None
+
+    with _issuer(tmp_path, kms_proxy) as world:
+        answers: list[Any] = [None] * requests
+
+        def run(i: int) -> None:
+            try:
+                with httpx2.Client(base_url=str(world.http.base_url), timeout=5 * WAIT) as c:
+                    answers[i] = c.post(
+                        "/token",
+                        data={"grant_type": "client_credentials"},
+                        auth=("machine", world.machine_secret),
+                    )
+            except BaseException as exc:
+                answers[i] = exc
+
+        workers = [threading.Thread(target=run, args=(i,), daemon=True) for i in range(requests)]
+        with kms_proxy.answering(hold_sign):
+            try:
+                for w in workers:
+                    w.start()
+                for _ in range(16):
+                    assert inside.acquire(timeout=WAIT), f"fewer than 16 in Sign: {count}"
+                while_held = {p: _status_within_wait(world.http, p) for p in ALWAYS_ANSWERING}
+                most_while_held = count["most"]
+            finally:
+                released.set()
+            for w in workers:
+                w.join(5 * WAIT)
+        jwks = world.http.get("/.well-known/jwks.json").json()
+    assert while_held == dict.fromkeys(ALWAYS_ANSWERING, 200), while_held
+    assert most_while_held == 16, count
+    statuses = [a.status_code if isinstance(a, httpx2.Response) else repr(a) for a in answers]
+    assert statuses == [200] * requests, statuses
+    for answer in answers:
+        _signed_by_jwks(answer.json()["access_token"], jwks)
+
+
 # --- a running issuer must refuse a ring whose kid does not match its KMS key --------------
 
 
@@ -315,36 +380,104 @@ def test_a_malformed_kms_endpoint_is_a_clear_one_line_error(tmp_path: Path, endp
     assert len(lines) == 1 and "unexpected" not in lines[0], lines
 
 
-# --- KMS cut off: 503 + Retry-After, then fail fast -----------------------------------------
+# --- PKCS#11: token requests racing rotations and a revocation from another process -------
 
 
-def test_kms_cut_off_is_503_with_retry_after_then_fails_fast_without_calling_kms(
-    kms_proxy: MisbehavingKmsProxy, tmp_path: Path
+def test_pkcs11_tokens_racing_rotations_and_revocation_all_verify_and_ring_never_goes_back(
+    tmp_path: Path,
 ) -> None:
-    """docs/key-custody.md: KMS unreachable is 503 temporarily_unavailable + Retry-After: 5;
-    once it could not be reached the signer answers 503 at once for the next 5 seconds
-    instead of calling KMS for every token; /healthz and the JWKS keep answering."""
-    calls = {"sign": 0}
+    """`jwtmcp serve` with keys in SoftHSM2; 8 clients ask for tokens while another process
+    rotates three times and revokes a `next` key. Every answer must be 200, every token
+    must verify against the JWKS (no revoked key ever signed: only `next` keys are revoked
+    here), healthz's ring_revision never goes back, and the log holds no traceback."""
+    from jwtmcp.clients import add_client
+    from tests.custody_support import make_softhsm
+    from tests.support import issuer_process
+    from tests.test_remote_signing import AUD, _signed_by_jwks
 
-    def cut_sign(target: str, body: bytes) -> Any:
-        if target == SIGN_TARGET:
-            calls["sign"] += 1
-            return "drop"
-        return None
+    hsm = make_softhsm(tmp_path / "hsm")
+    env = {**os.environ, **hsm.env}
+    ring = tmp_path / "issuer" / "keys"
+    init = subprocess.run(
+        [sys.executable, "-m", "jwtmcp", "keys", "init", "--keys", str(ring), *hsm.cli_flags()],
+        env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert init.returncode == 0, init.stderr
+    _, secret = add_client(tmp_path / "issuer" / "clients.json", "machine", tools=["add"],
+                           audiences=[AUD])  # fmt: skip
 
-    with _issuer(tmp_path, kms_proxy) as world, kms_proxy.answering(cut_sign):
-        first = _token(world)
-        after_first = calls["sign"]
-        second = _token(world)
-        after_second = calls["sign"]
-        other = {p: world.http.get(p).status_code for p in ("/healthz", "/.well-known/jwks.json")}
-    assert (first.status_code, first.json()["error"]) == (503, "temporarily_unavailable")
-    assert first.headers["retry-after"] == "5", first.headers
-    assert second.status_code == 503 and 1 <= int(second.headers["retry-after"]) <= 5
-    assert after_second == after_first, calls
-    # "one retry": the first call and one more, never a third
-    assert after_first in (1, 2), f"one /token made {after_first} KMS Sign calls"
-    assert other == {"/healthz": 200, "/.well-known/jwks.json": 200}
+    def cli(*args: str) -> None:
+        done = subprocess.run(
+            [sys.executable, "-m", "jwtmcp", "keys", *args, "--keys", str(ring)],
+            env=env, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+
+    with issuer_process(tmp_path / "issuer", env=hsm.env, args=["--rate-limit", "0"]) as running:
+        stop = threading.Event()
+        tokens: list[str] = []
+        failures: list[str] = []
+        revisions: list[int] = []
+
+        def ask() -> None:
+            with httpx2.Client(base_url=running.base_url, timeout=WAIT) as c:
+                for _ in range(300):  # bounded; they stop once the key changes are done
+                    if stop.is_set():
+                        return
+                    try:
+                        answer = c.post("/token", data={"grant_type": "client_credentials"},
+                                        auth=("machine", secret))  # fmt: skip
+                    except httpx2.HTTPError as exc:
+                        failures.append(repr(exc))
+                        continue
+                    if answer.status_code == 200:
+                        tokens.append(answer.json()["access_token"])
+                    else:
+                        failures.append(f"{answer.status_code} {answer.text[:120]}")
+
+        def watch() -> None:
+            with httpx2.Client(base_url=running.base_url, timeout=WAIT) as c:
+                while not stop.is_set():
+                    try:
+                        revisions.append(int(c.get("/healthz").json()["ring_revision"]))
+                    except httpx2.HTTPError as exc:
+                        failures.append("healthz " + repr(exc))
+
+        askers = [threading.Thread(target=ask, daemon=True) for _ in range(8)]
+        watcher = threading.Thread(target=watch, daemon=True)
+        watcher.start()
+        for a in askers:
+            a.start()
+        try:
+            for _ in range(3):
+                cli("rotate")
+            state = json.loads((ring / "ring.json").read_text())
+            (nxt,) = [k["kid"] for k in state["keys"] if k["state"] == "next"]
+            cli("revoke", nxt)
+        finally:
+            stop.set()
+            for a in askers:
+                a.join(6 * WAIT)
+            watcher.join(WAIT)
+        final = json.loads((ring / "ring.json").read_text())["revision"]
+        deadline = time.monotonic() + WAIT
+        with httpx2.Client(base_url=running.base_url, timeout=WAIT) as c:
+            while c.get("/healthz").json()["ring_revision"] != final:
+                assert time.monotonic() < deadline, "the final ring was never served"
+            jwks = c.get("/.well-known/jwks.json").json()
+        stderr = running.stderr()
+    assert failures == [], failures[:5]
+    assert all(b >= a for a, b in itertools.pairwise(revisions)), revisions
+    unverified = []
+    for token in tokens:
+        try:
+            _signed_by_jwks(token, jwks)
+        except Exception as exc:
+            unverified.append(f"{jwt.get_unverified_header(token)['kid']}: {exc!r}")
+    assert unverified == [], unverified[:5]
+    signed_by = {jwt.get_unverified_header(t)["kid"] for t in tokens}
+    assert len(signed_by) >= 2, f"the requests did not overlap a rotation: {signed_by}"
+    assert "Traceback" not in stderr, stderr[-2000:]
 
 
 # --- a ring.json edited to a malformed KMS endpoint, picked up by a running issuer ----------
@@ -453,3 +586,38 @@ def test_kms_sign_answering_200_with_a_malformed_body_is_503(
         answer.status_code,
         answer.text[:120],
     )
+
+
+# --- KMS cut off: 503 + Retry-After, then fail fast -----------------------------------------
+
+
+def test_kms_cut_off_is_503_with_retry_after_then_fails_fast_without_calling_kms(
+    kms_proxy: MisbehavingKmsProxy, tmp_path: Path
+) -> None:
+    """docs/key-custody.md: KMS unreachable is 503 temporarily_unavailable + Retry-After: 5;
+    once it could not be reached the signer answers 503 at once for the next 5 seconds
+    instead of calling KMS for every token; /healthz and the JWKS keep answering.
+
+    Last in this file: the issuer's KMS backend is one per process for equal settings, so
+    its fail-fast window would turn the next tests' Sign calls into 503s."""
+    calls = {"sign": 0}
+
+    def cut_sign(target: str, body: bytes) -> Any:
+        if target == SIGN_TARGET:
+            calls["sign"] += 1
+            return "drop"
+        return None
+
+    with _issuer(tmp_path, kms_proxy) as world, kms_proxy.answering(cut_sign):
+        first = _token(world)
+        after_first = calls["sign"]
+        second = _token(world)
+        after_second = calls["sign"]
+        other = {p: world.http.get(p).status_code for p in ("/healthz", "/.well-known/jwks.json")}
+    assert (first.status_code, first.json()["error"]) == (503, "temporarily_unavailable")
+    assert first.headers["retry-after"] == "5", first.headers
+    assert second.status_code == 503 and 1 <= int(second.headers["retry-after"]) <= 5
+    assert after_second == after_first, calls
+    # "one retry": the first call and one more, never a third
+    assert after_first in (1, 2), f"one /token made {after_first} KMS Sign calls"
+    assert other == {"/healthz": 200, "/.well-known/jwks.json": 200}
