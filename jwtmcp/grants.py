@@ -363,7 +363,6 @@ class InteractiveGrants:
         lifetime = min(self.default_ttl, ring.max_lifetime)
         if issued.max_lifetime is not None:
             lifetime = min(lifetime, issued.max_lifetime)
-        key = ring.active
         try:
             claims = build_claims(
                 issuer=self.issuer,
@@ -376,7 +375,8 @@ class InteractiveGrants:
                 extra_claims=issued.claims,
                 now=self.clock(),
             )
-            token = await sign_async(claims, key.signing_key)
+            signed = await sign_async(claims, self.rings)
+            token = signed.token
         except SignerUnavailable as exc:
             raise signer_unavailable(exc) from None
         except JwtMcpError as exc:  # a bad record or setting, not the caller's fault
@@ -384,7 +384,7 @@ class InteractiveGrants:
             raise OAuthError("server_error", "the token could not be issued", 500) from None
         if self.events is not None:
             self.events.token_issued(
-                claims, grant_type=grant_type, kid=key.kid, client_name=client_name
+                claims, grant_type=grant_type, kid=signed.kid, client_name=client_name
             )
         if log.isEnabledFor(logging.INFO):
             log.info(
@@ -396,7 +396,7 @@ class InteractiveGrants:
                         "sub": issued.subject,
                         "scope": claims["scope"],
                         "aud": claims["aud"],
-                        "kid": key.kid,
+                        "kid": signed.kid,
                         "jti": claims["jti"],
                         "expires_in": lifetime,
                         "refresh_token": issued.refresh_token is not None,

@@ -860,7 +860,6 @@ class IssuerService:
             lifetime = min(lifetime, client.max_ttl)
         lifetime = min(lifetime, ring.max_lifetime)
 
-        key = ring.active
         try:
             claims = build_claims(
                 issuer=self.issuer,
@@ -872,13 +871,14 @@ class IssuerService:
                 max_lifetime=ring.max_lifetime,
                 now=self.clock(),
             )
-            token = await sign_async(claims, key.signing_key)
+            signed = await sign_async(claims, self.rings)
+            token = signed.token
         except SignerUnavailable as exc:
             raise signer_unavailable(exc) from None
         except JwtMcpError as exc:  # a misconfiguration, not the caller's fault
             log.error(json.dumps({"event": "token_error", "error": exc.message}))
             raise OAuthError("server_error", "the token could not be issued", 500) from None
-        self.events.token_issued(claims, grant_type="client_credentials", kid=key.kid)
+        self.events.token_issued(claims, grant_type="client_credentials", kid=signed.kid)
         granted_scope = claims["scope"]
         if log.isEnabledFor(logging.INFO):
             log.info(
@@ -889,7 +889,7 @@ class IssuerService:
                         "sub": client.subject,
                         "scope": granted_scope,
                         "aud": claims["aud"],
-                        "kid": key.kid,
+                        "kid": signed.kid,
                         "jti": claims["jti"],
                         "expires_in": lifetime,
                     }

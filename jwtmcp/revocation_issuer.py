@@ -137,12 +137,10 @@ class RevocationEndpoints:
             subjects=subjects,
             clients=clients,
         )
-        body = await sign_async(
-            claims, ring.active.signing_key, typ=LIST_TYPE, max_bytes=MAX_LIST_BYTES
-        )
-        raw = body.encode("ascii")
+        made = await sign_async(claims, service.rings, typ=LIST_TYPE, max_bytes=MAX_LIST_BYTES)
+        raw = made.token.encode("ascii")
         etag = '"' + hashlib.sha256(raw).hexdigest()[:32] + '"'
-        self._signed = _Signed(state, kid, now, raw, etag)
+        self._signed = _Signed(state, made.kid, now, raw, etag)
         return raw, etag
 
     def covers(self, claims: VerifiedClaims) -> bool:

@@ -431,7 +431,6 @@ class TokenExchangeGrant:
         """Build, sign, log and encode the new token: the one place an exchanged token is
         minted (for audit and metrics hooks)."""
         ring = self.service.rings.current()
-        key = ring.active
         try:
             claims = build_claims(
                 issuer=self.service.issuer,
@@ -444,14 +443,15 @@ class TokenExchangeGrant:
                 now=self.service.clock(),
             )
             claims["act"] = act_claim(client.client_id, previous)
-            token = await sign_async(claims, key.signing_key)
+            signed = await sign_async(claims, self.service.rings)
+            token = signed.token
         except SignerUnavailable as exc:  # an HSM/KMS outage: 503 + Retry-After, not a 500
             raise signer_unavailable(exc) from None
         except JwtMcpError as exc:  # a misconfiguration, not the caller's fault
             log.error(json.dumps({"event": "token_error", "error": exc.message}))
             raise OAuthError("server_error", "the token could not be issued", 500) from None
         self.service.events.token_issued(
-            claims, grant_type=GRANT_TYPE, kid=key.kid
+            claims, grant_type=GRANT_TYPE, kid=signed.kid
         )
         if log.isEnabledFor(logging.INFO):
             log.info(
@@ -464,7 +464,7 @@ class TokenExchangeGrant:
                         "act": list(Actor.from_claim(claims["act"]).chain),  # type: ignore[union-attr]
                         "scope": claims["scope"],
                         "aud": claims["aud"],
-                        "kid": key.kid,
+                        "kid": signed.kid,
                         "jti": claims["jti"],
                         "expires_in": lifetime,
                     }

@@ -14,13 +14,13 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import orjson
 import pybase64
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 
-from .errors import ConfigError
+from .errors import ConfigError, SignerUnavailable
 from .identifiers import canonical_issuer, canonical_resources
 from .signers import FileSigner, Signer
 
@@ -591,31 +591,76 @@ def _remote_signing_limiter() -> Any:
         return limiter
 
 
+class PublishedKeys(HasSigningKey, Protocol):
+    """A key ring as :func:`sign_async` reads it (:class:`~jwtmcp.KeyRing`): the active
+    signing key, and ``get(kid)``, None for a key the ring no longer publishes."""
+
+    def get(self, kid: str) -> object | None: ...
+
+
+class SigningRing(Protocol):
+    """Where :func:`sign_async` reads the ring in force (:class:`~jwtmcp.keys.RingWatcher`:
+    ``current()`` is the ring as of now, thread-safe)."""
+
+    def current(self) -> PublishedKeys: ...
+
+
+class Signed(NamedTuple):
+    """What :func:`sign_async` made: the compact JWS and the ``kid`` of the key that
+    signed it (for the audit log: it may be a newer key than the one active when the request
+    came in)."""
+
+    token: str
+    kid: str
+
+
+REMOTE_SIGNING_ATTEMPTS = 2
+"""How many times :func:`sign_async` signs with a remote key before it answers
+:class:`~jwtmcp.errors.SignerUnavailable`, when each signature came back from a key the ring
+stopped publishing meanwhile (revoked while it signed)."""
+
+
 async def sign_async(
     claims: Mapping[str, Any],
-    key: SigningKey,
+    rings: SigningRing,
     *,
     typ: str = TOKEN_TYPE,
     max_bytes: int = MAX_TOKEN_BYTES,
-) -> str:
-    """:func:`sign` for code on an event loop (the issuer's request handlers): the one
-    entry through which the issuer signs while answering a request.
+) -> Signed:
+    """Sign ``claims`` with the active key of ``rings`` from code on an event loop (the
+    issuer's request handlers): the one entry through which the issuer signs while
+    answering a request. Returns :class:`Signed` (the token and its ``kid``).
 
     A key in memory (a :class:`~jwtmcp.signers.FileSigner`) signs right here: no I/O, and
     a thread hop would cost more than the signature. Any other signer (PKCS#11, AWS KMS, a
     plugged-in backend) may wait on the network or a device, so it signs in a worker thread
     (:func:`anyio.to_thread.run_sync`), at most :data:`REMOTE_SIGNING_CONCURRENCY` at once
     per event loop: the loop keeps answering ``/healthz``, the JWKS and other requests
-    meanwhile.
+    meanwhile. A request waiting for a free thread, or signing while the ring changes, must
+    not hand out a token by a key that was revoked meanwhile: the worker reads the ring's
+    active key only once it runs, and after the signature checks that the ring still
+    publishes that key; if not (revoked while it signed), it signs again with the active key
+    (:data:`REMOTE_SIGNING_ATTEMPTS` in all).
 
-    Returns and raises what :func:`sign` does (:class:`ConfigError` for a token above
-    ``max_bytes``, :class:`~jwtmcp.errors.SignerUnavailable` when the HSM or KMS cannot
-    sign now)."""
+    Raises what :func:`sign` does (:class:`ConfigError` for a token above ``max_bytes``,
+    :class:`~jwtmcp.errors.SignerUnavailable` when the HSM or KMS cannot sign now), and
+    :class:`~jwtmcp.errors.SignerUnavailable` when every attempt's key was revoked while it
+    signed."""
+    key = rings.current().signing_key
     if isinstance(key.signer, FileSigner):
-        return sign(claims, key, typ=typ, max_bytes=max_bytes)
+        return Signed(sign(claims, key, typ=typ, max_bytes=max_bytes), key.kid)
     from anyio.to_thread import run_sync
 
-    signing = functools.partial(sign, claims, key, typ=typ, max_bytes=max_bytes)
+    def signing() -> Signed:
+        for _ in range(REMOTE_SIGNING_ATTEMPTS):
+            key = rings.current().signing_key  # the key in force now, not when it queued
+            token = sign(claims, key, typ=typ, max_bytes=max_bytes)
+            if rings.current().get(key.kid) is not None:
+                return Signed(token, key.kid)
+        raise SignerUnavailable(
+            "the signing key was revoked while it signed; try again", retry_after=1
+        )
+
     return await run_sync(signing, limiter=_remote_signing_limiter())
 
 

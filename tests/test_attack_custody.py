@@ -362,6 +362,69 @@ def test_token_queued_for_a_signing_thread_is_not_signed_by_a_key_revoked_meanwh
         assert last.status_code == 503, last.text
 
 
+def test_a_key_revoked_while_its_kms_sign_is_in_flight_never_signs_the_token_handed_out(
+    kms_proxy: MisbehavingKmsProxy, tmp_path: Path
+) -> None:
+    """The same kind as a queued request, one step later: the key is revoked (and the new
+    ring in use) while KMS is signing with it. The signature that comes back is by a key the
+    JWKS no longer publishes; the token handed out must be signed by a published key (or
+    the answer is 503), never by the revoked one."""
+    inside = threading.Event()
+    released = threading.Event()
+    held = {"n": 0}
+    lock = threading.Lock()
+
+    def hold_the_first_sign(target: str, body: bytes) -> tuple[int, dict[str, str], bytes] | None:
+        if target == SIGN_TARGET:
+            with lock:
+                held["n"] += 1
+                hold = held["n"] == 1
+            if hold:
+                inside.set()
+                released.wait(5 * WAIT)
+        return None
+
+    with _issuer(tmp_path, kms_proxy, reload_interval=0) as world:
+        revoked = world.http.get("/healthz").json()["active_kid"]
+        answer: list[Any] = [None]
+
+        def run() -> None:
+            try:
+                with httpx2.Client(base_url=str(world.http.base_url), timeout=5 * WAIT) as c:
+                    answer[0] = c.post(
+                        "/token",
+                        data={"grant_type": "client_credentials"},
+                        auth=("machine", world.machine_secret),
+                    )
+            except BaseException as exc:
+                answer[0] = exc
+
+        request = threading.Thread(target=run, daemon=True)
+        with kms_proxy.answering(hold_the_first_sign):
+            try:
+                request.start()
+                assert inside.wait(WAIT), "the token request never reached KMS Sign"
+                revoke = _keys_cli("revoke", revoked, "--keys", str(world.ring_dir))
+                assert revoke.returncode == 0, revoke.stderr
+                deadline = time.monotonic() + WAIT
+                while world.http.get("/healthz").json()["active_kid"] == revoked:
+                    assert time.monotonic() < deadline, "the revocation was never applied"
+                jwks_after_revoke = _kids(world.http.get("/.well-known/jwks.json").json())
+                assert revoked not in jwks_after_revoke
+            finally:
+                released.set()
+            request.join(5 * WAIT)
+    last = answer[0]
+    assert isinstance(last, httpx2.Response), repr(last)
+    if last.status_code == 200:
+        kid = jwt.get_unverified_header(last.json()["access_token"])["kid"]
+        assert kid in jwks_after_revoke, (
+            f"token signed by {kid}, revoked while it signed, not in the JWKS {jwks_after_revoke}"
+        )
+    else:
+        assert last.status_code == 503, last.text
+
+
 # --- a misconfigured KMS endpoint -----------------------------------------------------------
 
 
