@@ -588,6 +588,38 @@ def test_kms_sign_answering_200_with_a_malformed_body_is_503(
     )
 
 
+@pytest.mark.parametrize(
+    ("target", "body"),
+    [
+        ("TrentService.CreateKey", b"{}"),
+        ("TrentService.CreateKey", b'{"KeyMetadata": {"KeyId": 5}}'),
+        ("TrentService.CreateKey", b"[1]"),
+        (GET_PUBLIC_KEY_TARGET, b'{"SigningAlgorithms": ["RSASSA_PKCS1_V1_5_SHA_256"]}'),
+        (GET_PUBLIC_KEY_TARGET, b'{"PublicKey": 5, "SigningAlgorithms": 7}'),
+    ],
+    ids=["create-empty", "create-keyid-a-number", "create-a-list", "public-key-missing",
+         "public-key-a-number"],
+)  # fmt: skip
+def test_kms_create_key_or_get_public_key_answering_200_with_a_malformed_body_is_one_line(
+    kms_proxy: MisbehavingKmsProxy, tmp_path: Path, target: str, body: bytes
+) -> None:
+    """The rest of the malformed-answer kind: ``keys init`` against a KMS answering
+    CreateKey or GetPublicKey with 200 and a body of the wrong shape must fail with one
+    clear line naming a malformed KMS answer, never jwtmcp's "unexpected <Exception>"."""
+
+    def malformed(seen: str, request: bytes) -> Any:
+        if seen != target:
+            return None
+        return 200, {"Content-Type": "application/x-amz-json-1.1"}, body
+
+    with kms_proxy.answering(malformed):
+        result = _keys_cli("init", "--keys", str(tmp_path / "keys"), "--backend", "kms",
+                           "--kms-endpoint-url", kms_proxy.url)  # fmt: skip
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode != 0
+    assert len(lines) == 1 and "malformed answer" in lines[0], lines
+
+
 # --- KMS cut off: 503 + Retry-After, then fail fast -----------------------------------------
 
 
