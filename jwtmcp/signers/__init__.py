@@ -107,7 +107,8 @@ class HandleSigner:
     ``sign`` goes to the backend each time; any :class:`~jwtmcp.errors.KeyRingError` it
     raises (a PIN gone, a key disabled or deleted) becomes
     :class:`~jwtmcp.errors.SignerUnavailable` with ``retry_after`` seconds, so ``/token``
-    answers 503 + Retry-After and never 500. The public key is read once, then kept."""
+    answers 503 + Retry-After and never 500; so does an answer that is not a signature as
+    long as the key's modulus (RFC 8017 8.2.1). The public key is read once, then kept."""
 
     __slots__ = ("_backend", "_public", "handle", "retry_after")
 
@@ -119,11 +120,19 @@ class HandleSigner:
 
     def sign(self, data: bytes) -> bytes:
         try:
-            return self._backend.sign(self.handle, data)
+            signature = self._backend.sign(self.handle, data)
+            public = self.public_key()
         except SignerUnavailable:
             raise
         except KeyRingError as exc:
             raise SignerUnavailable(exc.message, retry_after=self.retry_after) from None
+        size = (public.key_size + 7) // 8
+        if not isinstance(signature, bytes) or len(signature) != size:
+            raise SignerUnavailable(
+                f"key {self.handle} gave a malformed signature (not {size} bytes, RFC 8017 8.2.1)",
+                retry_after=self.retry_after,
+            )
+        return signature
 
     def public_key(self) -> rsa.RSAPublicKey:
         if self._public is None:

@@ -159,6 +159,15 @@ class KmsBackend:
                 f"{self._where()}: no AWS credentials (set them the standard AWS way: "
                 "environment, profile or role)"
             ) from None
+        except (TypeError, ValueError, AttributeError, KeyError, IndexError) as exc:
+            # botocore's parser fails this way on a body that is not the answer's shape
+            # (a JSON list, a number where base64 belongs): KMS, or a proxy on the way, is
+            # failing, which may pass.
+            raise SignerUnavailable(
+                f"{self._where()} gave a malformed answer when asked to {what}: "
+                f"{type(exc).__name__}",
+                retry_after=RETRY_AFTER,
+            ) from None
         except botocore.exceptions.BotoCoreError as exc:
             reason = f"{self._where()} could not {what}: {type(exc).__name__}"
             # KMS could not be reached (refused, timed out, cut off): every call would hold
@@ -166,6 +175,17 @@ class KmsBackend:
             self._down_reason = reason
             self._down_until = self.monotonic() + RETRY_AFTER
             raise SignerUnavailable(reason, retry_after=RETRY_AFTER) from None
+
+    def _field(self, what: str, answer: Any, name: str, kind: type[T]) -> T:
+        """``answer[name]`` when it is a non-empty ``kind``; else :class:`SignerUnavailable`
+        (a KMS, or a proxy on the way, that answers 200 without it is failing)."""
+        value = answer.get(name) if isinstance(answer, dict) else None
+        if not isinstance(value, kind) or not value:
+            raise SignerUnavailable(
+                f"{self._where()} gave a malformed answer when asked to {what}: no {name}",
+                retry_after=RETRY_AFTER,
+            )
+        return value
 
     # -- the KeyBackend protocol ----------------------------------------------------------
 
@@ -179,16 +199,19 @@ class KmsBackend:
                 Tags=[{"TagKey": "jwtmcp", "TagValue": "ring-key"}],
             ),
         )
-        handle = str(answer["KeyMetadata"]["KeyId"])
+        metadata = self._field("create a key", answer, "KeyMetadata", dict)
+        handle = self._field("create a key", metadata, "KeyId", str)
         return handle, self.public_key(handle)
 
     def public_key(self, handle: str) -> rsa.RSAPublicKey:
         answer = self._call("read a public key", lambda kms: kms.get_public_key(KeyId=handle))
-        if SIGNING_ALGORITHM not in answer.get("SigningAlgorithms", ()):
+        algorithms = self._field("read a public key", answer, "SigningAlgorithms", list)
+        der = self._field("read a public key", answer, "PublicKey", bytes)
+        if SIGNING_ALGORITHM not in algorithms:
             raise KeyRingError(f"KMS key {handle} cannot sign {SIGNING_ALGORITHM}")
         try:
-            key = serialization.load_der_public_key(answer["PublicKey"])
-        except (ValueError, TypeError, KeyError):
+            key = serialization.load_der_public_key(der)
+        except (ValueError, TypeError):
             raise KeyRingError(f"KMS key {handle} gave an unreadable public key") from None
         if not isinstance(key, rsa.RSAPublicKey):
             raise KeyRingError(f"KMS key {handle} is not an RSA key")
@@ -211,7 +234,9 @@ class KmsBackend:
         """The RSASSA-PKCS1-v1_5 SHA-256 signature of ``data`` by KMS key ``handle``.
 
         Within :data:`RETRY_AFTER` seconds of KMS not being reached, raises
-        :class:`SignerUnavailable` at once instead of calling it again."""
+        :class:`SignerUnavailable` at once instead of calling it again. An answer without
+        a signature (or not KMS's shape) is :class:`SignerUnavailable` too; the signature's
+        length and validity are checked by :meth:`HandleSigner.sign`."""
         wait = self._down_until - self.monotonic()
         if wait > 0:
             raise SignerUnavailable(self._down_reason, retry_after=max(1, math.ceil(wait)))
@@ -228,8 +253,7 @@ class KmsBackend:
                 SigningAlgorithm=SIGNING_ALGORITHM,
             ),
         )
-        signature: bytes = answer["Signature"]
-        return signature
+        return self._field("sign", answer, "Signature", bytes)
 
 
 class KmsSigner(HandleSigner):
