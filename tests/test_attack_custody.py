@@ -563,6 +563,84 @@ def test_kms_sign_by_another_key_never_gives_a_token_that_fails_its_own_jwks(
         assert answer.status_code == 503, answer.text
 
 
+def test_kms_sign_by_another_key_is_one_error_log_line_without_the_signature(
+    kms_proxy: MisbehavingKmsProxy, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The mismatch is told once, at ERROR, naming the key; the log never holds the
+    signature KMS gave (nor a token): a signature is as good as a token for its input."""
+    from tests.custody_support import kms_client
+
+    other = kms_client(kms_proxy.upstream).create_key(  # type: ignore[attr-defined]
+        KeySpec="RSA_2048", KeyUsage="SIGN_VERIFY"
+    )["KeyMetadata"]["KeyId"]
+    given: list[str] = []
+
+    def other_key(target: str, body: bytes) -> Any:
+        if target != SIGN_TARGET:
+            return None
+        request = json.loads(body)
+        request["KeyId"] = other
+        answer = httpx2.post(
+            kms_proxy.upstream + "/",
+            content=json.dumps(request).encode(),
+            headers={"X-Amz-Target": SIGN_TARGET, "Content-Type": "application/x-amz-json-1.1",
+                     "Authorization": _MOTO_AUTH},
+            timeout=WAIT,
+        )  # fmt: skip
+        given.append(str(answer.json()["Signature"]))
+        return answer.status_code, {"Content-Type": "application/x-amz-json-1.1"}, answer.content
+
+    with _issuer(tmp_path, kms_proxy) as world:
+        with kms_proxy.answering(other_key), caplog.at_level("INFO"):
+            caplog.clear()
+            answer = _token(world)
+        records = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert answer.status_code == 503, answer.text
+    text = "\n".join(r.getMessage() for r in caplog.records)
+    assert given and all(g not in text and g.rstrip("=") not in text for g in given)
+    assert "eyJ" not in text, text
+    assert len(records) == 1 and "does not verify" in records[0].getMessage(), [
+        r.getMessage() for r in records
+    ]
+
+
+class _SignsWithAnotherKey:
+    """A key backend (as another package would plug in) whose ``sign`` answers with the
+    signature of another key, or with ``garbage`` as long as a real one."""
+
+    def __init__(self, *, garbage: bool) -> None:
+        from cryptography.hazmat.primitives.asymmetric import rsa
+
+        self.mine = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        self.other = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        self.garbage = garbage
+
+    def sign(self, handle: str, data: bytes) -> bytes:
+        from cryptography.hazmat.primitives import hashes
+        from cryptography.hazmat.primitives.asymmetric import padding
+
+        if self.garbage:
+            return os.urandom(256)
+        return self.other.sign(data, padding.PKCS1v15(), hashes.SHA256())
+
+    def public_key(self, handle: str) -> Any:
+        return self.mine.public_key()
+
+
+@pytest.mark.parametrize("garbage", [False, True], ids=["another-key", "random-256-bytes"])
+def test_any_backend_signing_with_another_key_is_signer_unavailable(garbage: bool) -> None:
+    """Not only KMS: a signature from any backend (PKCS#11, a plugged-in one) that does not
+    verify against the key's public key is SignerUnavailable (503), never returned."""
+    from jwtmcp.errors import SignerUnavailable
+    from jwtmcp.signers import HandleSigner
+
+    signer = HandleSigner(_SignsWithAnotherKey(garbage=garbage), "h1", retry_after=7)
+    with pytest.raises(SignerUnavailable) as raised:
+        signer.sign(b"eyJhbGciOiJSUzI1NiJ9.e30")
+    assert raised.value.retry_after == 7
+    assert "does not verify" in raised.value.message
+
+
 @pytest.mark.parametrize(
     "body",
     [b"not json", b'{"Signature": 5}', b'{"Signature": "!!!"}', b'{"Signature": "AAAA"}'],
