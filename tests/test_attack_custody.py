@@ -698,6 +698,40 @@ def test_kms_create_key_or_get_public_key_answering_200_with_a_malformed_body_is
     assert len(lines) == 1 and "malformed answer" in lines[0], lines
 
 
+@pytest.mark.parametrize(
+    ("target", "environment"),
+    [
+        ("TrentService.CreateKey", {}),
+        ("TrentService.CreateKey", {"AWS_MAX_ATTEMPTS": "5", "AWS_RETRY_MODE": "legacy"}),
+        (GET_PUBLIC_KEY_TARGET, {}),
+    ],
+    ids=["create-key", "create-key-env-asks-5-legacy", "get-public-key"],
+)
+def test_every_kms_call_cut_off_is_tried_at_most_twice(
+    kms_proxy: MisbehavingKmsProxy, tmp_path: Path, target: str, environment: dict[str, str]
+) -> None:
+    """The rest of the retry kind: not only Sign, every KMS call (``keys init``'s CreateKey
+    and GetPublicKey) is made once and retried once, whatever the AWS retry settings of the
+    environment say, so the documented worst case holds."""
+    calls = {"n": 0}
+
+    def cut(seen: str, body: bytes) -> Any:
+        if seen != target:
+            return None
+        calls["n"] += 1
+        return "drop"
+
+    with kms_proxy.answering(cut):
+        result = subprocess.run(
+            [sys.executable, "-m", "jwtmcp", "keys", "init", "--keys", str(tmp_path / "keys"),
+             "--backend", "kms", "--kms-endpoint-url", kms_proxy.url],
+            env={**os.environ, **AWS_TEST_ENV, **environment}, capture_output=True, text=True,
+            timeout=120,
+        )  # fmt: skip
+    assert result.returncode != 0, result.stderr
+    assert calls["n"] in (1, 2), f"keys init made {calls['n']} {target} calls"
+
+
 # --- KMS cut off: 503 + Retry-After, then fail fast -----------------------------------------
 
 
