@@ -11,7 +11,8 @@ window AWS allows; ``CancelKeyDeletion`` undoes it).
 Settings (the ring's ``backends.kms`` object), all optional: ``region`` and ``profile``
 (else the standard AWS settings: ``AWS_REGION``/``AWS_DEFAULT_REGION``, ``AWS_PROFILE``,
 ``~/.aws/config``), ``endpoint_url`` (a KMS-compatible endpoint, e.g. an emulator or a VPC
-endpoint) and ``timeout`` (seconds for connecting and for an answer, default 5). Credentials
+endpoint) and ``timeout`` (seconds for connecting and for an answer, default 5; one retry,
+:data:`ATTEMPTS`). Credentials
 always come from the standard AWS chain (environment, profile, instance or pod role), never
 from the ring.
 """
@@ -44,6 +45,12 @@ SIGNING_ALGORITHM = "RSASSA_PKCS1_V1_5_SHA_256"
 MAX_RAW_MESSAGE = 4096
 """The longest message KMS ``Sign`` takes with ``MessageType`` RAW (bytes)."""
 DEFAULT_TIMEOUT = 5.0
+ATTEMPTS = 2
+"""Calls per KMS request: the first and one retry (botocore ``standard`` mode). A KMS that
+does not answer holds a call for at most ``ATTEMPTS * 2 * timeout`` seconds (connecting,
+then waiting for the answer, each up to ``timeout``) plus the pause before the retry
+(under 0.05 s after a network error, under 1 s after throttling, at most 5 s more when KMS
+asks with ``x-amz-retry-after``)."""
 DELETION_WINDOW_DAYS = 7
 RETRY_AFTER = 5
 
@@ -123,7 +130,10 @@ class KmsBackend:
                             config=botocore.config.Config(
                                 connect_timeout=self.timeout,
                                 read_timeout=self.timeout,
-                                retries={"max_attempts": 2, "mode": "standard"},
+                                # botocore's "max_attempts" counts retries (2 made 3
+                                # calls); "total_max_attempts" counts calls, and beats
+                                # AWS_MAX_ATTEMPTS / AWS_RETRY_MODE in the environment.
+                                retries={"total_max_attempts": ATTEMPTS, "mode": "standard"},
                             ),
                         )
                     except botocore.exceptions.NoRegionError:
