@@ -380,6 +380,72 @@ def test_a_malformed_kms_endpoint_is_a_clear_one_line_error(tmp_path: Path, endp
     assert len(lines) == 1 and "unexpected" not in lines[0], lines
 
 
+@pytest.mark.parametrize(
+    "endpoint",
+    [
+        "ftp://127.0.0.1:4566",
+        "http://",
+        "http://127.0.0.1:0",
+        "http://127.0.0.1:abc",
+        "http://[::1",
+        "127.0.0.1:4566",
+        "http://user:secret@127.0.0.1:4566",
+        "http://127.0.0.1:4566/?x=1",
+        "http://127.0.0.1:4566\n",
+    ],
+    ids=["ftp", "no-host", "port-0", "port-not-a-number", "bad-ipv6", "no-scheme",
+         "credentials", "query", "newline"],
+)  # fmt: skip
+def test_every_malformed_kms_endpoint_is_refused_naming_the_setting(
+    tmp_path: Path, endpoint: str
+) -> None:
+    """The rest of the malformed-endpoint kind, from the command line and from a ring.json
+    (the same settings): a scheme other than http/https, no host, a port outside 1-65535
+    or not a number, no scheme, a user or password (credentials never come from the ring),
+    a query, a control character. Each is one line naming ``endpoint_url``, before any
+    KMS call, and never echoes the password."""
+    from jwtmcp.errors import KeyRingError
+    from jwtmcp.signers import open_backend
+
+    with pytest.raises(KeyRingError) as raised:
+        open_backend("kms", {"endpoint_url": endpoint, "region": "us-east-1"})
+    assert "endpoint_url" in raised.value.message and "secret" not in raised.value.message
+    assert "\n" not in raised.value.message
+    result = _keys_cli("init", "--keys", str(tmp_path / "keys"), "--backend", "kms",
+                       "--kms-endpoint-url", endpoint)  # fmt: skip
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode != 0
+    assert len(lines) == 1 and "endpoint" in lines[0] and "secret" not in lines[0], lines
+
+
+@pytest.mark.parametrize(
+    ("setting", "value"),
+    [
+        ("pin_file", "/tmp/pin\0file"),
+        ("pin_file", "/tmp/pin\nfile"),
+        ("module", "/usr/lib/softhsm/libsofthsm2.so\0.so"),
+        ("pin_env", "PIN=X"),
+        ("pin_env", "PIN\0X"),
+    ],
+    ids=["pin-file-nul", "pin-file-newline", "module-nul", "pin-env-equals", "pin-env-nul"],
+)
+def test_a_malformed_pkcs11_path_or_variable_name_is_refused_naming_the_setting(
+    setting: str, value: str
+) -> None:
+    """The PKCS#11 equivalent of a malformed endpoint: a path with a NUL or a control
+    character (a NUL made ``keys`` fail with "unexpected ValueError: embedded null byte")
+    or an environment variable name no environment can hold is refused when the backend is
+    built from the ring's settings, with one line naming the setting."""
+    from jwtmcp.errors import KeyRingError
+    from jwtmcp.signers import open_backend
+
+    settings = {"module": "/usr/lib/softhsm/libsofthsm2.so", "token": "jwtmcp", setting: value}
+    with pytest.raises(KeyRingError) as raised:
+        open_backend("pkcs11", settings)
+    message = raised.value.message
+    assert setting in message and "\n" not in message and "\0" not in message, message
+
+
 # --- PKCS#11: token requests racing rotations and a revocation from another process -------
 
 
