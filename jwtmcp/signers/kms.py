@@ -26,6 +26,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -72,6 +73,36 @@ _UNAVAILABLE_CODES = frozenset(
 )
 
 
+def _check_endpoint(url: str) -> None:
+    """Raise :class:`KeyRingError` (one line, naming ``endpoint_url``) unless ``url`` is an
+    ``http``/``https`` URL with a host, a port (if any) in 1-65535, no user or password
+    (credentials come from the AWS chain only), no query or fragment and no whitespace or
+    control character. Checked when the backend is built, so a bad ``--kms-endpoint-url``
+    or ``ring.json`` fails before any KMS call and never as a bare ``ValueError``."""
+    wanted = (
+        "the kms key backend's 'endpoint_url' must be an http:// or https:// URL with a "
+        "host and a port in 1-65535"
+    )
+    if any(c.isspace() or not c.isprintable() for c in url):
+        raise KeyRingError(f"{wanted}, without spaces or control characters: got {url!r}")
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        raise KeyRingError(f"{wanted}: got {url!r}") from None
+    if parts.username is not None or parts.password is not None:
+        raise KeyRingError(
+            "the kms key backend's 'endpoint_url' must not hold a user or password "
+            "(AWS credentials come from the environment, a profile or a role)"
+        )
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise KeyRingError(f"{wanted}: got {url!r}")
+    if port is not None and not 1 <= port <= 65535:
+        raise KeyRingError(f"{wanted}: got {url!r}")
+    if parts.query or parts.fragment or url.endswith(("?", "#")):
+        raise KeyRingError(f"{wanted}, without a query or fragment: got {url!r}")
+
+
 class KmsBackend:
     """The ``kms`` :class:`~jwtmcp.signers.KeyBackend`: one KMS client per process."""
 
@@ -84,6 +115,8 @@ class KmsBackend:
             value = settings.get(name)
             if value is not None and (not isinstance(value, str) or not value):
                 raise KeyRingError(f"the kms key backend's {name!r} must be a non-empty string")
+        if settings.get("endpoint_url") is not None:
+            _check_endpoint(settings["endpoint_url"])
         timeout = settings.get("timeout", DEFAULT_TIMEOUT)
         if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not (
             0 < timeout <= 120
