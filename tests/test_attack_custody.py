@@ -443,6 +443,72 @@ def test_a_malformed_kms_endpoint_is_a_clear_one_line_error(tmp_path: Path, endp
     assert len(lines) == 1 and "unexpected" not in lines[0], lines
 
 
+@pytest.mark.parametrize(
+    "endpoint",
+    [
+        "ftp://127.0.0.1:4566",
+        "http://",
+        "http://127.0.0.1:0",
+        "http://127.0.0.1:abc",
+        "http://[::1",
+        "127.0.0.1:4566",
+        "http://user:secret@127.0.0.1:4566",
+        "http://127.0.0.1:4566/?x=1",
+        "http://127.0.0.1:4566\n",
+    ],
+    ids=["ftp", "no-host", "port-0", "port-not-a-number", "bad-ipv6", "no-scheme",
+         "credentials", "query", "newline"],
+)  # fmt: skip
+def test_every_malformed_kms_endpoint_is_refused_naming_the_setting(
+    tmp_path: Path, endpoint: str
+) -> None:
+    """The rest of the malformed-endpoint kind, from the command line and from a ring.json
+    (the same settings): a scheme other than http/https, no host, a port outside 1-65535
+    or not a number, no scheme, a user or password (credentials never come from the ring),
+    a query, a control character. Each is one line naming ``endpoint_url``, before any
+    KMS call, and never echoes the password."""
+    from jwtmcp.errors import KeyRingError
+    from jwtmcp.signers import open_backend
+
+    with pytest.raises(KeyRingError) as raised:
+        open_backend("kms", {"endpoint_url": endpoint, "region": "us-east-1"})
+    assert "endpoint_url" in raised.value.message and "secret" not in raised.value.message
+    assert "\n" not in raised.value.message
+    result = _keys_cli("init", "--keys", str(tmp_path / "keys"), "--backend", "kms",
+                       "--kms-endpoint-url", endpoint)  # fmt: skip
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode != 0
+    assert len(lines) == 1 and "endpoint" in lines[0] and "secret" not in lines[0], lines
+
+
+@pytest.mark.parametrize(
+    ("setting", "value"),
+    [
+        ("pin_file", "/tmp/pin\0file"),
+        ("pin_file", "/tmp/pin\nfile"),
+        ("module", "/usr/lib/softhsm/libsofthsm2.so\0.so"),
+        ("pin_env", "PIN=X"),
+        ("pin_env", "PIN\0X"),
+    ],
+    ids=["pin-file-nul", "pin-file-newline", "module-nul", "pin-env-equals", "pin-env-nul"],
+)
+def test_a_malformed_pkcs11_path_or_variable_name_is_refused_naming_the_setting(
+    setting: str, value: str
+) -> None:
+    """The PKCS#11 equivalent of a malformed endpoint: a path with a NUL or a control
+    character (a NUL made ``keys`` fail with "unexpected ValueError: embedded null byte")
+    or an environment variable name no environment can hold is refused when the backend is
+    built from the ring's settings, with one line naming the setting."""
+    from jwtmcp.errors import KeyRingError
+    from jwtmcp.signers import open_backend
+
+    settings = {"module": "/usr/lib/softhsm/libsofthsm2.so", "token": "jwtmcp", setting: value}
+    with pytest.raises(KeyRingError) as raised:
+        open_backend("pkcs11", settings)
+    message = raised.value.message
+    assert setting in message and "\n" not in message and "\0" not in message, message
+
+
 # --- PKCS#11: token requests racing rotations and a revocation from another process -------
 
 
@@ -626,6 +692,84 @@ def test_kms_sign_by_another_key_never_gives_a_token_that_fails_its_own_jwks(
         assert answer.status_code == 503, answer.text
 
 
+def test_kms_sign_by_another_key_is_one_error_log_line_without_the_signature(
+    kms_proxy: MisbehavingKmsProxy, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The mismatch is told once, at ERROR, naming the key; the log never holds the
+    signature KMS gave (nor a token): a signature is as good as a token for its input."""
+    from tests.custody_support import kms_client
+
+    other = kms_client(kms_proxy.upstream).create_key(  # type: ignore[attr-defined]
+        KeySpec="RSA_2048", KeyUsage="SIGN_VERIFY"
+    )["KeyMetadata"]["KeyId"]
+    given: list[str] = []
+
+    def other_key(target: str, body: bytes) -> Any:
+        if target != SIGN_TARGET:
+            return None
+        request = json.loads(body)
+        request["KeyId"] = other
+        answer = httpx2.post(
+            kms_proxy.upstream + "/",
+            content=json.dumps(request).encode(),
+            headers={"X-Amz-Target": SIGN_TARGET, "Content-Type": "application/x-amz-json-1.1",
+                     "Authorization": _MOTO_AUTH},
+            timeout=WAIT,
+        )  # fmt: skip
+        given.append(str(answer.json()["Signature"]))
+        return answer.status_code, {"Content-Type": "application/x-amz-json-1.1"}, answer.content
+
+    with _issuer(tmp_path, kms_proxy) as world:
+        with kms_proxy.answering(other_key), caplog.at_level("INFO"):
+            caplog.clear()
+            answer = _token(world)
+        records = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert answer.status_code == 503, answer.text
+    text = "\n".join(r.getMessage() for r in caplog.records)
+    assert given and all(g not in text and g.rstrip("=") not in text for g in given)
+    assert "eyJ" not in text, text
+    assert len(records) == 1 and "does not verify" in records[0].getMessage(), [
+        r.getMessage() for r in records
+    ]
+
+
+class _SignsWithAnotherKey:
+    """A key backend (as another package would plug in) whose ``sign`` answers with the
+    signature of another key, or with ``garbage`` as long as a real one."""
+
+    def __init__(self, *, garbage: bool) -> None:
+        from cryptography.hazmat.primitives.asymmetric import rsa
+
+        self.mine = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        self.other = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        self.garbage = garbage
+
+    def sign(self, handle: str, data: bytes) -> bytes:
+        from cryptography.hazmat.primitives import hashes
+        from cryptography.hazmat.primitives.asymmetric import padding
+
+        if self.garbage:
+            return os.urandom(256)
+        return self.other.sign(data, padding.PKCS1v15(), hashes.SHA256())
+
+    def public_key(self, handle: str) -> Any:
+        return self.mine.public_key()
+
+
+@pytest.mark.parametrize("garbage", [False, True], ids=["another-key", "random-256-bytes"])
+def test_any_backend_signing_with_another_key_is_signer_unavailable(garbage: bool) -> None:
+    """Not only KMS: a signature from any backend (PKCS#11, a plugged-in one) that does not
+    verify against the key's public key is SignerUnavailable (503), never returned."""
+    from jwtmcp.errors import SignerUnavailable
+    from jwtmcp.signers import HandleSigner
+
+    signer = HandleSigner(_SignsWithAnotherKey(garbage=garbage), "h1", retry_after=7)
+    with pytest.raises(SignerUnavailable) as raised:
+        signer.sign(b"eyJhbGciOiJSUzI1NiJ9.e30")
+    assert raised.value.retry_after == 7
+    assert "does not verify" in raised.value.message
+
+
 @pytest.mark.parametrize(
     "body",
     [b"not json", b'{"Signature": 5}', b'{"Signature": "!!!"}', b'{"Signature": "AAAA"}'],
@@ -649,6 +793,72 @@ def test_kms_sign_answering_200_with_a_malformed_body_is_503(
         answer.status_code,
         answer.text[:120],
     )
+
+
+@pytest.mark.parametrize(
+    ("target", "body"),
+    [
+        ("TrentService.CreateKey", b"{}"),
+        ("TrentService.CreateKey", b'{"KeyMetadata": {"KeyId": 5}}'),
+        ("TrentService.CreateKey", b"[1]"),
+        (GET_PUBLIC_KEY_TARGET, b'{"SigningAlgorithms": ["RSASSA_PKCS1_V1_5_SHA_256"]}'),
+        (GET_PUBLIC_KEY_TARGET, b'{"PublicKey": 5, "SigningAlgorithms": 7}'),
+    ],
+    ids=["create-empty", "create-keyid-a-number", "create-a-list", "public-key-missing",
+         "public-key-a-number"],
+)  # fmt: skip
+def test_kms_create_key_or_get_public_key_answering_200_with_a_malformed_body_is_one_line(
+    kms_proxy: MisbehavingKmsProxy, tmp_path: Path, target: str, body: bytes
+) -> None:
+    """The rest of the malformed-answer kind: ``keys init`` against a KMS answering
+    CreateKey or GetPublicKey with 200 and a body of the wrong shape must fail with one
+    clear line naming a malformed KMS answer, never jwtmcp's "unexpected <Exception>"."""
+
+    def malformed(seen: str, request: bytes) -> Any:
+        if seen != target:
+            return None
+        return 200, {"Content-Type": "application/x-amz-json-1.1"}, body
+
+    with kms_proxy.answering(malformed):
+        result = _keys_cli("init", "--keys", str(tmp_path / "keys"), "--backend", "kms",
+                           "--kms-endpoint-url", kms_proxy.url)  # fmt: skip
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode != 0
+    assert len(lines) == 1 and "malformed answer" in lines[0], lines
+
+
+@pytest.mark.parametrize(
+    ("target", "environment"),
+    [
+        ("TrentService.CreateKey", {}),
+        ("TrentService.CreateKey", {"AWS_MAX_ATTEMPTS": "5", "AWS_RETRY_MODE": "legacy"}),
+        (GET_PUBLIC_KEY_TARGET, {}),
+    ],
+    ids=["create-key", "create-key-env-asks-5-legacy", "get-public-key"],
+)
+def test_every_kms_call_cut_off_is_tried_at_most_twice(
+    kms_proxy: MisbehavingKmsProxy, tmp_path: Path, target: str, environment: dict[str, str]
+) -> None:
+    """The rest of the retry kind: not only Sign, every KMS call (``keys init``'s CreateKey
+    and GetPublicKey) is made once and retried once, whatever the AWS retry settings of the
+    environment say, so the documented worst case holds."""
+    calls = {"n": 0}
+
+    def cut(seen: str, body: bytes) -> Any:
+        if seen != target:
+            return None
+        calls["n"] += 1
+        return "drop"
+
+    with kms_proxy.answering(cut):
+        result = subprocess.run(
+            [sys.executable, "-m", "jwtmcp", "keys", "init", "--keys", str(tmp_path / "keys"),
+             "--backend", "kms", "--kms-endpoint-url", kms_proxy.url],
+            env={**os.environ, **AWS_TEST_ENV, **environment}, capture_output=True, text=True,
+            timeout=120,
+        )  # fmt: skip
+    assert result.returncode != 0, result.stderr
+    assert calls["n"] in (1, 2), f"keys init made {calls['n']} {target} calls"
 
 
 # --- KMS cut off: 503 + Retry-After, then fail fast -----------------------------------------

@@ -24,6 +24,7 @@ from collections.abc import Callable, Mapping
 from importlib import import_module
 from typing import Any, Protocol, runtime_checkable
 
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
@@ -107,7 +108,11 @@ class HandleSigner:
     ``sign`` goes to the backend each time; any :class:`~jwtmcp.errors.KeyRingError` it
     raises (a PIN gone, a key disabled or deleted) becomes
     :class:`~jwtmcp.errors.SignerUnavailable` with ``retry_after`` seconds, so ``/token``
-    answers 503 + Retry-After and never 500. The public key is read once, then kept."""
+    answers 503 + Retry-After and never 500. Every signature is verified against the key's
+    public key (RSASSA-PKCS1-v1_5, RFC 8017 8.2.2) before it is returned: one that is not
+    as long as the modulus or does not verify (another key signed: a wrong alias, a key
+    replaced in the HSM; or the answer was altered) is :class:`SignerUnavailable` too, so
+    no token ever fails the issuer's own JWKS. The public key is read once, then kept."""
 
     __slots__ = ("_backend", "_public", "handle", "retry_after")
 
@@ -119,11 +124,27 @@ class HandleSigner:
 
     def sign(self, data: bytes) -> bytes:
         try:
-            return self._backend.sign(self.handle, data)
+            signature = self._backend.sign(self.handle, data)
+            public = self.public_key()
         except SignerUnavailable:
             raise
         except KeyRingError as exc:
             raise SignerUnavailable(exc.message, retry_after=self.retry_after) from None
+        size = (public.key_size + 7) // 8
+        if not isinstance(signature, bytes) or len(signature) != size:
+            raise SignerUnavailable(
+                f"key {self.handle} gave a malformed signature (not {size} bytes, RFC 8017 8.2.1)",
+                retry_after=self.retry_after,
+            )
+        try:  # ~20 us against a network round trip; a token must verify against its kid
+            public.verify(signature, data, _PKCS1V15, _SHA256)
+        except InvalidSignature:
+            raise SignerUnavailable(
+                f"key {self.handle} gave a signature that does not verify against its public "
+                "key (another key signed, or the answer was altered)",
+                retry_after=self.retry_after,
+            ) from None
+        return signature
 
     def public_key(self) -> rsa.RSAPublicKey:
         if self._public is None:

@@ -11,7 +11,8 @@ window AWS allows; ``CancelKeyDeletion`` undoes it).
 Settings (the ring's ``backends.kms`` object), all optional: ``region`` and ``profile``
 (else the standard AWS settings: ``AWS_REGION``/``AWS_DEFAULT_REGION``, ``AWS_PROFILE``,
 ``~/.aws/config``), ``endpoint_url`` (a KMS-compatible endpoint, e.g. an emulator or a VPC
-endpoint) and ``timeout`` (seconds for connecting and for an answer, default 5). Credentials
+endpoint) and ``timeout`` (seconds for connecting and for an answer, default 5; one retry,
+:data:`ATTEMPTS`). Credentials
 always come from the standard AWS chain (environment, profile, instance or pod role), never
 from the ring.
 """
@@ -25,6 +26,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -44,6 +46,12 @@ SIGNING_ALGORITHM = "RSASSA_PKCS1_V1_5_SHA_256"
 MAX_RAW_MESSAGE = 4096
 """The longest message KMS ``Sign`` takes with ``MessageType`` RAW (bytes)."""
 DEFAULT_TIMEOUT = 5.0
+ATTEMPTS = 2
+"""Calls per KMS request: the first and one retry (botocore ``standard`` mode). A KMS that
+does not answer holds a call for at most ``ATTEMPTS * 2 * timeout`` seconds (connecting,
+then waiting for the answer, each up to ``timeout``) plus the pause before the retry
+(under 0.05 s after a network error, under 1 s after throttling, at most 5 s more when KMS
+asks with ``x-amz-retry-after``)."""
 DELETION_WINDOW_DAYS = 7
 RETRY_AFTER = 5
 
@@ -65,6 +73,36 @@ _UNAVAILABLE_CODES = frozenset(
 )
 
 
+def _check_endpoint(url: str) -> None:
+    """Raise :class:`KeyRingError` (one line, naming ``endpoint_url``) unless ``url`` is an
+    ``http``/``https`` URL with a host, a port (if any) in 1-65535, no user or password
+    (credentials come from the AWS chain only), no query or fragment and no whitespace or
+    control character. Checked when the backend is built, so a bad ``--kms-endpoint-url``
+    or ``ring.json`` fails before any KMS call and never as a bare ``ValueError``."""
+    wanted = (
+        "the kms key backend's 'endpoint_url' must be an http:// or https:// URL with a "
+        "host and a port in 1-65535"
+    )
+    if any(c.isspace() or not c.isprintable() for c in url):
+        raise KeyRingError(f"{wanted}, without spaces or control characters: got {url!r}")
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        raise KeyRingError(f"{wanted}: got {url!r}") from None
+    if parts.username is not None or parts.password is not None:
+        raise KeyRingError(
+            "the kms key backend's 'endpoint_url' must not hold a user or password "
+            "(AWS credentials come from the environment, a profile or a role)"
+        )
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise KeyRingError(f"{wanted}: got {url!r}")
+    if port is not None and not 1 <= port <= 65535:
+        raise KeyRingError(f"{wanted}: got {url!r}")
+    if parts.query or parts.fragment or url.endswith(("?", "#")):
+        raise KeyRingError(f"{wanted}, without a query or fragment: got {url!r}")
+
+
 class KmsBackend:
     """The ``kms`` :class:`~jwtmcp.signers.KeyBackend`: one KMS client per process."""
 
@@ -77,6 +115,8 @@ class KmsBackend:
             value = settings.get(name)
             if value is not None and (not isinstance(value, str) or not value):
                 raise KeyRingError(f"the kms key backend's {name!r} must be a non-empty string")
+        if settings.get("endpoint_url") is not None:
+            _check_endpoint(settings["endpoint_url"])
         timeout = settings.get("timeout", DEFAULT_TIMEOUT)
         if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not (
             0 < timeout <= 120
@@ -123,7 +163,10 @@ class KmsBackend:
                             config=botocore.config.Config(
                                 connect_timeout=self.timeout,
                                 read_timeout=self.timeout,
-                                retries={"max_attempts": 2, "mode": "standard"},
+                                # botocore's "max_attempts" counts retries (2 made 3
+                                # calls); "total_max_attempts" counts calls, and beats
+                                # AWS_MAX_ATTEMPTS / AWS_RETRY_MODE in the environment.
+                                retries={"total_max_attempts": ATTEMPTS, "mode": "standard"},
                             ),
                         )
                     except botocore.exceptions.NoRegionError:
@@ -159,6 +202,15 @@ class KmsBackend:
                 f"{self._where()}: no AWS credentials (set them the standard AWS way: "
                 "environment, profile or role)"
             ) from None
+        except (TypeError, ValueError, AttributeError, KeyError, IndexError) as exc:
+            # botocore's parser fails this way on a body that is not the answer's shape
+            # (a JSON list, a number where base64 belongs): KMS, or a proxy on the way, is
+            # failing, which may pass.
+            raise SignerUnavailable(
+                f"{self._where()} gave a malformed answer when asked to {what}: "
+                f"{type(exc).__name__}",
+                retry_after=RETRY_AFTER,
+            ) from None
         except botocore.exceptions.BotoCoreError as exc:
             reason = f"{self._where()} could not {what}: {type(exc).__name__}"
             # KMS could not be reached (refused, timed out, cut off): every call would hold
@@ -166,6 +218,17 @@ class KmsBackend:
             self._down_reason = reason
             self._down_until = self.monotonic() + RETRY_AFTER
             raise SignerUnavailable(reason, retry_after=RETRY_AFTER) from None
+
+    def _field(self, what: str, answer: Any, name: str, kind: type[T]) -> T:
+        """``answer[name]`` when it is a non-empty ``kind``; else :class:`SignerUnavailable`
+        (a KMS, or a proxy on the way, that answers 200 without it is failing)."""
+        value = answer.get(name) if isinstance(answer, dict) else None
+        if not isinstance(value, kind) or not value:
+            raise SignerUnavailable(
+                f"{self._where()} gave a malformed answer when asked to {what}: no {name}",
+                retry_after=RETRY_AFTER,
+            )
+        return value
 
     # -- the KeyBackend protocol ----------------------------------------------------------
 
@@ -179,16 +242,19 @@ class KmsBackend:
                 Tags=[{"TagKey": "jwtmcp", "TagValue": "ring-key"}],
             ),
         )
-        handle = str(answer["KeyMetadata"]["KeyId"])
+        metadata = self._field("create a key", answer, "KeyMetadata", dict)
+        handle = self._field("create a key", metadata, "KeyId", str)
         return handle, self.public_key(handle)
 
     def public_key(self, handle: str) -> rsa.RSAPublicKey:
         answer = self._call("read a public key", lambda kms: kms.get_public_key(KeyId=handle))
-        if SIGNING_ALGORITHM not in answer.get("SigningAlgorithms", ()):
+        algorithms = self._field("read a public key", answer, "SigningAlgorithms", list)
+        der = self._field("read a public key", answer, "PublicKey", bytes)
+        if SIGNING_ALGORITHM not in algorithms:
             raise KeyRingError(f"KMS key {handle} cannot sign {SIGNING_ALGORITHM}")
         try:
-            key = serialization.load_der_public_key(answer["PublicKey"])
-        except (ValueError, TypeError, KeyError):
+            key = serialization.load_der_public_key(der)
+        except (ValueError, TypeError):
             raise KeyRingError(f"KMS key {handle} gave an unreadable public key") from None
         if not isinstance(key, rsa.RSAPublicKey):
             raise KeyRingError(f"KMS key {handle} is not an RSA key")
@@ -211,7 +277,9 @@ class KmsBackend:
         """The RSASSA-PKCS1-v1_5 SHA-256 signature of ``data`` by KMS key ``handle``.
 
         Within :data:`RETRY_AFTER` seconds of KMS not being reached, raises
-        :class:`SignerUnavailable` at once instead of calling it again."""
+        :class:`SignerUnavailable` at once instead of calling it again. An answer without
+        a signature (or not KMS's shape) is :class:`SignerUnavailable` too; the signature's
+        length and validity are checked by :meth:`HandleSigner.sign`."""
         wait = self._down_until - self.monotonic()
         if wait > 0:
             raise SignerUnavailable(self._down_reason, retry_after=max(1, math.ceil(wait)))
@@ -228,8 +296,7 @@ class KmsBackend:
                 SigningAlgorithm=SIGNING_ALGORITHM,
             ),
         )
-        signature: bytes = answer["Signature"]
-        return signature
+        return self._field("sign", answer, "Signature", bytes)
 
 
 class KmsSigner(HandleSigner):

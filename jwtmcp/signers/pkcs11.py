@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import secrets
 import stat
 import threading
@@ -45,6 +46,8 @@ RETRY_AFTER = 5
 """Seconds a client is told to wait when the token cannot sign."""
 
 T = TypeVar("T")
+
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 def _need_library() -> None:
@@ -96,6 +99,18 @@ class Pkcs11Backend:
         self.token_label = _text(settings, "token", required=True) or ""
         self.pin_file = _text(settings, "pin_file", required=False)
         self.pin_env = _text(settings, "pin_env", required=False)
+        for name in ("module", "pin_file"):
+            value = getattr(self, name)
+            if value is not None and any(not c.isprintable() for c in value):
+                raise KeyRingError(
+                    f"the pkcs11 key backend's {name!r} must be a path without control "
+                    f"characters: got {value!r}"
+                )
+        if self.pin_env is not None and not _ENV_NAME.fullmatch(self.pin_env):
+            raise KeyRingError(
+                "the pkcs11 key backend's 'pin_env' must be an environment variable name "
+                f"(letters, digits, '_', not starting with a digit): got {self.pin_env!r}"
+            )
         if self.pin_file is None and self.pin_env is None:
             self.pin_env = DEFAULT_PIN_ENV
         self._lock = threading.RLock()
