@@ -185,3 +185,36 @@ def test_a_new_active_key_not_read_yet_keeps_the_last_ring_until_kms_answers(
         before["next_kid"],
     )
     assert kids == set(states)
+
+
+@pytest.mark.parametrize("edit", ["swap-handles", "next-names-the-active-key"])
+def test_a_ring_json_naming_a_known_kms_key_under_another_kid_is_refused_by_this_process(
+    kms_proxy: MisbehavingKmsProxy, tmp_path: Path, edit: str
+) -> None:
+    """The process that made the keys (or read them once) must check every kid against its
+    public key as a fresh process does: load_ring refuses a ring.json whose handles were
+    swapped, or whose next key names the active key's handle, and a watcher (reloading in
+    place) keeps its last good ring and says why."""
+    from jwtmcp.errors import KeyRingError
+    from jwtmcp.keys import load_ring
+
+    ring_dir = tmp_path / "keys"
+    made = init_ring(ring_dir, backend="kms", backend_settings={
+        "endpoint_url": kms_proxy.url, "region": "us-east-1", "timeout": 120})  # fmt: skip
+    clock = FakeClock(0.0)
+    watcher = RingWatcher(ring_dir, interval=0, monotonic=clock)
+    path = ring_dir / "ring.json"
+    state = json.loads(path.read_text())
+    by_state = {k["state"]: k for k in state["keys"]}
+    active, nxt = by_state["active"], by_state["next"]
+    if edit == "swap-handles":
+        active["handle"], nxt["handle"] = nxt["handle"], active["handle"]
+    else:
+        nxt["handle"] = active["handle"]
+    state["revision"] += 1
+    path.write_text(json.dumps(state))
+    with pytest.raises(KeyRingError, match="does not match its kid"):
+        load_ring(ring_dir)
+    served = watcher.current()
+    assert served.jwks() == made.jwks()
+    assert watcher.last_error is not None and "does not match its kid" in watcher.last_error
