@@ -385,9 +385,10 @@ class _KeyFileVanished(KeyRingError):
 
 _key_cache: dict[tuple[str, str], rsa.RSAPrivateKey] = {}
 _key_cache_lock = threading.Lock()
-_public_cache: dict[tuple[int, str], rsa.RSAPublicKey] = {}
-"""Public keys read from backends, by (id of the backend object, handle): a key's public
-half never changes, so a reload of ``ring.json`` asks the backend only for new keys."""
+_public_cache: dict[tuple[int, str], tuple[rsa.RSAPublicKey, str]] = {}
+"""Public keys read from backends with their kids (RFC 7638 thumbprints), by (id of the
+backend object, handle): a key's public half never changes, so a reload of ``ring.json``
+asks the backend only for new keys, and still checks every entry's kid against it."""
 
 
 class _PublicKeyNotCached(KeyRingError):
@@ -403,17 +404,21 @@ def _backend_key(
     backend = open_backend(name, backends[name])
     cache_key = (id(backend), handle)
     with _key_cache_lock:
-        public = _public_cache.get(cache_key)
-    if public is None:
+        cached = _public_cache.get(cache_key)
+    if cached is None:
         if cached_only:
             raise _PublicKeyNotCached(f"the public key of {name} key {handle} is not read yet")
         public = backend.public_key(handle)
-        if rsa_kid(public) != kid:
-            raise KeyRingError(f"{name} key {handle} does not match its kid {kid}")
         if public.key_size < MIN_BITS:
             raise KeyRingError(f"{name} key {handle} has {public.key_size} bits; 2048 needed")
+        cached = (public, rsa_kid(public))
         with _key_cache_lock:
-            _public_cache[cache_key] = public
+            _public_cache[cache_key] = cached
+    public, actual_kid = cached
+    # Checked on every load, cached or not: a ring.json whose handles were swapped or
+    # edited must be refused by a running process exactly as by a fresh one.
+    if actual_kid != kid:
+        raise KeyRingError(f"{name} key {handle} does not match its kid {kid}")
     return RingKey(
         kid=kid,
         state=entry["state"],
@@ -598,7 +603,7 @@ def generate_key(
     if backend is not None:
         handle, public = backend.create_key(bits)
         with _key_cache_lock:  # this process knows the public half: no reload asks again
-            _public_cache[(id(backend), handle)] = public
+            _public_cache[(id(backend), handle)] = (public, rsa_kid(public))
         return RingKey(
             kid=rsa_kid(public),
             state=state,
