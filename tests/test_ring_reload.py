@@ -218,3 +218,98 @@ def test_a_ring_json_naming_a_known_kms_key_under_another_kid_is_refused_by_this
     served = watcher.current()
     assert served.jwks() == made.jwks()
     assert watcher.last_error is not None and "does not match its kid" in watcher.last_error
+
+
+# --- a reload that fails with something other than a KeyRingError ---------------------------
+
+
+class BrokenPublicKeyBackend:
+    """A plugged-in key backend (entry point ``jwtmcp.key_backends``) with a bug: reading a
+    public key raises a ``RuntimeError`` whose text spans two lines."""
+
+    name = "broken-public"
+    calls = 0
+
+    def __init__(self, settings: Any) -> None:
+        self._settings = dict(settings)
+
+    def settings(self) -> dict[str, Any]:
+        return self._settings
+
+    def create_key(self, bits: int) -> Any:
+        raise RuntimeError("not used")
+
+    def public_key(self, handle: str) -> Any:
+        BrokenPublicKeyBackend.calls += 1
+        raise RuntimeError('plugin bug\n{"event": "forged"}')
+
+    def signer(self, handle: str) -> Any:
+        raise RuntimeError("not used")
+
+    def destroy_key(self, handle: str) -> None:
+        raise RuntimeError("not used")
+
+
+def broken_open(settings: Any) -> Any:
+    """A plugged-in backend whose factory rejects its settings with a ``ValueError``: it
+    runs in the reload's in-place part (every ring load opens the keys' backends)."""
+    raise ValueError("bad setting\nsecond line")
+
+
+@pytest.mark.parametrize(
+    ("backend", "kind"),
+    [("broken-public", "RuntimeError"), ("broken-open", "ValueError")],
+    ids=["reading-a-public-key-raises", "opening-the-backend-raises"],
+)
+def test_a_reload_failing_with_any_exception_keeps_the_last_ring_and_says_why_in_one_line(
+    kms_proxy: MisbehavingKmsProxy,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    backend: str,
+    kind: str,
+) -> None:
+    """A ring.json moved to a plugged-in backend that fails with an exception that is not a
+    KeyRingError: current() never raises, the last good ring keeps serving, on_error hears
+    one line naming the exception (control characters escaped), and the background read
+    is retried no more than every 5 s (injected clock)."""
+    site = tmp_path / "site"
+    dist = site / "broken_backends-0.dist-info"
+    dist.mkdir(parents=True)
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: broken-backends\nVersion: 0\n")
+    (dist / "entry_points.txt").write_text(
+        "[jwtmcp.key_backends]\n"
+        "broken-public = tests.test_ring_reload:BrokenPublicKeyBackend\n"
+        "broken-open = tests.test_ring_reload:broken_open\n"
+    )
+    monkeypatch.syspath_prepend(str(site))
+    BrokenPublicKeyBackend.calls = 0
+    ring_dir = tmp_path / "keys"
+    made = init_ring(ring_dir, backend="kms", backend_settings={
+        "endpoint_url": kms_proxy.url, "region": "us-east-1", "timeout": 120})  # fmt: skip
+    clock = FakeClock(0.0)
+    errors: list[str] = []
+    watcher = RingWatcher(
+        ring_dir, interval=0, monotonic=clock, on_error=errors.append, background=True
+    )
+    path = ring_dir / "ring.json"
+    state = json.loads(path.read_text())
+    for key in state["keys"]:
+        key["backend"] = backend
+    state["backend"], state["backends"] = backend, {backend: {"anything": 1}}
+    state["revision"] += 1
+    path.write_text(json.dumps(state))
+    deadline = time.monotonic() + WAIT
+    while watcher.last_error is None:
+        served = watcher.current()
+        assert time.monotonic() < deadline, "the failed reload was never reported"
+    for _ in range(20):
+        served = watcher.current()  # within 5 s: no new thread, no new line
+    reads_within_5s = BrokenPublicKeyBackend.calls
+    clock.advance(5.1)
+    watcher.current()  # may retry now; the same reason is not logged again
+    assert served.jwks() == made.jwks()
+    assert len(errors) == 1, errors
+    assert kind in errors[0] and "\n" not in errors[0], errors
+    assert "did not finish" not in errors[0]
+    # one read of the first key, then nothing until 5 s have passed
+    assert reads_within_5s == (1 if backend == "broken-public" else 0)
