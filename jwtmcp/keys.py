@@ -828,6 +828,13 @@ def ensure_ring(
     return load_ring(path), False
 
 
+def _unexpected(exc: Exception) -> str:
+    """One line for an exception that is not a :class:`KeyRingError`: its type and text,
+    control and non-ASCII characters escaped, at most 300 characters of text."""
+    text = str(exc).encode("unicode_escape").decode("ascii")[:300]
+    return f"the key ring could not be loaded: unexpected {type(exc).__name__}: {text}"
+
+
 class RingWatcher:
     """Serves the current ring to a long-running process and notices changes on disk.
 
@@ -836,7 +843,9 @@ class RingWatcher:
     process), and at every check while its last change is under 2 s old (a second write in
     the same filesystem timestamp tick can leave the stat unchanged).
     If a reload fails the last good ring keeps serving, ``last_error`` says why, and
-    ``on_error`` (if given) is called with that reason once per new reason.
+    ``on_error`` (if given) is called with that reason once per new reason: one line, also
+    for an exception that is not a :class:`KeyRingError` (a backend's or a plugin's bug:
+    its type and escaped text); ``current()`` itself never raises after construction.
 
     ``background=True`` (the issuer): a reload never asks a backend (an HSM, a KMS) for a
     public key on the calling thread, so ``current()`` never blocks an event loop:
@@ -930,14 +939,20 @@ class RingWatcher:
     def _start_thread(self, signature: FileSignature, now: float) -> None:
         if self._reloading or (now < self._retry_at and signature == self._failed):
             return
-        self._reloading = True
-        self._wanted = signature
-        threading.Thread(
+        thread = threading.Thread(
             target=self._reload_in_thread,
             args=(signature, self._generation),
             name="jwtmcp-ring-reload",
             daemon=True,
-        ).start()
+        )
+        try:
+            thread.start()
+        except RuntimeError as exc:  # no thread to be had now: say so, try again later
+            self._failed, self._retry_at = signature, now + self.BACKGROUND_RETRY
+            self._apply(KeyRingError(_unexpected(exc)), signature)
+            return
+        self._reloading = True
+        self._wanted = signature
 
     def _load(
         self, cached_only: bool = False, left_out: list[str] | None = None
@@ -946,6 +961,8 @@ class RingWatcher:
             return _load_ring(self.directory, cached_only, left_out)
         except KeyRingError as exc:
             return exc
+        except Exception as exc:  # a backend's (or a plugin's) bug must not stop serving
+            return KeyRingError(_unexpected(exc))
 
     def _apply(
         self,
@@ -967,7 +984,11 @@ class RingWatcher:
             self.last_error = None
 
     def _reload_in_thread(self, signature: FileSignature, generation: int) -> None:
-        loaded: KeyRing | KeyRingError = KeyRingError("the key ring reload did not finish")
+        # _load turns every Exception into a reason; this one stands only for the rest
+        # (a KeyboardInterrupt, SystemExit), which still leave the watcher retrying.
+        loaded: KeyRing | KeyRingError = KeyRingError(
+            "reading the key ring's public keys was interrupted"
+        )
         try:
             loaded = self._load()  # outside the lock: current() keeps serving meanwhile
         finally:
