@@ -385,9 +385,10 @@ class _KeyFileVanished(KeyRingError):
 
 _key_cache: dict[tuple[str, str], rsa.RSAPrivateKey] = {}
 _key_cache_lock = threading.Lock()
-_public_cache: dict[tuple[int, str], rsa.RSAPublicKey] = {}
-"""Public keys read from backends, by (id of the backend object, handle): a key's public
-half never changes, so a reload of ``ring.json`` asks the backend only for new keys."""
+_public_cache: dict[tuple[int, str], tuple[rsa.RSAPublicKey, str]] = {}
+"""Public keys read from backends with their kids (RFC 7638 thumbprints), by (id of the
+backend object, handle): a key's public half never changes, so a reload of ``ring.json``
+asks the backend only for new keys, and still checks every entry's kid against it."""
 
 
 class _PublicKeyNotCached(KeyRingError):
@@ -403,17 +404,21 @@ def _backend_key(
     backend = open_backend(name, backends[name])
     cache_key = (id(backend), handle)
     with _key_cache_lock:
-        public = _public_cache.get(cache_key)
-    if public is None:
+        cached = _public_cache.get(cache_key)
+    if cached is None:
         if cached_only:
             raise _PublicKeyNotCached(f"the public key of {name} key {handle} is not read yet")
         public = backend.public_key(handle)
-        if rsa_kid(public) != kid:
-            raise KeyRingError(f"{name} key {handle} does not match its kid {kid}")
         if public.key_size < MIN_BITS:
             raise KeyRingError(f"{name} key {handle} has {public.key_size} bits; 2048 needed")
+        cached = (public, rsa_kid(public))
         with _key_cache_lock:
-            _public_cache[cache_key] = public
+            _public_cache[cache_key] = cached
+    public, actual_kid = cached
+    # Checked on every load, cached or not: a ring.json whose handles were swapped or
+    # edited must be refused by a running process exactly as by a fresh one.
+    if actual_kid != kid:
+        raise KeyRingError(f"{name} key {handle} does not match its kid {kid}")
     return RingKey(
         kid=kid,
         state=entry["state"],
@@ -428,7 +433,9 @@ def _backend_key(
     )
 
 
-def _read_ring(directory: Path, cached_only: bool = False) -> KeyRing:
+def _read_ring(
+    directory: Path, cached_only: bool = False, left_out: list[str] | None = None
+) -> KeyRing:
     state_path = directory / STATE_FILE
     try:
         raw = state_path.read_bytes()
@@ -450,7 +457,13 @@ def _read_ring(directory: Path, cached_only: bool = False) -> KeyRing:
     keys = []
     for entry in doc["keys"]:
         if entry.get("backend", FILE_BACKEND) != FILE_BACKEND:
-            keys.append(_backend_key(backends, entry, cached_only))
+            try:
+                keys.append(_backend_key(backends, entry, cached_only))
+            except _PublicKeyNotCached:
+                # A next key never signs: the ring may be served without it for now.
+                if left_out is None or entry["state"] != "next":
+                    raise
+                left_out.append(entry["kid"])
             continue
         kid = entry["kid"]
         path = directory / f"{kid}.pem"
@@ -503,12 +516,18 @@ def load_ring(directory: str | os.PathLike[str]) -> KeyRing:
     return _load_ring(Path(directory))
 
 
-def _load_ring(path: Path, cached_only: bool = False) -> KeyRing:
+def _load_ring(
+    path: Path, cached_only: bool = False, left_out: list[str] | None = None
+) -> KeyRing:
     """:func:`load_ring`; ``cached_only``: raise :class:`_PublicKeyNotCached` instead of
-    asking a backend for a public key this process has not read yet."""
+    asking a backend for a public key this process has not read yet, except that with a
+    ``left_out`` list a ``next`` key whose public key is not read yet is left out of the
+    ring and its kid appended to the list (every other ring rule still holds)."""
     for attempt in range(3):
+        if left_out is not None:
+            left_out.clear()
         try:
-            return _read_ring(path, cached_only)
+            return _read_ring(path, cached_only, left_out)
         except _KeyFileVanished:
             # A concurrent prune/revoke may have removed a key file between reading the
             # state and the PEM; the newer state no longer names it, so read again.
@@ -584,7 +603,7 @@ def generate_key(
     if backend is not None:
         handle, public = backend.create_key(bits)
         with _key_cache_lock:  # this process knows the public half: no reload asks again
-            _public_cache[(id(backend), handle)] = public
+            _public_cache[(id(backend), handle)] = (public, rsa_kid(public))
         return RingKey(
             kid=rsa_kid(public),
             state=state,
@@ -809,6 +828,13 @@ def ensure_ring(
     return load_ring(path), False
 
 
+def _unexpected(exc: Exception) -> str:
+    """One line for an exception that is not a :class:`KeyRingError`: its type and text,
+    control and non-ASCII characters escaped, at most 300 characters of text."""
+    text = str(exc).encode("unicode_escape").decode("ascii")[:300]
+    return f"the key ring could not be loaded: unexpected {type(exc).__name__}: {text}"
+
+
 class RingWatcher:
     """Serves the current ring to a long-running process and notices changes on disk.
 
@@ -817,14 +843,28 @@ class RingWatcher:
     process), and at every check while its last change is under 2 s old (a second write in
     the same filesystem timestamp tick can leave the stat unchanged).
     If a reload fails the last good ring keeps serving, ``last_error`` says why, and
-    ``on_error`` (if given) is called with that reason once per new reason.
+    ``on_error`` (if given) is called with that reason once per new reason: one line, also
+    for an exception that is not a :class:`KeyRingError` (a backend's or a plugin's bug:
+    its type and escaped text); ``current()`` itself never raises after construction.
 
-    ``background=True`` (the issuer): a reload that must ask a backend (an HSM, a KMS) for
-    a public key this process has not read yet (a network round trip, up to the backend's
-    timeouts) runs in a daemon thread: ``current()`` keeps returning the last ring at once,
-    never blocking an event loop, and serves the new one as soon as the thread has read it.
-    Any other reload (file keys, backend keys already read) happens in place.
+    ``background=True`` (the issuer): a reload never asks a backend (an HSM, a KMS) for a
+    public key on the calling thread, so ``current()`` never blocks an event loop:
+
+    - the new ring is built in place from the public keys this process has already read;
+      if only ``next`` keys (which never sign) are new, it is served at once without them,
+      so a revocation, a removal or the promotion of a known key takes effect at the next
+      check even while the backend is slow or failing; the left-out keys join the ring
+      (and the JWKS) as soon as a daemon thread has read them;
+    - if a key that signs or verifies (``active``, ``retired``) is new, the last ring keeps
+      serving until the thread has read it;
+    - a thread that fails sets ``last_error`` and is tried again at most every
+      :data:`BACKGROUND_RETRY` seconds (sooner if ``ring.json`` changes), one at a time.
+
+    File keys and backend keys already read always reload in place.
     """
+
+    BACKGROUND_RETRY: float = 5.0
+    """Seconds (of ``monotonic``) between two background reads after one failed."""
 
     def __init__(
         self,
@@ -839,6 +879,11 @@ class RingWatcher:
         self._on_error = on_error
         self.background = background
         self._reloading = False
+        self._generation = 0  # bumped by every ring served, so a slow thread never goes back
+        self._left_out: tuple[str, ...] = ()  # next keys the served ring still lacks
+        self._retry_at = 0.0
+        self._failed: FileSignature | None = None  # what the last failed thread read
+        self._wanted: FileSignature | None = None  # what the running thread reads
         self.interval = interval
         self._monotonic = monotonic
         self._lock = threading.Lock()
@@ -862,33 +907,69 @@ class RingWatcher:
                 return self._ring
             self._checked_at = now
             signature = self._stat()
-            if signature is not None and (signature != self._signature or not self._settled):
+            changed = signature is not None and (
+                signature != self._signature or not self._settled
+            )
+            if changed and signature is not None:
                 if not self.background:
                     self._reload(signature)
-                elif not self._reloading:
-                    loaded = self._load(cached_only=True)
-                    if isinstance(loaded, _PublicKeyNotCached):
-                        self._reloading = True
-                        threading.Thread(
-                            target=self._reload_in_thread,
-                            args=(signature,),
-                            name="jwtmcp-ring-reload",
-                            daemon=True,
-                        ).start()
-                    else:
-                        self._apply(loaded, signature)
+                else:
+                    self._reload_from_cache(signature, now)
+            elif self._left_out and self._signature is not None:
+                self._start_thread(self._signature, now)  # retry the left-out keys
             return self._ring
 
     def _reload(self, signature: FileSignature) -> None:
         self._apply(self._load(), signature)
 
-    def _load(self, cached_only: bool = False) -> KeyRing | KeyRingError:
+    def _reload_from_cache(self, signature: FileSignature, now: float) -> None:
+        """Background mode, under the lock: serve what the known public keys allow now,
+        and start the thread for the keys still to read."""
+        if self._reloading and self._wanted == signature:
+            return  # the thread is reading exactly this file
+        left_out: list[str] = []
+        loaded = self._load(cached_only=True, left_out=left_out)
+        if isinstance(loaded, _PublicKeyNotCached):
+            self._start_thread(signature, now)  # a key that signs is new: keep the last ring
+            return
+        self._apply(loaded, signature, tuple(left_out))
+        if left_out:
+            self._start_thread(signature, now)
+
+    def _start_thread(self, signature: FileSignature, now: float) -> None:
+        if self._reloading or (now < self._retry_at and signature == self._failed):
+            return
+        thread = threading.Thread(
+            target=self._reload_in_thread,
+            args=(signature, self._generation),
+            name="jwtmcp-ring-reload",
+            daemon=True,
+        )
         try:
-            return _load_ring(self.directory, cached_only)
+            thread.start()
+        except RuntimeError as exc:  # no thread to be had now: say so, try again later
+            self._failed, self._retry_at = signature, now + self.BACKGROUND_RETRY
+            self._apply(KeyRingError(_unexpected(exc)), signature)
+            return
+        self._reloading = True
+        self._wanted = signature
+
+    def _load(
+        self, cached_only: bool = False, left_out: list[str] | None = None
+    ) -> KeyRing | KeyRingError:
+        try:
+            return _load_ring(self.directory, cached_only, left_out)
         except KeyRingError as exc:
             return exc
+        except Exception as exc:  # a backend's (or a plugin's) bug must not stop serving
+            return KeyRingError(_unexpected(exc))
 
-    def _apply(self, loaded: KeyRing | KeyRingError, signature: FileSignature) -> None:
+    def _apply(
+        self,
+        loaded: KeyRing | KeyRingError,
+        signature: FileSignature,
+        left_out: tuple[str, ...] = (),
+    ) -> None:
         if isinstance(loaded, KeyRingError):
             if loaded.message != self.last_error and self._on_error is not None:
                 self._on_error(loaded.message)
@@ -897,13 +978,30 @@ class RingWatcher:
         self._ring = loaded
         self._signature = signature
         self._settled = signature_is_settled(signature)
-        self.last_error = None
+        self._left_out = left_out
+        self._generation += 1
+        if not left_out:  # a ring still lacking keys keeps the thread's error showing
+            self.last_error = None
 
-    def _reload_in_thread(self, signature: FileSignature) -> None:
-        loaded: KeyRing | KeyRingError = KeyRingError("the key ring reload did not finish")
+    def _reload_in_thread(self, signature: FileSignature, generation: int) -> None:
+        # _load turns every Exception into a reason; this one stands only for the rest
+        # (a KeyboardInterrupt, SystemExit), which still leave the watcher retrying.
+        loaded: KeyRing | KeyRingError = KeyRingError(
+            "reading the key ring's public keys was interrupted"
+        )
         try:
             loaded = self._load()  # outside the lock: current() keeps serving meanwhile
         finally:
             with self._lock:
                 self._reloading = False
-                self._apply(loaded, signature)
+                if self._generation != generation:
+                    # A newer ring was served meanwhile: never go back to this one (nor
+                    # report its failure); the next check rebuilds the current file from
+                    # the public keys read by now.
+                    self._settled = False
+                elif isinstance(loaded, KeyRingError):
+                    self._failed = signature
+                    self._retry_at = self._monotonic() + self.BACKGROUND_RETRY
+                    self._apply(loaded, signature)
+                else:
+                    self._apply(loaded, signature)
