@@ -49,7 +49,7 @@ from .files import (
     release_lock,
     signature_is_settled,
 )
-from .signers import FILE_BACKEND, KeyBackend, Signer, open_backend
+from .signers import FILE_BACKEND, HandleSigner, KeyBackend, Signer, open_backend
 from .tokens import DEFAULT_MAX_LIFETIME, SHORT_LIVED_MAX, Clock, SigningKey
 
 log = logging.getLogger("jwtmcp.keys")
@@ -428,9 +428,18 @@ def _backend_key(
         retired_at=entry.get("retired_at"),
         backend=name,
         handle=handle,
-        signer=backend.signer(handle),
+        signer=_backend_signer(backend, handle, public),
         public=public,
     )
+
+
+def _backend_signer(backend: KeyBackend, handle: str, public: rsa.RSAPublicKey) -> Signer:
+    """``backend.signer(handle)``, told the public key this process already holds for it
+    (read and matched to the kid), so its signatures are checked without another read."""
+    signer = backend.signer(handle)
+    if isinstance(signer, HandleSigner):
+        signer.use_public_key(public)
+    return signer
 
 
 def _read_ring(
@@ -612,7 +621,7 @@ def generate_key(
             activated_at=now if state == "active" else None,
             backend=backend.name,
             handle=handle,
-            signer=backend.signer(handle),
+            signer=_backend_signer(backend, handle, public),
             public=public,
         )
     private = rsa.generate_private_key(public_exponent=65537, key_size=bits)

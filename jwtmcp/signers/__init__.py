@@ -151,6 +151,12 @@ class HandleSigner:
             self._public = self._backend.public_key(self.handle)
         return self._public
 
+    def use_public_key(self, public: rsa.RSAPublicKey) -> None:
+        """Check signatures against ``public``, the key the ring already read and matched to
+        its kid, instead of asking the backend for it at the first signature (a KMS
+        ``GetPublicKey`` that is slow or down must not hold a token the ring can sign)."""
+        self._public = public
+
 
 class KeyBackend(Protocol):
     """A place that keeps private keys and signs with them (an HSM, a KMS, a transit engine).
