@@ -23,13 +23,14 @@ import jwt
 import pytest
 
 from jwtmcp.keys import jwk_thumbprint
-from tests.custody_support import AWS_TEST_ENV, moto_server
+from tests.custody_support import AWS_TEST_ENV
 from tests.test_remote_signing import (
     GET_PUBLIC_KEY_TARGET,
     SIGN_TARGET,
     WAIT,
     HoldingKmsProxy,
     _issuer,
+    kms_behind,
 )
 
 _HOP_BY_HOP = {"host", "content-length", "connection", "transfer-encoding", "keep-alive"}
@@ -98,16 +99,8 @@ class MisbehavingKmsProxy(HoldingKmsProxy):
 
 @pytest.fixture(scope="module")
 def kms_proxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MisbehavingKmsProxy]:
-    directory = tmp_path_factory.mktemp("moto-attack")
-    with pytest.MonkeyPatch.context() as env:
-        for name, value in AWS_TEST_ENV.items():
-            env.setenv(name, value)
-        with moto_server(directory / "moto.log") as (endpoint, _):
-            proxy = MisbehavingKmsProxy(endpoint)
-            try:
-                yield proxy
-            finally:
-                proxy.close()
+    with kms_behind(MisbehavingKmsProxy, tmp_path_factory.mktemp("moto-attack")) as proxy:
+        yield proxy
 
 
 def _keys_cli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -650,15 +643,12 @@ _MOTO_AUTH = (
 )
 
 
-def test_kms_sign_by_another_key_never_gives_a_token_that_fails_its_own_jwks(
-    kms_proxy: MisbehavingKmsProxy, tmp_path: Path
-) -> None:
-    """A token's kid must match its signature. A KMS (or a proxy, or an alias gone wrong)
-    that signs with another key than the handle named gives a token no verifier accepts;
-    the issuer should notice (the public key is in memory) and answer 503, not hand out a
-    token that fails against its own JWKS."""
+def _signing_with_another_key(
+    kms_proxy: MisbehavingKmsProxy, given: list[str] | None = None
+) -> Answer:
+    """An ``answering`` hook that has every ``Sign`` made by a new, different KMS key
+    (appending each signature KMS gave to ``given``); other calls go to KMS unchanged."""
     from tests.custody_support import kms_client
-    from tests.test_remote_signing import _signed_by_jwks
 
     other = kms_client(kms_proxy.upstream).create_key(  # type: ignore[attr-defined]
         KeySpec="RSA_2048", KeyUsage="SIGN_VERIFY"
@@ -676,7 +666,23 @@ def test_kms_sign_by_another_key_never_gives_a_token_that_fails_its_own_jwks(
                      "Authorization": _MOTO_AUTH},
             timeout=WAIT,
         )  # fmt: skip
+        if given is not None:
+            given.append(str(answer.json()["Signature"]))
         return answer.status_code, {"Content-Type": "application/x-amz-json-1.1"}, answer.content
+
+    return other_key
+
+
+def test_kms_sign_by_another_key_never_gives_a_token_that_fails_its_own_jwks(
+    kms_proxy: MisbehavingKmsProxy, tmp_path: Path
+) -> None:
+    """A token's kid must match its signature. A KMS (or a proxy, or an alias gone wrong)
+    that signs with another key than the handle named gives a token no verifier accepts;
+    the issuer should notice (the public key is in memory) and answer 503, not hand out a
+    token that fails against its own JWKS."""
+    from tests.test_remote_signing import _signed_by_jwks
+
+    other_key = _signing_with_another_key(kms_proxy)
 
     with _issuer(tmp_path, kms_proxy) as world:
         jwks = world.http.get("/.well-known/jwks.json").json()
@@ -697,27 +703,9 @@ def test_kms_sign_by_another_key_is_one_error_log_line_without_the_signature(
 ) -> None:
     """The mismatch is told once, at ERROR, naming the key; the log never holds the
     signature KMS gave (nor a token): a signature is as good as a token for its input."""
-    from tests.custody_support import kms_client
 
-    other = kms_client(kms_proxy.upstream).create_key(  # type: ignore[attr-defined]
-        KeySpec="RSA_2048", KeyUsage="SIGN_VERIFY"
-    )["KeyMetadata"]["KeyId"]
     given: list[str] = []
-
-    def other_key(target: str, body: bytes) -> Any:
-        if target != SIGN_TARGET:
-            return None
-        request = json.loads(body)
-        request["KeyId"] = other
-        answer = httpx2.post(
-            kms_proxy.upstream + "/",
-            content=json.dumps(request).encode(),
-            headers={"X-Amz-Target": SIGN_TARGET, "Content-Type": "application/x-amz-json-1.1",
-                     "Authorization": _MOTO_AUTH},
-            timeout=WAIT,
-        )  # fmt: skip
-        given.append(str(answer.json()["Signature"]))
-        return answer.status_code, {"Content-Type": "application/x-amz-json-1.1"}, answer.content
+    other_key = _signing_with_another_key(kms_proxy, given)
 
     with _issuer(tmp_path, kms_proxy) as world:
         with kms_proxy.answering(other_key), caplog.at_level("INFO"):

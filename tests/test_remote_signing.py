@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx2
 import jwt
@@ -194,19 +194,29 @@ class World:
         return jwt.encode(claims, pem, algorithm="RS256", headers={"kid": kid})
 
 
-@pytest.fixture(scope="module")
-def kms_proxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HoldingKmsProxy]:
-    """moto's KMS server behind a :class:`HoldingKmsProxy`, with test AWS credentials."""
-    directory = tmp_path_factory.mktemp("moto")
+ProxyT = TypeVar("ProxyT", bound=HoldingKmsProxy)
+
+
+@contextlib.contextmanager
+def kms_behind(proxy_class: type[ProxyT], directory: Path) -> Iterator[ProxyT]:
+    """moto's KMS server (logging into ``directory``), with test AWS credentials set,
+    behind a ``proxy_class`` proxy; both are stopped afterwards."""
     with pytest.MonkeyPatch.context() as env:
         for name, value in AWS_TEST_ENV.items():
             env.setenv(name, value)
         with moto_server(directory / "moto.log") as (endpoint, _):
-            proxy = HoldingKmsProxy(endpoint)
+            proxy = proxy_class(endpoint)
             try:
                 yield proxy
             finally:
                 proxy.close()
+
+
+@pytest.fixture(scope="module")
+def kms_proxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HoldingKmsProxy]:
+    """moto's KMS server behind a :class:`HoldingKmsProxy`, with test AWS credentials."""
+    with kms_behind(HoldingKmsProxy, tmp_path_factory.mktemp("moto")) as proxy:
+        yield proxy
 
 
 @pytest.fixture(scope="module")

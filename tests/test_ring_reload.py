@@ -23,10 +23,10 @@ import jwt
 import pytest
 
 from jwtmcp.keys import KeyRing, RingWatcher, init_ring
-from tests.custody_support import AWS_TEST_ENV, moto_server
+from tests.custody_support import AWS_TEST_ENV
 from tests.support import FakeClock
 from tests.test_attack_custody import MisbehavingKmsProxy
-from tests.test_remote_signing import GET_PUBLIC_KEY_TARGET, WAIT, _issuer
+from tests.test_remote_signing import GET_PUBLIC_KEY_TARGET, WAIT, _issuer, kms_behind
 
 _DENIED = (
     400,
@@ -37,16 +37,8 @@ _DENIED = (
 
 @pytest.fixture(scope="module")
 def kms_proxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MisbehavingKmsProxy]:
-    directory = tmp_path_factory.mktemp("moto-reload")
-    with pytest.MonkeyPatch.context() as env:
-        for name, value in AWS_TEST_ENV.items():
-            env.setenv(name, value)
-        with moto_server(directory / "moto.log") as (endpoint, _):
-            proxy = MisbehavingKmsProxy(endpoint)
-            try:
-                yield proxy
-            finally:
-                proxy.close()
+    with kms_behind(MisbehavingKmsProxy, tmp_path_factory.mktemp("moto-reload")) as proxy:
+        yield proxy
 
 
 def _keys_cli(ring: Path, *args: str) -> None:
