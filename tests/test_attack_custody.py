@@ -125,6 +125,26 @@ def _token(world: Any) -> httpx2.Response:
     )
 
 
+def _token_requests(world: Any, count: int) -> tuple[list[Any], list[threading.Thread]]:
+    """``count`` client_credentials requests, each on its own connection in its own thread
+    (not started): ``answers[i]`` becomes request i's response, or the exception it raised."""
+    answers: list[Any] = [None] * count
+
+    def run(i: int) -> None:
+        try:
+            with httpx2.Client(base_url=str(world.http.base_url), timeout=5 * WAIT) as c:
+                answers[i] = c.post(
+                    "/token",
+                    data={"grant_type": "client_credentials"},
+                    auth=("machine", world.machine_secret),
+                )
+        except BaseException as exc:
+            answers[i] = exc
+
+    threads = [threading.Thread(target=run, args=(i,), daemon=True) for i in range(count)]
+    return answers, threads
+
+
 # --- a revoked key keeps being published (and used) while a reload waits on KMS ----------
 
 
@@ -216,20 +236,7 @@ def test_more_token_requests_than_signing_threads_held_in_kms_leave_the_issuer_a
         return None
 
     with _issuer(tmp_path, kms_proxy) as world:
-        answers: list[Any] = [None] * requests
-
-        def run(i: int) -> None:
-            try:
-                with httpx2.Client(base_url=str(world.http.base_url), timeout=5 * WAIT) as c:
-                    answers[i] = c.post(
-                        "/token",
-                        data={"grant_type": "client_credentials"},
-                        auth=("machine", world.machine_secret),
-                    )
-            except BaseException as exc:
-                answers[i] = exc
-
-        workers = [threading.Thread(target=run, args=(i,), daemon=True) for i in range(requests)]
+        answers, workers = _token_requests(world, requests)
         with kms_proxy.answering(hold_sign):
             try:
                 for w in workers:
@@ -306,21 +313,8 @@ def test_token_queued_for_a_signing_thread_is_not_signed_by_a_key_revoked_meanwh
 
     with _issuer(tmp_path, kms_proxy, reload_interval=0) as world:
         revoked = world.http.get("/healthz").json()["active_kid"]
-        answers: list[Any] = [None] * 17
-
-        def run(i: int) -> None:
-            try:
-                with httpx2.Client(base_url=str(world.http.base_url), timeout=5 * WAIT) as c:
-                    answers[i] = c.post(
-                        "/token",
-                        data={"grant_type": "client_credentials"},
-                        auth=("machine", world.machine_secret),
-                    )
-            except BaseException as exc:
-                answers[i] = exc
-
-        workers = [threading.Thread(target=run, args=(i,), daemon=True) for i in range(16)]
-        queued = threading.Thread(target=run, args=(16,), daemon=True)
+        answers, threads = _token_requests(world, 17)
+        workers, queued = threads[:16], threads[16]
         with kms_proxy.answering(hold_first_16):
             try:
                 for w in workers:
@@ -379,20 +373,7 @@ def test_a_key_revoked_while_its_kms_sign_is_in_flight_never_signs_the_token_han
 
     with _issuer(tmp_path, kms_proxy, reload_interval=0) as world:
         revoked = world.http.get("/healthz").json()["active_kid"]
-        answer: list[Any] = [None]
-
-        def run() -> None:
-            try:
-                with httpx2.Client(base_url=str(world.http.base_url), timeout=5 * WAIT) as c:
-                    answer[0] = c.post(
-                        "/token",
-                        data={"grant_type": "client_credentials"},
-                        auth=("machine", world.machine_secret),
-                    )
-            except BaseException as exc:
-                answer[0] = exc
-
-        request = threading.Thread(target=run, daemon=True)
+        answer, (request,) = _token_requests(world, 1)
         with kms_proxy.answering(hold_the_first_sign):
             try:
                 request.start()
