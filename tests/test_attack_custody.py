@@ -288,24 +288,30 @@ def test_ring_json_swapping_kms_handles_is_refused_by_a_running_issuer(
 # --- a request queued for a signing thread signs with a key revoked meanwhile --------------
 
 
-def test_token_queued_for_a_signing_thread_is_not_signed_by_a_key_revoked_meanwhile(
-    kms_proxy: MisbehavingKmsProxy, tmp_path: Path
+@pytest.mark.parametrize(
+    ("held", "queued"),
+    [(1, 0), (16, 1)],
+    ids=["revoked-while-kms-signs", "revoked-while-queued-for-a-signing-thread"],
+)
+def test_a_key_revoked_while_a_token_waits_for_its_signature_never_signs_a_token_handed_out(
+    kms_proxy: MisbehavingKmsProxy, tmp_path: Path, held: int, queued: int
 ) -> None:
-    """A /token request that waits for a free signing thread (16 already inside a slow KMS
-    Sign) has already picked its key. If that key is revoked and the issuer has switched to
-    the new ring before a thread frees up, the token is still signed by the revoked key,
-    which the JWKS no longer publishes. With file keys this cannot happen (they sign in
-    place on the event loop); the queue is new with signing threads."""
+    """``held`` /token requests are inside a slow KMS ``Sign`` and ``queued`` more wait for
+    a free signing thread (16 per process) when the active key is revoked and the issuer
+    switches to the new ring. Every token handed out afterwards must be signed by a key the
+    JWKS still publishes (or the answer is 503), never by the revoked one: neither a key
+    picked before the request queued nor a signature KMS made while the key was revoked.
+    With file keys neither can happen (they sign in place on the event loop)."""
     inside = threading.Semaphore(0)
     released = threading.Event()
-    held = {"n": 0}
+    count = {"n": 0}
     lock = threading.Lock()
 
-    def hold_first_16(target: str, body: bytes) -> tuple[int, dict[str, str], bytes] | None:
+    def hold_the_first(target: str, body: bytes) -> tuple[int, dict[str, str], bytes] | None:
         if target == SIGN_TARGET:
             with lock:
-                held["n"] += 1
-                hold = held["n"] <= 16
+                count["n"] += 1
+                hold = count["n"] <= held
             if hold:
                 inside.release()
                 released.wait(5 * WAIT)
@@ -313,71 +319,19 @@ def test_token_queued_for_a_signing_thread_is_not_signed_by_a_key_revoked_meanwh
 
     with _issuer(tmp_path, kms_proxy, reload_interval=0) as world:
         revoked = world.http.get("/healthz").json()["active_kid"]
-        answers, threads = _token_requests(world, 17)
-        workers, queued = threads[:16], threads[16]
-        with kms_proxy.answering(hold_first_16):
+        answers, threads = _token_requests(world, held + queued)
+        with kms_proxy.answering(hold_the_first):
             try:
-                for w in workers:
-                    w.start()
-                for _ in range(16):
-                    assert inside.acquire(timeout=WAIT), "fewer than 16 requests in Sign"
-                queued.start()  # waits for a signing thread, its key already chosen
-                # A request on another connection after it: the 17th is (in practice) in
-                # the issuer by then. Should it arrive after the reload, it picks the new
-                # key and the test passes: this race can only hide the fault, never fake it.
+                for thread in threads[:held]:
+                    thread.start()
+                for _ in range(held):
+                    assert inside.acquire(timeout=WAIT), f"fewer than {held} requests in Sign"
+                for thread in threads[held:]:
+                    thread.start()  # waits for a signing thread
+                # A request on another connection after them: the queued ones are (in
+                # practice) in the issuer by then. Should one arrive after the reload, it
+                # picks the new key: this race can only hide the fault, never fake it.
                 assert world.http.get("/healthz").status_code == 200
-                revoke = _keys_cli("revoke", revoked, "--keys", str(world.ring_dir))
-                assert revoke.returncode == 0, revoke.stderr
-                deadline = time.monotonic() + WAIT
-                while world.http.get("/healthz").json()["active_kid"] == revoked:
-                    assert time.monotonic() < deadline, "the revocation was never applied"
-                jwks_after_revoke = _kids(world.http.get("/.well-known/jwks.json").json())
-            finally:
-                released.set()
-            queued.join(5 * WAIT)
-            for w in workers:
-                w.join(5 * WAIT)
-    last = answers[16]
-    assert isinstance(last, httpx2.Response), repr(last)
-    if last.status_code == 200:
-        kid = jwt.get_unverified_header(last.json()["access_token"])["kid"]
-        assert kid in jwks_after_revoke, (
-            f"token issued after the revocation was applied, signed by revoked {kid}, "
-            f"not in the JWKS {jwks_after_revoke}"
-        )
-    else:
-        assert last.status_code == 503, last.text
-
-
-def test_a_key_revoked_while_its_kms_sign_is_in_flight_never_signs_the_token_handed_out(
-    kms_proxy: MisbehavingKmsProxy, tmp_path: Path
-) -> None:
-    """The same kind as a queued request, one step later: the key is revoked (and the new
-    ring in use) while KMS is signing with it. The signature that comes back is by a key the
-    JWKS no longer publishes; the token handed out must be signed by a published key (or
-    the answer is 503), never by the revoked one."""
-    inside = threading.Event()
-    released = threading.Event()
-    held = {"n": 0}
-    lock = threading.Lock()
-
-    def hold_the_first_sign(target: str, body: bytes) -> tuple[int, dict[str, str], bytes] | None:
-        if target == SIGN_TARGET:
-            with lock:
-                held["n"] += 1
-                hold = held["n"] == 1
-            if hold:
-                inside.set()
-                released.wait(5 * WAIT)
-        return None
-
-    with _issuer(tmp_path, kms_proxy, reload_interval=0) as world:
-        revoked = world.http.get("/healthz").json()["active_kid"]
-        answer, (request,) = _token_requests(world, 1)
-        with kms_proxy.answering(hold_the_first_sign):
-            try:
-                request.start()
-                assert inside.wait(WAIT), "the token request never reached KMS Sign"
                 revoke = _keys_cli("revoke", revoked, "--keys", str(world.ring_dir))
                 assert revoke.returncode == 0, revoke.stderr
                 deadline = time.monotonic() + WAIT
@@ -387,16 +341,18 @@ def test_a_key_revoked_while_its_kms_sign_is_in_flight_never_signs_the_token_han
                 assert revoked not in jwks_after_revoke
             finally:
                 released.set()
-            request.join(5 * WAIT)
-    last = answer[0]
-    assert isinstance(last, httpx2.Response), repr(last)
-    if last.status_code == 200:
-        kid = jwt.get_unverified_header(last.json()["access_token"])["kid"]
+            for thread in threads:
+                thread.join(5 * WAIT)
+    for i, answer in enumerate(answers):
+        assert isinstance(answer, httpx2.Response), repr(answer)
+        if answer.status_code != 200:
+            assert answer.status_code == 503, answer.text
+            continue
+        kid = jwt.get_unverified_header(answer.json()["access_token"])["kid"]
         assert kid in jwks_after_revoke, (
-            f"token signed by {kid}, revoked while it signed, not in the JWKS {jwks_after_revoke}"
+            f"request {i}: token signed by {kid}, revoked before it was handed out, "
+            f"not in the JWKS {jwks_after_revoke}"
         )
-    else:
-        assert last.status_code == 503, last.text
 
 
 # --- a misconfigured KMS endpoint -----------------------------------------------------------
