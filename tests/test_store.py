@@ -9,6 +9,7 @@ that knows the backend; tests of one backend's own properties say so in their na
 from __future__ import annotations
 
 import contextlib
+import math
 import multiprocessing
 import sqlite3
 import stat
@@ -918,3 +919,26 @@ def test_a_family_keeps_a_bounded_number_of_rotated_tokens(
     assert reused is not None and reused.status == "reused"
     assert store.find_refresh(tokens[-1]) is not None
     assert store.find_refresh(tokens[-1]).revoked_at is not None  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("seconds", [math.inf, math.nan, -math.inf])
+def test_every_backend_refuses_a_lifetime_or_window_that_is_not_a_finite_positive_number(
+    store: Store, seconds: float
+) -> None:
+    """The same rule on both backends: a refresh family's lifetimes, a counter's window and
+    a bucket's rate are finite positive seconds (an infinite lifetime is a refresh token
+    that never expires)."""
+    store.put_code(code := new_opaque_token(), GRANT, ttl=60)
+    taken = store.take_code(code)
+    assert taken is not None
+    for lifetimes in ({"idle_ttl": seconds, "absolute_ttl": 86400},
+                      {"idle_ttl": 3600, "absolute_ttl": seconds}):  # fmt: skip
+        with pytest.raises(ConfigError):
+            store.start_family(
+                taken.family_id, new_opaque_token(), client_id="app", subject="alice",
+                grant=taken.grant, **lifetimes,
+            )  # fmt: skip
+    with pytest.raises(ConfigError):
+        store.count("failures:alice", window=seconds)
+    with pytest.raises(ConfigError):
+        store.take_token("bucket:app", rate=seconds, burst=3)
