@@ -27,6 +27,8 @@ reached raises :class:`~jwtmcp.errors.StoreUnavailable` from any method; the iss
 from __future__ import annotations
 
 import hashlib
+import json
+import math
 import os
 import secrets
 import time
@@ -35,7 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
-from ..errors import ConfigError
+from ..errors import ConfigError, StoreError
 from ..tokens import Clock
 
 MAX_CODE_TTL = 60
@@ -68,6 +70,26 @@ TOKEN_BYTES = 32
 def new_opaque_token() -> str:
     """A new authorization code or refresh token: 256 random bits, base64url (43 characters)."""
     return secrets.token_urlsafe(TOKEN_BYTES)
+
+
+def positive_seconds(name: str, value: float) -> float:
+    """``value`` as float seconds; raises :class:`~jwtmcp.errors.ConfigError` naming
+    ``name`` unless it is a finite number above zero (NaN, infinities and booleans refused).
+    Every backend checks its lifetimes, windows and rates with this one rule."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+        raise ConfigError(f"{name} must be a positive number of seconds, not {value!r}")
+    if not math.isfinite(value):
+        raise ConfigError(f"{name} must be a finite number of seconds, not {value!r}")
+    return float(value)
+
+
+def canonical_grant_json(grant: Mapping[str, Any]) -> str:
+    """``grant`` as the canonical JSON every backend stores (sorted keys, no spaces, no
+    NaN); raises :class:`~jwtmcp.errors.StoreError` when it is not JSON-serialisable."""
+    try:
+        return json.dumps(dict(grant), sort_keys=True, separators=(",", ":"), allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise StoreError(f"a grant must be JSON-serialisable: {exc}") from None
 
 
 def digest(value: str) -> str:

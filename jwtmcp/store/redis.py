@@ -52,8 +52,10 @@ from . import (
     RefreshFamily,
     Rotation,
     RotationStatus,
+    canonical_grant_json,
     digest,
     new_opaque_token,
+    positive_seconds,
 )
 
 try:
@@ -335,21 +337,6 @@ def _key_ttl(seconds: float) -> int:
     return max(1, math.ceil(seconds) + 1)
 
 
-def _positive(name: str, value: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
-        raise ConfigError(f"{name} must be a positive number of seconds, not {value!r}")
-    if not math.isfinite(value):
-        raise ConfigError(f"{name} must be a finite number of seconds, not {value!r}")
-    return float(value)
-
-
-def _to_json(grant: Mapping[str, Any]) -> str:
-    try:
-        return json.dumps(dict(grant), sort_keys=True, separators=(",", ":"), allow_nan=False)
-    except (TypeError, ValueError) as exc:
-        raise StoreError(f"a grant must be JSON-serialisable: {exc}") from None
-
-
 def _from_json(text: bytes | str) -> Mapping[str, Any]:
     value = json.loads(text)
     return MappingProxyType(value if isinstance(value, dict) else {})
@@ -481,8 +468,8 @@ class RedisStore:
             prefix = url_prefix[-1] if url_prefix else DEFAULT_PREFIX
         self.prefix: str = prefix
         self._clock = clock
-        self._tombstone_ttl = _positive("code_tombstone_ttl", code_tombstone_ttl)
-        timeout = _positive("socket_timeout", socket_timeout)
+        self._tombstone_ttl = positive_seconds("code_tombstone_ttl", code_tombstone_ttl)
+        timeout = positive_seconds("socket_timeout", socket_timeout)
         # Not urlunsplit: it drops the "//" of unix:///path (an empty host).
         plain = f"{parts.scheme}://{parts.netloc}{parts.path}" + (f"?{rest}" if rest else "")
         try:
@@ -551,10 +538,10 @@ class RedisStore:
     # --- authorization codes (OAuth 2.1 4.1.3) -----------------------------------------
 
     def put_code(self, code: str, grant: Mapping[str, Any], *, ttl: float) -> None:
-        ttl = _positive("a code's ttl", ttl)
+        ttl = positive_seconds("a code's ttl", ttl)
         if ttl > MAX_CODE_TTL:
             raise ConfigError(f"an authorization code lives at most {MAX_CODE_TTL} s, not {ttl}")
-        grant_json = _to_json(grant)
+        grant_json = canonical_grant_json(grant)
         now = self._clock()
         with self._calling():
             stored = self._put_code(
@@ -571,8 +558,8 @@ class RedisStore:
     def redeem_code(
         self, code: str, refresh_token: str, *, idle_ttl: float, absolute_ttl: float
     ) -> CodeRedemption | None:
-        idle = _positive("the refresh idle lifetime", idle_ttl)
-        absolute = _positive("the refresh absolute lifetime", absolute_ttl)
+        idle = positive_seconds("the refresh idle lifetime", idle_ttl)
+        absolute = positive_seconds("the refresh absolute lifetime", absolute_ttl)
         return self._claim(code, "redeem", digest(refresh_token), idle, absolute)
 
     def _claim(
@@ -607,11 +594,11 @@ class RedisStore:
         idle_ttl: float,
         absolute_ttl: float,
     ) -> RefreshFamily | None:
-        idle = _positive("the refresh idle lifetime", idle_ttl)
-        absolute = _positive("the refresh absolute lifetime", absolute_ttl)
+        idle = positive_seconds("the refresh idle lifetime", idle_ttl)
+        absolute = positive_seconds("the refresh absolute lifetime", absolute_ttl)
         if not family_id:
             raise StoreError("a refresh family needs an id (from take_code)")
-        grant_json = _to_json(grant)
+        grant_json = canonical_grant_json(grant)
         now = self._clock()
         with self._calling():
             answer = self._start_family(
@@ -719,7 +706,7 @@ class RedisStore:
         return bool(first)
 
     def count(self, key: str, *, window: float) -> int:
-        length = _positive("a counter's window", window)
+        length = positive_seconds("a counter's window", window)
         now = self._clock()
         with self._calling():
             value = self._count(
@@ -746,7 +733,7 @@ class RedisStore:
             self._uncount(keys=[self._key("n:", digest(key))], args=[_seconds(now)])
 
     def take_token(self, key: str, *, rate: float, burst: int) -> float:
-        rate = _positive("a bucket's rate", rate)
+        rate = positive_seconds("a bucket's rate", rate)
         if isinstance(burst, bool) or not isinstance(burst, int) or burst < 1:
             raise ConfigError(f"a bucket's burst must be a whole number >= 1, not {burst!r}")
         now = self._clock()

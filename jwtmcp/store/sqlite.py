@@ -37,8 +37,10 @@ from . import (
     RefreshFamily,
     Rotation,
     RotationStatus,
+    canonical_grant_json,
     digest,
     new_opaque_token,
+    positive_seconds,
 )
 
 SCHEMA_VERSION = 2
@@ -107,19 +109,6 @@ _FAMILY_COLUMNS = (
 _ACTIVE = "revoked_at IS NULL AND min(absolute_expires_at, last_used_at + idle_ttl) > ?"
 
 
-def _positive(name: str, value: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
-        raise ConfigError(f"{name} must be a positive number of seconds, not {value!r}")
-    return float(value)
-
-
-def _to_json(grant: Mapping[str, Any]) -> str:
-    try:
-        return json.dumps(dict(grant), sort_keys=True, separators=(",", ":"), allow_nan=False)
-    except (TypeError, ValueError) as exc:
-        raise StoreError(f"a grant must be JSON-serialisable: {exc}") from None
-
-
 def _from_json(text: str) -> Mapping[str, Any]:
     value = json.loads(text)
     return MappingProxyType(value if isinstance(value, dict) else {})
@@ -166,8 +155,8 @@ class SqliteStore:
     ) -> None:
         self.path = Path(path)
         self._clock = clock
-        self._busy_timeout = _positive("busy_timeout", busy_timeout)
-        self._tombstone_ttl = _positive("code_tombstone_ttl", code_tombstone_ttl)
+        self._busy_timeout = positive_seconds("busy_timeout", busy_timeout)
+        self._tombstone_ttl = positive_seconds("code_tombstone_ttl", code_tombstone_ttl)
         self._purge_interval = purge_interval
         self._lock = threading.RLock()
         self._conn: sqlite3.Connection | None = None
@@ -300,10 +289,10 @@ class SqliteStore:
     # --- authorization codes (OAuth 2.1 4.1.3) -----------------------------------------
 
     def put_code(self, code: str, grant: Mapping[str, Any], *, ttl: float) -> None:
-        ttl = _positive("a code's ttl", ttl)
+        ttl = positive_seconds("a code's ttl", ttl)
         if ttl > MAX_CODE_TTL:
             raise ConfigError(f"an authorization code lives at most {MAX_CODE_TTL} s, not {ttl}")
-        grant_json = _to_json(grant)
+        grant_json = canonical_grant_json(grant)
         try:
             with self._write() as (conn, now):
                 conn.execute(
@@ -322,8 +311,8 @@ class SqliteStore:
     def redeem_code(
         self, code: str, refresh_token: str, *, idle_ttl: float, absolute_ttl: float
     ) -> CodeRedemption | None:
-        idle = _positive("the refresh idle lifetime", idle_ttl)
-        absolute = _positive("the refresh absolute lifetime", absolute_ttl)
+        idle = positive_seconds("the refresh idle lifetime", idle_ttl)
+        absolute = positive_seconds("the refresh absolute lifetime", absolute_ttl)
         code_hash, token_hash = digest(code), digest(refresh_token)
         with self._write() as (conn, now):
             taken = self._claim_code(conn, now, code_hash)
@@ -409,11 +398,11 @@ class SqliteStore:
         idle_ttl: float,
         absolute_ttl: float,
     ) -> RefreshFamily | None:
-        idle = _positive("the refresh idle lifetime", idle_ttl)
-        absolute = _positive("the refresh absolute lifetime", absolute_ttl)
+        idle = positive_seconds("the refresh idle lifetime", idle_ttl)
+        absolute = positive_seconds("the refresh absolute lifetime", absolute_ttl)
         if not family_id:
             raise StoreError("a refresh family needs an id (from take_code)")
-        grant_json = _to_json(grant)
+        grant_json = canonical_grant_json(grant)
         with self._write() as (conn, now):
             existing = conn.execute(
                 "SELECT revoked_at FROM families WHERE family_id = ?", (family_id,)
@@ -605,7 +594,7 @@ class SqliteStore:
             return changed == 1
 
     def count(self, key: str, *, window: float) -> int:
-        length = _positive("a counter's window", window)
+        length = positive_seconds("a counter's window", window)
         key_hash = digest(key)
         with self._write() as (conn, now):
             conn.execute(
@@ -642,7 +631,7 @@ class SqliteStore:
             )
 
     def take_token(self, key: str, *, rate: float, burst: int) -> float:
-        rate = _positive("a bucket's rate", rate)
+        rate = positive_seconds("a bucket's rate", rate)
         if isinstance(burst, bool) or not isinstance(burst, int) or burst < 1:
             raise ConfigError(f"a bucket's burst must be a whole number >= 1, not {burst!r}")
         key_hash = digest(key)
